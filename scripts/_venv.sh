@@ -1,0 +1,25 @@
+# Sourced by scripts/serve and scripts/test: makes (or reuses) a venv under .venv/ for $PYTHON
+# (default python3) and installs the project into it. A stamp of pyproject.toml's hash skips
+# the pip step when nothing changed, so the second run starts in about a second.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null 2>&1 || { echo "error: $PYTHON not found (set PYTHON=/path/to/python3.11+)" >&2; exit 2; }
+PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "error: Python 3.11+ required, $PYTHON is $PYVER" >&2; exit 2; }
+VENV="$ROOT/.venv/py$PYVER"
+EXTRAS="${VENV_EXTRAS:-}"
+STAMP="$VENV/.installed"
+WANT="$( (cat "$ROOT/pyproject.toml"; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating venv $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "==> installing dependencies into $VENV" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT$EXTRAS" >&2
+  echo "$WANT" > "$STAMP"
+fi
+VPY="$VENV/bin/python"
