@@ -1,0 +1,358 @@
+"""config.yaml + bots/*.yaml -> validated, typed, frozen objects.
+
+Every error names the file and the dotted field (`bots/support.yaml: turn_detection.silence_ms:
+expected an integer, got 'long'`), unknown keys are errors (a typo must not silently become a
+default), `${VAR}` / `${VAR:-default}` pull secrets from the environment, and the environment
+overrides listed in design.md win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A config or persona problem; the message names the file and the field."""
+
+
+# ---------------------------------------------------------------- schema: config.yaml
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The URL Twilio uses to reach us (https://gw.example.com). Empty: derived from each
+    # webhook request's Host header, which is fine on a laptop and wrong behind most proxies.
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class GlmProviderConfig:
+    url: str = "wss://open.bigmodel.cn/api/paas/v4/realtime"
+    api_key: str = ""
+    auth: Literal["jwt", "key"] = "jwt"  # jwt: signed token per connection; key: raw id.secret
+    jwt_ttl_seconds: int = 3600
+    connect_timeout_seconds: float = 10.0
+    heartbeat_timeout_seconds: float = 75.0  # GLM sends a heartbeat every ~30 s
+    greeting: Literal["greeting_config", "response_create"] = "greeting_config"
+
+
+@dataclass(frozen=True)
+class OpenAIProviderConfig:
+    url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    api_key: str = ""
+
+
+@dataclass(frozen=True)
+class ProvidersConfig:
+    glm: GlmProviderConfig = field(default_factory=GlmProviderConfig)
+    openai: OpenAIProviderConfig = field(default_factory=OpenAIProviderConfig)
+
+
+@dataclass(frozen=True)
+class TwilioConfig:
+    account_sid: str = ""
+    auth_token: str = ""
+    api_base: str = "https://api.twilio.com"
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    default_bot: str = "support"
+    fallback_bot: str = "echo"  # answers when the default bot's provider has no API key
+    numbers: dict[str, str] = field(default_factory=dict)  # dialed number (E.164) -> bot
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_call_seconds: int = 1800
+    start_timeout_seconds: float = 10.0  # WS open -> Twilio `start`
+    max_message_bytes: int = 65536
+    max_protocol_errors: int = 50  # bad frames tolerated per call before we hang up
+    model_close_timeout_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    playout_lead_ms: int = 200  # audio queued at Twilio ahead of the caller's ear
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    bots_dir: str = "bots"
+    # Filled by load_config, not by YAML:
+    bots: dict[str, "Persona"] = field(default_factory=dict, metadata={"internal": True})
+    path: str = field(default="", metadata={"internal": True})
+
+    def provider_ready(self, persona: "Persona") -> bool:
+        """True when the persona's provider has what it needs to open a session (an API key)."""
+        if persona.provider == "glm":
+            return bool(self.providers.glm.api_key)
+        if persona.provider == "openai":
+            return bool(self.providers.openai.api_key)
+        return persona.provider == "echo"
+
+    def secrets(self) -> list[str]:
+        """Every configured secret, for the log redactor."""
+        return [s for s in (self.providers.glm.api_key, self.providers.openai.api_key,
+                            self.twilio.auth_token) if s]
+
+
+# ---------------------------------------------------------------- schema: bots/<name>.yaml
+
+@dataclass(frozen=True)
+class TurnDetection:
+    type: Literal["server_vad", "client_vad"] = "server_vad"
+    # Used by the echo bot's local VAD (GLM's server VAD has no tunables in its spec).
+    threshold: int = 400
+    silence_ms: int = 600
+
+
+@dataclass(frozen=True)
+class PersonaAudio:
+    input_format: Literal["wav", "pcm16", "pcm24"] = "wav"  # GLM: wav = one WAV file per chunk
+    output_rate: int = 24000  # model PCM output rate
+
+
+@dataclass(frozen=True)
+class Persona:
+    provider: Literal["glm", "openai", "echo"]
+    description: str = ""
+    model: str = ""
+    voice: str = ""
+    instructions: str = ""
+    greeting: str = ""
+    language: str = "en-US"
+    temperature: float | None = None
+    max_response_output_tokens: str = "inf"
+    turn_detection: TurnDetection = field(default_factory=TurnDetection)
+    audio: PersonaAudio = field(default_factory=PersonaAudio)
+    max_call_seconds: int | None = None
+    # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
+    fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
+    name: str = field(default="", metadata={"internal": True})
+    path: str = field(default="", metadata={"internal": True})
+
+
+PROVIDER_DEFAULT_MODEL = {"glm": "glm-realtime-flash", "openai": "gpt-realtime", "echo": "echo"}
+GLM_VOICES = {"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying",
+              "lovely_girl", "female-shaonv"}
+
+# ---------------------------------------------------------------- generic builder
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute_env(value: str, where: str, env: typing.Mapping[str, str]) -> str:
+    def repl(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set "
+                          f"(write ${{{name}:-}} to make it optional)")
+    return _ENV_RE.sub(repl, value)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, str) else repr(value)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, "
+                              f"got {_describe(value)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # phone numbers and "inf"-like values written bare in YAML
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not in the file
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a YAML mapping; `where` is "file: dotted.path" for messages."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    public = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    sep = "" if where.endswith(": ") else "."
+    unknown = sorted(set(map(str, data)) - set(public))
+    if unknown:
+        raise ConfigError(f"{where}{sep}{unknown[0]}: unknown key (known: {', '.join(sorted(public))})")
+    kwargs = {}
+    for name, f in public.items():
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{where}{sep}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}{sep}{name}: required")
+    return cls(**kwargs)
+
+
+def _load_yaml(path: Path, env: typing.Mapping[str, str]) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    return _walk_env(data, f"{path}: ", env)
+
+
+def _walk_env(node: Any, where: str, env: typing.Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return _substitute_env(node, where.rstrip(". "), env)
+    if isinstance(node, dict):
+        sep = "" if where.endswith(": ") else "."
+        return {k: _walk_env(v, f"{where}{sep}{k}", env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_walk_env(v, f"{where}[{i}]", env) for i, v in enumerate(node)]
+    return node
+
+
+# ---------------------------------------------------------------- loading
+
+_ENV_OVERRIDES = {
+    "ZHIPU_API_KEY": ("providers", "glm", "api_key"),
+    "GLM_REALTIME_URL": ("providers", "glm", "url"),
+    "OPENAI_API_KEY": ("providers", "openai", "api_key"),
+    "OPENAI_REALTIME_URL": ("providers", "openai", "url"),
+    "TWILIO_ACCOUNT_SID": ("twilio", "account_sid"),
+    "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
+    "TWILIO_API_BASE": ("twilio", "api_base"),
+    "GATEWAY_PUBLIC_URL": ("server", "public_url"),
+}
+
+
+def _apply_env_overrides(data: dict, env: typing.Mapping[str, str]) -> dict:
+    for var, path in _ENV_OVERRIDES.items():
+        if env.get(var):
+            node = data
+            for key in path[:-1]:
+                child = node.get(key)
+                if not isinstance(child, dict):
+                    child = node[key] = {}
+                node = child
+            node[path[-1]] = env[var]
+    return data
+
+
+def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Persona:
+    data = _load_yaml(path, os.environ if env is None else env)
+    persona = _build(Persona, data, f"{path}: ")
+    where = f"{path}: "
+    if persona.provider == "glm":
+        if persona.voice and persona.voice not in GLM_VOICES:
+            raise ConfigError(f"{where}voice: GLM has no voice {persona.voice!r} "
+                              f"(one of {', '.join(sorted(GLM_VOICES))})")
+        tokens = persona.max_response_output_tokens
+        if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 1024):
+            raise ConfigError(f"{where}max_response_output_tokens: expected 1..1024 or \"inf\", got {tokens!r}")
+    if persona.temperature is not None and not 0 <= persona.temperature <= 1:
+        raise ConfigError(f"{where}temperature: expected 0..1, got {persona.temperature}")
+    if persona.audio.output_rate not in (8000, 16000, 24000, 48000):
+        raise ConfigError(f"{where}audio.output_rate: expected 8000, 16000, 24000 or 48000")
+    if persona.max_call_seconds is not None and persona.max_call_seconds <= 0:
+        raise ConfigError(f"{where}max_call_seconds: must be positive")
+    return dataclasses.replace(persona, name=path.stem, path=str(path),
+                               model=persona.model or PROVIDER_DEFAULT_MODEL[persona.provider])
+
+
+def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] | None = None) -> Config:
+    """Load and validate config.yaml and every persona in its bots_dir."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    data = _load_yaml(path, env) if path.exists() else None
+    if path.exists() and data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = _apply_env_overrides(dict(data or {}), env)
+    cfg = _build(Config, data, f"{path}: ")
+    _check_ranges(cfg, path)
+    bots_dir = Path(cfg.bots_dir)
+    if not bots_dir.is_absolute():
+        bots_dir = path.resolve().parent / bots_dir
+    if not bots_dir.is_dir():
+        raise ConfigError(f"{path}: bots_dir: {bots_dir} is not a directory")
+    bots = {p.stem: load_persona(p, env) for p in sorted(bots_dir.glob("*.yaml"))}
+    where = f"{path}: routing"
+    for key, bot in [("default_bot", cfg.routing.default_bot), ("fallback_bot", cfg.routing.fallback_bot),
+                     *((f"numbers.{n}", b) for n, b in cfg.routing.numbers.items())]:
+        if bot not in bots:
+            raise ConfigError(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
+                              f"(have: {', '.join(sorted(bots)) or 'none'})")
+    return dataclasses.replace(cfg, bots=bots, path=str(path))
+
+
+def _check_ranges(cfg: Config, path: Path) -> None:
+    checks = [
+        ("server.port", 0 <= cfg.server.port <= 65535, "0..65535"),
+        ("server.public_url", not cfg.server.public_url or re.match(r"^https?://[^/]+", cfg.server.public_url),
+         "an http(s):// URL"),
+        ("audio.playout_lead_ms", 40 <= cfg.audio.playout_lead_ms <= 2000, "40..2000"),
+        ("limits.max_message_bytes", 1024 <= cfg.limits.max_message_bytes <= 16 << 20, "1 KiB..16 MiB"),
+        ("limits.max_call_seconds", cfg.limits.max_call_seconds > 0, "positive"),
+        ("providers.glm.url", re.match(r"^wss?://", cfg.providers.glm.url), "a ws:// or wss:// URL"),
+        ("providers.glm.api_key", not cfg.providers.glm.api_key or cfg.providers.glm.auth == "key"
+         or cfg.providers.glm.api_key.count(".") == 1, "an id.secret key for auth: jwt"),
+    ]
+    for name, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"{path}: {name}: expected {want}")
