@@ -1,0 +1,124 @@
+"""The model-side interface: one small ABC and typed, frozen events.
+
+A provider turns one realtime model API (GLM-Realtime, OpenAI Realtime, the offline echo bot)
+into these events, and the call's intents (send audio, cancel, truncate) into that API's wire
+format. The call never looks at a provider's name: what differs between models (audio formats
+and rates, whether a reply can be truncated) is declared in `Capabilities`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    input_format: Literal["pcm16", "mulaw"]  # what send_audio() takes
+    input_rate: int
+    output_format: Literal["pcm16", "mulaw"]  # what AudioDelta.audio carries
+    output_rate: int
+    truncate: bool = False  # can shorten a reply in the model's memory to what was heard
+
+
+@dataclass(frozen=True)
+class SessionReady:
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class ResponseStarted:
+    response_id: str
+
+
+@dataclass(frozen=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    audio: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    pass
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    pass
+
+
+@dataclass(frozen=True)
+class InputTranscript:
+    text: str
+    item_id: str = ""
+
+
+@dataclass(frozen=True)
+class OutputTranscript:
+    response_id: str
+    text: str
+    final: bool = False  # final=True carries the whole transcript and replaces the deltas
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    response_id: str
+    status: str = "completed"  # completed | cancelled | failed | incomplete
+    usage: dict | None = None
+
+
+@dataclass(frozen=True)
+class ProviderError:
+    code: str
+    message: str
+    fatal: bool = False
+
+
+ProviderEvent = (SessionReady | ResponseStarted | AudioDelta | SpeechStarted | SpeechStopped
+                 | InputTranscript | OutputTranscript | ToolCall | ResponseDone | ProviderError)
+
+
+class ProviderConnectError(Exception):
+    """The session could not be opened (refused, timed out, rejected configuration)."""
+
+
+class Provider(abc.ABC):
+    """One realtime model session for one call.
+
+    Lifecycle: `await connect()` (returns once the session is configured), then `send_audio`
+    and the other intents while `events()` is iterated, then `await close()`. `events()` ends
+    when the session ends for any reason; a fatal `ProviderError` comes first when there is
+    one to report. `close()` is idempotent and bounded in time.
+    """
+
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def events(self) -> AsyncIterator[ProviderEvent]: ...
+
+    @abc.abstractmethod
+    async def send_audio(self, audio: bytes) -> None:
+        """Caller audio in `capabilities.input_format` at `capabilities.input_rate`."""
+
+    @abc.abstractmethod
+    async def cancel_response(self, response_id: str) -> None:
+        """Stop generating the given response (only called while it is active)."""
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """Shorten the model's memory of a reply to what was heard (when capabilities.truncate)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
