@@ -1,0 +1,240 @@
+"""Twilio Media Streams (bidirectional, `<Connect><Stream>`): wire frames <-> typed phone events.
+
+Twilio sends JSON text frames: connected, start, media, dtmf, mark, stop. We send exactly three
+shapes: media, mark, clear, each carrying the active streamSid and nothing else (extra or
+missing fields earn a 31951 warning; binary frames a 31950). A `mark` comes back when the audio
+queued before it has been played; `clear` drops Twilio's buffer and echoes every pending mark.
+
+Bad input never raises out of here: each bad frame becomes a log line and a counted
+`protocol error`; the call decides when too many is too many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from typing import AsyncIterator
+from xml.sax.saxutils import quoteattr, escape
+
+from aiohttp import WSMsgType, web
+
+from ..logs import CallLog
+from . import Audio, Dtmf, MarkPlayed, PhoneEvent, Started, Stopped
+
+
+class FrameError(ValueError):
+    """A frame we cannot use; the message says why (for the log line)."""
+
+
+def _str(v: object) -> str:
+    return v if isinstance(v, str) else ("" if v is None else str(v))
+
+
+def _int(v: object, default: int) -> int:
+    """Numbers Twilio sends as numbers (or, in old captures, strings); 0 when unusable."""
+    if v is None:
+        return default
+    s = _str(v)
+    return int(s) if s.isdigit() else 0
+
+
+def parse_frame(text: str) -> dict:
+    """Parse and shape-check one Twilio frame; returns the JSON object or raises FrameError."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        raise FrameError("not JSON") from None
+    if not isinstance(msg, dict):
+        raise FrameError("JSON is not an object")
+    event = msg.get("event")
+    if not isinstance(event, str):
+        raise FrameError("no event field")
+    return msg
+
+
+def decode_event(msg: dict) -> PhoneEvent | None:
+    """Turn a parsed frame into a phone event (None for `connected`). Raises FrameError."""
+    event = msg["event"]
+    if event == "connected":
+        return None
+    if event == "start":
+        start = msg.get("start")
+        if not isinstance(start, dict):
+            raise FrameError("start without a start object")
+        sid = _str(start.get("streamSid") or msg.get("streamSid"))
+        if not sid:
+            raise FrameError("start without streamSid")
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict):
+            raise FrameError("customParameters is not an object")
+        fmt = start.get("mediaFormat") or {}
+        if not isinstance(fmt, dict):
+            raise FrameError("mediaFormat is not an object")
+        return Started(stream_sid=sid, call_sid=_str(start.get("callSid")),
+                       account_sid=_str(start.get("accountSid")),
+                       custom_parameters={_str(k): _str(v) for k, v in params.items()},
+                       encoding=_str(fmt.get("encoding") or "audio/x-mulaw"),
+                       sample_rate=_int(fmt.get("sampleRate"), 8000), channels=_int(fmt.get("channels"), 1))
+    if event == "media":
+        media = msg.get("media")
+        if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
+            raise FrameError("media without a payload")
+        try:
+            payload = base64.b64decode(media["payload"], validate=True)
+        except (binascii.Error, ValueError):
+            raise FrameError("media payload is not valid base64") from None
+        track = _str(media.get("track") or "inbound")
+        ts = _str(media.get("timestamp"))
+        return Audio(payload=payload, track=track, timestamp_ms=int(ts) if ts.isdigit() else None)
+    if event == "dtmf":
+        dtmf = msg.get("dtmf")
+        digit = _str(dtmf.get("digit")) if isinstance(dtmf, dict) else ""
+        if not digit:
+            raise FrameError("dtmf without a digit")
+        return Dtmf(digit=digit[:8])
+    if event == "mark":
+        mark = msg.get("mark")
+        name = _str(mark.get("name")) if isinstance(mark, dict) else ""
+        if not name:
+            raise FrameError("mark without a name")
+        return MarkPlayed(name=name)
+    if event == "stop":
+        return Stopped(reason="stop")
+    raise FrameError(f"unknown event {event[:40]!r}")
+
+
+class TwilioMediaStream:
+    """One Twilio media-stream WebSocket: typed events in, media/mark/clear out.
+
+    All writes go through one lock so a `clear` can never interleave inside another frame and
+    frames leave in the order the call issued them.
+    """
+
+    network = "twilio"
+
+    def __init__(self, ws: web.WebSocketResponse, log: CallLog, max_protocol_errors: int = 50):
+        self.ws = ws
+        self.log = log
+        self.stream_sid: str | None = None
+        self.protocol_errors = 0
+        self.max_protocol_errors = max_protocol_errors
+        self._send_lock = asyncio.Lock()
+        self.media_frames_in = 0
+        self.stopped = False
+
+    # ---------------------------------------------------------------- inbound
+    async def events(self) -> AsyncIterator[PhoneEvent]:
+        """Typed events until the caller hangs up (`Stopped`) or too many bad frames arrive.
+
+        Always ends with exactly one `Stopped`.
+        """
+        reason = "closed"
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    ev = self._handle_text(msg.data)
+                    if ev is not None:
+                        if isinstance(ev, Stopped):
+                            reason = "stop"
+                            break
+                        yield ev
+                elif msg.type == WSMsgType.BINARY:
+                    self._bad("binary frame (Twilio sends JSON text only)", size=len(msg.data))
+                elif msg.type == WSMsgType.ERROR:
+                    exc = self.ws.exception()
+                    self.log.warning("phone_ws_error", error=f"{type(exc).__name__}: {exc}"[:200],
+                                     close_code=self.ws.close_code)
+                    reason = "ws_error"
+                    break
+                if self.protocol_errors > self.max_protocol_errors:
+                    self.log.warning("phone_protocol_errors_exceeded", count=self.protocol_errors)
+                    reason = "protocol_errors"
+                    break
+        finally:
+            self.stopped = True
+        yield Stopped(reason=reason)
+
+    def _bad(self, reason: str, **fields: object) -> None:
+        self.protocol_errors += 1
+        self.log.warning("phone_bad_frame", reason=reason, count=self.protocol_errors, **fields)
+
+    def _handle_text(self, text: str) -> PhoneEvent | None:
+        try:
+            msg = parse_frame(text)
+            ev = decode_event(msg)
+        except FrameError as e:
+            self._bad(str(e), size=len(text))
+            return None
+        except (TypeError, ValueError) as e:  # a field of a type no Twilio frame has
+            self._bad(f"malformed frame ({type(e).__name__})", size=len(text))
+            return None
+        if ev is None:
+            return None
+        if isinstance(ev, Started):
+            if self.stream_sid is not None:
+                self._bad("second start ignored", stream_sid=ev.stream_sid)
+                return None
+            self.stream_sid = ev.stream_sid
+            return ev
+        if self.stream_sid is None:
+            self._bad(f"{msg['event']} before start dropped")
+            return None
+        sid = msg.get("streamSid")
+        if sid is not None and sid != self.stream_sid:
+            self._bad("frame for another streamSid dropped", stream_sid=_str(sid)[:64])
+            return None
+        if isinstance(ev, Audio):
+            if ev.track not in ("inbound", "inbound_track"):
+                return None  # outbound-track echo (tracks="both_tracks"): not the caller
+            self.media_frames_in += 1
+        return ev
+
+    # ---------------------------------------------------------------- outbound
+    async def _send(self, frame: dict) -> bool:
+        if self.ws.closed or self.stream_sid is None:
+            return False
+        async with self._send_lock:
+            try:
+                await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+                return True
+            except (ConnectionError, RuntimeError):
+                return False
+
+    async def play(self, ulaw: bytes) -> bool:
+        return await self._send({"event": "media", "streamSid": self.stream_sid,
+                                 "media": {"payload": base64.b64encode(ulaw).decode("ascii")}})
+
+    async def mark(self, name: str) -> bool:
+        return await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    async def clear(self) -> bool:
+        return await self._send({"event": "clear", "streamSid": self.stream_sid})
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        """Closing is how we hand the call to the TwiML after </Connect> (or end it)."""
+        if not self.ws.closed:
+            try:
+                await asyncio.wait_for(self.ws.close(code=code, message=message), 2.0)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                pass
+
+
+# -------------------------------------------------------------------- TwiML
+
+def connect_twiml(stream_url: str, parameters: dict[str, str], after: str = "", language: str = "") -> str:
+    """`<Connect><Stream>` TwiML; `after` is spoken if we close the stream without hanging up."""
+    params = "".join(f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items() if v)
+    tail = ""
+    if after:
+        lang = f" language={quoteattr(language)}" if language else ""
+        tail = f"<Say{lang}>{escape(after)}</Say><Hangup/>"
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect>{tail}</Response>")
+
+
+def say_and_hangup_twiml(text: str, language: str = "") -> str:
+    lang = f" language={quoteattr(language)}" if language else ""
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Response><Say{lang}>{escape(text)}</Say><Hangup/></Response>")
