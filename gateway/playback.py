@@ -1,0 +1,145 @@
+"""Outbound playout: paced 20 ms frames to the phone, a mark after each, and what was heard.
+
+Models hand us audio in bursts (GLM: ~1.5 s deltas, faster than real time). If we forwarded it
+as it came, Twilio would hold seconds of speech and a barge-in `clear` would arrive after the
+caller had already heard far more than our records say. So frames wait here and only a short
+lead (`lead_ms`) sits at Twilio; the rest stays in our queue where a barge-in can simply drop it.
+
+Every frame is followed by a mark named `<generation>:<seq>`. Twilio echoes a mark once the
+audio before it has played, so echoed marks are the ground truth of what the caller heard. A
+`clear` starts a new generation: Twilio echoes all pending marks at once after a clear, and
+those echoes mean "dropped", not "played", so marks of old generations are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+from .audio import FRAME_MS
+
+
+class PhoneSink(Protocol):
+    async def play(self, audio: bytes) -> bool: ...
+    async def mark(self, name: str) -> bool: ...
+    async def clear(self) -> bool: ...
+
+
+@dataclass
+class _Mark:
+    response_id: str
+    played_ms: float  # the response's audio played once this mark is echoed
+
+
+class Playout:
+    def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None):
+        self.phone = phone
+        self.lead = lead_ms / 1000
+        self.frame = frame_ms / 1000
+        self.clock = clock
+        self.on_first_audio = on_first_audio
+        self.generation = 0
+        self._seq = 0
+        self._frames: deque[tuple[bytes, str]] = deque()
+        self._wake = asyncio.Event()
+        self._marks: dict[str, _Mark] = {}
+        self._play_until = 0.0  # when Twilio's buffer will have run dry, by our clock
+        self.sent_ms: dict[str, float] = {}   # per response: audio sent to the phone
+        self.heard_ms: dict[str, float] = {}  # per response: audio confirmed played by marks
+        self.frames_sent = 0
+        self.marks_sent = 0
+        self.marks_played = 0
+        self.clears = 0
+
+    # ------------------------------------------------------------ queueing
+    def enqueue(self, frames: list[bytes], response_id: str) -> None:
+        for f in frames:
+            self._frames.append((f, response_id))
+        if frames:
+            self._wake.set()
+
+    @property
+    def queued_ms(self) -> float:
+        return len(self._frames) * self.frame * 1000
+
+    def at_phone_ms(self) -> float:
+        """Audio sent to the phone and, by our clock, not yet played."""
+        return max(0.0, self._play_until - self.clock()) * 1000
+
+    def busy(self) -> bool:
+        """Bot audio is queued here or still playing at the phone."""
+        return bool(self._frames) or bool(self._marks) or self.at_phone_ms() > 0
+
+    # ------------------------------------------------------------ barge-in
+    async def clear(self) -> dict[str, float]:
+        """Drop everything not yet heard; returns heard ms per response that was cut.
+
+        Sends `clear` first (latency matters: the caller is talking over us), then forgets the
+        queue and the outstanding marks of this generation.
+        """
+        cut = {rid for _, rid in self._frames} | {m.response_id for m in self._marks.values()}
+        busy = self.busy()
+        self.generation += 1  # first: a frame being written right now must not register a mark
+        if busy:
+            await self.phone.clear()
+            self.clears += 1
+        self._frames.clear()
+        self._marks.clear()
+        self._play_until = self.clock()
+        return {rid: self.heard_ms.get(rid, 0.0) for rid in cut}
+
+    def on_mark(self, name: str) -> bool:
+        """A mark echoed by the phone; True when it counted as played audio."""
+        mark = self._marks.pop(name, None)
+        if mark is None:
+            return False  # from a cleared generation, or not ours
+        self.marks_played += 1
+        if mark.played_ms > self.heard_ms.get(mark.response_id, 0.0):
+            self.heard_ms[mark.response_id] = mark.played_ms
+        return True
+
+    # ------------------------------------------------------------ the pacing loop
+    async def run(self) -> None:
+        """Sends frames while keeping at most `lead` of audio ahead at the phone. Never returns
+        on its own unless the phone stops accepting frames."""
+        while True:
+            if not self._frames:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            lead = self._play_until - self.clock()
+            if lead >= self.lead:
+                await asyncio.sleep(lead - self.lead + self.frame / 2)
+                continue
+            frame, rid = self._frames.popleft()
+            if not await self._send(frame, rid):
+                return
+
+    async def _send(self, frame: bytes, rid: str) -> bool:
+        gen = self.generation
+        first = rid not in self.sent_ms
+        if not await self.phone.play(frame):
+            return False
+        if gen != self.generation:
+            return True  # a clear overtook this frame while it was being written: not heard
+        now = self.clock()
+        self.frames_sent += 1
+        ms = len(frame) / 8  # 8 bytes of mu-law per ms
+        self._play_until = max(self._play_until, now) + ms / 1000
+        self.sent_ms[rid] = self.sent_ms.get(rid, 0.0) + ms
+        self._seq += 1
+        name = f"{self.generation}:{self._seq}"
+        self._marks[name] = _Mark(rid, self.sent_ms[rid])
+        if not await self.phone.mark(name):
+            return False
+        self.marks_sent += 1
+        if first and self.on_first_audio is not None:
+            result = self.on_first_audio(rid, now)
+            if asyncio.iscoroutine(result):
+                await result
+        return True
