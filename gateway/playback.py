@@ -84,13 +84,15 @@ class Playout:
         """
         cut = {rid for _, rid in self._frames} | {m.response_id for m in self._marks.values()}
         busy = self.busy()
-        self.generation += 1  # first: a frame being written right now must not register a mark
-        if busy:
-            await self.phone.clear()
-            self.clears += 1
+        # State first, then the await: nothing queued may slip out while `clear` is being
+        # written, and a frame being written right now must not register a mark.
+        self.generation += 1
         self._frames.clear()
         self._marks.clear()
         self._play_until = self.clock()
+        if busy:
+            await self.phone.clear()
+            self.clears += 1
         return {rid: self.heard_ms.get(rid, 0.0) for rid in cut}
 
     def on_mark(self, name: str) -> bool:

@@ -1,0 +1,302 @@
+"""One phone call: the object that owns both sockets, the resamplers, the playout and the tasks.
+
+Data path, one direction each:
+  phone Audio --(mu-law 8 kHz -> PCM -> model rate)--> provider.send_audio
+  provider AudioDelta --(model rate -> 8 kHz -> mu-law -> 20 ms frames)--> Playout --> phone
+Control: provider SpeechStarted while the bot is audible -> barge-in (clear, cancel, cut the
+transcript to what the marks say was heard); phone MarkPlayed -> Playout (what was heard).
+
+Three tasks run per call (phone reader, model reader, playout); when any of them ends, the call
+ends: the others are cancelled, the model session is closed within a bounded time, the phone
+stream is closed (so Twilio runs the TwiML after </Connect>), and one `call_ended` line says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from .audio import PHONE_RATE, Framer, Resampler, pcm16_to_ulaw, pcm_ms, ulaw_to_pcm16
+from .config import Config, Persona
+from .logs import CallLog
+from .playback import Playout
+from .providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider,
+                             ProviderConnectError, ProviderError, ResponseDone, ResponseStarted,
+                             SessionReady, SpeechStarted, SpeechStopped, ToolCall)
+from .telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
+
+PREREADY_BUFFER_MS = 2000  # caller audio kept while the model session opens
+
+
+@dataclass
+class BotTurn:
+    response_id: str
+    started_at: float
+    text: str = ""
+    final: bool = False
+    generated_ms: float = 0.0  # all audio the model produced for it, dropped late deltas included
+    interrupted: bool = False
+    heard_ms: float | None = None
+    first_audio_at: float | None = None
+    done: bool = False
+    entry: dict | None = None  # its line in the call's transcript, once finished
+
+    def heard_text(self) -> str:
+        """What the caller heard, estimated from played time.
+
+        Realtime models send no word timings, so the cut is proportional to audio played vs
+        generated, moved back to a word boundary (for scripts without spaces, a character).
+        """
+        if not self.interrupted or self.heard_ms is None:
+            return self.text
+        if self.generated_ms <= 0 or self.heard_ms <= 0:
+            return ""
+        n = int(len(self.text) * min(1.0, self.heard_ms / self.generated_ms))
+        cut = self.text[:n]
+        if n < len(self.text) and " " in cut and not self.text[n].isspace():
+            cut = cut[:cut.rfind(" ")]
+        return cut.rstrip()
+
+
+@dataclass
+class CallSummary:
+    call_id: str
+    bot: str
+    end_reason: str = ""
+    transcript: list[dict] = field(default_factory=list)
+    barge_ins: int = 0
+    turn_latencies_ms: list[float] = field(default_factory=list)
+
+
+class Call:
+    def __init__(self, *, config: Config, persona: Persona, phone, started: Started,
+                 provider: Provider, log: CallLog):
+        self.config = config
+        self.persona = persona
+        self.phone = phone
+        self.started = started
+        self.provider = provider
+        self.log = log
+        self.call_id = started.call_sid or started.stream_sid
+        self.summary = CallSummary(self.call_id, persona.name)
+        caps = provider.capabilities
+        self._in_resampler = Resampler(PHONE_RATE, caps.input_rate)
+        self._out_resampler = Resampler(caps.output_rate, PHONE_RATE)
+        self._framer = Framer()
+        self.playout = Playout(phone, config.audio.playout_lead_ms, on_first_audio=self._on_first_audio)
+        self._ready = False
+        self._preready: list[bytes] = []
+        self._turns: dict[str, BotTurn] = {}
+        self._active_response: str | None = None
+        self._cancelled: set[str] = set()
+        self._speech_stopped_at: float | None = None
+        self._t0 = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> CallSummary:
+        """Runs the call to its end; never raises (a failure is an end reason and a log line)."""
+        params = self.started.custom_parameters
+        self.log.info("call_started", stream=self.started.stream_sid, caller=params.get("from"),
+                      dialed=params.get("to"), provider=self.persona.provider, model=self.persona.model)
+        limit = self.persona.max_call_seconds or self.config.limits.max_call_seconds
+        tasks = [asyncio.create_task(self._phone_loop(), name=f"phone:{self.call_id}"),
+                 asyncio.create_task(self._model_loop(), name=f"model:{self.call_id}"),
+                 asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")]
+        reason = "max_duration"
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.cancelled():
+                    continue
+                exc = t.exception()
+                if exc is not None:
+                    self.log.error("call_task_crashed", task=t.get_name().split(":")[0],
+                                   error=f"{type(exc).__name__}: {exc}"[:300])
+                    reason = "internal_error"
+                else:
+                    reason = t.result()
+                break
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close(reason)
+        return self.summary
+
+    async def _close(self, reason: str) -> None:
+        self.summary.end_reason = reason
+        timeout = self.config.limits.model_close_timeout_seconds
+        try:
+            await asyncio.wait_for(self.provider.close(), timeout)
+        except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - closing must not raise
+            self.log.warning("model_close_slow", error=type(e).__name__)
+        if reason != "caller_hangup":
+            await self.phone.close()
+        for turn in self._turns.values():
+            if not turn.done:
+                self._finish_turn(turn)
+        self.log.info("call_ended", reason=reason, duration_s=round(time.monotonic() - self._t0, 2),
+                      barge_ins=self.summary.barge_ins, frames_in=getattr(self.phone, "media_frames_in", None),
+                      frames_out=self.playout.frames_sent, marks_played=self.playout.marks_played,
+                      protocol_errors=getattr(self.phone, "protocol_errors", None))
+
+    def _offset(self) -> float:
+        return round(time.monotonic() - self._t0, 3)
+
+    # ------------------------------------------------------------------ phone -> model
+    async def _phone_loop(self) -> str:
+        async for ev in self.phone.events():
+            if isinstance(ev, Audio):
+                await self._caller_audio(ev.payload)
+            elif isinstance(ev, MarkPlayed):
+                self.playout.on_mark(ev.name)
+            elif isinstance(ev, Dtmf):
+                self.log.info("dtmf", digit=ev.digit)
+                self.summary.transcript.append({"role": "dtmf", "text": ev.digit, "t": self._offset()})
+            elif isinstance(ev, Stopped):
+                if ev.reason == "protocol_errors":
+                    return "protocol_error"
+                self.log.info("caller_hangup", how=ev.reason)
+                return "caller_hangup"
+        return "caller_hangup"
+
+    async def _caller_audio(self, ulaw: bytes) -> None:
+        caps = self.provider.capabilities
+        audio = ulaw if caps.input_format == "mulaw" else self._in_resampler.process(ulaw_to_pcm16(ulaw))
+        if not self._ready:
+            self._preready.append(audio)
+            while len(self._preready) * 20 > PREREADY_BUFFER_MS:
+                self._preready.pop(0)
+            return
+        await self.provider.send_audio(audio)
+
+    # ------------------------------------------------------------------ model -> phone
+    async def _model_loop(self) -> str:
+        try:
+            await self.provider.connect()
+        except ProviderConnectError as e:
+            self.log.error("model_connect_failed", error=str(e)[:300])
+            return "model_error"
+        self._ready = True
+        self.log.info("model_session_ready", provider=self.persona.provider)
+        for audio in self._preready:
+            await self.provider.send_audio(audio)
+        self._preready.clear()
+        async for ev in self.provider.events():
+            if isinstance(ev, AudioDelta):
+                self._model_audio(ev)
+            elif isinstance(ev, SpeechStarted):
+                await self._speech_started()
+            elif isinstance(ev, SpeechStopped):
+                self._speech_stopped_at = time.monotonic()
+                self.log.debug("caller_speech_stopped")
+            elif isinstance(ev, ResponseStarted):
+                self._active_response = ev.response_id
+                self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
+            elif isinstance(ev, OutputTranscript):
+                turn = self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
+                if ev.final:
+                    turn.text, turn.final = ev.text, True
+                elif not turn.final:
+                    turn.text += ev.text
+            elif isinstance(ev, InputTranscript):
+                self.log.info("caller_said", text=ev.text[:500])
+                self.summary.transcript.append({"role": "caller", "text": ev.text, "t": self._offset()})
+            elif isinstance(ev, ResponseDone):
+                self._response_done(ev)
+            elif isinstance(ev, ToolCall):
+                self.log.warning("tool_call_unsupported", name=ev.name)
+            elif isinstance(ev, ProviderError):
+                if ev.fatal:
+                    self.log.error("model_failed", code=ev.code, message=ev.message[:300])
+                    return "model_error"
+            elif isinstance(ev, SessionReady):
+                pass
+        return "model_closed"
+
+    def _model_audio(self, ev: AudioDelta) -> None:
+        turn = self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
+        caps = self.provider.capabilities
+        if caps.output_format == "pcm16":
+            turn.generated_ms += pcm_ms(len(ev.audio), caps.output_rate)
+        else:
+            turn.generated_ms += len(ev.audio) / 8
+        if ev.response_id in self._cancelled or turn.interrupted:
+            return  # late delta of a response the caller talked over
+        ulaw = ev.audio if caps.output_format == "mulaw" else pcm16_to_ulaw(
+            self._out_resampler.process(ev.audio))
+        self.playout.enqueue(self._framer.push(ulaw), ev.response_id)
+
+    def _response_done(self, ev: ResponseDone) -> None:
+        turn = self._turns.get(ev.response_id)
+        if self._active_response == ev.response_id:
+            self._active_response = None
+        if turn is None or turn.done:
+            return
+        if not turn.interrupted:
+            tail = self._framer.flush()
+            if tail:
+                self.playout.enqueue([tail], ev.response_id)
+        if ev.usage:
+            self.log.info("model_usage", response=ev.response_id, **{k: v for k, v in ev.usage.items()
+                                                                    if isinstance(v, (int, float))})
+        self._finish_turn(turn, status=ev.status)
+
+    def _finish_turn(self, turn: BotTurn, status: str = "") -> None:
+        turn.done = True
+        heard = turn.heard_text()
+        entry = {"role": "bot", "text": turn.text, "heard": heard, "interrupted": turn.interrupted,
+                 "t": round(turn.started_at - self._t0, 3)}
+        if turn.heard_ms is not None:
+            entry["heard_ms"] = round(turn.heard_ms)
+        turn.entry = entry
+        self.summary.transcript.append(entry)
+        self.log.info("bot_said", response=turn.response_id, status=status or None, text=turn.text[:500],
+                      interrupted=turn.interrupted, heard=heard[:500] if turn.interrupted else None,
+                      generated_ms=round(turn.generated_ms))
+
+    async def _on_first_audio(self, response_id: str, at: float) -> None:
+        turn = self._turns.get(response_id)
+        if turn is not None:
+            turn.first_audio_at = at
+        if self._speech_stopped_at is not None:
+            latency = (at - self._speech_stopped_at) * 1000
+            self._speech_stopped_at = None
+            self.summary.turn_latencies_ms.append(round(latency, 1))
+            self.log.info("turn_latency", response=response_id, ms=round(latency))
+
+    # ------------------------------------------------------------------ barge-in
+    async def _speech_started(self) -> None:
+        audible = self.playout.busy()
+        active = self._active_response
+        if not audible and active is None:
+            self.log.debug("caller_speech_started")
+            return
+        cut = await self.playout.clear()  # first: every ms counts while the caller talks over us
+        self._framer.reset()
+        self._out_resampler = Resampler(self.provider.capabilities.output_rate, PHONE_RATE)
+        if active is not None:
+            self._cancelled.add(active)
+            self._active_response = None
+            await self.provider.cancel_response(active)
+            cut.setdefault(active, self.playout.heard_ms.get(active, 0.0))
+        self.summary.barge_ins += 1
+        for rid, heard in cut.items():
+            turn = self._turns.get(rid)
+            if turn is None:
+                continue
+            turn.interrupted = True
+            turn.heard_ms = heard
+            if turn.entry is not None:  # fully generated but still playing: amend its line
+                turn.entry.update(interrupted=True, heard=turn.heard_text(), heard_ms=round(heard))
+        self.log.info("barge_in", responses=",".join(cut) or None, cancelled=active,
+                      heard_ms=",".join(str(round(v)) for v in cut.values()) or None)
+
+    async def _playout_loop(self) -> str:
+        await self.playout.run()
+        return "caller_hangup"  # the phone stopped accepting audio: it is gone
