@@ -114,7 +114,7 @@ class CallLog:
     def _emit(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
         if not self._logger.isEnabledFor(level):
             return
-        payload = {"event": event, **self.bound, **fields}
+        payload = {"event": event, **self.bound, **{k: v for k, v in fields.items() if v is not None}}
         msg = REDACTOR.scrub(" ".join(f"{k}={_fmt_value(v)}" for k, v in payload.items()))
         # Scrubbed here, not only by the handler filter: any handler (a test's, a library's)
         # sees clean text, and formatters read the structured copy directly.

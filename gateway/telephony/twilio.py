@@ -122,39 +122,54 @@ class TwilioMediaStream:
         self.max_protocol_errors = max_protocol_errors
         self._send_lock = asyncio.Lock()
         self.media_frames_in = 0
-        self.stopped = False
+        self._stop_reason: str | None = None
 
     # ---------------------------------------------------------------- inbound
-    async def events(self) -> AsyncIterator[PhoneEvent]:
-        """Typed events until the caller hangs up (`Stopped`) or too many bad frames arrive.
+    async def wait_started(self) -> Started | None:
+        """Reads frames until `start` (returned) or the end of the stream (None)."""
+        while True:
+            ev = await self.next_event()
+            if isinstance(ev, Started):
+                return ev
+            if isinstance(ev, Stopped):
+                return None
 
-        Always ends with exactly one `Stopped`.
-        """
-        reason = "closed"
-        try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
-                    ev = self._handle_text(msg.data)
-                    if ev is not None:
-                        if isinstance(ev, Stopped):
-                            reason = "stop"
-                            break
-                        yield ev
-                elif msg.type == WSMsgType.BINARY:
-                    self._bad("binary frame (Twilio sends JSON text only)", size=len(msg.data))
-                elif msg.type == WSMsgType.ERROR:
-                    exc = self.ws.exception()
-                    self.log.warning("phone_ws_error", error=f"{type(exc).__name__}: {exc}"[:200],
-                                     close_code=self.ws.close_code)
-                    reason = "ws_error"
-                    break
-                if self.protocol_errors > self.max_protocol_errors:
-                    self.log.warning("phone_protocol_errors_exceeded", count=self.protocol_errors)
-                    reason = "protocol_errors"
-                    break
-        finally:
-            self.stopped = True
-        yield Stopped(reason=reason)
+    async def events(self) -> AsyncIterator[PhoneEvent]:
+        """Typed events after `start`, ending with exactly one `Stopped`."""
+        while True:
+            ev = await self.next_event()
+            yield ev
+            if isinstance(ev, Stopped):
+                return
+
+    async def next_event(self) -> PhoneEvent:
+        """The next usable event; bad frames are logged, counted and skipped. After the stream
+        has stopped (hang-up, socket closed, too many bad frames) it keeps returning `Stopped`."""
+        while self._stop_reason is None:
+            msg = await self.ws.receive()
+            if msg.type == WSMsgType.TEXT:
+                ev = self._handle_text(msg.data)
+                if isinstance(ev, Stopped):
+                    self._stop_reason = "stop"
+                elif ev is not None:
+                    return ev
+            elif msg.type == WSMsgType.BINARY:
+                self._bad("binary frame (Twilio sends JSON text only)", size=len(msg.data))
+            elif msg.type == WSMsgType.ERROR:
+                exc = self.ws.exception()
+                self.log.warning("phone_ws_error", error=f"{type(exc).__name__}: {exc}"[:200],
+                                 close_code=self.ws.close_code)
+                self._stop_reason = "ws_error"
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                self._stop_reason = "closed"
+            if self._stop_reason is None and self.protocol_errors > self.max_protocol_errors:
+                self.log.warning("phone_protocol_errors_exceeded", count=self.protocol_errors)
+                self._stop_reason = "protocol_errors"
+        return Stopped(reason=self._stop_reason)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop_reason is not None
 
     def _bad(self, reason: str, **fields: object) -> None:
         self.protocol_errors += 1

@@ -1,0 +1,90 @@
+"""Command line: `python -m gateway serve | call | check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import ConfigError, load_config
+from .logs import setup_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    config = load_config(args.config)
+    setup_logging(config.logging.level, config.logging.format, config.secrets())
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    log = logging.getLogger("gateway")
+    default = config.bots[config.routing.default_bot]
+    if not config.provider_ready(default):
+        log.warning("default bot %r has no API key for provider %r: calls that no number or ?bot= "
+                    "routes go to %r", default.name, default.provider, config.routing.fallback_bot)
+    for name, persona in sorted(config.bots.items()):
+        log.info("bot %s: provider=%s model=%s %s", name, persona.provider, persona.model,
+                 "ready" if config.provider_ready(persona) else "UNAVAILABLE (no API key)")
+    if not config.server.public_url:
+        log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
+                    "webhook's Host header")
+    log.info("listening on http://%s:%d (webhook POST /twilio/voice, media WS /twilio/media)", host, port)
+    web.run_app(create_app(config), host=host, port=port, print=None, access_log=None,
+                handle_signals=True, shutdown_timeout=5)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{config.path}: OK")
+    for name, p in sorted(config.bots.items()):
+        state = "ready" if config.provider_ready(p) else f"no API key for {p.provider} (calls to it are refused)"
+        print(f"  bot {name}: provider={p.provider} model={p.model} voice={p.voice or '-'}: {state}")
+    for number, bot in sorted(config.routing.numbers.items()):
+        print(f"  route {number} -> {bot}")
+    print(f"  default bot: {config.routing.default_bot} (fallback {config.routing.fallback_bot})")
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from .phone_sim import main as phone_main
+    return asyncio.run(phone_main(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser("check-config", help="validate config.yaml and bots/*.yaml")
+    c.add_argument("--config", default="config.yaml")
+    c.set_defaults(func=_check_config)
+
+    from .phone_sim import add_arguments
+    p = sub.add_parser("call", help="simulated phone: call the gateway like Twilio does")
+    add_arguments(p)
+    p.set_defaults(func=_call)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

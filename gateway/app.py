@@ -1,0 +1,142 @@
+"""aiohttp application: the Twilio webhook, the media-stream WebSocket, health checks.
+
+The webhook only decides *which bot* and answers TwiML; everything else happens on the media
+stream, where `start` tells us the call and its parameters and a `Call` takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .call import Call
+from .config import Config, Persona
+from .logs import CallLog
+from .providers import make_provider
+from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
+
+log = logging.getLogger("gateway")
+CONFIG = web.AppKey("config", Config)
+CALLS = web.AppKey("calls", dict)
+_conn_ids = itertools.count(1)
+
+SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=1 << 20)
+    app[CONFIG] = config
+    app[CALLS] = {}
+    app.router.add_post("/twilio/voice", voice_webhook)
+    app.router.add_get("/twilio/media", media_stream)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.on_shutdown.append(_hang_up_all)
+    return app
+
+
+def choose_bot(config: Config, requested: str | None, dialed: str) -> tuple[Persona | None, str]:
+    """The persona for a call and how it was chosen; None when it cannot be served."""
+    if requested:
+        persona = config.bots.get(requested)
+        return (persona if persona and config.provider_ready(persona) else None), "query"
+    routed = config.routing.numbers.get(dialed)
+    if routed:
+        persona = config.bots[routed]
+        return (persona if config.provider_ready(persona) else None), "number"
+    persona = config.bots[config.routing.default_bot]
+    if config.provider_ready(persona):
+        return persona, "default"
+    return config.bots[config.routing.fallback_bot], "fallback"
+
+
+def stream_url(config: Config, request: web.Request) -> str:
+    """wss://<public host>/twilio/media (ws:// only when the public URL itself is plain http)."""
+    base = config.server.public_url
+    if base:
+        parts = urlsplit(base)
+        scheme = "ws" if parts.scheme == "http" else "wss"
+        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/twilio/media"
+    host = request.headers.get("X-Forwarded-Host") or request.host
+    proto = request.headers.get("X-Forwarded-Proto") or request.scheme
+    return f"{'ws' if proto == 'http' else 'wss'}://{host}/twilio/media"
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    try:
+        form = await request.post()
+    except Exception:  # noqa: BLE001 - a malformed body still gets TwiML, never a 500
+        form = {}
+    call_sid = str(form.get("CallSid", ""))[:64]
+    caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
+    requested = request.query.get("bot")
+    clog = CallLog(log, call=call_sid or None)
+    persona, how = choose_bot(config, requested, dialed)
+    if persona is None:
+        wanted = requested or config.routing.numbers.get(dialed)
+        why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
+        clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
+        return web.Response(text=say_and_hangup_twiml(SORRY_UNKNOWN_BOT), content_type="text/xml")
+    if how == "fallback":
+        clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
+                     reason="default bot's provider has no API key")
+    clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed)
+    twiml = connect_twiml(stream_url(config, request),
+                          {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid},
+                          after=persona.fallback_message, language=persona.language)
+    return web.Response(text=twiml, content_type="text/xml")
+
+
+async def media_stream(request: web.Request) -> web.WebSocketResponse:
+    config = request.app[CONFIG]
+    ws = web.WebSocketResponse(max_msg_size=config.limits.max_message_bytes, autoping=True, heartbeat=None)
+    await ws.prepare(request)
+    clog = CallLog(log, conn=f"ws{next(_conn_ids)}")
+    stream = TwilioMediaStream(ws, clog, config.limits.max_protocol_errors)
+    try:
+        started = await asyncio.wait_for(stream.wait_started(), config.limits.start_timeout_seconds)
+    except asyncio.TimeoutError:
+        clog.warning("stream_rejected", reason="no start frame",
+                     timeout_s=config.limits.start_timeout_seconds)
+        await stream.close(1008, b"no start")
+        return ws
+    if started is None:
+        clog.info("stream_ended_before_start")
+        return ws
+    bot = started.custom_parameters.get("bot", "")
+    persona = config.bots.get(bot)
+    clog = CallLog(log, call=started.call_sid or started.stream_sid, bot=bot or None)
+    stream.log = clog
+    if persona is None or not config.provider_ready(persona):
+        clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
+        await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
+        return ws
+    provider = make_provider(persona, config, clog)
+    call = Call(config=config, persona=persona, phone=stream, started=started,
+                provider=provider, log=clog)
+    calls = request.app[CALLS]
+    calls[call.call_id] = call
+    try:
+        await call.run()
+    finally:
+        calls.pop(call.call_id, None)
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ready", "live_calls": len(request.app[CALLS])})
+
+
+async def _hang_up_all(app: web.Application) -> None:
+    """On shutdown, close every live call's phone stream so their handlers finish and clean up."""
+    for call in list(app[CALLS].values()):
+        await call.phone.close(1001)
