@@ -1,0 +1,107 @@
+"""Shared fixtures: a gateway on 127.0.0.1 with its own config dir, the fake GLM server."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Config, load_config
+from gateway.logs import REDACTOR
+
+REPO = Path(__file__).resolve().parent.parent
+GLM_KEY = "fakeid0123.fakesecret0123456789"
+
+TEST_BOTS = {
+    # A GLM persona that greets (the fake answers greeting_config with a tone).
+    "glm-greeter": """
+        provider: glm
+        voice: tongtong
+        language: en-US
+        greeting: "Hello, thanks for calling Northwind."
+        instructions: You are a test bot.
+        """,
+    # A GLM persona with no greeting: the caller speaks first.
+    "glm-quiet": """
+        provider: glm
+        language: en-US
+        instructions: You are a test bot.
+        """,
+}
+
+
+@dataclass
+class Gateway:
+    url: str
+    app: web.Application
+    config: Config
+    runner: web.AppRunner
+
+
+@pytest.fixture
+async def fake_glm():
+    from tests.fakes.fake_glm import FakeGLM
+
+    server = FakeGLM(api_key=GLM_KEY)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A copy of the shipped bots plus the test personas, and a config.yaml using them."""
+    bots = tmp_path / "bots"
+    shutil.copytree(REPO / "bots", bots)
+    for name, text in TEST_BOTS.items():
+        (bots / f"{name}.yaml").write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def write_config(config_dir: Path, extra: str = "") -> Path:
+    path = config_dir / "config.yaml"
+    path.write_text(textwrap.dedent("""
+        routing:
+          default_bot: support
+          fallback_bot: echo
+          numbers:
+            "+15005550006": support
+            "+15005550007": echo
+            "+15005550008": glm-greeter
+        limits:
+          start_timeout_seconds: 3
+        audio:
+          playout_lead_ms: 200
+        """) + textwrap.dedent(extra))
+    return path
+
+
+@pytest.fixture
+async def make_gateway(config_dir: Path):
+    """Start gateways on free loopback ports; all are stopped at the end of the test."""
+    runners: list[web.AppRunner] = []
+
+    async def start(glm=None, extra: str = "", env: dict | None = None) -> Gateway:
+        environ = dict(env or {})
+        if glm is not None:
+            environ.setdefault("ZHIPU_API_KEY", GLM_KEY)
+            environ.setdefault("GLM_REALTIME_URL", glm.url)
+        config = load_config(write_config(config_dir, extra), env=environ)
+        REDACTOR.add(*config.secrets())
+        app = create_app(config)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        runners.append(runner)
+        return Gateway(f"http://127.0.0.1:{port}", app, config, runner)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -1,0 +1,84 @@
+"""config.yaml and persona validation: errors name the file and the field; env wins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+from tests.conftest import REPO, write_config
+
+
+def test_shipped_config_and_bots_are_valid():
+    config = load_config(REPO / "config.yaml", env={})
+    assert {"support", "echo"} <= set(config.bots)
+    support = config.bots["support"]
+    assert support.provider == "glm" and support.greeting and support.instructions
+    assert not config.provider_ready(support)  # no key in this environment
+    assert config.provider_ready(config.bots["echo"])
+
+
+def test_environment_overrides_win(config_dir):
+    path = write_config(config_dir, "server:\n  public_url: https://from-file.example\n")
+    config = load_config(path, env={"ZHIPU_API_KEY": "abc.def", "GATEWAY_PUBLIC_URL": "https://gw.example",
+                                    "GLM_REALTIME_URL": "ws://127.0.0.1:1/x", "TWILIO_API_BASE": "http://127.0.0.1:2"})
+    assert config.server.public_url == "https://gw.example"
+    assert config.providers.glm.api_key == "abc.def"
+    assert config.providers.glm.url == "ws://127.0.0.1:1/x"
+    assert config.twilio.api_base == "http://127.0.0.1:2"
+    assert config.provider_ready(config.bots["support"])
+
+
+def test_env_substitution(config_dir):
+    path = write_config(config_dir, "twilio:\n  auth_token: ${MY_TOKEN}\n  account_sid: ${MY_SID:-ACdefault}\n")
+    config = load_config(path, env={"MY_TOKEN": "tok"})
+    assert config.twilio.auth_token == "tok" and config.twilio.account_sid == "ACdefault"
+    with pytest.raises(ConfigError, match=r"config.yaml: twilio.auth_token: environment variable MY_TOKEN"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("server:\n  prot: 1\n", r"config.yaml: server.prot: unknown key"),
+    ("server:\n  port: eighty\n", r"config.yaml: server.port: expected an integer, got 'eighty'"),
+    ("server:\n  port: 70000\n", r"config.yaml: server.port: expected 0..65535"),
+    ("logging:\n  level: LOUD\n", r"config.yaml: logging.level: expected one of"),
+    ("routing:\n  numbers:\n    '+1555': nobody\n", r"config.yaml: routing.numbers.\+1555: no bot 'nobody'"),
+    ("audio:\n  playout_lead_ms: 5\n", r"config.yaml: audio.playout_lead_ms: expected 40..2000"),
+    ("bogus: 1\n", r"config.yaml: bogus: unknown key"),
+])
+def test_config_errors_name_file_and_field(config_dir, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(config_dir, extra), env={})
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("provider: glm\nvoicee: x\n", r"bad.yaml: voicee: unknown key"),
+    ("voice: tongtong\n", r"bad.yaml: provider: required"),
+    ("provider: gpt\n", r"bad.yaml: provider: expected one of 'glm', 'openai', 'echo'"),
+    ("provider: glm\nvoice: alloy\n", r"bad.yaml: voice: GLM has no voice 'alloy'"),
+    ("provider: glm\nturn_detection:\n  type: push_to_talk\n", r"bad.yaml: turn_detection.type: expected one of"),
+    ("provider: glm\ntemperature: 3\n", r"bad.yaml: temperature: expected 0..1"),
+    ("provider: glm\nmax_response_output_tokens: '5000'\n", r"bad.yaml: max_response_output_tokens"),
+    ("provider: glm\naudio:\n  output_rate: 44100\n", r"bad.yaml: audio.output_rate"),
+    ("provider: [glm\n", r"bad.yaml: not valid YAML \(line 2, column 1\)"),
+])
+def test_persona_errors_name_file_and_field(config_dir, yaml_text, message):
+    (config_dir / "bots" / "bad.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(config_dir), env={})
+
+
+def test_check_config_cli_exit_codes(config_dir):
+    good = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config",
+                           str(write_config(config_dir))], capture_output=True, text=True, cwd=REPO)
+    assert good.returncode == 0, good.stderr
+    assert "bot support" in good.stdout and "no API key" in good.stdout
+    (config_dir / "bots" / "bad.yaml").write_text("provider: glm\nvoicee: x\n")
+    bad = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config",
+                          str(write_config(config_dir))], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2
+    assert "bad.yaml: voicee: unknown key" in bad.stderr
