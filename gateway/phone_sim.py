@@ -97,6 +97,9 @@ class SimulatedPhone:
         self._buffer: deque = deque()  # Twilio's playback buffer: bytes or ("mark", name)
         self._tasks: list[asyncio.Task] = []
         self._seq = 0
+        self._mic = bytearray()
+        self._mic_sent = 0
+        self._mic_task: asyncio.Task | None = None
         self._chunk = 0
         self._ts_ms = 0
         self.closed = asyncio.Event()
@@ -141,6 +144,7 @@ class SimulatedPhone:
                       "tracks": ["inbound"], "customParameters": params,
                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
         self.result.start_sent_at = time.monotonic()
+        self._start_mic()
 
     def _next_seq(self) -> str:
         self._seq += 1
@@ -162,16 +166,19 @@ class SimulatedPhone:
             pass
 
     # ------------------------------------------------------------------ speaking
-    async def speak(self, ulaw: bytes) -> None:
-        """Send mu-law audio as 20 ms media frames on a real-time schedule (no drift)."""
+    # Like a real phone, the microphone never stops: once `start` is sent a media frame leaves
+    # every 20 ms on an absolute clock, carrying queued speech or silence.
+    def _start_mic(self) -> None:
+        if self._mic_task is None:
+            self._mic_task = asyncio.create_task(self._mic_loop(), name="phone-mic")
+            self._tasks.append(self._mic_task)
+
+    async def _mic_loop(self) -> None:
         t0 = time.monotonic()
-        for i, off in enumerate(range(0, len(ulaw), PHONE_FRAME_BYTES)):
-            if self.closed.is_set():
-                return
-            delay = t0 + i * FRAME_S - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            frame = ulaw[off:off + PHONE_FRAME_BYTES]
+        tick = 0
+        while self.ws is not None and not self.ws.closed:
+            frame = bytes(self._mic[:PHONE_FRAME_BYTES])
+            del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
             self._chunk += 1
             await self.send_json({"event": "media", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
@@ -179,7 +186,16 @@ class SimulatedPhone:
                                             "timestamp": str(self._ts_ms),
                                             "payload": base64.b64encode(frame).decode("ascii")}})
             self._ts_ms += 20
-        await asyncio.sleep(max(0.0, t0 + len(ulaw) / PHONE_RATE - time.monotonic()))
+            self._mic_sent += len(frame)
+            tick += 1
+            await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
+
+    async def speak(self, ulaw: bytes) -> None:
+        """Queue mu-law audio on the microphone and wait until it has all been sent."""
+        self._mic += ulaw
+        target = self._mic_sent + len(self._mic)
+        while self._mic_sent < target and not self.closed.is_set():
+            await asyncio.sleep(FRAME_S / 2)
 
     async def say(self, ulaw: bytes) -> None:
         """Speak, and remember when the speech ended (for reply latency)."""

@@ -43,6 +43,15 @@ class Gateway:
     runner: web.AppRunner
 
 
+@pytest.fixture(autouse=True)
+async def _close_phones():
+    from tests.phone_helpers import OPEN_PHONES
+
+    yield
+    while OPEN_PHONES:
+        await OPEN_PHONES.pop().close()
+
+
 @pytest.fixture
 async def fake_glm():
     from tests.fakes.fake_glm import FakeGLM

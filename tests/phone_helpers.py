@@ -1,0 +1,42 @@
+"""Helpers for call-level tests: dial the gateway with the simulated phone, wait on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from gateway.audio import PHONE_RATE, pcm16_to_ulaw, tone
+from gateway.phone_sim import SimulatedPhone
+
+
+OPEN_PHONES: list[SimulatedPhone] = []  # closed by the autouse fixture in conftest
+
+
+def new_phone(gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
+    phone = SimulatedPhone(gw_url, bot=bot, **kw)
+    OPEN_PHONES.append(phone)
+    return phone
+
+
+async def dial(gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
+    phone = new_phone(gw_url, bot, **kw)
+    await phone.dial()
+    await phone.connect()
+    return phone
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def ulaw_tone(hz: float, seconds: float, amplitude: int = 8000) -> bytes:
+    return pcm16_to_ulaw(tone(hz, seconds, PHONE_RATE, amplitude))
+
+
+def logged(caplog, *parts: str) -> bool:
+    return any(all(p in r.getMessage() for p in parts) for r in caplog.records)
