@@ -70,6 +70,19 @@ def lowpass_taps(cutoff_hz: float, rate: int, ntaps: int) -> list[float]:
     return [t / total for t in taps]
 
 
+def fade(pcm: bytes, rate: int, ms: float = 5.0) -> bytes:
+    """Linear fade-in and fade-out, so a generated sound starts and ends without a click."""
+    n = min(len(pcm) // 4, int(rate * ms / 1000))
+    if n <= 0:
+        return pcm
+    samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm[:len(pcm) // 2 * 2]))
+    for i in range(n):
+        g = i / n
+        samples[i] = int(samples[i] * g)
+        samples[-1 - i] = int(samples[-1 - i] * g)
+    return struct.pack(f"<{len(samples)}h", *samples)
+
+
 class LowPass:
     """Streaming FIR low-pass over PCM16, run in C through audioop (one mul+add per tap per block).
 
@@ -95,6 +108,13 @@ class LowPass:
             acc = term if acc is None else audioop.add(acc, term, 2)
         self._history = x[-order * 2:]
         return acc
+
+    @property
+    def delay_samples(self) -> int:
+        return len(self.taps) // 2
+
+    def reset(self) -> None:
+        self._history = b"\x00\x00" * (len(self.taps) - 1)
 
 
 class Resampler:
@@ -128,6 +148,29 @@ class Resampler:
         if self._post is not None:
             out = self._post.process(out)
         return out
+
+    def flush(self) -> bytes:
+        """End of a stream (e.g. one bot reply): push out what the filters still hold, then reset.
+
+        Without this the last few ms of one reply would come out at the start of the next one
+        (a click), because the filters delay the signal by half their length.
+        """
+        tail = b""
+        if self._pre is not None or self._post is not None:
+            n = (self._pre or self._post).delay_samples  # type: ignore[union-attr]
+            if self._pre is not None:
+                tail = self.process(b"\x00\x00" * n)
+            else:
+                tail = self.process(b"\x00\x00" * max(1, n * self.src_rate // self.dst_rate + 1))
+        self.reset()
+        return tail
+
+    def reset(self) -> None:
+        """Forget all state (after a barge-in, the next reply must not inherit the cut one)."""
+        self._state = None
+        for f in (self._pre, self._post):
+            if f is not None:
+                f.reset()
 
 
 class Framer:

@@ -238,10 +238,12 @@ class Call:
             self._active_response = None
         if turn is None or turn.done:
             return
-        if not turn.interrupted:
+        if not turn.interrupted:  # the reply's last audio: what the filters hold, the partial frame
+            frames = []
+            if self.provider.capabilities.output_format == "pcm16":
+                frames = self._framer.push(pcm16_to_ulaw(self._out_resampler.flush()))
             tail = self._framer.flush()
-            if tail:
-                self.playout.enqueue([tail], ev.response_id)
+            self.playout.enqueue(frames + ([tail] if tail else []), ev.response_id)
         if ev.usage:
             self.log.info("model_usage", response=ev.response_id, **{k: v for k, v in ev.usage.items()
                                                                     if isinstance(v, (int, float))})
@@ -279,7 +281,7 @@ class Call:
             return
         cut = await self.playout.clear()  # first: every ms counts while the caller talks over us
         self._framer.reset()
-        self._out_resampler = Resampler(self.provider.capabilities.output_rate, PHONE_RATE)
+        self._out_resampler.reset()
         if active is not None:
             self._cancelled.add(active)
             self._active_response = None

@@ -89,3 +89,14 @@ def test_energy_vad_hysteresis():
     edges = [vad.process(loud) for _ in range(10)] + [vad.process(quiet) for _ in range(5)] + \
             [vad.process(loud) for _ in range(3)] + [vad.process(quiet) for _ in range(15)]
     assert [e for e in edges if e] == ["start", "stop"]
+
+
+@pytest.mark.parametrize("src,dst", [(24000, 8000), (16000, 8000), (8000, 16000)])
+def test_flush_ends_one_stream_without_leaking_into_the_next(src, dst):
+    r = Resampler(src, dst)
+    body = r.process(tone(880, 0.2, src, 8000))
+    tail = r.flush()
+    assert 0 < len(tail) // 2 <= 40  # the filter delay's worth of samples
+    extra = len(body + tail) // 2 - 0.2 * dst  # nothing lost; only the filter's delay is added
+    assert -2 <= extra <= 20
+    assert set(r.process(b"\x00\x00" * 400)) == {0}  # the next stream starts from clean state

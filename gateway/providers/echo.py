@@ -13,7 +13,7 @@ import asyncio
 import itertools
 from typing import AsyncIterator
 
-from ..audio import EnergyVAD, pcm_ms, tone
+from ..audio import EnergyVAD, fade, pcm_ms, tone
 from ..config import Persona
 from ..logs import CallLog
 from .base import (AudioDelta, Capabilities, InputTranscript, OutputTranscript, Provider,
@@ -45,7 +45,7 @@ class EchoProvider(Provider):
     async def connect(self) -> None:
         self._queue.put_nowait(SessionReady("echo"))
         if self.persona.greeting:
-            chime = tone(660, 0.25, self.rate, 6000) + tone(880, 0.35, self.rate, 6000)
+            chime = fade(tone(660, 0.25, self.rate, 6000), self.rate) + fade(tone(880, 0.35, self.rate, 6000), self.rate)
             self._start_response(chime, self.persona.greeting)
 
     async def events(self) -> AsyncIterator[ProviderEvent]:

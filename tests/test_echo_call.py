@@ -1,0 +1,112 @@
+"""The offline echo bot end to end: the caller hears their own audio back, faithfully."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+
+import numpy as np
+import pytest
+
+from gateway.audio import PHONE_RATE
+from gateway.phone_sim import write_ulaw_as_wav
+from tests.audio_check import dominant_hz, ulaw_samples, voiced_runs
+from tests.conftest import REPO
+from tests.phone_helpers import dial, ulaw_tone, wait_for
+
+
+async def test_echo_plays_the_utterance_back(make_gateway):
+    gw = await make_gateway(None)
+    phone = await dial(gw.url, bot="echo")
+    await phone.silence(1.0)  # the greeting chime plays
+    await phone.say(ulaw_tone(440, 1.0))
+    end = phone.result.speech_ends[0]
+    await wait_for(lambda: phone.result.first_audio_after(end) is not None, 3, "echo to start")
+    await phone.silence(2.0)
+    await phone.hangup()
+    heard = ulaw_samples(phone.result.heard)
+    runs = voiced_runs(heard, PHONE_RATE)
+    assert len(runs) == 2, runs  # the chime, then the echo
+    start, stop = runs[1]
+    assert abs((stop - start) / PHONE_RATE - 1.0) < 0.1  # the whole utterance, not more
+    assert dominant_hz(heard[start:stop], PHONE_RATE) == pytest.approx(440, rel=0.01)
+    assert not phone.result.violations
+    assert phone.result.marks_echoed == phone.result.marks_received > 0
+
+
+async def test_two_calls_to_different_bots_stay_isolated(make_gateway, fake_glm):
+    """An echo call and a GLM call at once: each hears only its own bot."""
+    fake_glm.greeting_tone_hz = 1000
+    gw = await make_gateway(fake_glm)
+    echo = await dial(gw.url, bot="echo")
+    glm = await dial(gw.url, bot="glm-greeter")
+    await glm.silence(0.3)
+    await echo.say(ulaw_tone(523, 1.0))
+    await wait_for(lambda: echo.result.first_audio_after(echo.result.speech_ends[0]) is not None, 3, "echo")
+    await echo.silence(1.5)
+    await echo.hangup()
+    await glm.silence(0.5)
+    await glm.hangup()
+    e = ulaw_samples(echo.result.heard)
+    start, stop = voiced_runs(e, PHONE_RATE)[-1]
+    assert dominant_hz(e[start:stop], PHONE_RATE) == pytest.approx(523, rel=0.01)
+    g = ulaw_samples(glm.result.heard)
+    gs, ge = voiced_runs(g, PHONE_RATE)[0]
+    assert dominant_hz(g[gs:ge], PHONE_RATE) == pytest.approx(1000, rel=0.01)
+    assert len(fake_glm.sessions) == 1  # the echo call opened no model session
+    assert not echo.result.violations and not glm.result.violations
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_and_call_commands_end_to_end(tmp_path):
+    """The newcomer's path: `python -m gateway serve` with no keys, `python -m gateway call` hears itself."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
+    server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "gateway did not start"
+                time.sleep(0.1)
+        said = tmp_path / "said.wav"
+        write_ulaw_as_wav(said, ulaw_tone(440, 1.0))
+        out = tmp_path / "heard.wav"
+        call = subprocess.run([sys.executable, "-m", "gateway", "call", "--url", f"http://127.0.0.1:{port}",
+                               "--to", "+19999999999", "--wav", str(said), "--out", str(out), "--wait", "1",
+                               "--hold", "2.5", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=30)
+        assert call.returncode == 0, call.stdout + call.stderr
+        summary = json.loads(call.stdout)
+        assert summary["bot"] == "echo"  # default bot has no key -> fallback
+        assert summary["protocol_violations"] == 0 and summary["marks_echoed"] > 0
+        assert summary["reply_latency_ms"] and summary["reply_latency_ms"][0] < 1500
+        with wave.open(str(out)) as w:
+            assert w.getframerate() == 8000
+            heard = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float)
+        start, stop = voiced_runs(heard, 8000)[-1]
+        assert dominant_hz(heard[start:stop], 8000) == pytest.approx(440, rel=0.01)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            log, _ = server.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            log, _ = server.communicate()
+    assert server.returncode == 0, log
+    assert "event=call_ended" in log and "reason=caller_hangup" in log
