@@ -7,6 +7,7 @@ stream, where `start` tells us the call and its parameters and a `Call` takes ov
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 from urllib.parse import urlsplit
@@ -21,7 +22,8 @@ from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_t
 
 log = logging.getLogger("gateway")
 CONFIG = web.AppKey("config", Config)
-CALLS = web.AppKey("calls", dict)
+CALLS = web.AppKey("calls", dict)  # live calls by call id
+RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finished calls
 _conn_ids = itertools.count(1)
 
 SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
@@ -31,6 +33,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[CONFIG] = config
     app[CALLS] = {}
+    app[RECENT] = collections.deque(maxlen=200)
     app.router.add_post("/twilio/voice", voice_webhook)
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
@@ -122,7 +125,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:
-        await call.run()
+        request.app[RECENT].append(await call.run())
     finally:
         calls.pop(call.call_id, None)
     return ws
