@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import shutil
 import textwrap
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
-from gateway.logs import REDACTOR
+from gateway.logs import REDACTOR, setup_logging
 
 REPO = Path(__file__).resolve().parent.parent
 GLM_KEY = "fakeid0123.fakesecret0123456789"
@@ -54,12 +56,30 @@ async def _close_phones():
 
 @pytest.fixture
 async def fake_glm():
-    from tests.fakes.fake_glm import FakeGLM
+    from tests.fakes.glm_server import FakeGLM
 
     server = FakeGLM(api_key=GLM_KEY)
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def gateway_log():
+    """The production log pipeline (handler + redactor) at DEBUG, written to a buffer.
+
+    websockets is turned up to DEBUG too: it dumps request headers (Authorization included),
+    which is exactly what the redactor has to catch."""
+    buf = io.StringIO()
+    setup_logging("DEBUG", "text", [GLM_KEY])
+    root = logging.getLogger()
+    handler = next(h for h in root.handlers if getattr(h, "_gateway", False))
+    handler.setStream(buf)
+    logging.getLogger("websockets").setLevel(logging.DEBUG)
+    yield buf
+    root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.NOTSET)
 
 
 @pytest.fixture

@@ -1,0 +1,377 @@
+"""A protocol-faithful fake of Zhipu GLM-Realtime for tests on 127.0.0.1.
+
+What it imitates (shared/protocols.md, Zhipu's AsyncAPI spec):
+- the upgrade needs `Authorization: Bearer <token>`: an HS256 JWT with header `sign_type: SIGN`
+  and claims api_key/exp/timestamp signed with the key's secret, or the raw `id.secret` key;
+  anything else is an HTTP 401 before the WebSocket exists;
+- a heartbeat first, `session.created`, then a heartbeat every `heartbeat_interval`;
+- `session.update` is validated like the service does (required formats, turn_detection, nested
+  beta_fields.chat_mode) and answered with `session.updated`; `greeting_config` makes it speak first;
+- in "wav" format every append must be a complete 16 kHz mono PCM16 WAV file (else `invalid_audio`);
+- server VAD over the appended audio: speech_started / speech_stopped / committed / transcript,
+  then a response: response.created, transcript deltas, raw 24 kHz PCM16 audio deltas (bigger than
+  real time and sent faster than real time), audio/transcript done, response.done with usage;
+- `response.cancel` settles after ~100 ms (deltas keep coming meanwhile), then response.cancelled
+  and response.done(cancelled); a cancel with nothing active is the `response_cancel_not_active` error;
+- failure switches: drop the socket mid-sentence, a fatal error code, going silent (no heartbeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import itertools
+import json
+import math
+import struct
+import time
+import wave
+from dataclasses import dataclass, field
+
+import jwt
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+OUTPUT_RATE = 24000
+
+
+def make_tone(hz: float, seconds: float, rate: int, amplitude: int = 8000, phase0: int = 0) -> bytes:
+    """PCM16 sine; `phase0` (a sample index) continues a tone across chunks without a jump."""
+    n = int(seconds * rate)
+    w = 2 * math.pi * hz / rate
+    return struct.pack(f"<{n}h", *(int(amplitude * math.sin(w * (phase0 + i))) for i in range(n)))
+
+
+def rms(pcm: bytes) -> float:
+    n = len(pcm) // 2
+    if not n:
+        return 0.0
+    vals = struct.unpack(f"<{n}h", pcm[:n * 2])
+    return math.sqrt(sum(v * v for v in vals) / n)
+
+
+@dataclass
+class FakeSession:
+    auth_header: str = ""
+    jwt_header: dict | None = None
+    jwt_claims: dict | None = None
+    session_config: dict | None = None
+    events: list[dict] = field(default_factory=list)
+    errors_sent: list[dict] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    input_rate: int = 16000
+    speech_started_at: list[float] = field(default_factory=list)
+    responses: list[dict] = field(default_factory=list)
+    cancels: list[float] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_code: int | None = None
+
+
+class FakeGLM:
+    def __init__(self, *, api_key: str = "fakeid.fakesecret", auth: str = "jwt",
+                 heartbeat_interval: float = 30.0, reply_tone_hz: float = 600.0, reply_seconds: float = 1.5,
+                 greeting_tone_hz: float = 660.0,
+                 reply_text: str = "Thanks for calling, how can I help you today?",
+                 delta_seconds: float = 0.5, delta_interval: float = 0.05, vad_threshold: int = 500,
+                 vad_silence_ms: int = 500, cancel_settle: float = 0.1):
+        self.api_key = api_key
+        self.auth = auth
+        self.heartbeat_interval = heartbeat_interval
+        self.reply_tone_hz = reply_tone_hz
+        self.reply_seconds = reply_seconds
+        self.greeting_tone_hz = greeting_tone_hz
+        self.reply_text = reply_text
+        self.delta_seconds = delta_seconds
+        self.delta_interval = delta_interval
+        self.vad_threshold = vad_threshold
+        self.vad_silence_ms = vad_silence_ms
+        self.cancel_settle = cancel_settle
+        self.fail_after_deltas: int | None = None
+        self.fatal_error_on_update: str | None = None
+        self.stall = False
+        self.sessions: list[FakeSession] = []
+        self.rejected: list[str] = []
+        self.url = ""
+        self._server = None
+        self._ids = itertools.count(1)
+
+    async def start(self) -> None:
+        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._check_auth,
+                                   max_size=4 * 1024 * 1024)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/api/paas/v4/realtime"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ auth
+    def _auth_problem(self, header: str) -> str | None:
+        if not header.startswith("Bearer "):
+            return "no bearer token"
+        token = header[len("Bearer "):]
+        if self.auth == "any":
+            return None
+        if self.auth == "key":
+            return None if token == self.api_key else "wrong api key"
+        key_id, _, secret = self.api_key.partition(".")
+        try:
+            head = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, secret, algorithms=["HS256"], options={"verify_exp": False})
+        except jwt.PyJWTError as e:
+            return f"bad jwt: {type(e).__name__}"
+        if head.get("alg") != "HS256" or head.get("sign_type") != "SIGN":
+            return "jwt header must be HS256 with sign_type SIGN"
+        if claims.get("api_key") != key_id:
+            return "jwt api_key claim does not match"
+        ts, exp = claims.get("timestamp"), claims.get("exp")
+        if not isinstance(ts, int) or abs(ts / 1000 - time.time()) > 300:
+            return "jwt timestamp must be now, in ms"
+        if not isinstance(exp, int) or (exp / 1000 if exp > 10**11 else exp) < time.time():
+            return "jwt expired"
+        return None
+
+    def _check_auth(self, connection: ServerConnection, request):
+        header = request.headers.get("Authorization", "")
+        problem = self._auth_problem(header)
+        if problem:
+            self.rejected.append(problem)
+            return connection.respond(401, f"unauthorized: {problem}\n")
+        return None
+
+    # ------------------------------------------------------------------ connection
+    async def _handle(self, ws: ServerConnection) -> None:
+        header = ws.request.headers.get("Authorization", "")
+        s = FakeSession(auth_header=header)
+        token = header[len("Bearer "):]
+        if token.count(".") == 2:
+            s.jwt_header = jwt.get_unverified_header(token)
+            s.jwt_claims = jwt.decode(token, options={"verify_signature": False})
+        self.sessions.append(s)
+        conn = _Conn(self, ws, s)
+        try:
+            await conn.run()
+        finally:
+            s.close_code = ws.close_code
+            s.closed.set()
+
+
+class _Conn:
+    """One client connection's state machine."""
+
+    def __init__(self, fake: FakeGLM, ws: ServerConnection, s: FakeSession):
+        self.fake, self.ws, self.s = fake, ws, s
+        self.vad_buf = bytearray()
+        self.in_speech = False
+        self.silence_ms = 0
+        self.speech_ms = 0
+        self.response_task: asyncio.Task | None = None
+        self.current: dict | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    async def send(self, event: dict) -> None:
+        if self.fake.stall:
+            return
+        event = {"event_id": f"evt_{next(self.fake._ids)}", **event}
+        if event["type"] == "error":
+            self.s.errors_sent.append(event)
+        await self.ws.send(json.dumps(event))
+
+    async def error(self, code: str, message: str, etype: str = "invalid_request_error") -> None:
+        await self.send({"type": "error", "error": {"type": etype, "code": code, "message": message}})
+
+    async def run(self) -> None:
+        await self.send({"type": "heartbeat"})
+        await self.send({"type": "session.created", "session": {"id": f"sess_{next(self.fake._ids)}"}})
+        self.tasks.append(asyncio.create_task(self._heartbeats()))
+        try:
+            async for raw in self.ws:
+                if isinstance(raw, bytes):
+                    await self.error("invalid_event", "binary frames are not supported")
+                    continue
+                try:
+                    msg = json.loads(raw)
+                    assert isinstance(msg, dict) and isinstance(msg.get("type"), str)
+                except (ValueError, AssertionError):
+                    await self.error("invalid_event", "not a JSON event")
+                    continue
+                msg["_t"] = time.monotonic()
+                self.s.events.append(msg)
+                await self._dispatch(msg)
+        except ConnectionClosed:
+            pass
+        finally:
+            for t in self.tasks + ([self.response_task] if self.response_task else []):
+                t.cancel()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.fake.heartbeat_interval)
+            await self.send({"type": "heartbeat"})
+
+    async def _dispatch(self, msg: dict) -> None:
+        t = msg["type"]
+        if t == "session.update":
+            await self._session_update(msg)
+        elif t == "input_audio_buffer.append":
+            await self._append(msg)
+        elif t == "response.create":
+            self._start_response("reply", self.fake.reply_text, self.fake.reply_tone_hz)
+        elif t == "response.cancel":
+            self.s.cancels.append(msg["_t"])
+            if self.current is None or self.current["status"] != "in_progress":
+                await self.error("response_cancel_not_active", "no active response to cancel")
+            else:
+                self.current["cancel_at"] = time.monotonic()
+                self.current["cancel_event"].set()
+        elif t == "conversation.item.create":
+            item = msg.get("item") or {}
+            await self.send({"type": "conversation.item.created", "item": {**item, "id": f"item_{next(self.fake._ids)}"}})
+        elif t == "input_audio_buffer.commit":
+            pass
+        else:
+            await self.error("invalid_event", f"unknown event type {t}")
+
+    async def _session_update(self, msg: dict) -> None:
+        if "beta_fields" in msg:
+            return await self.error("invalid_event", "beta_fields must be inside session")
+        sess = msg.get("session")
+        if not isinstance(sess, dict):
+            return await self.error("invalid_event", "session is required")
+        problems = []
+        if sess.get("input_audio_format") not in ("wav", "pcm16", "pcm24"):
+            problems.append("input_audio_format")
+        if sess.get("output_audio_format") != "pcm":
+            problems.append("output_audio_format")
+        if (sess.get("turn_detection") or {}).get("type") not in ("server_vad", "client_vad"):
+            problems.append("turn_detection")
+        beta = sess.get("beta_fields")
+        if beta is not None and (not isinstance(beta, dict) or beta.get("chat_mode") not in ("audio", "video_passive")):
+            problems.append("beta_fields.chat_mode")
+        if problems:
+            return await self.error("invalid_event", f"invalid session fields: {', '.join(problems)}")
+        if self.fake.fatal_error_on_update:
+            await self.error(self.fake.fatal_error_on_update, "account in arrears", "server_error")
+            await self.ws.close(1000)
+            return
+        self.s.session_config = sess
+        self.s.input_rate = 24000 if sess["input_audio_format"] == "pcm24" else 16000
+        await self.send({"type": "session.updated", "session": sess})
+        greeting = sess.get("greeting_config") or {}
+        if greeting.get("enable") and greeting.get("content"):
+            self._start_response("greeting", greeting["content"], self.fake.greeting_tone_hz)
+
+    # ------------------------------------------------------------------ input + VAD
+    async def _append(self, msg: dict) -> None:
+        try:
+            data = base64.b64decode(msg.get("audio", ""), validate=True)
+        except (binascii.Error, ValueError):
+            return await self.error("invalid_audio", "audio is not base64")
+        if (self.s.session_config or {}).get("input_audio_format", "wav") == "wav":
+            try:
+                with wave.open(io.BytesIO(data), "rb") as w:
+                    ok = (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
+                    pcm = w.readframes(w.getnframes())
+            except (wave.Error, EOFError):
+                ok, pcm = False, b""
+            if not ok:
+                return await self.error("invalid_audio", "audio must be a 16 kHz mono PCM16 WAV file")
+        else:
+            pcm = data
+        self.s.audio += pcm
+        self.vad_buf += pcm
+        win = self.s.input_rate * 2 // 50  # 20 ms
+        while len(self.vad_buf) >= win:
+            chunk = bytes(self.vad_buf[:win])
+            del self.vad_buf[:win]
+            await self._vad(rms(chunk) > self.fake.vad_threshold)
+
+    async def _vad(self, loud: bool) -> None:
+        if loud:
+            self.silence_ms = 0
+            self.speech_ms += 20
+            if not self.in_speech:
+                self.in_speech = True
+                self.s.speech_started_at.append(time.monotonic())
+                await self.send({"type": "input_audio_buffer.speech_started"})
+        elif self.in_speech:
+            self.silence_ms += 20
+            if self.silence_ms >= self.fake.vad_silence_ms:
+                self.in_speech = False
+                seconds = self.speech_ms / 1000
+                self.speech_ms = 0
+                item = f"item_{next(self.fake._ids)}"
+                await self.send({"type": "input_audio_buffer.speech_stopped"})
+                await self.send({"type": "input_audio_buffer.committed", "item_id": item})
+                await self.send({"type": "conversation.item.created",
+                                 "item": {"id": item, "type": "message", "role": "user", "object": "realtime.item"}})
+                await self.send({"type": "conversation.item.input_audio_transcription.completed",
+                                 "item_id": item, "content_index": 0,
+                                 "transcript": f"caller spoke {seconds:.1f} seconds"})
+                if (self.s.session_config or {}).get("turn_detection", {}).get("type") == "server_vad":
+                    self._start_response("reply", self.fake.reply_text, self.fake.reply_tone_hz)
+
+    # ------------------------------------------------------------------ responses
+    def _start_response(self, kind: str, text: str, hz: float) -> None:
+        if self.response_task is not None and not self.response_task.done():
+            return  # one response at a time, like the service
+        rid = f"resp_{next(self.fake._ids)}"
+        self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
+                        "created_at": time.monotonic(), "done_at": None, "cancel_at": None,
+                        "cancel_event": asyncio.Event()}
+        self.s.responses.append(self.current)
+        self.response_task = asyncio.create_task(self._respond(self.current, text, hz))
+
+    async def _respond(self, r: dict, text: str, hz: float) -> None:
+        rid, item = r["id"], f"item_{next(self.fake._ids)}"
+        base = {"response_id": rid, "item_id": item, "output_index": 0, "content_index": 0}
+        await self.send({"type": "response.created", "response": {"id": rid, "object": "realtime.response",
+                                                                   "status": "in_progress"}})
+        await self.send({"type": "conversation.item.created", "item": {"id": item, "type": "message",
+                                                                       "role": "assistant", "object": "realtime.item"}})
+        words = text.split(" ")
+        step = max(1, len(words) // 4)
+        for i in range(0, len(words), step):
+            piece = " ".join(words[i:i + step]) + (" " if i + step < len(words) else "")
+            await self.send({"type": "response.audio_transcript.delta", **base, "delta": piece})
+        total = int(self.fake.reply_seconds * OUTPUT_RATE)
+        per = int(self.fake.delta_seconds * OUTPUT_RATE)
+        sent = 0
+        while sent < total:
+            if r["cancel_at"] is not None and time.monotonic() - r["cancel_at"] >= self.fake.cancel_settle:
+                break
+            n = min(per, total - sent)
+            pcm = make_tone(hz, n / OUTPUT_RATE, OUTPUT_RATE, 8000, phase0=sent)
+            await self.send({"type": "response.audio.delta", **base, "delta": base64.b64encode(pcm).decode()})
+            sent += n
+            r["deltas_sent"] += 1
+            if r["cancel_at"] is not None:
+                r["late_deltas"] += 1
+            if self.fake.fail_after_deltas is not None and r["deltas_sent"] >= self.fake.fail_after_deltas:
+                self.ws.transport.abort()  # mid-sentence, no close frame
+                return
+            if r["cancel_at"] is None:
+                try:  # a cancel wakes us: the service keeps streaming for a moment after it
+                    await asyncio.wait_for(r["cancel_event"].wait(), self.fake.delta_interval)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(self.fake.cancel_settle / 3)
+        if r["cancel_at"] is not None:
+            wait = self.fake.cancel_settle - (time.monotonic() - r["cancel_at"])
+            if wait > 0:
+                await asyncio.sleep(wait)
+            r["status"] = "cancelled"
+            await self.send({"type": "response.cancelled", "response": {"id": rid, "object": "realtime.response",
+                                                                        "status": "cancelled"}})
+        else:
+            r["status"] = "completed"
+            await self.send({"type": "response.audio.done", **base})
+            await self.send({"type": "response.audio_transcript.done", **base, "transcript": text})
+        r["done_at"] = time.monotonic()
+        await self.send({"type": "response.done", "response": {
+            "id": rid, "object": "realtime.response", "status": r["status"],
+            "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}})
