@@ -140,6 +140,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def _hang_up_all(app: web.Application) -> None:
-    """On shutdown, close every live call's phone stream so their handlers finish and clean up."""
-    for call in list(app[CALLS].values()):
-        await call.phone.close(1001)
+    """On shutdown, end every live call so its handler finishes, closes its model session and
+    logs `call_ended reason=shutdown`."""
+    await asyncio.gather(*(call.end("shutdown") for call in list(app[CALLS].values())),
+                         return_exceptions=True)

@@ -92,7 +92,14 @@ class Call:
         self._active_response: str | None = None
         self._cancelled: set[str] = set()
         self._speech_stopped_at: float | None = None
+        self._forced_end: str | None = None
         self._t0 = time.monotonic()
+
+    async def end(self, reason: str) -> None:
+        """End the call from outside (server shutdown, an operator): closes the phone stream, so
+        the call's tasks finish and `run` returns with this reason."""
+        self._forced_end = reason
+        await self.phone.close(1001 if reason == "shutdown" else 1000)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> CallSummary:
@@ -125,7 +132,7 @@ class Call:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._close(reason)
+            await self._close(self._forced_end or reason)
         return self.summary
 
     async def _close(self, reason: str) -> None:

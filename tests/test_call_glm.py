@@ -241,3 +241,32 @@ async def test_no_secret_in_any_log_line(make_gateway, fake_glm, gateway_log):
     text = gateway_log.getvalue()
     assert "event=call_ended" in text and "event=barge_in" in text
     assert GLM_KEY.split(".")[1] not in text and "eyJ" not in text
+
+
+CALL_TASK_PREFIXES = ("phone:", "model:", "playout:", "glm-", "echo-")
+
+
+async def test_no_task_or_socket_outlives_its_calls(make_gateway, fake_glm):
+    gw = await make_gateway(fake_glm)
+    phones = [await dial(gw.url, bot=bot) for bot in ("glm-greeter", "echo", "glm-quiet")]
+    await phones[0].silence(0.5)
+    assert any(t.get_name().startswith(CALL_TASK_PREFIXES) for t in asyncio.all_tasks())
+    for p in phones:
+        await p.hangup()
+    await wait_for(lambda: len(gw.app[RECENT]) == 3, 3, "all calls to end")
+    await asyncio.sleep(0.05)
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(CALL_TASK_PREFIXES)]
+    assert not left, left
+    assert all(s.closed.is_set() for s in fake_glm.sessions)
+
+
+async def test_shutdown_ends_live_calls_with_reason(make_gateway, fake_glm):
+    gw = await make_gateway(fake_glm)
+    phone = await dial(gw.url, bot="glm-greeter")
+    await phone.silence(0.3)
+    await gw.runner.shutdown()
+    assert await phone.wait_closed(3)
+    assert phone.result.close_code == 1001
+    summary = await ended(gw, phone)
+    assert summary.end_reason == "shutdown"
+    assert fake_glm.sessions[0].closed.is_set()
