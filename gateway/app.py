@@ -119,7 +119,12 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
         return ws
-    provider = make_provider(persona, config, clog)
+    try:
+        provider = make_provider(persona, config, clog)
+    except ValueError as e:  # a persona for a provider this build does not have
+        clog.error("stream_rejected", reason=str(e))
+        await stream.close(1000)
+        return ws
     call = Call(config=config, persona=persona, phone=stream, started=started,
                 provider=provider, log=clog)
     calls = request.app[CALLS]
