@@ -21,6 +21,10 @@ from typing import Awaitable, Callable, Protocol
 
 from .audio import FRAME_MS
 
+# Marks still unechoed after this many frames (~20 s) are forgotten oldest-first: a phone that
+# never echoes marks must not grow memory for the whole call. Such audio counts as not heard.
+MAX_OUTSTANDING_MARKS = 1000
+
 
 class PhoneSink(Protocol):
     async def play(self, audio: bytes) -> bool: ...
@@ -137,6 +141,8 @@ class Playout:
         self._seq += 1
         name = f"{self.generation}:{self._seq}"
         self._marks[name] = _Mark(rid, self.sent_ms[rid])
+        if len(self._marks) > MAX_OUTSTANDING_MARKS:
+            del self._marks[next(iter(self._marks))]
         if not await self.phone.mark(name):
             return False
         self.marks_sent += 1

@@ -110,3 +110,23 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
             log, _ = server.communicate()
     assert server.returncode == 0, log
     assert "event=call_ended" in log and "reason=caller_hangup" in log
+
+
+async def test_dtmf_reaches_the_call_log(make_gateway, caplog):
+    import logging
+
+    from gateway.app import RECENT
+    from tests.phone_helpers import logged
+
+    gw = await make_gateway(None)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        phone = await dial(gw.url, bot="echo")
+        await phone.silence(0.1)
+        await phone.dtmf("2")
+        await phone.dtmf("#")
+        await phone.silence(0.1)
+        await phone.hangup()
+        await wait_for(lambda: len(gw.app[RECENT]) == 1, 3, "call end")
+    assert logged(caplog, "event=dtmf", f"call={phone.call_sid}", "digit=2")
+    digits = [e["text"] for e in gw.app[RECENT][0].transcript if e["role"] == "dtmf"]
+    assert digits == ["2", "#"]
