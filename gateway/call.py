@@ -34,6 +34,7 @@ PREREADY_BUFFER_MS = 2000  # caller audio kept while the model session opens
 class BotTurn:
     response_id: str
     started_at: float
+    item_id: str = ""
     text: str = ""
     final: bool = False
     generated_ms: float = 0.0  # all audio the model produced for it, dropped late deltas included
@@ -228,6 +229,7 @@ class Call:
 
     def _model_audio(self, ev: AudioDelta) -> None:
         turn = self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
+        turn.item_id = turn.item_id or ev.item_id
         caps = self.provider.capabilities
         if caps.output_format == "pcm16":
             turn.generated_ms += pcm_ms(len(ev.audio), caps.output_rate)
@@ -301,10 +303,25 @@ class Call:
                 continue
             turn.interrupted = True
             turn.heard_ms = heard
+            await self._forget_unheard(turn)
             if turn.entry is not None:  # fully generated but still playing: amend its line
                 turn.entry.update(interrupted=True, heard=turn.heard_text(), heard_ms=round(heard))
         self.log.info("barge_in", responses=",".join(cut) or None, cancelled=active,
                       heard_ms=",".join(str(round(v)) for v in cut.values()) or None)
+
+    async def _forget_unheard(self, turn: BotTurn) -> None:
+        """Where the model can, make its memory match the caller's ears: truncate the reply to the
+        played time (never past what was generated: models reject that), or delete it if none
+        of it was heard. GLM cannot (capabilities.truncate is False): only our transcript is cut."""
+        if not self.provider.capabilities.truncate or not turn.item_id:
+            return
+        played = int(min(turn.heard_ms or 0.0, turn.generated_ms))
+        if played > 0:
+            await self.provider.truncate(turn.item_id, played)
+        else:
+            await self.provider.delete_item(turn.item_id)
+        self.log.info("model_memory_cut", item=turn.item_id, audio_end_ms=played if played > 0 else None,
+                      deleted=played <= 0)
 
     async def _playout_loop(self) -> str:
         await self.playout.run()

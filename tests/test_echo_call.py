@@ -130,3 +130,37 @@ async def test_dtmf_reaches_the_call_log(make_gateway, caplog):
     assert logged(caplog, "event=dtmf", f"call={phone.call_sid}", "digit=2")
     digits = [e["text"] for e in gw.app[RECENT][0].transcript if e["role"] == "dtmf"]
     assert digits == ["2", "#"]
+
+
+async def test_barge_in_truncates_model_memory_to_heard_time(make_gateway, monkeypatch):
+    """A provider that declares `truncate` is told exactly what was heard (from marks), capped at
+    what it generated; the call code never asks which provider it is."""
+    import dataclasses
+
+    import gateway.app as app_module
+    from gateway.providers.echo import EchoProvider
+
+    calls: list[tuple] = []
+
+    class TruncatingEcho(EchoProvider):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.capabilities = dataclasses.replace(self.capabilities, truncate=True)
+
+        async def truncate(self, item_id, audio_end_ms):
+            calls.append(("truncate", item_id, audio_end_ms))
+
+        async def delete_item(self, item_id):
+            calls.append(("delete", item_id))
+
+    monkeypatch.setattr(app_module, "make_provider", lambda persona, config, log: TruncatingEcho(persona, log))
+    gw = await make_gateway(None)
+    phone = await dial(gw.url, bot="echo")
+    await phone.silence(0.35)  # part of the 0.6 s chime is heard
+    await phone.say(ulaw_tone(440, 0.3))
+    await phone.silence(0.1)
+    await phone.hangup()
+    assert phone.result.clears
+    kind, item, end_ms = calls[0]
+    assert kind == "truncate" and item == "echo_resp_1_item"
+    assert 100 <= end_ms < 600, end_ms  # heard part of the chime, never past the 600 ms generated

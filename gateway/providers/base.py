@@ -120,5 +120,8 @@ class Provider(abc.ABC):
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
         """Shorten the model's memory of a reply to what was heard (when capabilities.truncate)."""
 
+    async def delete_item(self, item_id: str) -> None:
+        """Forget a reply the caller heard none of (when capabilities.truncate)."""
+
     @abc.abstractmethod
     async def close(self) -> None: ...
