@@ -48,8 +48,18 @@ class GlmProviderConfig:
 
 @dataclass(frozen=True)
 class OpenAIProviderConfig:
+    # Any OpenAI-compatible realtime endpoint. The persona's `model` replaces the URL's `model=`
+    # query parameter (Azure's older `deployment=` URLs are left as they are).
     url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
     api_key: str = ""
+    # How the key is presented: `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure).
+    auth: Literal["bearer", "api-key"] = "bearer"
+    connect_timeout_seconds: float = 10.0
+    # OpenAI ends a session after a maximum duration (30-60 min). A call still running after this
+    # many seconds moves to a fresh session, with the conversation so far, at its next quiet moment.
+    session_renew_seconds: float = 1680.0
+    # Caller speech transcription for the call log; empty turns it off.
+    transcription_model: str = "gpt-4o-mini-transcribe"
 
 
 @dataclass(frozen=True)
@@ -124,16 +134,24 @@ class Config:
 
 @dataclass(frozen=True)
 class TurnDetection:
-    type: Literal["server_vad", "client_vad"] = "server_vad"
-    # Used by the echo bot's local VAD (GLM's server VAD has no tunables in its spec).
+    # glm: server_vad | client_vad; openai: server_vad | semantic_vad; echo: always its own VAD.
+    type: Literal["server_vad", "semantic_vad", "client_vad"] = "server_vad"
+    # Energy threshold of the echo bot's local VAD (GLM's server VAD has no tunables in its spec).
     threshold: int = 400
-    silence_ms: int = 600
+    silence_ms: int = 600  # end of turn after this much silence (echo; OpenAI server_vad)
+    prefix_padding_ms: int = 300  # OpenAI server_vad: audio kept before detected speech
+    eagerness: Literal["auto", "low", "medium", "high"] = "auto"  # OpenAI semantic_vad
 
 
 @dataclass(frozen=True)
 class PersonaAudio:
-    input_format: Literal["wav", "pcm16", "pcm24"] = "wav"  # GLM: wav = one WAV file per chunk
-    output_rate: int = 24000  # model PCM output rate
+    # What the model is sent; empty = the provider's default (resolved at load time).
+    #   glm: wav (default; one complete 16 kHz WAV file per chunk) | pcm16 (16 kHz) | pcm24 (24 kHz)
+    #   openai: pcmu (default; the phone's mu-law passes through untouched) | pcm (24 kHz PCM16)
+    input_format: Literal["", "wav", "pcm16", "pcm24", "pcmu", "pcm"] = ""
+    # What the model sends back; empty = default. glm/echo: pcm; openai: pcmu (default) | pcm.
+    output_format: Literal["", "pcmu", "pcm"] = ""
+    output_rate: int = 24000  # PCM output rate of glm/echo (OpenAI's pcm is always 24 kHz)
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,12 @@ class Persona:
 
 
 PROVIDER_DEFAULT_MODEL = {"glm": "glm-realtime-flash", "openai": "gpt-realtime", "echo": "echo"}
+# Per provider: allowed (input formats, output formats, turn detection types); the first is the default.
+PROVIDER_AUDIO = {
+    "glm": (("wav", "pcm16", "pcm24"), ("pcm",), ("server_vad", "client_vad")),
+    "openai": (("pcmu", "pcm"), ("pcmu", "pcm"), ("server_vad", "semantic_vad")),
+    "echo": (("pcm16",), ("pcm",), ("server_vad",)),
+}
 GLM_VOICES = {"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying",
               "lovely_girl", "female-shaonv"}
 
@@ -306,13 +330,26 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         tokens = persona.max_response_output_tokens
         if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 1024):
             raise ConfigError(f"{where}max_response_output_tokens: expected 1..1024 or \"inf\", got {tokens!r}")
+    if persona.provider == "openai":
+        tokens = persona.max_response_output_tokens
+        if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 4096):
+            raise ConfigError(f"{where}max_response_output_tokens: expected 1..4096 or \"inf\", got {tokens!r}")
+    inputs, outputs, vads = PROVIDER_AUDIO[persona.provider]
+    audio = dataclasses.replace(persona.audio, input_format=persona.audio.input_format or inputs[0],
+                                output_format=persona.audio.output_format or outputs[0])
+    for name, value, allowed in (("audio.input_format", audio.input_format, inputs),
+                                 ("audio.output_format", audio.output_format, outputs),
+                                 ("turn_detection.type", persona.turn_detection.type, vads)):
+        if value not in allowed:
+            raise ConfigError(f"{where}{name}: provider {persona.provider} takes "
+                              f"{' or '.join(allowed)}, got {value!r}")
     if persona.temperature is not None and not 0 <= persona.temperature <= 1:
         raise ConfigError(f"{where}temperature: expected 0..1, got {persona.temperature}")
     if persona.audio.output_rate not in (8000, 16000, 24000, 48000):
         raise ConfigError(f"{where}audio.output_rate: expected 8000, 16000, 24000 or 48000")
     if persona.max_call_seconds is not None and persona.max_call_seconds <= 0:
         raise ConfigError(f"{where}max_call_seconds: must be positive")
-    return dataclasses.replace(persona, name=path.stem, path=str(path),
+    return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio,
                                model=persona.model or PROVIDER_DEFAULT_MODEL[persona.provider])
 
 
@@ -350,6 +387,8 @@ def _check_ranges(cfg: Config, path: Path) -> None:
         ("limits.max_message_bytes", 1024 <= cfg.limits.max_message_bytes <= 16 << 20, "1 KiB..16 MiB"),
         ("limits.max_call_seconds", cfg.limits.max_call_seconds > 0, "positive"),
         ("providers.glm.url", re.match(r"^wss?://", cfg.providers.glm.url), "a ws:// or wss:// URL"),
+        ("providers.openai.url", re.match(r"^wss?://", cfg.providers.openai.url), "a ws:// or wss:// URL"),
+        ("providers.openai.session_renew_seconds", cfg.providers.openai.session_renew_seconds >= 1, ">= 1"),
         ("providers.glm.api_key", not cfg.providers.glm.api_key or cfg.providers.glm.auth == "key"
          or cfg.providers.glm.api_key.count(".") == 1, "an id.secret key for auth: jwt"),
     ]

@@ -20,6 +20,21 @@ class Capabilities:
     output_format: Literal["pcm16", "mulaw"]  # what AudioDelta.audio carries
     output_rate: int
     truncate: bool = False  # can shorten a reply in the model's memory to what was heard
+    # The service ends a session after about this long; the call moves to a fresh one before.
+    max_session_seconds: float | None = None
+
+    @property
+    def passthrough(self) -> bool:
+        """The phone's 8 kHz mu-law goes to the model and back untouched (no decode, no resampling)."""
+        return (self.input_format, self.input_rate, self.output_format, self.output_rate) == \
+            ("mulaw", 8000, "mulaw", 8000)
+
+
+@dataclass(frozen=True)
+class ContextTurn:
+    """One line of the conversation so far, replayed into a fresh session (renewal, reconnect)."""
+    role: Literal["caller", "bot"]
+    text: str
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,8 @@ class ResponseDone:
 class ProviderError:
     code: str
     message: str
-    fatal: bool = False
+    fatal: bool = False  # this session cannot continue
+    renewable: bool = False  # ...but a fresh session with the conversation so far can
 
 
 ProviderEvent = (SessionReady | ResponseStarted | AudioDelta | SpeechStarted | SpeechStopped
@@ -94,6 +110,9 @@ class ProviderConnectError(Exception):
 
 class Provider(abc.ABC):
     """One realtime model session for one call.
+
+    A provider is built with the conversation so far (`context`, empty for a new call); a
+    session opened with context continues that conversation and does not greet again.
 
     Lifecycle: `await connect()` (returns once the session is configured), then `send_audio`
     and the other intents while `events()` is iterated, then `await close()`. `events()` ends

@@ -15,32 +15,26 @@ Wire facts this module relies on (see shared/protocols.md and Zhipu's AsyncAPI s
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import itertools
-import json
 import time
 import warnings
-from typing import AsyncIterator
+from typing import Sequence
 
 import jwt
-import websockets
-from websockets.asyncio.client import ClientConnection, connect
 
 from ..audio import wav_bytes
 from ..config import GlmProviderConfig, Persona
 from ..logs import CallLog
-from .base import (AudioDelta, Capabilities, InputTranscript, OutputTranscript, Provider,
-                   ProviderConnectError, ProviderError, ProviderEvent, ResponseDone,
-                   ResponseStarted, SessionReady, SpeechStarted, SpeechStopped, ToolCall)
+from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript,
+                   ProviderConnectError, ProviderError, ProviderEvent, ResponseDone, ResponseStarted,
+                   SessionReady, SpeechStarted, SpeechStopped, ToolCall)
+from .wsbase import JsonWsProvider
 
 APPEND_MS = 100
 # Errors after which the session cannot continue. Everything else is logged and survived.
 FATAL_CODES = {"1113", "1001", "1002", "1003", "1004", "1112", "downstream_reconnect_exceeded",
                "authentication_error", "session_expired"}
 _INPUT_RATES = {"wav": 16000, "pcm16": 16000, "pcm24": 24000}
-_END = object()
 
 
 def make_jwt(api_key: str, ttl_seconds: int = 3600, now: float | None = None) -> str:
@@ -61,24 +55,22 @@ def make_jwt(api_key: str, ttl_seconds: int = 3600, now: float | None = None) ->
         return jwt.encode(payload, secret, algorithm="HS256", headers={"alg": "HS256", "sign_type": "SIGN"})
 
 
-class GlmRealtime(Provider):
-    def __init__(self, persona: Persona, settings: GlmProviderConfig, log: CallLog):
+class GlmRealtime(JsonWsProvider):
+    label = "GLM"
+    task_prefix = "glm"
+
+    def __init__(self, persona: Persona, settings: GlmProviderConfig, log: CallLog,
+                 context: Sequence[ContextTurn] = ()):
+        super().__init__(log)
         self.persona = persona
         self.settings = settings
-        self.log = log
+        self.context = tuple(context)
+        self.heartbeat_timeout = settings.heartbeat_timeout_seconds
         fmt = persona.audio.input_format
         self.capabilities = Capabilities(input_format="pcm16", input_rate=_INPUT_RATES[fmt],
                                          output_format="pcm16", output_rate=persona.audio.output_rate)
-        self._ws: ClientConnection | None = None
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._reader: asyncio.Task | None = None
-        self._ids = itertools.count(1)
         self._pending = bytearray()
         self._append_bytes = self.capabilities.input_rate * 2 * APPEND_MS // 1000
-        self._last_rx = time.monotonic()
-        self._closed = False
-        self._ready = asyncio.Event()
-        self._items: dict[str, str] = {}  # response_id -> assistant item_id
 
     # ------------------------------------------------------------------ session
     def _auth_header(self) -> str:
@@ -93,7 +85,7 @@ class GlmRealtime(Provider):
             "input_audio_format": p.audio.input_format,
             "output_audio_format": "pcm",
             "turn_detection": {"type": p.turn_detection.type},
-            "instructions": p.instructions,
+            "instructions": p.instructions + context_note(self.context),
             "voice": p.voice or "tongtong",
             "max_response_output_tokens": p.max_response_output_tokens,
             "tools": [],
@@ -101,34 +93,16 @@ class GlmRealtime(Provider):
         }
         if p.temperature is not None:
             session["temperature"] = p.temperature
-        if p.greeting and self.settings.greeting == "greeting_config":
+        if p.greeting and not self.context and self.settings.greeting == "greeting_config":
             session["greeting_config"] = {"enable": True, "content": p.greeting}
         return session
 
     async def connect(self) -> None:
         timeout = self.settings.connect_timeout_seconds
-        try:
-            self._ws = await asyncio.wait_for(connect(
-                self.settings.url,
-                additional_headers={"Authorization": self._auth_header()},
-                max_size=16 * 1024 * 1024,  # deltas of ~1.5 s base64 are ~100 KB; leave room
-                open_timeout=timeout,
-                close_timeout=self.settings.connect_timeout_seconds,
-                ping_interval=20, ping_timeout=20,
-            ), timeout)
-        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as e:
-            raise ProviderConnectError(f"cannot open GLM session: {_describe_connect_error(e)}") from None
-        self._last_rx = time.monotonic()
-        self._reader = asyncio.create_task(self._read_loop(), name="glm-reader")
+        await self._open(self.settings.url, {"Authorization": self._auth_header()}, timeout)
         await self._send({"type": "session.update", "session": self.session_config()})
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
-            await self.close()
-            raise ProviderConnectError(f"GLM did not confirm session.update within {timeout:g} s") from None
-        if self._closed:
-            raise ProviderConnectError("GLM closed the session during set-up")
-        if self.persona.greeting and self.settings.greeting == "response_create":
+        await self._wait_ready(timeout, "session.update")
+        if self.persona.greeting and not self.context and self.settings.greeting == "response_create":
             await self._send({"type": "conversation.item.create", "item": {
                 "type": "message", "role": "user", "object": "realtime.item",
                 "content": [{"type": "text", "text": (
@@ -136,15 +110,9 @@ class GlmRealtime(Provider):
                     f"{self.persona.greeting})")}]}})
             await self._send({"type": "response.create"})
 
-    async def _send(self, event: dict) -> None:
-        if self._ws is None or self._closed:
-            return
-        event.setdefault("event_id", f"gw_{next(self._ids)}")
-        event.setdefault("client_timestamp", int(time.time() * 1000))
-        try:
-            await self._ws.send(json.dumps(event, ensure_ascii=False))
-        except websockets.ConnectionClosed:
-            pass  # the reader reports the close; a send racing it is not a second error
+    def _stamp(self, event: dict) -> dict:
+        event.setdefault("client_timestamp", int(time.time() * 1000))  # GLM takes it on every event
+        return super()._stamp(event)
 
     # ------------------------------------------------------------------ intents
     async def send_audio(self, audio: bytes) -> None:
@@ -160,83 +128,7 @@ class GlmRealtime(Provider):
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel"})
 
-    async def close(self) -> None:
-        if self._closed and self._reader is None:
-            return
-        self._closed = True
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 1.0)
-            if ws.state is not websockets.protocol.State.CLOSED:
-                ws.transport.abort()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
-        self._queue.put_nowait(_END)
-
-    async def events(self) -> AsyncIterator[ProviderEvent]:
-        while True:
-            ev = await self._queue.get()
-            if ev is _END:
-                self._queue.put_nowait(_END)  # later iterations end too
-                return
-            yield ev
-
     # ------------------------------------------------------------------ reading
-    async def _read_loop(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        watchdog = asyncio.create_task(self._watchdog(), name="glm-watchdog")
-        try:
-            async for raw in ws:
-                self._last_rx = time.monotonic()
-                if isinstance(raw, bytes):
-                    self.log.warning("model_bad_event", reason="binary frame from GLM", size=len(raw))
-                    continue
-                try:
-                    msg = json.loads(raw)
-                    if not isinstance(msg, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    self.log.warning("model_bad_event", reason="not JSON", size=len(raw))
-                    continue
-                for ev in self._translate(msg):
-                    self._queue.put_nowait(ev)
-                    if isinstance(ev, ProviderError) and ev.fatal:
-                        return
-            code = ws.close_code
-            if not self._closed:
-                self._queue.put_nowait(ProviderError("upstream_closed", f"GLM closed the session (code {code})",
-                                                     fatal=True))
-        except websockets.ConnectionClosed as e:
-            if not self._closed:
-                self._queue.put_nowait(ProviderError("upstream_closed", f"GLM connection lost ({e})", fatal=True))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug here must end this call, not hang it
-            self.log.error("model_reader_crashed", exc_info=True, error=type(e).__name__)
-            self._queue.put_nowait(ProviderError("internal", f"{type(e).__name__}: {e}", fatal=True))
-        finally:
-            watchdog.cancel()
-            self._ready.set()  # unblock connect() if the session died during set-up
-            if self._reader is asyncio.current_task():
-                self._queue.put_nowait(_END)
-
-    async def _watchdog(self) -> None:
-        limit = self.settings.heartbeat_timeout_seconds
-        while True:
-            await asyncio.sleep(min(limit / 4, 5.0))
-            silent = time.monotonic() - self._last_rx
-            if silent > limit:
-                self._queue.put_nowait(ProviderError("heartbeat_timeout",
-                                                     f"no event from GLM for {silent:.0f} s", fatal=True))
-                if self._ws is not None:
-                    self._ws.transport.abort()
-                return
-
     def _translate(self, msg: dict) -> list[ProviderEvent]:
         t = msg.get("type")
         rid = str(msg.get("response_id") or (msg.get("response") or {}).get("id") or "")
@@ -294,9 +186,23 @@ class GlmRealtime(Provider):
         return []
 
 
-def _describe_connect_error(e: BaseException) -> str:
-    if isinstance(e, websockets.InvalidStatus):
-        return f"HTTP {e.response.status_code}"
-    if isinstance(e, asyncio.TimeoutError):
-        return "timed out"
-    return f"{type(e).__name__}: {e}"
+
+def context_note(context: Sequence[ContextTurn], max_chars: int = 6000) -> str:
+    """The conversation so far as text appended to the instructions of a fresh session.
+
+    GLM has no documented way to seed assistant turns, and instructions are honoured by every
+    realtime model, so a continued call is described rather than replayed. The newest lines are
+    kept when it is long.
+    """
+    if not context:
+        return ""
+    lines, size = [], 0
+    for turn in reversed(context):
+        line = f"{'Caller' if turn.role == 'caller' else 'You'}: {turn.text}"
+        size += len(line) + 1
+        if size > max_chars:
+            break
+        lines.append(line)
+    return ("\n\nThis phone call is already in progress (the connection to you was renewed). "
+            "The conversation so far:\n" + "\n".join(reversed(lines)) +
+            "\nContinue from there. Do not greet the caller again.")

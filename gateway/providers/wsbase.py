@@ -1,0 +1,174 @@
+"""What every JSON-over-WebSocket realtime model API shares, written once.
+
+GLM-Realtime and OpenAI Realtime differ in their events, not in their plumbing: one WebSocket
+per call opened with an auth header, JSON events both ways, a reader task that turns server
+events into our typed events on a queue, a bounded close, and "the session died" always
+reported as a fatal `ProviderError` before `events()` ends. Subclasses supply `_translate`
+(server event -> our events) and the intents.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from typing import AsyncIterator
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from ..logs import CallLog
+from .base import Provider, ProviderConnectError, ProviderError, ProviderEvent
+
+_END = object()
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # audio deltas of ~1.5 s in base64 are ~100 KB; leave room
+
+
+class JsonWsProvider(Provider):
+    label = "model"  # how log lines and errors name the service ("GLM", "OpenAI")
+    task_prefix = "model"  # reader task names start with it (tests check no task outlives a call)
+    heartbeat_timeout: float | None = None  # seconds without any event that mean a dead upstream
+
+    def __init__(self, log: CallLog):
+        self.log = log
+        self._ws: ClientConnection | None = None
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._reader: asyncio.Task | None = None
+        self._ids = itertools.count(1)
+        self._last_rx = time.monotonic()
+        self._closed = False
+        self._ready = asyncio.Event()  # set by the subclass when the session is configured
+        self._setup_error: str | None = None  # set with _ready when set-up was refused
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abc.abstractmethod
+    def _translate(self, msg: dict) -> list[ProviderEvent]:
+        """One server event (a JSON object) -> zero or more of our events."""
+
+    def _stamp(self, event: dict) -> dict:
+        event.setdefault("event_id", f"gw_{next(self._ids)}")
+        return event
+
+    # ------------------------------------------------------------------ session
+    async def _open(self, url: str, headers: dict[str, str], timeout: float) -> None:
+        try:
+            self._ws = await asyncio.wait_for(connect(
+                url, additional_headers=headers, max_size=MAX_EVENT_BYTES,
+                open_timeout=timeout, close_timeout=timeout, ping_interval=20, ping_timeout=20,
+            ), timeout)
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as e:
+            raise ProviderConnectError(f"cannot open {self.label} session: {_describe_connect_error(e)}") from None
+        self._last_rx = time.monotonic()
+        self._reader = asyncio.create_task(self._read_loop(), name=f"{self.task_prefix}-reader")
+
+    async def _wait_ready(self, timeout: float, what: str) -> None:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ProviderConnectError(f"{self.label} did not confirm {what} within {timeout:g} s") from None
+        if self._setup_error is not None:
+            await self.close()
+            raise ProviderConnectError(f"{self.label} refused {what}: {self._setup_error}")
+        if self._closed:
+            raise ProviderConnectError(f"{self.label} closed the session during set-up")
+
+    async def _send(self, event: dict) -> None:
+        if self._ws is None or self._closed:
+            return
+        try:
+            await self._ws.send(json.dumps(self._stamp(event), ensure_ascii=False))
+        except websockets.ConnectionClosed:
+            pass  # the reader reports the close; a send racing it is not a second error
+
+    async def close(self) -> None:
+        if self._closed and self._reader is None:
+            return
+        self._closed = True
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1.0)
+            if ws.state is not websockets.protocol.State.CLOSED:
+                ws.transport.abort()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        self._queue.put_nowait(_END)
+
+    async def events(self) -> AsyncIterator[ProviderEvent]:
+        while True:
+            ev = await self._queue.get()
+            if ev is _END:
+                self._queue.put_nowait(_END)  # later iterations end too
+                return
+            yield ev
+
+    # ------------------------------------------------------------------ reading
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        watchdog = asyncio.create_task(self._watchdog(), name=f"{self.task_prefix}-watchdog") \
+            if self.heartbeat_timeout else None
+        try:
+            async for raw in ws:
+                self._last_rx = time.monotonic()
+                if isinstance(raw, bytes):
+                    self.log.warning("model_bad_event", reason=f"binary frame from {self.label}", size=len(raw))
+                    continue
+                try:
+                    msg = json.loads(raw)
+                    if not isinstance(msg, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    self.log.warning("model_bad_event", reason="not JSON", size=len(raw))
+                    continue
+                for ev in self._translate(msg):
+                    self._queue.put_nowait(ev)
+                    if isinstance(ev, ProviderError) and ev.fatal:
+                        return
+            if not self._closed:
+                self._queue.put_nowait(ProviderError(
+                    "upstream_closed", f"{self.label} closed the session (code {ws.close_code})", fatal=True))
+        except websockets.ConnectionClosed as e:
+            if not self._closed:
+                self._queue.put_nowait(ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
+                                                     fatal=True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug here must end this call, not hang it
+            self.log.error("model_reader_crashed", exc_info=True, error=type(e).__name__)
+            self._queue.put_nowait(ProviderError("internal", f"{type(e).__name__}: {e}", fatal=True))
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            self._ready.set()  # unblock connect() if the session died during set-up
+            if self._reader is asyncio.current_task():
+                self._queue.put_nowait(_END)
+
+    async def _watchdog(self) -> None:
+        limit = self.heartbeat_timeout
+        assert limit
+        while True:
+            await asyncio.sleep(min(limit / 4, 5.0))
+            silent = time.monotonic() - self._last_rx
+            if silent > limit:
+                self._queue.put_nowait(ProviderError("heartbeat_timeout",
+                                                     f"no event from {self.label} for {silent:.0f} s", fatal=True))
+                if self._ws is not None:
+                    self._ws.transport.abort()
+                return
+
+
+def _describe_connect_error(e: BaseException) -> str:
+    if isinstance(e, websockets.InvalidStatus):
+        return f"HTTP {e.response.status_code}"
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {e}"
+
