@@ -125,8 +125,8 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
         return ws
-    call = Call(config=config, persona=persona, phone=stream, started=started,
-                provider=provider, log=clog)
+    call = Call(config=config, persona=persona, phone=stream, started=started, provider=provider, log=clog,
+                renew=lambda context: make_provider(persona, config, clog, context))
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:

@@ -6,9 +6,15 @@ Data path, one direction each:
 Control: provider SpeechStarted while the bot is audible -> barge-in (clear, cancel, cut the
 transcript to what the marks say was heard); phone MarkPlayed -> Playout (what was heard).
 
-Three tasks run per call (phone reader, model reader, playout); when any of them ends, the call
-ends: the others are cancelled, the model session is closed within a bounded time, the phone
-stream is closed (so Twilio runs the TwiML after </Connect>), and one `call_ended` line says why.
+Three tasks run per call (phone reader, model reader, playout), plus a renewer when the model's
+sessions have a maximum age; when any of them ends, the call ends: the others are cancelled, the
+model session is closed within a bounded time, the phone stream is closed (so Twilio runs the
+TwiML after </Connect>), and one `call_ended` line says why.
+
+Model sessions can be replaced mid-call (`_renew`): before the service's maximum session age, at
+a quiet moment, a fresh session is opened with the conversation so far (what the caller said and
+what they actually heard) and swapped in; the caller hears no gap. If the service ends a session
+first (a renewable `ProviderError`), the same happens at once while caller audio is buffered.
 """
 
 from __future__ import annotations
@@ -17,17 +23,20 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 from .audio import PHONE_RATE, Framer, Resampler, pcm16_to_ulaw, pcm_ms, ulaw_to_pcm16
 from .config import Config, Persona
 from .logs import CallLog
 from .playback import Playout
-from .providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider,
+from .providers.base import (AudioDelta, ContextTurn, InputTranscript, OutputTranscript, Provider,
                              ProviderConnectError, ProviderError, ResponseDone, ResponseStarted,
                              SessionReady, SpeechStarted, SpeechStopped, ToolCall)
 from .telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
 
 PREREADY_BUFFER_MS = 2000  # caller audio kept while the model session opens
+MAX_CONTEXT_TURNS = 60  # transcript lines replayed into a renewed session
+RENEW_RETRY_SECONDS = 30.0  # a failed early renewal is retried; the service's own expiry is the backstop
 
 
 @dataclass
@@ -38,6 +47,7 @@ class BotTurn:
     text: str = ""
     final: bool = False
     generated_ms: float = 0.0  # all audio the model produced for it, dropped late deltas included
+    item_ms: float = 0.0  # of that, audio of `item_id` (what a truncate may reach at most)
     interrupted: bool = False
     heard_ms: float | None = None
     first_audio_at: float | None = None
@@ -69,11 +79,15 @@ class CallSummary:
     transcript: list[dict] = field(default_factory=list)
     barge_ins: int = 0
     turn_latencies_ms: list[float] = field(default_factory=list)
+    sessions: int = 1  # model sessions used (more than one after a renewal)
 
 
 class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started,
-                 provider: Provider, log: CallLog):
+                 provider: Provider, log: CallLog,
+                 renew: Callable[[Sequence[ContextTurn]], Provider] | None = None):
+        """`renew(context)` makes a fresh, unconnected session that continues the conversation;
+        without it, a session that ends ends the call."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -95,6 +109,10 @@ class Call:
         self._speech_stopped_at: float | None = None
         self._forced_end: str | None = None
         self._t0 = time.monotonic()
+        self._make_session = renew
+        self._renew_lock = asyncio.Lock()
+        self._session_started = self._t0
+        self._caller_speaking = False
 
     async def end(self, reason: str) -> None:
         """End the call from outside (server shutdown, an operator): closes the phone stream, so
@@ -112,6 +130,8 @@ class Call:
         tasks = [asyncio.create_task(self._phone_loop(), name=f"phone:{self.call_id}"),
                  asyncio.create_task(self._model_loop(), name=f"model:{self.call_id}"),
                  asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")]
+        if self._make_session is not None and self.provider.capabilities.max_session_seconds:
+            tasks.append(asyncio.create_task(self._renew_loop(), name=f"renew:{self.call_id}"))
         reason = "max_duration"
         try:
             done, _ = await asyncio.wait(tasks, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
@@ -138,11 +158,7 @@ class Call:
 
     async def _close(self, reason: str) -> None:
         self.summary.end_reason = reason
-        timeout = self.config.limits.model_close_timeout_seconds
-        try:
-            await asyncio.wait_for(self.provider.close(), timeout)
-        except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - closing must not raise
-            self.log.warning("model_close_slow", error=type(e).__name__)
+        await self._close_session(self.provider)
         if reason != "caller_hangup":
             await self.phone.close()
         for turn in self._turns.values():
@@ -190,17 +206,33 @@ class Call:
         except ProviderConnectError as e:
             self.log.error("model_connect_failed", error=str(e)[:300])
             return "model_error"
-        self._ready = True
         self.log.info("model_session_ready", provider=self.persona.provider)
-        for audio in self._preready:
-            await self.provider.send_audio(audio)
-        self._preready.clear()
-        async for ev in self.provider.events():
+        await self._session_open()
+        while True:
+            provider = self.provider
+            reason = await self._pump(provider)
+            if self.provider is provider:
+                return reason
+            # renewed: read the new session (the old one's last events have been handled)
+
+    async def _session_open(self) -> None:
+        """A session is up: caller audio flows to it, starting with what was buffered meanwhile."""
+        self._session_started = time.monotonic()
+        while self._preready:  # audio arriving while this flushes joins the queue, keeping order
+            buffered, self._preready = self._preready, []
+            for audio in buffered:
+                await self.provider.send_audio(audio)
+        self._ready = True
+
+    async def _pump(self, provider: Provider) -> str:
+        async for ev in provider.events():
             if isinstance(ev, AudioDelta):
                 self._model_audio(ev)
             elif isinstance(ev, SpeechStarted):
+                self._caller_speaking = True
                 await self._speech_started()
             elif isinstance(ev, SpeechStopped):
+                self._caller_speaking = False
                 self._speech_stopped_at = time.monotonic()
                 self.log.debug("caller_speech_stopped")
             elif isinstance(ev, ResponseStarted):
@@ -220,9 +252,14 @@ class Call:
             elif isinstance(ev, ToolCall):
                 self.log.warning("tool_call_unsupported", name=ev.name)
             elif isinstance(ev, ProviderError):
-                if ev.fatal:
-                    self.log.error("model_failed", code=ev.code, message=ev.message[:300])
-                    return "model_error"
+                if not ev.fatal:
+                    continue
+                if provider is not self.provider:
+                    return "model_closed"  # a replaced session ending: not this call's problem
+                if ev.renewable and await self._renew(f"model:{ev.code}", failed=provider):
+                    return "renewed"
+                self.log.error("model_failed", code=ev.code, message=ev.message[:300])
+                return "model_error"
             elif isinstance(ev, SessionReady):
                 pass
         return "model_closed"
@@ -231,10 +268,10 @@ class Call:
         turn = self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
         turn.item_id = turn.item_id or ev.item_id
         caps = self.provider.capabilities
-        if caps.output_format == "pcm16":
-            turn.generated_ms += pcm_ms(len(ev.audio), caps.output_rate)
-        else:
-            turn.generated_ms += len(ev.audio) / 8
+        ms = pcm_ms(len(ev.audio), caps.output_rate) if caps.output_format == "pcm16" else len(ev.audio) / 8
+        turn.generated_ms += ms
+        if ev.item_id == turn.item_id:
+            turn.item_ms += ms
         if ev.response_id in self._cancelled or turn.interrupted:
             return  # late delta of a response the caller talked over
         ulaw = ev.audio if caps.output_format == "mulaw" else pcm16_to_ulaw(
@@ -315,13 +352,84 @@ class Call:
         of it was heard. GLM cannot (capabilities.truncate is False): only our transcript is cut."""
         if not self.provider.capabilities.truncate or not turn.item_id:
             return
-        played = int(min(turn.heard_ms or 0.0, turn.generated_ms))
+        played = int(min(turn.heard_ms or 0.0, turn.item_ms))
         if played > 0:
             await self.provider.truncate(turn.item_id, played)
         else:
             await self.provider.delete_item(turn.item_id)
         self.log.info("model_memory_cut", item=turn.item_id, audio_end_ms=played if played > 0 else None,
                       deleted=played <= 0)
+
+    # ------------------------------------------------------------------ session renewal
+    def _context(self) -> list[ContextTurn]:
+        """The conversation so far as the caller experienced it: bot lines are what was heard."""
+        turns: list[ContextTurn] = []
+        for e in self.summary.transcript:
+            if e["role"] == "caller" and e["text"]:
+                turns.append(ContextTurn("caller", e["text"]))
+            elif e["role"] == "bot" and e.get("heard"):
+                turns.append(ContextTurn("bot", e["heard"]))
+            elif e["role"] == "dtmf":
+                turns.append(ContextTurn("caller", f"(pressed {e['text']} on the phone keypad)"))
+        return turns[-MAX_CONTEXT_TURNS:]
+
+    def _quiet(self) -> bool:
+        """Nobody is talking: the moment to swap sessions without the caller noticing."""
+        return not (self._caller_speaking or self._active_response or self.playout.busy())
+
+    async def _renew_loop(self) -> str:
+        """Moves the call to a fresh session before the service's maximum session age."""
+        age = self.provider.capabilities.max_session_seconds or 0.0
+        while True:
+            await asyncio.sleep(max(0.05, self._session_started + age - time.monotonic()))
+            if time.monotonic() - self._session_started < age or not self._ready:
+                continue  # renewed meanwhile (the service ended the session first), or not up yet
+            while not self._quiet():
+                await asyncio.sleep(0.05)
+            if not await self._renew("session_age"):
+                await asyncio.sleep(RENEW_RETRY_SECONDS)
+
+    async def _renew(self, why: str, failed: Provider | None = None) -> bool:
+        """Continue the call in a fresh session. `failed`: the session that just ended (caller
+        audio is buffered until the new one is up); None: the current one still works and keeps
+        taking audio until the new one is ready, so the switch is seamless."""
+        if self._make_session is None:
+            return False
+        async with self._renew_lock:
+            old = self.provider
+            if failed is not None and old is not failed:
+                return True  # already replaced by the renewer
+            t0 = time.monotonic()
+            if failed is not None:
+                self._ready = False
+                await self._close_session(old)
+            context = self._context()
+            new = self._make_session(context)
+            try:
+                await new.connect()
+            except ProviderConnectError as e:
+                self.log.error("model_renew_failed", why=why, error=str(e)[:300])
+                await self._close_session(new)
+                return False
+            except BaseException:
+                await self._close_session(new)
+                raise
+            self.provider = new
+            if self._active_response is not None:  # a reply the old session will never finish
+                self._response_done(ResponseDone(self._active_response, "incomplete"))
+            await self._session_open()
+            if failed is None:
+                await self._close_session(old)
+            self.summary.sessions += 1
+            self.log.info("model_session_renewed", why=why, context_turns=len(context),
+                          switch_ms=round((time.monotonic() - t0) * 1000), sessions=self.summary.sessions)
+            return True
+
+    async def _close_session(self, provider: Provider) -> None:
+        try:
+            await asyncio.wait_for(provider.close(), self.config.limits.model_close_timeout_seconds)
+        except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - closing must not raise
+            self.log.warning("model_close_slow", error=type(e).__name__)
 
     async def _playout_loop(self) -> str:
         await self.playout.run()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 from ..audio import EnergyVAD, fade, pcm_ms, tone
 from ..config import Persona
 from ..logs import CallLog
-from .base import (AudioDelta, Capabilities, InputTranscript, OutputTranscript, Provider,
+from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript, Provider,
                    ProviderEvent, ResponseDone, ResponseStarted, SessionReady, SpeechStarted,
                    SpeechStopped)
 
@@ -26,8 +26,10 @@ _END = object()
 
 
 class EchoProvider(Provider):
-    def __init__(self, persona: Persona, log: CallLog, rate: int | None = None):
+    def __init__(self, persona: Persona, log: CallLog, rate: int | None = None,
+                 context: Sequence[ContextTurn] = ()):
         self.persona = persona
+        self.context = tuple(context)
         self.log = log
         rate = rate or persona.audio.output_rate
         self.rate = rate
@@ -44,7 +46,7 @@ class EchoProvider(Provider):
 
     async def connect(self) -> None:
         self._queue.put_nowait(SessionReady("echo"))
-        if self.persona.greeting:
+        if self.persona.greeting and not self.context:  # a continued call is not greeted again
             chime = fade(tone(660, 0.25, self.rate, 6000), self.rate) + fade(tone(880, 0.35, self.rate, 6000), self.rate)
             self._start_response(chime, self.persona.greeting)
 

@@ -1,0 +1,206 @@
+"""OpenAI Realtime (GA protocol), and OpenAI-compatible endpoints such as Azure OpenAI.
+
+Wire facts this module relies on (shared/protocols.md, OpenAI's realtime reference):
+- One WebSocket per call to `…/v1/realtime?model=…`; the key goes in `Authorization: Bearer`
+  (OpenAI) or `api-key` (Azure) — configuration, not code. No `OpenAI-Beta` header: that would
+  select the retired beta protocol.
+- GA `session.update` nests audio settings: `session.audio.input.{format, turn_detection,
+  transcription}` and `session.audio.output.{format, voice}`, with `session.type: "realtime"`.
+- `audio/pcmu` is G.711 mu-law at 8 kHz, exactly Twilio's payload: caller audio is appended as
+  it arrives and the model's audio goes to the phone untouched (no decode, no resampling, no
+  filter delay). `audio/pcm` is 24 kHz PCM16 and goes through our resamplers.
+- Turn detection runs on the server with `interrupt_response: false`: the gateway decides about
+  barge-in (it knows what is audible at the phone) and sends `response.cancel` only while a
+  response is active; cancelling an idle response is the `response_cancel_not_active` error.
+- `conversation.item.truncate {item_id, content_index: 0, audio_end_ms}` makes the model's
+  memory match what the caller heard; OpenAI rejects an `audio_end_ms` beyond the generated
+  audio ("Audio content of X ms is already shorter than Y ms"). `conversation.item.delete`
+  removes a reply nobody heard.
+- Sessions end after a maximum duration (error `session_expired`); the call then continues in a
+  fresh session seeded with the conversation so far (`conversation.item.create` per turn).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..config import OpenAIProviderConfig, Persona
+from ..logs import CallLog
+from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript,
+                   ProviderError, ProviderEvent, ResponseDone, ResponseStarted, SessionReady,
+                   SpeechStarted, SpeechStopped, ToolCall)
+from .wsbase import JsonWsProvider
+
+# Errors after which the session cannot go on. Everything else is logged and survived.
+FATAL_CODES = {"invalid_api_key", "insufficient_quota", "model_not_found", "session_expired",
+               "server_error_fatal"}
+# ...and of those, the ones a fresh session fixes (the conversation is replayed into it).
+RENEWABLE_CODES = {"session_expired"}
+# A cancel racing the response's own end: expected now and then, not a fault.
+BENIGN_CODES = {"response_cancel_not_active"}
+_FORMATS = {"pcmu": ({"type": "audio/pcmu"}, "mulaw", 8000), "pcm": ({"type": "audio/pcm", "rate": 24000}, "pcm16", 24000)}
+_QUIET_EVENTS = {
+    "session.created", "conversation.created", "conversation.item.created", "conversation.item.added",
+    "conversation.item.done", "conversation.item.retrieved", "conversation.item.truncated",
+    "conversation.item.deleted", "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.segment", "input_audio_buffer.committed",
+    "input_audio_buffer.cleared", "input_audio_buffer.timeout_triggered", "rate_limits.updated",
+    "response.output_item.done", "response.content_part.added", "response.content_part.done",
+    "response.output_audio.done", "response.audio.done", "response.function_call_arguments.delta",
+    "output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared",
+}
+
+
+def session_url(url: str, model: str) -> str:
+    """The endpoint with the persona's model in `model=` (unless an Azure `deployment=` names it)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "deployment" for k, _ in query) or not model:
+        return url
+    query = [(k, v) for k, v in query if k != "model"] + [("model", model)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class OpenAIRealtime(JsonWsProvider):
+    label = "OpenAI"
+    task_prefix = "openai"
+
+    def __init__(self, persona: Persona, settings: OpenAIProviderConfig, log: CallLog,
+                 context: Sequence[ContextTurn] = ()):
+        super().__init__(log)
+        self.persona = persona
+        self.settings = settings
+        self.context = tuple(context)
+        _, in_fmt, in_rate = _FORMATS[persona.audio.input_format]
+        _, out_fmt, out_rate = _FORMATS[persona.audio.output_format]
+        self.capabilities = Capabilities(input_format=in_fmt, input_rate=in_rate, output_format=out_fmt,
+                                         output_rate=out_rate, truncate=True,
+                                         max_session_seconds=settings.session_renew_seconds)
+        self._tool_names: dict[str, str] = {}  # call_id -> function name (from output_item.added)
+
+    # ------------------------------------------------------------------ session
+    def _headers(self) -> dict[str, str]:
+        if self.settings.auth == "api-key":
+            return {"api-key": self.settings.api_key}
+        return {"Authorization": f"Bearer {self.settings.api_key}"}
+
+    def session_config(self) -> dict:
+        p = self.persona
+        td = p.turn_detection
+        detection: dict = {"type": td.type, "create_response": True, "interrupt_response": False}
+        if td.type == "semantic_vad":
+            detection["eagerness"] = td.eagerness
+        else:
+            detection.update(silence_duration_ms=td.silence_ms, prefix_padding_ms=td.prefix_padding_ms)
+        audio_in: dict = {"format": _FORMATS[p.audio.input_format][0], "turn_detection": detection}
+        if self.settings.transcription_model:
+            audio_in["transcription"] = {"model": self.settings.transcription_model,
+                                         "language": p.language.split("-")[0].lower()}
+        tokens = p.max_response_output_tokens
+        return {
+            "type": "realtime",
+            "instructions": p.instructions,
+            "output_modalities": ["audio"],
+            "audio": {"input": audio_in,
+                      "output": {"format": _FORMATS[p.audio.output_format][0], "voice": p.voice or "alloy"}},
+            "max_output_tokens": "inf" if tokens == "inf" else int(tokens),
+            "tools": [],
+        }
+
+    async def connect(self) -> None:
+        timeout = self.settings.connect_timeout_seconds
+        await self._open(session_url(self.settings.url, self.persona.model), self._headers(), timeout)
+        await self._send({"type": "session.update", "session": self.session_config()})
+        await self._wait_ready(timeout, "session.update")
+        for turn in self.context:  # a continued call: the model gets the conversation so far
+            role, kind = ("user", "input_text") if turn.role == "caller" else ("assistant", "output_text")
+            await self._send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": role, "content": [{"type": kind, "text": turn.text}]}})
+        if self.persona.greeting and not self.context:
+            await self._send({"type": "response.create", "response": {"instructions": (
+                f'The phone call has just connected. Greet the caller by saying exactly: "{self.persona.greeting}"')}})
+
+    # ------------------------------------------------------------------ intents
+    async def send_audio(self, audio: bytes) -> None:
+        # One append per phone frame (20 ms): OpenAI takes any size, and batching would only add delay.
+        await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")})
+
+    async def cancel_response(self, response_id: str) -> None:
+        await self._send({"type": "response.cancel", "response_id": response_id})
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        await self._send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                          "audio_end_ms": int(audio_end_ms)})
+
+    async def delete_item(self, item_id: str) -> None:
+        await self._send({"type": "conversation.item.delete", "item_id": item_id})
+
+    # ------------------------------------------------------------------ reading
+    def _translate(self, msg: dict) -> list[ProviderEvent]:
+        t = msg.get("type")
+        rid = str(msg.get("response_id") or "")
+        if t in _QUIET_EVENTS:
+            return []
+        if t == "session.updated":
+            first = not self._ready.is_set()
+            self._ready.set()
+            return [SessionReady(str((msg.get("session") or {}).get("id", "")))] if first else []
+        if t == "error":
+            return self._error(msg)
+        if t == "input_audio_buffer.speech_started":
+            return [SpeechStarted()]
+        if t == "input_audio_buffer.speech_stopped":
+            return [SpeechStopped()]
+        if t == "conversation.item.input_audio_transcription.completed":
+            return [InputTranscript(str(msg.get("transcript", "")), str(msg.get("item_id", "")))]
+        if t == "conversation.item.input_audio_transcription.failed":
+            self.log.info("model_transcription_failed", error=str(msg.get("error", ""))[:200])
+            return []
+        if t == "response.created":
+            return [ResponseStarted(str((msg.get("response") or {}).get("id", "")))]
+        if t in ("response.output_audio.delta", "response.audio.delta"):  # GA name, then the beta one
+            try:
+                audio = base64.b64decode(msg.get("delta", ""), validate=True)
+            except (ValueError, TypeError):
+                self.log.warning("model_bad_event", reason="audio delta is not base64")
+                return []
+            return [AudioDelta(rid, str(msg.get("item_id", "")), audio)]
+        if t in ("response.output_audio_transcript.delta", "response.output_text.delta"):
+            return [OutputTranscript(rid, str(msg.get("delta", "")))]
+        if t == "response.output_audio_transcript.done":
+            return [OutputTranscript(rid, str(msg.get("transcript", "")), final=True)]
+        if t == "response.output_text.done":
+            return [OutputTranscript(rid, str(msg.get("text", "")), final=True)] if msg.get("text") else []
+        if t == "response.output_item.added":
+            item = msg.get("item") or {}
+            if item.get("type") == "function_call":
+                self._tool_names[str(item.get("call_id", ""))] = str(item.get("name", ""))
+            return []
+        if t == "response.function_call_arguments.done":
+            call_id = str(msg.get("call_id", ""))
+            name = str(msg.get("name") or self._tool_names.pop(call_id, ""))
+            return [ToolCall(rid, call_id, name, str(msg.get("arguments", "")))]
+        if t == "response.done":
+            resp = msg.get("response") or {}
+            usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else None
+            return [ResponseDone(str(resp.get("id", "")), str(resp.get("status") or "completed"), usage)]
+        self.log.debug("model_unknown_event", type=str(t)[:80])
+        return []
+
+    def _error(self, msg: dict) -> list[ProviderEvent]:
+        err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+        code = str(err.get("code") or err.get("type") or "unknown")
+        text = str(err.get("message", ""))
+        if not self._ready.is_set():  # session.update refused: connect() reports it
+            self._setup_error = f"{code}: {text[:200]}"
+            self._ready.set()
+            return []
+        if code in BENIGN_CODES:
+            self.log.debug("model_error_benign", code=code)
+            return [ProviderError(code, text)]
+        fatal = code in FATAL_CODES
+        self.log.warning("model_error", code=code, type=err.get("type"), message=text[:300], fatal=fatal,
+                         client_event=err.get("event_id"))
+        return [ProviderError(code, text, fatal=fatal, renewable=code in RENEWABLE_CODES)]
