@@ -20,7 +20,6 @@ first (a renewable `ProviderError`), the same happens at once while caller audio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence

@@ -103,6 +103,9 @@ class SimulatedPhone:
         self._chunk = 0
         self._ts_ms = 0
         self.closed = asyncio.Event()
+        # True: audio stays in the playback buffer unplayed (a slow network or jitter buffer), so
+        # its marks are not echoed; tests use it to barge in before anything was heard.
+        self.hold_playback = False
 
     # ------------------------------------------------------------------ set-up
     async def dial(self) -> PhoneResult:
@@ -317,7 +320,7 @@ class SimulatedPhone:
             await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
             need = PHONE_FRAME_BYTES
             out = bytearray()
-            while need and self._buffer:
+            while need and self._buffer and not self.hold_playback:
                 self._echo_leading_marks()
                 if not self._buffer:
                     break
@@ -329,7 +332,8 @@ class SimulatedPhone:
                     self._buffer.popleft()
                 else:
                     self._buffer[0] = chunk[len(take):]
-            self._echo_leading_marks()
+            if not self.hold_playback:
+                self._echo_leading_marks()
             self.result.heard += out + MULAW_SILENCE * need
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a gateway on 127.0.0.1 with its own config dir, the fake GLM server."""
+"""Shared fixtures: a gateway on 127.0.0.1 with its own config dir, the fake model servers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gateway.logs import REDACTOR, setup_logging
 
 REPO = Path(__file__).resolve().parent.parent
 GLM_KEY = "fakeid0123.fakesecret0123456789"
+OPENAI_KEY = "sk-fake-openai-0123456789abcdef"
 
 TEST_BOTS = {
     # A GLM persona that greets (the fake answers greeting_config with a tone).
@@ -33,6 +34,27 @@ TEST_BOTS = {
         provider: glm
         language: en-US
         instructions: You are a test bot.
+        """,
+    # OpenAI personas: pcmu passthrough (the default) and 24 kHz PCM.
+    "openai-greeter": """
+        provider: openai
+        voice: alloy
+        language: en-US
+        greeting: "Hello, thanks for calling Northwind."
+        instructions: You are a test bot.
+        """,
+    "openai-quiet": """
+        provider: openai
+        language: en-US
+        instructions: You are a test bot.
+        """,
+    "openai-pcm": """
+        provider: openai
+        language: en-US
+        instructions: You are a test bot.
+        audio:
+          input_format: pcm
+          output_format: pcm
         """,
 }
 
@@ -65,13 +87,23 @@ async def fake_glm():
 
 
 @pytest.fixture
+async def fake_openai():
+    from tests.fakes.openai_server import FakeOpenAI
+
+    server = FakeOpenAI(api_key=OPENAI_KEY)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
 def gateway_log():
     """The production log pipeline (handler + redactor) at DEBUG, written to a buffer.
 
     websockets is turned up to DEBUG too: it dumps request headers (Authorization included),
     which is exactly what the redactor has to catch."""
     buf = io.StringIO()
-    setup_logging("DEBUG", "text", [GLM_KEY])
+    setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY])
     root = logging.getLogger()
     handler = next(h for h in root.handlers if getattr(h, "_gateway", False))
     handler.setStream(buf)
@@ -115,11 +147,14 @@ async def make_gateway(config_dir: Path):
     """Start gateways on free loopback ports; all are stopped at the end of the test."""
     runners: list[web.AppRunner] = []
 
-    async def start(glm=None, extra: str = "", env: dict | None = None) -> Gateway:
+    async def start(glm=None, extra: str = "", env: dict | None = None, openai=None) -> Gateway:
         environ = dict(env or {})
         if glm is not None:
             environ.setdefault("ZHIPU_API_KEY", GLM_KEY)
             environ.setdefault("GLM_REALTIME_URL", glm.url)
+        if openai is not None:
+            environ.setdefault("OPENAI_API_KEY", OPENAI_KEY)
+            environ.setdefault("OPENAI_REALTIME_URL", openai.url)
         config = load_config(write_config(config_dir, extra), env=environ)
         REDACTOR.add(*config.secrets())
         app = create_app(config)
