@@ -29,6 +29,7 @@ import struct
 import time
 import wave
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable
 
 import jwt
 from websockets.asyncio.server import ServerConnection, serve
@@ -50,6 +51,36 @@ def rms(pcm: bytes) -> float:
         return 0.0
     vals = struct.unpack(f"<{n}h", pcm[:n * 2])
     return math.sqrt(sum(v * v for v in vals) / n)
+
+
+async def stream_reply(fake, r: dict, pieces: Iterable[bytes], send_piece: Callable[[bytes], Awaitable[None]],
+                       abort: Callable[[], None]) -> bool:
+    """Streams a reply's audio the way realtime services do: a delta every `delta_interval`
+    (faster than real time); after a cancel, deltas keep coming for `cancel_settle` seconds,
+    then stop. `fail_after_deltas` drops the connection mid-sentence (returns False).
+    `r` is the response record; its counters are updated."""
+    for piece in pieces:
+        if r["cancel_at"] is not None and time.monotonic() - r["cancel_at"] >= fake.cancel_settle:
+            break
+        await send_piece(piece)
+        r["deltas_sent"] += 1
+        if r["cancel_at"] is not None:
+            r["late_deltas"] += 1
+        if fake.fail_after_deltas is not None and r["deltas_sent"] >= fake.fail_after_deltas:
+            abort()  # no close frame
+            return False
+        if r["cancel_at"] is None:
+            try:  # a cancel wakes us: the service keeps streaming for a moment after it
+                await asyncio.wait_for(r["cancel_event"].wait(), fake.delta_interval)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(fake.cancel_settle / 3)
+    if r["cancel_at"] is not None:
+        wait = fake.cancel_settle - (time.monotonic() - r["cancel_at"])
+        if wait > 0:
+            await asyncio.sleep(wait)
+    return True
 
 
 @dataclass
@@ -339,31 +370,15 @@ class _Conn:
             await self.send({"type": "response.audio_transcript.delta", **base, "delta": piece})
         total = int(self.fake.reply_seconds * OUTPUT_RATE)
         per = int(self.fake.delta_seconds * OUTPUT_RATE)
-        sent = 0
-        while sent < total:
-            if r["cancel_at"] is not None and time.monotonic() - r["cancel_at"] >= self.fake.cancel_settle:
-                break
-            n = min(per, total - sent)
-            pcm = make_tone(hz, n / OUTPUT_RATE, OUTPUT_RATE, 8000, phase0=sent)
+        tone_chunks = (make_tone(hz, min(per, total - at) / OUTPUT_RATE, OUTPUT_RATE, 8000, phase0=at)
+                       for at in range(0, total, per))
+
+        async def send_piece(pcm: bytes) -> None:
             await self.send({"type": "response.audio.delta", **base, "delta": base64.b64encode(pcm).decode()})
-            sent += n
-            r["deltas_sent"] += 1
-            if r["cancel_at"] is not None:
-                r["late_deltas"] += 1
-            if self.fake.fail_after_deltas is not None and r["deltas_sent"] >= self.fake.fail_after_deltas:
-                self.ws.transport.abort()  # mid-sentence, no close frame
-                return
-            if r["cancel_at"] is None:
-                try:  # a cancel wakes us: the service keeps streaming for a moment after it
-                    await asyncio.wait_for(r["cancel_event"].wait(), self.fake.delta_interval)
-                except asyncio.TimeoutError:
-                    pass
-            else:
-                await asyncio.sleep(self.fake.cancel_settle / 3)
+
+        if not await stream_reply(self.fake, r, tone_chunks, send_piece, self.ws.transport.abort):
+            return
         if r["cancel_at"] is not None:
-            wait = self.fake.cancel_settle - (time.monotonic() - r["cancel_at"])
-            if wait > 0:
-                await asyncio.sleep(wait)
             r["status"] = "cancelled"
             await self.send({"type": "response.cancelled", "response": {"id": rid, "object": "realtime.response",
                                                                         "status": "cancelled"}})

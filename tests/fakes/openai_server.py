@@ -39,12 +39,9 @@ from dataclasses import dataclass, field
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-try:
-    import audioop  # stdlib below 3.13, the audioop-lts package from 3.13
-except ImportError:  # pragma: no cover
-    raise
+import audioop  # stdlib below 3.13, the audioop-lts package from 3.13
 
-from tests.fakes.glm_server import make_tone, rms
+from tests.fakes.glm_server import make_tone, rms, stream_reply
 
 SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
                 "max_output_tokens", "tracing", "truncation", "prompt", "include"}
@@ -438,31 +435,15 @@ class _Conn:
             await self.send({"type": "response.output_audio_transcript.delta", **base, "delta": piece})
         audio, per_ms = self._output_audio(hz, echo_audio)
         chunk = max(per_ms, int(self.fake.delta_seconds * 1000) * per_ms)
-        sent = 0
-        while sent < len(audio):
-            if r["cancel_at"] is not None and time.monotonic() - r["cancel_at"] >= self.fake.cancel_settle:
-                break
-            piece = audio[sent:sent + chunk]
+
+        async def send_piece(piece: bytes) -> None:
+            item["audio_ms"] += len(piece) / per_ms  # generated (and remembered) before it is sent
             await self.send({"type": "response.output_audio.delta", **base, "delta": base64.b64encode(piece).decode()})
-            sent += len(piece)
-            item["audio_ms"] += len(piece) / per_ms
-            r["deltas_sent"] += 1
-            if r["cancel_at"] is not None:
-                r["late_deltas"] += 1
-            if self.fake.fail_after_deltas is not None and r["deltas_sent"] >= self.fake.fail_after_deltas:
-                self.ws.transport.abort()  # mid-sentence, no close frame
-                return
-            if r["cancel_at"] is None:
-                try:  # a cancel wakes us: the service keeps streaming for a moment after it
-                    await asyncio.wait_for(r["cancel_event"].wait(), self.fake.delta_interval)
-                except asyncio.TimeoutError:
-                    pass
-            else:
-                await asyncio.sleep(self.fake.cancel_settle / 3)
+
+        pieces = (audio[at:at + chunk] for at in range(0, len(audio), chunk))
+        if not await stream_reply(self.fake, r, pieces, send_piece, self.ws.transport.abort):
+            return
         if r["cancel_at"] is not None:
-            wait = self.fake.cancel_settle - (time.monotonic() - r["cancel_at"])
-            if wait > 0:
-                await asyncio.sleep(wait)
             r["status"], item["status"] = "cancelled", "incomplete"
         else:
             r["status"], item["status"] = "completed", "completed"
