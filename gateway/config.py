@@ -181,6 +181,7 @@ PROVIDER_AUDIO = {
     "openai": (("pcmu", "pcm"), ("pcmu", "pcm"), ("server_vad", "semantic_vad")),
     "echo": (("pcm16",), ("pcm",), ("server_vad",)),
 }
+OPENAI_VOICES = {"alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse"}
 GLM_VOICES = {"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying",
               "lovely_girl", "female-shaonv"}
 
@@ -331,6 +332,9 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 1024):
             raise ConfigError(f"{where}max_response_output_tokens: expected 1..1024 or \"inf\", got {tokens!r}")
     if persona.provider == "openai":
+        if persona.voice and persona.voice not in OPENAI_VOICES:
+            raise ConfigError(f"{where}voice: OpenAI has no voice {persona.voice!r} "
+                              f"(one of {', '.join(sorted(OPENAI_VOICES))})")
         tokens = persona.max_response_output_tokens
         if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 4096):
             raise ConfigError(f"{where}max_response_output_tokens: expected 1..4096 or \"inf\", got {tokens!r}")

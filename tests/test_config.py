@@ -18,6 +18,19 @@ def test_shipped_config_and_bots_are_valid():
     assert support.provider == "glm" and support.greeting and support.instructions
     assert not config.provider_ready(support)  # no key in this environment
     assert config.provider_ready(config.bots["echo"])
+    openai = config.bots["support-openai"]
+    assert openai.provider == "openai" and openai.greeting and openai.instructions
+    assert (openai.audio.input_format, openai.audio.output_format) == ("pcmu", "pcmu")
+    assert config.bots["support"].audio.input_format == "wav"  # the GLM default, resolved at load
+
+
+def test_provider_defaults_for_audio_formats(config_dir):
+    (config_dir / "bots" / "plain-openai.yaml").write_text("provider: openai\n")
+    (config_dir / "bots" / "plain-glm.yaml").write_text("provider: glm\n")
+    bots = load_config(write_config(config_dir), env={}).bots
+    assert (bots["plain-openai"].audio.input_format, bots["plain-openai"].audio.output_format) == ("pcmu", "pcmu")
+    assert (bots["plain-glm"].audio.input_format, bots["plain-glm"].audio.output_format) == ("wav", "pcm")
+    assert bots["plain-openai"].model == "gpt-realtime"
 
 
 def test_environment_overrides_win(config_dir):
@@ -29,6 +42,10 @@ def test_environment_overrides_win(config_dir):
     assert config.providers.glm.url == "ws://127.0.0.1:1/x"
     assert config.twilio.api_base == "http://127.0.0.1:2"
     assert config.provider_ready(config.bots["support"])
+    assert not config.provider_ready(config.bots["support-openai"])
+    config = load_config(path, env={"OPENAI_API_KEY": "sk-x", "OPENAI_REALTIME_URL": "wss://az.example/openai/realtime"})
+    assert config.providers.openai.api_key == "sk-x" and config.providers.openai.url == "wss://az.example/openai/realtime"
+    assert config.provider_ready(config.bots["support-openai"])
 
 
 def test_env_substitution(config_dir):
@@ -63,6 +80,11 @@ def test_config_errors_name_file_and_field(config_dir, extra, message):
     ("provider: glm\nmax_response_output_tokens: '5000'\n", r"bad.yaml: max_response_output_tokens"),
     ("provider: glm\naudio:\n  output_rate: 44100\n", r"bad.yaml: audio.output_rate"),
     ("provider: [glm\n", r"bad.yaml: not valid YAML \(line 2, column 1\)"),
+    ("provider: glm\naudio:\n  input_format: pcmu\n", r"bad.yaml: audio.input_format: provider glm takes wav or"),
+    ("provider: openai\naudio:\n  input_format: wav\n", r"bad.yaml: audio.input_format: provider openai takes pcmu"),
+    ("provider: glm\nturn_detection:\n  type: semantic_vad\n", r"bad.yaml: turn_detection.type: provider glm"),
+    ("provider: openai\nvoice: tongtong\n", r"bad.yaml: voice: OpenAI has no voice 'tongtong'"),
+    ("provider: openai\nmax_response_output_tokens: '9000'\n", r"bad.yaml: max_response_output_tokens"),
 ])
 def test_persona_errors_name_file_and_field(config_dir, yaml_text, message):
     (config_dir / "bots" / "bad.yaml").write_text(yaml_text)
