@@ -128,8 +128,8 @@ class FakeGLM:
         self._server = None
         self._ids = itertools.count(1)
 
-    async def start(self) -> None:
-        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._check_auth,
+    async def start(self, port: int = 0) -> None:
+        self._server = await serve(self._handle, "127.0.0.1", port, process_request=self._check_auth,
                                    max_size=4 * 1024 * 1024)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/api/paas/v4/realtime"

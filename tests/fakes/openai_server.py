@@ -101,8 +101,8 @@ class FakeOpenAI:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):06d}"
 
-    async def start(self) -> None:
-        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._check_auth,
+    async def start(self, port: int = 0) -> None:
+        self._server = await serve(self._handle, "127.0.0.1", port, process_request=self._check_auth,
                                    max_size=4 * 1024 * 1024)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
