@@ -417,8 +417,8 @@ class Call:
             if self._active_response is not None:  # a reply the old session will never finish
                 self._response_done(ResponseDone(self._active_response, "incomplete"))
             await self._session_open()
-            if failed is None:
-                await self._close_session(old)
+            if failed is None:  # shielded: a call ending right now must still close it fully
+                await asyncio.shield(self._close_session(old))
             self.summary.sessions += 1
             self.log.info("model_session_renewed", why=why, context_turns=len(context),
                           switch_ms=round((time.monotonic() - t0) * 1000), sessions=self.summary.sessions)
