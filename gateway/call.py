@@ -166,7 +166,8 @@ class Call:
         self.log.info("call_ended", reason=reason, duration_s=round(time.monotonic() - self._t0, 2),
                       barge_ins=self.summary.barge_ins, frames_in=getattr(self.phone, "media_frames_in", None),
                       frames_out=self.playout.frames_sent, marks_played=self.playout.marks_played,
-                      protocol_errors=getattr(self.phone, "protocol_errors", None))
+                      protocol_errors=getattr(self.phone, "protocol_errors", None),
+                      model_sessions=self.summary.sessions if self.summary.sessions > 1 else None)
 
     def _offset(self) -> float:
         return round(time.monotonic() - self._t0, 3)

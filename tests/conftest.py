@@ -84,6 +84,7 @@ async def fake_glm():
     await server.start()
     yield server
     await server.stop()
+    _no_barge_in_protocol_errors(server)
 
 
 @pytest.fixture
@@ -94,6 +95,17 @@ async def fake_openai():
     await server.start()
     yield server
     await server.stop()
+    _no_barge_in_protocol_errors(server)
+
+
+def _no_barge_in_protocol_errors(fake) -> None:
+    """In every test, not only the barge-in ones: the gateway never cancels an idle response and
+    never truncates past the audio a model generated (the two classic barge-in bugs)."""
+    for s in fake.sessions:
+        for e in s.errors_sent:
+            err = e["error"]
+            assert err.get("code") != "response_cancel_not_active", err
+            assert "already shorter than" not in str(err.get("message")), err
 
 
 @pytest.fixture

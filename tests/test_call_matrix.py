@@ -252,3 +252,21 @@ async def test_shutdown_ends_live_calls_with_reason(make_gateway, model):
     summary = await ended(gw, phone)
     assert summary.end_reason == "shutdown"
     assert model.fake.sessions[0].closed.is_set()
+
+
+async def test_garbage_from_the_model_is_dropped_and_the_call_goes_on(make_gateway, model, caplog):
+    gw = await model.gateway(make_gateway)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        phone = await dial(gw.url, bot=model.quiet)
+        await wait_for(lambda: model.fake.sessions and model.fake.sessions[0].session_config, 3, "session")
+        for raw in ["not json", b"\x00\x01binary", "[1, 2]", '{"type": "response.done", "response": "x"}',
+                    '{"type": "response.created", "response": [1]}', '{"type": "error", "error": "text"}',
+                    '{"type": "response.output_audio.delta", "delta": 5}', '{"no": "type"}']:
+            await model.fake.broadcast(raw)
+        await phone.say(ulaw_tone(440, 0.5))
+        await wait_for(lambda: phone.result.media_frames > 50, 4, "1 s of the reply")
+        await phone.hangup()
+        summary = await ended(gw, phone)
+    assert summary.end_reason == "caller_hangup"
+    assert [e["role"] for e in summary.transcript][:2] == ["caller", "bot"]
+    assert logged(caplog, "model_bad_event", f"call={phone.call_sid}")

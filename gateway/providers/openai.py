@@ -34,8 +34,7 @@ from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, Outpu
 from .wsbase import JsonWsProvider
 
 # Errors after which the session cannot go on. Everything else is logged and survived.
-FATAL_CODES = {"invalid_api_key", "insufficient_quota", "model_not_found", "session_expired",
-               "server_error_fatal"}
+FATAL_CODES = {"invalid_api_key", "insufficient_quota", "model_not_found", "session_expired"}
 # ...and of those, the ones a fresh session fixes (the conversation is replayed into it).
 RENEWABLE_CODES = {"session_expired"}
 # A cancel racing the response's own end: expected now and then, not a fault.
@@ -185,6 +184,10 @@ class OpenAIRealtime(JsonWsProvider):
         if t == "response.done":
             resp = msg.get("response") or {}
             usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else None
+            if resp.get("status") in ("failed", "incomplete"):  # e.g. quota, content filter, token limit
+                details = resp.get("status_details") if isinstance(resp.get("status_details"), dict) else {}
+                self.log.warning("model_response_failed", response=resp.get("id"), status=resp.get("status"),
+                                 reason=details.get("reason"), error=str(details.get("error") or "")[:300] or None)
             return [ResponseDone(str(resp.get("id", "")), str(resp.get("status") or "completed"), usage)]
         self.log.debug("model_unknown_event", type=str(t)[:80])
         return []

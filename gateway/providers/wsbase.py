@@ -128,7 +128,13 @@ class JsonWsProvider(Provider):
                 except ValueError:
                     self.log.warning("model_bad_event", reason="not JSON", size=len(raw))
                     continue
-                for ev in self._translate(msg):
+                try:
+                    events = self._translate(msg)
+                except (AttributeError, KeyError, TypeError, ValueError) as e:  # a well-formed JSON, ill-shaped event
+                    self.log.warning("model_bad_event", reason=f"{type(e).__name__}: {e}"[:200],
+                                     type=str(msg.get("type"))[:80])
+                    continue
+                for ev in events:
                     self._queue.put_nowait(ev)
                     if isinstance(ev, ProviderError) and ev.fatal:
                         return

@@ -53,6 +53,15 @@ def rms(pcm: bytes) -> float:
     return math.sqrt(sum(v * v for v in vals) / n)
 
 
+async def broadcast(connections: list[ServerConnection], raw: str | bytes) -> None:
+    """Send a raw frame (malformed on purpose, in tests) to every open connection."""
+    for ws in connections:
+        try:
+            await ws.send(raw)
+        except ConnectionClosed:
+            pass
+
+
 async def stream_reply(fake, r: dict, pieces: Iterable[bytes], send_piece: Callable[[bytes], Awaitable[None]],
                        abort: Callable[[], None]) -> bool:
     """Streams a reply's audio the way realtime services do: a delta every `delta_interval`
@@ -125,6 +134,7 @@ class FakeGLM:
         self.sessions: list[FakeSession] = []
         self.rejected: list[str] = []
         self.url = ""
+        self.connections: list[ServerConnection] = []
         self._server = None
         self._ids = itertools.count(1)
 
@@ -133,6 +143,9 @@ class FakeGLM:
                                    max_size=4 * 1024 * 1024)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/api/paas/v4/realtime"
+
+    async def broadcast(self, raw: str | bytes) -> None:
+        await broadcast(self.connections, raw)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -182,6 +195,7 @@ class FakeGLM:
             s.jwt_header = jwt.get_unverified_header(token)
             s.jwt_claims = jwt.decode(token, options={"verify_signature": False})
         self.sessions.append(s)
+        self.connections.append(ws)
         conn = _Conn(self, ws, s)
         try:
             await conn.run()

@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 
 import audioop  # stdlib below 3.13, the audioop-lts package from 3.13
 
-from tests.fakes.glm_server import make_tone, rms, stream_reply
+from tests.fakes.glm_server import broadcast, make_tone, rms, stream_reply
 
 SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
                 "max_output_tokens", "tracing", "truncation", "prompt", "include"}
@@ -95,6 +95,7 @@ class FakeOpenAI:
         self.sessions: list[FakeSession] = []
         self.rejected: list[str] = []
         self.url = ""
+        self.connections: list[ServerConnection] = []
         self._server = None
         self._ids = itertools.count(1)
 
@@ -106,6 +107,9 @@ class FakeOpenAI:
                                    max_size=4 * 1024 * 1024)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+
+    async def broadcast(self, raw: str | bytes) -> None:
+        await broadcast(self.connections, raw)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -130,6 +134,7 @@ class FakeOpenAI:
         s = FakeSession(auth_header=ws.request.headers.get("Authorization", ""), path=ws.request.path,
                         headers=dict(ws.request.headers.raw_items()))
         self.sessions.append(s)
+        self.connections.append(ws)
         try:
             await _Conn(self, ws, s).run()
         finally:
