@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
+import re
+import socket
+import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from .call import Call
+from .calllog import CallRecorder, CallStore, open_store
 from .config import Config, Persona
 from .logs import CallLog
 from .providers import make_provider
@@ -24,6 +29,9 @@ log = logging.getLogger("gateway")
 CONFIG = web.AppKey("config", Config)
 CALLS = web.AppKey("calls", dict)  # live calls by call id
 RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finished calls
+STORE = web.AppKey("store", CallStore)  # the call log
+INSTANCE = web.AppKey("instance", str)
+PURGE_EVERY_SECONDS = 6 * 3600
 _conn_ids = itertools.count(1)
 
 SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
@@ -34,12 +42,60 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
+    app[INSTANCE] = config.server.instance_id or socket.gethostname()
     app.router.add_post("/twilio/voice", voice_webhook)
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from .operator_api import add_operator_routes
+    add_operator_routes(app)
+    app.on_startup.append(_open_call_log)
     app.on_shutdown.append(_hang_up_all)
+    app.cleanup_ctx.append(_purge_old_records)
+    app.on_cleanup.append(_close_call_log)
     return app
+
+
+async def _open_call_log(app: web.Application) -> None:
+    """Open the store, apply migrations, and close what a crash of this instance left open."""
+    config = app[CONFIG]
+    store = open_store(config.storage.url, config.base_dir)
+    await store.start()
+    app[STORE] = store
+    crashed = await store.mark_crashed(app[INSTANCE])
+    log.log(logging.WARNING if crashed else logging.INFO, "event=calllog_open store=%s instance=%s "
+            "crashed_calls_closed=%d", store, app[INSTANCE], crashed)
+
+
+async def _close_call_log(app: web.Application) -> None:
+    if STORE in app:
+        await app[STORE].close()
+
+
+async def _purge_old_records(app: web.Application):
+    """Retention: at start-up and every few hours, drop call records and recordings past their age."""
+    from .recording import purge_recordings, recordings_dir
+
+    async def loop() -> None:
+        config = app[CONFIG]
+        while True:
+            try:
+                if config.storage.retention_days:
+                    paths = await app[STORE].purge(time.time() - config.storage.retention_days * 86400)
+                    for path in paths:
+                        with contextlib.suppress(OSError):
+                            (recordings_dir(config) / path).unlink()
+                    if paths:
+                        log.info("event=calllog_purged recordings=%d", len(paths))
+                purge_recordings(config)
+            except Exception as e:  # noqa: BLE001 - retention must never take the server down
+                log.error("event=calllog_purge_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+            await asyncio.sleep(PURGE_EVERY_SECONDS)
+
+    task = asyncio.create_task(loop(), name="calllog-purge")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def choose_bot(config: Config, requested: str | None, dialed: str) -> tuple[Persona | None, str]:
@@ -89,6 +145,10 @@ async def voice_webhook(request: web.Request) -> web.Response:
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
     clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed)
+    if call_sid and STORE in request.app:
+        request.app[STORE].enqueue("upsert_call", call_sid, {
+            "webhook_at": time.time(), "from_number": caller, "to_number": dialed, "bot": persona.name,
+            "network": "twilio", "provider": persona.provider, "model": persona.model})
     twiml = connect_twiml(stream_url(config, request),
                           {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid},
                           after=persona.fallback_message, language=persona.language)
@@ -125,8 +185,18 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
         return ws
+    call_id = started.call_sid or started.stream_sid
+    recording = None
+    if persona.record if persona.record is not None else config.recording.enabled:
+        from .recording import CallRecording, recordings_dir
+        try:
+            recording = CallRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
+        except OSError as e:
+            clog.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
     call = Call(config=config, persona=persona, phone=stream, started=started, provider=provider, log=clog,
-                renew=lambda context: make_provider(persona, config, clog, context))
+                renew=lambda context: make_provider(persona, config, clog, context),
+                recorder=CallRecorder(request.app[STORE], call_id), instance=request.app[INSTANCE],
+                recording=recording)
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .calllog import CallRecorder, NullRecorder
 from .audio import PHONE_RATE, Framer, Resampler, pcm16_to_ulaw, pcm_ms, ulaw_to_pcm16
 from .config import Config, Persona
 from .logs import CallLog
@@ -79,14 +80,19 @@ class CallSummary:
     barge_ins: int = 0
     turn_latencies_ms: list[float] = field(default_factory=list)
     sessions: int = 1  # model sessions used (more than one after a renewal)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str = ""  # what ended the call, when something went wrong
 
 
 class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started,
                  provider: Provider, log: CallLog,
-                 renew: Callable[[Sequence[ContextTurn]], Provider] | None = None):
+                 renew: Callable[[Sequence[ContextTurn]], Provider] | None = None,
+                 recorder: CallRecorder | None = None, instance: str = "", recording=None):
         """`renew(context)` makes a fresh, unconnected session that continues the conversation;
-        without it, a session that ends ends the call."""
+        without it, a session that ends ends the call. `recorder` writes the call log;
+        `recording` (a recording.CallRecording) gets both sides' audio."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -99,7 +105,9 @@ class Call:
         self._in_resampler = Resampler(PHONE_RATE, caps.input_rate)
         self._out_resampler = Resampler(caps.output_rate, PHONE_RATE)
         self._framer = Framer()
-        self.playout = Playout(phone, config.audio.playout_lead_ms, on_first_audio=self._on_first_audio)
+        self.recording = recording
+        self.playout = Playout(phone, config.audio.playout_lead_ms, on_first_audio=self._on_first_audio,
+                               on_frame=recording.bot if recording is not None else None)
         self._ready = False
         self._preready: list[bytes] = []
         self._turns: dict[str, BotTurn] = {}
@@ -112,6 +120,9 @@ class Call:
         self._renew_lock = asyncio.Lock()
         self._session_started = self._t0
         self._caller_speaking = False
+        self.rec = recorder or NullRecorder(self.call_id)
+        self.instance = instance
+        self._started_wall = time.time()
 
     async def end(self, reason: str) -> None:
         """End the call from outside (server shutdown, an operator): closes the phone stream, so
@@ -125,6 +136,9 @@ class Call:
         params = self.started.custom_parameters
         self.log.info("call_started", stream=self.started.stream_sid, caller=params.get("from"),
                       dialed=params.get("to"), provider=self.persona.provider, model=self.persona.model)
+        self.rec.update(stream_id=self.started.stream_sid, network="twilio", from_number=params.get("from"),
+                        to_number=params.get("to"), bot=self.persona.name, provider=self.persona.provider,
+                        model=self.persona.model, instance=self.instance, started_at=self._started_wall)
         limit = self.persona.max_call_seconds or self.config.limits.max_call_seconds
         tasks = [asyncio.create_task(self._phone_loop(), name=f"phone:{self.call_id}"),
                  asyncio.create_task(self._model_loop(), name=f"model:{self.call_id}"),
@@ -141,6 +155,7 @@ class Call:
                 if exc is not None:
                     self.log.error("call_task_crashed", task=t.get_name().split(":")[0],
                                    error=f"{type(exc).__name__}: {exc}"[:300])
+                    self._error("internal_error", f"{type(exc).__name__} in the {t.get_name().split(':')[0]} task")
                     reason = "internal_error"
                 else:
                     reason = t.result()
@@ -163,7 +178,19 @@ class Call:
         for turn in self._turns.values():
             if not turn.done:
                 self._finish_turn(turn)
-        self.log.info("call_ended", reason=reason, duration_s=round(time.monotonic() - self._t0, 2),
+        duration = round(time.monotonic() - self._t0, 3)
+        if self.recording is not None:
+            try:
+                self.recording.close()
+                self.rec.update(recording=self.recording.path.name)
+            except OSError as e:
+                self.log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
+        self.rec.event("call_ended", duration, reason=reason, error=self.summary.error or None)
+        self.rec.update(ended_at=self._started_wall + duration, duration_s=duration, end_reason=reason,
+                        error=self.summary.error or None, barge_ins=self.summary.barge_ins,
+                        turns=sum(1 for e in self.summary.transcript if e["role"] == "bot"),
+                        input_tokens=self.summary.input_tokens, output_tokens=self.summary.output_tokens)
+        self.log.info("call_ended", reason=reason, duration_s=round(duration, 2),
                       barge_ins=self.summary.barge_ins, frames_in=getattr(self.phone, "media_frames_in", None),
                       frames_out=self.playout.frames_sent, marks_played=self.playout.marks_played,
                       protocol_errors=getattr(self.phone, "protocol_errors", None),
@@ -181,7 +208,9 @@ class Call:
                 self.playout.on_mark(ev.name)
             elif isinstance(ev, Dtmf):
                 self.log.info("dtmf", digit=ev.digit)
-                self.summary.transcript.append({"role": "dtmf", "text": ev.digit, "t": self._offset()})
+                t = self._offset()
+                self.summary.transcript.append({"role": "dtmf", "text": ev.digit, "t": t})
+                self.rec.event("dtmf", t, digit=ev.digit)
             elif isinstance(ev, Stopped):
                 if ev.reason == "protocol_errors":
                     return "protocol_error"
@@ -190,6 +219,8 @@ class Call:
         return "caller_hangup"
 
     async def _caller_audio(self, ulaw: bytes) -> None:
+        if self.recording is not None:
+            self.recording.caller(ulaw)
         caps = self.provider.capabilities
         audio = ulaw if caps.input_format == "mulaw" else self._in_resampler.process(ulaw_to_pcm16(ulaw))
         if not self._ready:
@@ -205,6 +236,7 @@ class Call:
             await self.provider.connect()
         except ProviderConnectError as e:
             self.log.error("model_connect_failed", error=str(e)[:300])
+            self._error("model_connect_failed", str(e))
             return "model_error"
         self.log.info("model_session_ready", provider=self.persona.provider)
         await self._session_open()
@@ -246,19 +278,26 @@ class Call:
                     turn.text += ev.text
             elif isinstance(ev, InputTranscript):
                 self.log.info("caller_said", text=ev.text[:500])
-                self.summary.transcript.append({"role": "caller", "text": ev.text, "t": self._offset()})
+                t = self._offset()
+                self.summary.transcript.append({"role": "caller", "text": ev.text, "t": t})
+                self.rec.event("caller", t, text=ev.text)
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
             elif isinstance(ev, ToolCall):
                 self.log.warning("tool_call_unsupported", name=ev.name)
+                self.rec.event("tool_call", self._offset(), name=ev.name, arguments=ev.arguments[:2000],
+                               result="unsupported")
             elif isinstance(ev, ProviderError):
                 if not ev.fatal:
+                    if ev.code != "response_cancel_not_active":  # a benign race, not worth a line
+                        self.rec.event("model_error", self._offset(), code=ev.code, message=ev.message[:300])
                     continue
                 if provider is not self.provider:
                     return "model_closed"  # a replaced session ending: not this call's problem
                 if ev.renewable and await self._renew(f"model:{ev.code}", failed=provider):
                     return "renewed"
                 self.log.error("model_failed", code=ev.code, message=ev.message[:300])
+                self._error(ev.code, ev.message)
                 return "model_error"
             elif isinstance(ev, SessionReady):
                 pass
@@ -291,6 +330,9 @@ class Call:
             tail = self._framer.flush()
             self.playout.enqueue(frames + ([tail] if tail else []), ev.response_id)
         if ev.usage:
+            for key in ("input_tokens", "output_tokens"):
+                if isinstance(ev.usage.get(key), int):
+                    setattr(self.summary, key, getattr(self.summary, key) + ev.usage[key])
             self.log.info("model_usage", response=ev.response_id, **{k: v for k, v in ev.usage.items()
                                                                     if isinstance(v, (int, float))})
         self._finish_turn(turn, status=ev.status)
@@ -304,6 +346,9 @@ class Call:
             entry["heard_ms"] = round(turn.heard_ms)
         turn.entry = entry
         self.summary.transcript.append(entry)
+        self.rec.event("bot", entry["t"], text=turn.text, response=turn.response_id, heard=heard,
+                       interrupted=turn.interrupted, heard_ms=entry.get("heard_ms"), status=status or None,
+                       generated_ms=round(turn.generated_ms))
         self.log.info("bot_said", response=turn.response_id, status=status or None, text=turn.text[:500],
                       interrupted=turn.interrupted, heard=heard[:500] if turn.interrupted else None,
                       generated_ms=round(turn.generated_ms))
@@ -312,11 +357,14 @@ class Call:
         turn = self._turns.get(response_id)
         if turn is not None:
             turn.first_audio_at = at
+        if self.playout.frames_sent <= 1:  # the call's first bot audio (usually the greeting)
+            self.rec.update(first_audio_at=self._started_wall + (at - self._t0))
         if self._speech_stopped_at is not None:
             latency = (at - self._speech_stopped_at) * 1000
             self._speech_stopped_at = None
             self.summary.turn_latencies_ms.append(round(latency, 1))
             self.log.info("turn_latency", response=response_id, ms=round(latency))
+            self.rec.event("latency", round(at - self._t0, 3), response=response_id, ms=round(latency))
 
     # ------------------------------------------------------------------ barge-in
     async def _speech_started(self) -> None:
@@ -326,6 +374,8 @@ class Call:
             self.log.debug("caller_speech_started")
             return
         cut = await self.playout.clear()  # first: every ms counts while the caller talks over us
+        if self.recording is not None:
+            self.recording.cut_bot(time.monotonic())
         self._framer.reset()
         self._out_resampler.reset()
         if active is not None:
@@ -343,8 +393,12 @@ class Call:
             await self._forget_unheard(turn)
             if turn.entry is not None:  # fully generated but still playing: amend its line
                 turn.entry.update(interrupted=True, heard=turn.heard_text(), heard_ms=round(heard))
+                self.rec.event("bot_cut", self._offset(), response=rid, heard=turn.heard_text(),
+                               heard_ms=round(heard))
         self.log.info("barge_in", responses=",".join(cut) or None, cancelled=active,
                       heard_ms=",".join(str(round(v)) for v in cut.values()) or None)
+        self.rec.event("barge_in", self._offset(), responses=list(cut), cancelled=active,
+                       heard_ms=[round(v) for v in cut.values()])
 
     async def _forget_unheard(self, turn: BotTurn) -> None:
         """Where the model can, make its memory match the caller's ears: truncate the reply to the
@@ -372,6 +426,10 @@ class Call:
             elif e["role"] == "dtmf":
                 turns.append(ContextTurn("caller", f"(pressed {e['text']} on the phone keypad)"))
         return turns[-MAX_CONTEXT_TURNS:]
+
+    def _error(self, code: str, message: str) -> None:
+        self.summary.error = f"{code}: {message}"[:500]
+        self.rec.event("error", self._offset(), code=code, message=message[:500])
 
     def _quiet(self) -> bool:
         """Nobody is talking: the moment to swap sessions without the caller noticing."""
@@ -421,6 +479,7 @@ class Call:
             if failed is None:  # shielded: a call ending right now must still close it fully
                 await asyncio.shield(self._close_session(old))
             self.summary.sessions += 1
+            self.rec.event("session_renewed", self._offset(), why=why, context_turns=len(context))
             self.log.info("model_session_renewed", why=why, context_turns=len(context),
                           switch_ms=round((time.monotonic() - t0) * 1000), sessions=self.summary.sessions)
             return True

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -33,6 +34,9 @@ class ServerConfig:
     # The URL Twilio uses to reach us (https://gw.example.com). Empty: derived from each
     # webhook request's Host header, which is fine on a laptop and wrong behind most proxies.
     public_url: str = ""
+    # Names this gateway in call records; at start-up it closes the records *it* left open (a
+    # crash) without touching other instances' live calls in a shared database. Empty: hostname.
+    instance_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,27 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    # sqlite:///PATH (relative to this config file's directory) or postgresql://user:pass@host/db
+    url: str = "sqlite:///data/calls.db"
+    retention_days: int = 90  # call records older than this are purged; 0 keeps them forever
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    # Stereo WAV per call (caller left, bot right, as the caller heard it). Off by default; a
+    # persona's `record:` overrides it either way.
+    enabled: bool = False
+    dir: str = "data/recordings"  # relative to this config file's directory
+    retention_days: int = 30  # 0 keeps them as long as their call record
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    token: str = ""  # bearer token for /api/ and the dashboard; empty = the API answers 401 to all
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -110,6 +135,9 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     bots_dir: str = "bots"
     # Filled by load_config, not by YAML:
@@ -126,8 +154,14 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every configured secret, for the log redactor."""
+        db_password = urlsplit(self.storage.url).password if "://" in self.storage.url else None
         return [s for s in (self.providers.glm.api_key, self.providers.openai.api_key,
-                            self.twilio.auth_token) if s]
+                            self.twilio.auth_token, self.operator.token, db_password) if s]
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the config (bots, SQLite file, recordings) are relative to this."""
+        return Path(self.path).resolve().parent if self.path else Path.cwd()
 
 
 # ---------------------------------------------------------------- schema: bots/<name>.yaml
@@ -168,6 +202,7 @@ class Persona:
     turn_detection: TurnDetection = field(default_factory=TurnDetection)
     audio: PersonaAudio = field(default_factory=PersonaAudio)
     max_call_seconds: int | None = None
+    record: bool | None = None  # record this bot's calls (None: the config's recording.enabled)
     # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
     fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
     name: str = field(default="", metadata={"internal": True})
@@ -304,6 +339,8 @@ _ENV_OVERRIDES = {
     "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
     "TWILIO_API_BASE": ("twilio", "api_base"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
+    "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
+    "GATEWAY_DATABASE_URL": ("storage", "url"),
 }
 
 
@@ -391,6 +428,10 @@ def _check_ranges(cfg: Config, path: Path) -> None:
         ("limits.max_message_bytes", 1024 <= cfg.limits.max_message_bytes <= 16 << 20, "1 KiB..16 MiB"),
         ("limits.max_call_seconds", cfg.limits.max_call_seconds > 0, "positive"),
         ("providers.glm.url", re.match(r"^wss?://", cfg.providers.glm.url), "a ws:// or wss:// URL"),
+        ("storage.url", re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", cfg.storage.url),
+         "sqlite:///PATH or postgresql://…"),
+        ("storage.retention_days", cfg.storage.retention_days >= 0, ">= 0"),
+        ("recording.retention_days", cfg.recording.retention_days >= 0, ">= 0"),
         ("providers.openai.url", re.match(r"^wss?://", cfg.providers.openai.url), "a ws:// or wss:// URL"),
         ("providers.openai.session_renew_seconds", cfg.providers.openai.session_renew_seconds >= 1, ">= 1"),
         ("providers.glm.api_key", not cfg.providers.glm.api_key or cfg.providers.glm.auth == "key"

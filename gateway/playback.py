@@ -41,12 +41,16 @@ class _Mark:
 class Playout:
     def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS,
                  clock: Callable[[], float] = time.monotonic,
-                 on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None):
+                 on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None,
+                 on_frame: Callable[[bytes, float], None] | None = None):
+        """`on_first_audio(response_id, sent_at)`: a response's first frame went out.
+        `on_frame(frame, starts_at)`: every frame sent, with when it starts playing (recording)."""
         self.phone = phone
         self.lead = lead_ms / 1000
         self.frame = frame_ms / 1000
         self.clock = clock
         self.on_first_audio = on_first_audio
+        self.on_frame = on_frame
         self.generation = 0
         self._seq = 0
         self._frames: deque[tuple[bytes, str]] = deque()
@@ -136,7 +140,10 @@ class Playout:
         now = self.clock()
         self.frames_sent += 1
         ms = len(frame) / 8  # 8 bytes of mu-law per ms
-        self._play_until = max(self._play_until, now) + ms / 1000
+        starts_at = max(self._play_until, now)
+        self._play_until = starts_at + ms / 1000
+        if self.on_frame is not None:
+            self.on_frame(frame, starts_at)
         self.sent_ms[rid] = self.sent_ms.get(rid, 0.0) + ms
         self._seq += 1
         name = f"{self.generation}:{self._seq}"

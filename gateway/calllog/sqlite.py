@@ -1,0 +1,75 @@
+"""SQLite call-log store: one file (default `data/calls.db`), WAL, one worker thread.
+
+sqlite3 is blocking, so every statement runs on a single dedicated thread (never on the event
+loop); one thread also means statements are naturally serialised, which SQLite wants anyway.
+WAL lets the CLI or a second reader look at the file while the gateway writes; each write is its
+own committed transaction, so a killed process keeps everything written before it died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .store import CallStore
+
+
+class SqliteStore(CallStore):
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calllog-sqlite")
+
+    def __repr__(self) -> str:
+        return f"sqlite:{self.path}"
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _connect(self) -> None:
+        def open_db() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            db.execute("PRAGMA busy_timeout=10000")
+            return db
+        self._db = await self._run(open_db)
+
+    async def _close_db(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._run(db.close)
+        self._pool.shutdown(wait=False)
+
+    async def _execute(self, sql: str, args: tuple = ()) -> int:
+        def run() -> int:
+            assert self._db is not None
+            return self._db.execute(sql, args).rowcount
+        return await self._run(run)
+
+    async def _fetch(self, sql: str, args: tuple = ()) -> list[dict]:
+        def run() -> list[dict]:
+            assert self._db is not None
+            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        return await self._run(run)
+
+    async def _migrate_to(self, version: int, statements: list[str]) -> None:
+        def run() -> None:
+            assert self._db is not None
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in statements:
+                    self._db.execute(stmt)
+                self._db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                                 (version, time.time()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        await self._run(run)

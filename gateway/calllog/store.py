@@ -1,0 +1,272 @@
+"""The call-log store: one async interface, SQLite (default) and PostgreSQL behind it.
+
+Writes never block a call: `enqueue()` puts the operation on a bounded, ordered queue that one
+writer task drains, each write committed on its own, so a crash (even SIGKILL) loses at most the
+writes still queued, i.e. the last few milliseconds. Reads are awaited directly. A write that
+fails is logged and skipped; a full queue (the database is down or far too slow) drops the write
+with a log line and counts it in `dropped`, rather than growing memory or stalling calls.
+
+Times are UNIX seconds (floats) in the database, which both engines compare and index the same
+way; the API renders them as ISO 8601. Event offsets `t` are seconds from the call's start.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("gateway.calllog")
+
+MAX_PENDING_WRITES = 10000
+
+# Migrations: version -> statements. Applied in order at start-up, each version once, recorded in
+# schema_migrations. Written in the SQL both engines accept (DOUBLE PRECISION is REAL in SQLite).
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE calls (
+            call_id TEXT PRIMARY KEY,
+            stream_id TEXT,
+            network TEXT NOT NULL DEFAULT 'twilio',
+            from_number TEXT,
+            to_number TEXT,
+            bot TEXT,
+            provider TEXT,
+            model TEXT,
+            instance TEXT,
+            webhook_at DOUBLE PRECISION,
+            started_at DOUBLE PRECISION,
+            first_audio_at DOUBLE PRECISION,
+            ended_at DOUBLE PRECISION,
+            duration_s DOUBLE PRECISION,
+            end_reason TEXT,
+            error TEXT,
+            barge_ins INTEGER NOT NULL DEFAULT 0,
+            turns INTEGER NOT NULL DEFAULT 0,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            recording TEXT
+        )""",
+        "CREATE INDEX calls_started ON calls (started_at)",
+        "CREATE INDEX calls_bot_started ON calls (bot, started_at)",
+        "CREATE INDEX calls_open ON calls (instance, ended_at)",
+        """CREATE TABLE call_events (
+            call_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            t DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            text TEXT,
+            data TEXT NOT NULL,
+            PRIMARY KEY (call_id, seq)
+        )""",
+    ],
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+CALL_FIELDS = ("stream_id", "network", "from_number", "to_number", "bot", "provider", "model", "instance",
+               "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
+               "barge_ins", "turns", "input_tokens", "output_tokens", "recording")
+END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",
+               "max_duration", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream")
+NO_STREAM_AFTER_SECONDS = 600  # a webhook with no media stream this long after is a call that never connected
+
+
+@dataclass(frozen=True)
+class CallQuery:
+    bot: str | None = None
+    number: str | None = None  # matches from or to
+    since: float | None = None  # started (or webhook) at or after
+    until: float | None = None  # ... before
+    end_reason: str | None = None
+    text: str | None = None  # substring of any transcript line, case-insensitive
+    live: bool | None = None  # True: not ended yet; False: ended
+    limit: int = 50
+    offset: int = 0
+
+
+class CallStore(abc.ABC):
+    """Subclasses implement the SQL engine: `_connect`, `_close_db`, `_execute`, `_fetch`, `_script`."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue | None = None
+        self._writer: asyncio.Task | None = None
+        self.dropped = 0
+        self.failed = 0
+
+    # ------------------------------------------------------------------ engine hooks
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _close_db(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, args: tuple = ()) -> int:
+        """Run one statement in its own transaction; rows affected."""
+
+    @abc.abstractmethod
+    async def _fetch(self, sql: str, args: tuple = ()) -> list[dict]: ...
+
+    @abc.abstractmethod
+    async def _migrate_to(self, version: int, statements: list[str]) -> None:
+        """Apply one migration and record it, atomically."""
+
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self._connect()
+        await self.migrate()
+        self._queue = asyncio.Queue(maxsize=MAX_PENDING_WRITES)
+        self._writer = asyncio.create_task(self._write_loop(), name="calllog-writer")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self.flush(), timeout)
+            except asyncio.TimeoutError:
+                log.error("event=calllog_close_unflushed pending=%d", self._queue.qsize() if self._queue else 0)
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        await self._close_db()
+
+    async def migrate(self) -> int:
+        await self._execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        rows = await self._fetch("SELECT version FROM schema_migrations")
+        have = {r["version"] for r in rows}
+        if have and max(have) > SCHEMA_VERSION:
+            raise RuntimeError(f"call-log database is at schema version {max(have)}, newer than this "
+                               f"gateway ({SCHEMA_VERSION}); upgrade the gateway")
+        for version in sorted(MIGRATIONS):
+            if version not in have:
+                await self._migrate_to(version, MIGRATIONS[version])
+                log.info("event=calllog_migrated version=%d", version)
+        return SCHEMA_VERSION
+
+    # ------------------------------------------------------------------ writes (queued)
+    def enqueue(self, op: str, *args) -> None:
+        """Queue a write (`upsert_call`, `add_event`); never blocks, never raises."""
+        if self._queue is None:
+            return
+        try:
+            self._queue.put_nowait((op, args))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("event=calllog_write_dropped dropped=%d reason=queue_full", self.dropped)
+
+    async def flush(self) -> None:
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            op, args = await self._queue.get()
+            try:
+                await getattr(self, op)(*args)
+            except Exception as e:  # noqa: BLE001 - a failed write must not stop the others
+                self.failed += 1
+                log.error("event=calllog_write_failed op=%s error=%s", op, f"{type(e).__name__}: {e}"[:300])
+            finally:
+                self._queue.task_done()
+
+    async def upsert_call(self, call_id: str, fields: dict) -> None:
+        cols = [c for c in CALL_FIELDS if c in fields]
+        names = ", ".join(["call_id", *cols])
+        marks = ", ".join([self.placeholder] * (len(cols) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols) or "call_id = excluded.call_id"
+        await self._execute(self._sql(f"INSERT INTO calls ({names}) VALUES ({marks}) "
+                                      f"ON CONFLICT (call_id) DO UPDATE SET {updates}"),
+                            (call_id, *(fields[c] for c in cols)))
+
+    async def add_event(self, call_id: str, seq: int, t: float, kind: str, text: str | None, data: dict) -> None:
+        await self._execute(self._sql("INSERT INTO call_events (call_id, seq, t, kind, text, data) "
+                                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (call_id, seq) DO NOTHING"),
+                            (call_id, seq, t, kind, text, json.dumps(data, ensure_ascii=False)))
+
+    # ------------------------------------------------------------------ maintenance
+    async def mark_crashed(self, instance: str, now: float | None = None) -> int:
+        """Close the records a previous run of this instance left open: it died mid-call. The end
+        time is the last thing recorded. Webhooks never followed by a stream become `no_stream`."""
+        now = time.time() if now is None else now
+        n = await self._execute(self._sql(
+            "UPDATE calls SET end_reason = 'crashed', "
+            "ended_at = started_at + COALESCE((SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id), 0), "
+            "duration_s = COALESCE((SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id), 0) "
+            "WHERE ended_at IS NULL AND started_at IS NOT NULL AND instance = ?"), (instance,))
+        await self._execute(self._sql(
+            "UPDATE calls SET end_reason = 'no_stream', ended_at = webhook_at, duration_s = 0 "
+            "WHERE ended_at IS NULL AND started_at IS NULL AND webhook_at < ?"), (now - NO_STREAM_AFTER_SECONDS,))
+        return n
+
+    async def purge(self, before: float) -> list[str]:
+        """Delete calls that ended before `before` with their events; returns their recording paths."""
+        rows = await self._fetch(self._sql("SELECT call_id, recording FROM calls WHERE ended_at IS NOT NULL "
+                                           "AND ended_at < ?"), (before,))
+        await self._execute(self._sql("DELETE FROM call_events WHERE call_id IN "
+                                      "(SELECT call_id FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?)"),
+                            (before,))
+        await self._execute(self._sql("DELETE FROM calls WHERE ended_at IS NOT NULL AND ended_at < ?"), (before,))
+        return [r["recording"] for r in rows if r["recording"]]
+
+    # ------------------------------------------------------------------ reads
+    def _where(self, q: CallQuery) -> tuple[str, list]:
+        clauses, args = [], []
+        if q.bot:
+            clauses.append("bot = ?")
+            args.append(q.bot)
+        if q.number:
+            clauses.append("(from_number = ? OR to_number = ?)")
+            args += [q.number, q.number]
+        if q.since is not None:
+            clauses.append("COALESCE(started_at, webhook_at) >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            clauses.append("COALESCE(started_at, webhook_at) < ?")
+            args.append(q.until)
+        if q.end_reason:
+            clauses.append("end_reason = ?")
+            args.append(q.end_reason)
+        if q.live is not None:
+            clauses.append("ended_at IS NULL" if q.live else "ended_at IS NOT NULL")
+        if q.text:
+            clauses.append("EXISTS (SELECT 1 FROM call_events e WHERE e.call_id = calls.call_id "
+                           "AND LOWER(e.text) LIKE ? ESCAPE '\\')")
+            escaped = q.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args.append(f"%{escaped}%")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    async def list_calls(self, q: CallQuery) -> tuple[list[dict], int]:
+        where, args = self._where(q)
+        total = (await self._fetch(self._sql(f"SELECT COUNT(*) AS n FROM calls{where}"), tuple(args)))[0]["n"]
+        rows = await self._fetch(self._sql(
+            f"SELECT * FROM calls{where} ORDER BY COALESCE(started_at, webhook_at) DESC, call_id "
+            f"LIMIT ? OFFSET ?"), (*args, q.limit, q.offset))
+        return rows, int(total)
+
+    async def get_call(self, call_id: str) -> dict | None:
+        rows = await self._fetch(self._sql("SELECT * FROM calls WHERE call_id = ?"), (call_id,))
+        if not rows:
+            return None
+        call = rows[0]
+        events = await self._fetch(self._sql("SELECT seq, t, kind, text, data FROM call_events "
+                                             "WHERE call_id = ? ORDER BY seq"), (call_id,))
+        call["events"] = [{"seq": e["seq"], "t": e["t"], "kind": e["kind"], **json.loads(e["data"])}
+                          for e in events]
+        return call
+
+    async def bot_latencies(self, since: float | None = None) -> list[dict]:
+        """Per ended call: bot, duration, end reason and first-audio latency, for the per-bot summary."""
+        where, args = ("WHERE ended_at IS NOT NULL AND started_at >= ?", (since,)) if since is not None \
+            else ("WHERE ended_at IS NOT NULL", ())
+        return await self._fetch(self._sql(
+            f"SELECT bot, duration_s, end_reason, started_at, first_audio_at FROM calls {where}"), args)

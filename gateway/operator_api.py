@@ -1,0 +1,223 @@
+"""Operator API under /api/: call history, one call in full, its recording, live calls, hang-up.
+
+Every route needs `Authorization: Bearer <operator.token>` (GATEWAY_OPERATOR_TOKEN). With no token
+configured the API is closed (401 to everything), never open. JSON in and out; times are ISO 8601
+UTC strings; errors are `{"error": "..."}` with a 4xx status. See README "Operator API".
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from .calllog import CallQuery
+from .calllog.store import END_REASONS
+
+log = logging.getLogger("gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_PAGE = 200
+
+
+def add_operator_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/calls", _guard(list_calls))
+    r.add_get("/api/calls/{call_id}", _guard(get_call))
+    r.add_get("/api/calls/{call_id}/recording", _guard(get_recording))
+    r.add_post("/api/calls/{call_id}/hangup", _guard(hang_up))
+    r.add_get("/api/live", _guard(live_calls))
+    r.add_get("/api/bots", _guard(bot_summary))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        from .app import CONFIG
+        token = request.app[CONFIG].operator.token
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else ""
+        if not token:
+            return _error(401, "the operator API is disabled: set operator.token / GATEWAY_OPERATOR_TOKEN")
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            log.warning("event=operator_auth_failed path=%s remote=%s", request.path, request.remote)
+            return _error(401, "missing or wrong bearer token")
+        return await handler(request)
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+# ------------------------------------------------------------------ helpers
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str, name: str) -> float:
+    """ISO 8601 date or date-time (UTC unless it says otherwise) -> UNIX seconds."""
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f'{{"error": "{name}: expected an ISO 8601 date or time"}}',
+                                 content_type="application/json") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise web.HTTPBadRequest(text=f'{{"error": "{name}: expected an integer {lo}..{hi}"}}',
+                                 content_type="application/json")
+    return int(raw)
+
+
+def call_json(row: dict) -> dict:
+    started = row.get("started_at")
+    first = row.get("first_audio_at")
+    return {
+        "call_id": row["call_id"], "stream_id": row.get("stream_id"), "network": row.get("network"),
+        "from": row.get("from_number"), "to": row.get("to_number"), "bot": row.get("bot"),
+        "provider": row.get("provider"), "model": row.get("model"), "instance": row.get("instance"),
+        "webhook_at": iso(row.get("webhook_at")), "started_at": iso(started), "first_audio_at": iso(first),
+        "ended_at": iso(row.get("ended_at")), "duration_s": row.get("duration_s"),
+        "first_audio_ms": round((first - started) * 1000) if first and started else None,
+        "end_reason": row.get("end_reason"), "error": row.get("error"), "live": row.get("ended_at") is None,
+        "barge_ins": row.get("barge_ins"), "turns": row.get("turns"),
+        "usage": {"input_tokens": row.get("input_tokens"), "output_tokens": row.get("output_tokens")},
+        "has_recording": bool(row.get("recording")),
+    }
+
+
+def transcript(events: list[dict]) -> list[dict]:
+    """The call's timeline as an operator reads it: caller and bot lines (bot lines with what was
+    heard, amended by later cuts, and their reply latency), DTMF, barge-ins, tools, errors."""
+    out: list[dict] = []
+    bots: dict[str, dict] = {}
+    latency: dict[str, float] = {}
+    for e in events:
+        kind = e["kind"]
+        if kind == "latency":
+            latency[e.get("response", "")] = e.get("ms")
+            if e.get("response") in bots:
+                bots[e["response"]]["latency_ms"] = e.get("ms")
+            continue
+        if kind == "bot_cut" and e.get("response") in bots:
+            bots[e["response"]].update(interrupted=True, heard=e.get("heard", ""), heard_ms=e.get("heard_ms"))
+            continue
+        line = {k: v for k, v in e.items() if k != "seq"}
+        if kind == "bot":
+            line["latency_ms"] = latency.get(e.get("response", ""))
+            bots[e.get("response", "")] = line
+        out.append(line)
+    return out
+
+
+# ------------------------------------------------------------------ handlers
+async def list_calls(request: web.Request) -> web.Response:
+    from .app import STORE
+    q = request.query
+    end_reason = q.get("end_reason") or None
+    if end_reason and end_reason not in END_REASONS:
+        return _error(400, f"end_reason: one of {', '.join(END_REASONS)}")
+    live = {"true": True, "false": False, None: None}.get(q.get("live"), "bad")
+    if live == "bad":
+        return _error(400, "live: true or false")
+    query = CallQuery(bot=q.get("bot") or None, number=q.get("number") or None,
+                      since=parse_time(q["since"], "since") if q.get("since") else None,
+                      until=parse_time(q["until"], "until") if q.get("until") else None,
+                      end_reason=end_reason, text=(q.get("q") or "").strip()[:200] or None, live=live,
+                      limit=_int(request, "limit", 50, 1, MAX_PAGE), offset=_int(request, "offset", 0, 0, 10**9))
+    rows, total = await request.app[STORE].list_calls(query)
+    return web.json_response({"calls": [call_json(r) for r in rows], "total": total,
+                              "limit": query.limit, "offset": query.offset})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    from .app import STORE
+    row = await request.app[STORE].get_call(request.match_info["call_id"])
+    if row is None:
+        return _error(404, "no such call")
+    return web.json_response({**call_json(row), "timeline": transcript(row["events"])})
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    from .app import CONFIG, STORE
+    from .recording import recordings_dir
+    row = await request.app[STORE].get_call(request.match_info["call_id"])
+    if row is None:
+        return _error(404, "no such call")
+    if not row.get("recording"):
+        return _error(404, "this call was not recorded")
+    path = recordings_dir(request.app[CONFIG]) / row["recording"]
+    if not path.is_file():
+        return _error(404, "the recording is gone (retention) or still being written")
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
+async def live_calls(request: web.Request) -> web.Response:
+    from .app import CALLS
+    now = time.monotonic()
+    calls = []
+    for call in list(request.app[CALLS].values()):
+        params = call.started.custom_parameters
+        calls.append({"call_id": call.call_id, "bot": call.persona.name, "from": params.get("from"),
+                      "to": params.get("to"), "started_at": iso(call._started_wall),
+                      "duration_s": round(now - call._t0, 1), "barge_ins": call.summary.barge_ins,
+                      "turns": sum(1 for e in call.summary.transcript if e["role"] == "bot"),
+                      "last": (call.summary.transcript[-1] if call.summary.transcript else None)})
+    return web.json_response({"calls": calls})
+
+
+async def hang_up(request: web.Request) -> web.Response:
+    from .app import CALLS
+    call = request.app[CALLS].get(request.match_info["call_id"])
+    if call is None:
+        return _error(404, "no live call with that id on this gateway")
+    log.info("event=operator_hangup call=%s", call.call_id)
+    await call.end("operator_hangup")
+    return web.json_response({"call_id": call.call_id, "status": "ending"}, status=202)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: a value that really occurred)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def bot_summary(request: web.Request) -> web.Response:
+    from .app import STORE
+    since = parse_time(request.query["since"], "since") if request.query.get("since") else None
+    rows = await request.app[STORE].bot_latencies(since)
+    by_bot: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_bot[r["bot"] or "?"].append(r)
+    bots = []
+    for bot, calls in sorted(by_bot.items()):
+        durations = [c["duration_s"] for c in calls if c["duration_s"] is not None]
+        firsts = [(c["first_audio_at"] - c["started_at"]) * 1000 for c in calls
+                  if c["first_audio_at"] and c["started_at"]]
+        bots.append({"bot": bot, "calls": len(calls),
+                     "avg_duration_s": round(sum(durations) / len(durations), 1) if durations else None,
+                     "first_audio_ms_p50": _round(percentile(firsts, 50)),
+                     "first_audio_ms_p95": _round(percentile(firsts, 95)),
+                     "end_reasons": dict(Counter(c["end_reason"] for c in calls))})
+    return web.json_response({"bots": bots})
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v)
