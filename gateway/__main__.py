@@ -1,4 +1,4 @@
-"""Command line: `python -m gateway serve | call | check-config`."""
+"""Command line: `python -m gateway serve | call | check-config | calls`."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ def _call(args: argparse.Namespace) -> int:
     return asyncio.run(phone_main(args))
 
 
+def _calls(args: argparse.Namespace) -> int:
+    from .calls_cli import run
+    try:
+        return run(args)
+    except ValueError as e:  # a bad --since/--until, or an unsupported storage URL
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("call", help="simulated phone: call the gateway like Twilio does")
     add_arguments(p)
     p.set_defaults(func=_call)
+
+    from .calls_cli import add_arguments as add_calls_arguments
+    k = sub.add_parser("calls", help="the call log: list, show ID, export")
+    add_calls_arguments(k)
+    k.set_defaults(func=_calls)
     return parser
 
 

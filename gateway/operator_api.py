@@ -12,12 +12,12 @@ import logging
 import math
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from .calllog import CallQuery
+from .calllog import CallQuery, views
+from .calllog.views import call_json, iso, transcript
 from .calllog.store import END_REASONS
 
 log = logging.getLogger("gateway")
@@ -56,22 +56,12 @@ def _guard(handler: Handler) -> Handler:
 
 
 # ------------------------------------------------------------------ helpers
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_time(value: str, name: str) -> float:
-    """ISO 8601 date or date-time (UTC unless it says otherwise) -> UNIX seconds."""
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return views.parse_time(value)
     except ValueError:
         raise web.HTTPBadRequest(text=f'{{"error": "{name}: expected an ISO 8601 date or time"}}',
                                  content_type="application/json") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -82,47 +72,6 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
         raise web.HTTPBadRequest(text=f'{{"error": "{name}: expected an integer {lo}..{hi}"}}',
                                  content_type="application/json")
     return int(raw)
-
-
-def call_json(row: dict) -> dict:
-    started = row.get("started_at")
-    first = row.get("first_audio_at")
-    return {
-        "call_id": row["call_id"], "stream_id": row.get("stream_id"), "network": row.get("network"),
-        "from": row.get("from_number"), "to": row.get("to_number"), "bot": row.get("bot"),
-        "provider": row.get("provider"), "model": row.get("model"), "instance": row.get("instance"),
-        "webhook_at": iso(row.get("webhook_at")), "started_at": iso(started), "first_audio_at": iso(first),
-        "ended_at": iso(row.get("ended_at")), "duration_s": row.get("duration_s"),
-        "first_audio_ms": round((first - started) * 1000) if first and started else None,
-        "end_reason": row.get("end_reason"), "error": row.get("error"), "live": row.get("ended_at") is None,
-        "barge_ins": row.get("barge_ins"), "turns": row.get("turns"),
-        "usage": {"input_tokens": row.get("input_tokens"), "output_tokens": row.get("output_tokens")},
-        "has_recording": bool(row.get("recording")),
-    }
-
-
-def transcript(events: list[dict]) -> list[dict]:
-    """The call's timeline as an operator reads it: caller and bot lines (bot lines with what was
-    heard, amended by later cuts, and their reply latency), DTMF, barge-ins, tools, errors."""
-    out: list[dict] = []
-    bots: dict[str, dict] = {}
-    latency: dict[str, float] = {}
-    for e in events:
-        kind = e["kind"]
-        if kind == "latency":
-            latency[e.get("response", "")] = e.get("ms")
-            if e.get("response") in bots:
-                bots[e["response"]]["latency_ms"] = e.get("ms")
-            continue
-        if kind == "bot_cut" and e.get("response") in bots:
-            bots[e["response"]].update(interrupted=True, heard=e.get("heard", ""), heard_ms=e.get("heard_ms"))
-            continue
-        line = {k: v for k, v in e.items() if k != "seq"}
-        if kind == "bot":
-            line["latency_ms"] = latency.get(e.get("response", ""))
-            bots[e.get("response", "")] = line
-        out.append(line)
-    return out
 
 
 # ------------------------------------------------------------------ handlers

@@ -108,6 +108,20 @@ def _no_barge_in_protocol_errors(fake) -> None:
             assert "already shorter than" not in str(err.get("message")), err
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request, tmp_path):
+    """A fresh, empty call-log database per test, for each engine.
+
+    PostgreSQL comes from GATEWAY_TEST_POSTGRES_URL, which scripts/test sets after starting a
+    throwaway server; each test gets its own database in it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/calls.db"
+        return
+    from tests.pg import fresh_database
+    async with fresh_database() as url:
+        yield url
+
+
 @pytest.fixture
 def gateway_log():
     """The production log pipeline (handler + redactor) at DEBUG, written to a buffer.

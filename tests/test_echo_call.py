@@ -73,6 +73,7 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
     """The newcomer's path: `python -m gateway serve` with no keys, `python -m gateway call` hears itself."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
+    env["GATEWAY_DATABASE_URL"] = f"sqlite:///{tmp_path}/calls.db"  # the repo's config, a throwaway call log
     server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -110,6 +111,10 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
             log, _ = server.communicate()
     assert server.returncode == 0, log
     assert "event=call_ended" in log and "reason=caller_hangup" in log
+    listed = subprocess.run([sys.executable, "-m", "gateway", "calls", "list"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert "echo" in listed.stdout and "caller_hangup" in listed.stdout and "(1 of 1)" in listed.stdout
 
 
 async def test_dtmf_reaches_the_call_log(make_gateway, caplog):

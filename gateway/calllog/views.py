@@ -1,0 +1,60 @@
+"""Call records as people read them: JSON shapes shared by the operator API, the CLI and the dashboard."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> float:
+    """ISO 8601 date or date-time (UTC unless it says otherwise) -> UNIX seconds; ValueError if not."""
+    dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def call_json(row: dict) -> dict:
+    started = row.get("started_at")
+    first = row.get("first_audio_at")
+    return {
+        "call_id": row["call_id"], "stream_id": row.get("stream_id"), "network": row.get("network"),
+        "from": row.get("from_number"), "to": row.get("to_number"), "bot": row.get("bot"),
+        "provider": row.get("provider"), "model": row.get("model"), "instance": row.get("instance"),
+        "webhook_at": iso(row.get("webhook_at")), "started_at": iso(started), "first_audio_at": iso(first),
+        "ended_at": iso(row.get("ended_at")), "duration_s": row.get("duration_s"),
+        "first_audio_ms": round((first - started) * 1000) if first and started else None,
+        "end_reason": row.get("end_reason"), "error": row.get("error"), "live": row.get("ended_at") is None,
+        "barge_ins": row.get("barge_ins"), "turns": row.get("turns"),
+        "usage": {"input_tokens": row.get("input_tokens"), "output_tokens": row.get("output_tokens")},
+        "has_recording": bool(row.get("recording")),
+    }
+
+
+def transcript(events: list[dict]) -> list[dict]:
+    """The call's timeline as an operator reads it: caller and bot lines (bot lines with what was
+    heard, amended by later cuts, and their reply latency), DTMF, barge-ins, tools, errors."""
+    out: list[dict] = []
+    bots: dict[str, dict] = {}
+    latency: dict[str, float] = {}
+    for e in events:
+        kind = e["kind"]
+        if kind == "latency":
+            latency[e.get("response", "")] = e.get("ms")
+            if e.get("response") in bots:
+                bots[e["response"]]["latency_ms"] = e.get("ms")
+            continue
+        if kind == "bot_cut" and e.get("response") in bots:
+            bots[e["response"]].update(interrupted=True, heard=e.get("heard", ""), heard_ms=e.get("heard_ms"))
+            continue
+        line = {k: v for k, v in e.items() if k != "seq"}
+        if kind == "bot":
+            line["latency_ms"] = latency.get(e.get("response", ""))
+            bots[e.get("response", "")] = line
+        out.append(line)
+    return out

@@ -1,0 +1,142 @@
+"""`python -m gateway calls list | show ID | export`: the call log from a terminal.
+
+Reads the same store the gateway writes (SQLite file or PostgreSQL, from the config), so it works
+while the gateway runs (SQLite WAL lets readers in) and when it is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from typing import TextIO
+
+from .calllog import CallQuery, open_store
+from .calllog.store import END_REASONS
+from .calllog.views import call_json, parse_time, transcript
+from .config import load_config
+
+CSV_FIELDS = ["call_id", "started_at", "ended_at", "duration_s", "from", "to", "bot", "provider", "model",
+              "end_reason", "error", "turns", "barge_ins", "first_audio_ms", "transcript"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config.yaml")
+    sub = p.add_subparsers(dest="calls_command", required=True)
+    for name, help_text in (("list", "recent calls, newest first"), ("export", "calls as JSON lines or CSV")):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("--bot")
+        s.add_argument("--number", help="caller or dialed number")
+        s.add_argument("--since", help="ISO date or time (UTC)")
+        s.add_argument("--until", help="ISO date or time (UTC)")
+        s.add_argument("--end-reason", choices=END_REASONS)
+        s.add_argument("--text", help="words said by the caller or the bot")
+        s.add_argument("--limit", type=int, default=50 if name == "list" else 100000)
+        if name == "export":
+            s.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+            s.add_argument("--out", help="file (default: standard output)")
+    s = sub.add_parser("show", help="one call in full: details and timeline")
+    s.add_argument("call_id")
+    s.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = open_store(config.storage.url, config.base_dir)
+    await store.start()
+    try:
+        if args.calls_command == "show":
+            return await _show(store, args)
+        query = CallQuery(bot=args.bot, number=args.number, end_reason=args.end_reason, text=args.text,
+                          since=parse_time(args.since) if args.since else None,
+                          until=parse_time(args.until) if args.until else None, limit=args.limit)
+        rows, total = await store.list_calls(query)
+        if args.calls_command == "list":
+            _print_list(rows, total, sys.stdout)
+            return 0
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+        try:
+            await _export(store, rows, args.format, out)
+        finally:
+            if args.out:
+                out.close()
+        if args.out:
+            print(f"{len(rows)} calls written to {args.out}", file=sys.stderr)
+        return 0
+    finally:
+        await store.close()
+
+
+def _print_list(rows: list[dict], total: int, out: TextIO) -> None:
+    print(f"{'started (UTC)':20} {'dur s':>6} {'bot':14} {'from':16} {'end':16} {'turns':>5} {'cut':>3}  call", file=out)
+    for r in rows:
+        c = call_json(r)
+        started = (c["started_at"] or c["webhook_at"] or "")[:19].replace("T", " ")
+        duration = f"{c['duration_s']:.1f}" if c["duration_s"] is not None else "live"
+        print(f"{started:20} {duration:>6} {(c['bot'] or '-')[:14]:14} {(c['from'] or '-')[:16]:16} "
+              f"{(c['end_reason'] or 'live')[:16]:16} {c['turns'] or 0:>5} {c['barge_ins'] or 0:>3}  {c['call_id']}",
+              file=out)
+    print(f"({len(rows)} of {total})", file=out)
+
+
+async def _show(store, args: argparse.Namespace) -> int:
+    row = await store.get_call(args.call_id)
+    if row is None:
+        print(f"no call {args.call_id!r}", file=sys.stderr)
+        return 1
+    call = {**call_json(row), "timeline": transcript(row["events"])}
+    if args.json:
+        print(json.dumps(call, ensure_ascii=False, indent=2))
+        return 0
+    for key in ("call_id", "bot", "provider", "model", "from", "to", "started_at", "first_audio_ms", "ended_at",
+                "duration_s", "end_reason", "error", "turns", "barge_ins", "usage", "has_recording"):
+        print(f"{key:15} {call[key]}")
+    print("timeline:")
+    for e in call["timeline"]:
+        print(f"  {e['t']:7.2f}s  {_line(e)}")
+    return 0
+
+
+def _line(e: dict) -> str:
+    kind = e["kind"]
+    if kind == "bot":
+        said = f"bot: {e.get('text', '')}"
+        if e.get("interrupted"):
+            said += f"  [cut after {e.get('heard_ms')} ms; heard: {e.get('heard', '')!r}]"
+        if e.get("latency_ms") is not None:
+            said += f"  (reply latency {e['latency_ms']} ms)"
+        return said
+    if kind == "caller":
+        return f"caller: {e.get('text', '')}"
+    details = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("kind", "t"))
+    return f"[{kind}] {details}"
+
+
+def _flat_transcript(timeline: list[dict]) -> str:
+    lines = []
+    for e in timeline:
+        if e["kind"] == "caller":
+            lines.append(f"caller: {e.get('text', '')}")
+        elif e["kind"] == "bot":
+            lines.append(f"bot: {e.get('heard', '') if e.get('interrupted') else e.get('text', '')}")
+    return "\n".join(lines)
+
+
+async def _export(store, rows: list[dict], fmt: str, out: TextIO) -> None:
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore") if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    for r in rows:
+        full = await store.get_call(r["call_id"])
+        timeline = transcript(full["events"]) if full else []
+        call = {**call_json(r), "timeline": timeline}
+        if writer is not None:
+            writer.writerow({**call, "transcript": _flat_transcript(timeline)})
+        else:
+            out.write(json.dumps(call, ensure_ascii=False) + "\n")

@@ -1,0 +1,112 @@
+"""The call-log store on its own: migrations, incremental writes, queries, crash marking, purge.
+
+Runs against every engine the `store_url` fixture provides (SQLite always; PostgreSQL when the
+test set-up could start a server, see conftest)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.calllog import CallQuery, open_store
+from gateway.calllog.store import MIGRATIONS, SCHEMA_VERSION
+
+
+async def started(url: str, tmp_path):
+    store = open_store(url, tmp_path)
+    await store.start()
+    return store
+
+
+async def test_migrations_apply_once_and_refuse_a_newer_schema(store_url, tmp_path):
+    store = await started(store_url, tmp_path)
+    assert await store.migrate() == SCHEMA_VERSION  # a second run is a no-op
+    rows = await store._fetch("SELECT version FROM schema_migrations")
+    assert [r["version"] for r in rows] == sorted(MIGRATIONS)
+    await store._execute(store._sql("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"),
+                         (SCHEMA_VERSION + 1, time.time()))
+    await store.close()
+    again = open_store(store_url, tmp_path)
+    with pytest.raises(RuntimeError, match="newer than this gateway"):
+        await again.start()
+    await again.close()
+
+
+async def test_incremental_writes_queries_and_filters(store_url, tmp_path):
+    store = await started(store_url, tmp_path)
+    t0 = 1_800_000_000.0
+    for i, (bot, reason, said) in enumerate([("support", "caller_hangup", "my internet is down"),
+                                             ("support", "model_error", "what is my bill"),
+                                             ("sales", "caller_hangup", "100% off_sale?")]):
+        cid = f"CA{i}"
+        store.enqueue("upsert_call", cid, {"webhook_at": t0 + i * 60 - 1, "from_number": f"+1555000{i}",
+                                           "to_number": "+15005550006", "bot": bot})
+        store.enqueue("upsert_call", cid, {"started_at": t0 + i * 60, "provider": "glm", "instance": "gw1"})
+        store.enqueue("add_event", cid, 1, 0.5, "bot", "Hello there", {"text": "Hello there", "response": "r1"})
+        store.enqueue("add_event", cid, 2, 2.0, "caller", said, {"text": said})
+        store.enqueue("upsert_call", cid, {"ended_at": t0 + i * 60 + 30, "duration_s": 30.0, "end_reason": reason,
+                                           "turns": 1})
+    await store.flush()
+    rows, total = await store.list_calls(CallQuery())
+    assert total == 3 and [r["call_id"] for r in rows] == ["CA2", "CA1", "CA0"]  # newest first
+    assert rows[2]["from_number"] == "+15550000" and rows[2]["webhook_at"] == t0 - 1  # both writes merged
+    assert (await store.list_calls(CallQuery(bot="support")))[1] == 2
+    assert [r["call_id"] for r in (await store.list_calls(CallQuery(end_reason="model_error")))[0]] == ["CA1"]
+    assert [r["call_id"] for r in (await store.list_calls(CallQuery(number="+15550002")))[0]] == ["CA2"]
+    assert [r["call_id"] for r in (await store.list_calls(CallQuery(text="INTERNET")))[0]] == ["CA0"]
+    assert [r["call_id"] for r in (await store.list_calls(CallQuery(text="100% off_")))[0]] == ["CA2"]
+    assert (await store.list_calls(CallQuery(text="0%_o")))[1] == 0  # % and _ are literal, not wildcards
+    assert [r["call_id"] for r in (await store.list_calls(CallQuery(since=t0 + 30, until=t0 + 90)))[0]] == ["CA1"]
+    page, total = await store.list_calls(CallQuery(limit=1, offset=1))
+    assert total == 3 and [r["call_id"] for r in page] == ["CA1"]
+    call = await store.get_call("CA0")
+    assert [(e["kind"], e["t"], e["text"]) for e in call["events"]] == [("bot", 0.5, "Hello there"),
+                                                                         ("caller", 2.0, "my internet is down")]
+    assert await store.get_call("nope") is None
+    await store.close()
+
+
+async def test_open_calls_of_this_instance_are_marked_crashed(store_url, tmp_path):
+    store = await started(store_url, tmp_path)
+    now = time.time()
+    store.enqueue("upsert_call", "CAmine", {"started_at": now - 50, "instance": "gw1"})
+    store.enqueue("add_event", "CAmine", 1, 12.5, "caller", "hello", {"text": "hello"})
+    store.enqueue("upsert_call", "CAother", {"started_at": now - 50, "instance": "gw2"})  # another live gateway
+    store.enqueue("upsert_call", "CAring", {"webhook_at": now - 3600})  # webhook, never a stream
+    store.enqueue("upsert_call", "CAfresh", {"webhook_at": now - 5})  # may still connect
+    await store.flush()
+    assert await store.mark_crashed("gw1", now) == 1
+    mine = await store.get_call("CAmine")
+    assert mine["end_reason"] == "crashed" and mine["duration_s"] == 12.5
+    assert mine["ended_at"] == pytest.approx(now - 50 + 12.5)
+    assert (await store.get_call("CAother"))["ended_at"] is None
+    assert (await store.get_call("CAring"))["end_reason"] == "no_stream"
+    assert (await store.get_call("CAfresh"))["end_reason"] is None
+    await store.close()
+
+
+async def test_purge_removes_old_calls_and_their_events(store_url, tmp_path):
+    store = await started(store_url, tmp_path)
+    now = time.time()
+    store.enqueue("upsert_call", "CAold", {"started_at": now - 100 * 86400, "ended_at": now - 100 * 86400,
+                                           "recording": "CAold.wav"})
+    store.enqueue("add_event", "CAold", 1, 1.0, "caller", "x", {"text": "x"})
+    store.enqueue("upsert_call", "CAnew", {"started_at": now - 60, "ended_at": now - 30})
+    store.enqueue("upsert_call", "CAlive", {"started_at": now - 100 * 86400})  # open: never purged
+    await store.flush()
+    assert await store.purge(now - 90 * 86400) == ["CAold.wav"]
+    rows, _ = await store.list_calls(CallQuery())
+    assert {r["call_id"] for r in rows} == {"CAnew", "CAlive"}
+    assert await store._fetch(store._sql("SELECT * FROM call_events WHERE call_id = ?"), ("CAold",)) == []
+    await store.close()
+
+
+async def test_a_failing_write_is_logged_and_the_rest_go_on(store_url, tmp_path, caplog):
+    store = await started(store_url, tmp_path)
+    store.enqueue("upsert_call", "CA1", {"started_at": "not a number, not a time"})
+    store.enqueue("upsert_call", "CA2", {"started_at": time.time()})
+    await store.flush()
+    assert (await store.get_call("CA2")) is not None
+    assert store.failed <= 1  # SQLite stores the text (dynamic typing); PostgreSQL refuses it
+    await store.close()
