@@ -49,15 +49,15 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     from .operator_api import add_operator_routes
     add_operator_routes(app)
-    app.on_startup.append(_open_call_log)
-    app.on_shutdown.append(_hang_up_all)
+    app.cleanup_ctx.append(_call_log)
     app.cleanup_ctx.append(_purge_old_records)
-    app.on_cleanup.append(_close_call_log)
+    app.on_shutdown.append(_hang_up_all)
     return app
 
 
-async def _open_call_log(app: web.Application) -> None:
-    """Open the store, apply migrations, and close what a crash of this instance left open."""
+async def _call_log(app: web.Application):
+    """Open the store, apply migrations, and close what a crash of this instance left open; at
+    the end (after on_shutdown has ended the live calls) flush and close it."""
     config = app[CONFIG]
     store = open_store(config.storage.url, config.base_dir)
     await store.start()
@@ -65,11 +65,8 @@ async def _open_call_log(app: web.Application) -> None:
     crashed = await store.mark_crashed(app[INSTANCE])
     log.log(logging.WARNING if crashed else logging.INFO, "event=calllog_open store=%s instance=%s "
             "crashed_calls_closed=%d", store, app[INSTANCE], crashed)
-
-
-async def _close_call_log(app: web.Application) -> None:
-    if STORE in app:
-        await app[STORE].close()
+    yield
+    await store.close()
 
 
 async def _purge_old_records(app: web.Application):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import wave
 
 import numpy as np
@@ -18,6 +16,7 @@ from gateway.audio import PHONE_RATE
 from gateway.phone_sim import write_ulaw_as_wav
 from tests.audio_check import dominant_hz, ulaw_samples, voiced_runs
 from tests.conftest import REPO
+from tests import proc
 from tests.phone_helpers import dial, ulaw_tone, wait_for
 
 
@@ -63,28 +62,13 @@ async def test_two_calls_to_different_bots_stay_isolated(make_gateway, fake_glm)
     assert not echo.result.violations and not glm.result.violations
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_and_call_commands_end_to_end(tmp_path):
     """The newcomer's path: `python -m gateway serve` with no keys, `python -m gateway call` hears itself."""
-    port = _free_port()
+    port = proc.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
     env["GATEWAY_DATABASE_URL"] = f"sqlite:///{tmp_path}/calls.db"  # the repo's config, a throwaway call log
-    server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = proc.serve(port, env)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "gateway did not start"
-                time.sleep(0.1)
         said = tmp_path / "said.wav"
         write_ulaw_as_wav(said, ulaw_tone(440, 1.0))
         out = tmp_path / "heard.wav"
@@ -103,12 +87,7 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
         start, stop = voiced_runs(heard, 8000)[-1]
         assert dominant_hz(heard[start:stop], 8000) == pytest.approx(440, rel=0.01)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            log, _ = server.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            log, _ = server.communicate()
+        log = proc.stop(server, signal.SIGINT)
     assert server.returncode == 0, log
     assert "event=call_ended" in log and "reason=caller_hangup" in log
     listed = subprocess.run([sys.executable, "-m", "gateway", "calls", "list"], cwd=REPO, env=env,

@@ -1,0 +1,48 @@
+"""Running the real `python -m gateway serve` as a subprocess, for tests that need a process
+(signals, SIGKILL, the newcomer's command line)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(port: int, env: dict, config_path=None, timeout: float = 20) -> subprocess.Popen:
+    """Start the gateway and wait until it accepts connections."""
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    if config_path is not None:
+        cmd += ["--config", str(config_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError("gateway did not start: " + (proc.communicate()[0] or ""))
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10) -> str:
+    """Signal the gateway and collect its output (killing it if it does not exit in time)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
