@@ -4,9 +4,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 gateway
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 gateway \
+    && mkdir -p /app/data && chown gateway /app/data
 COPY config.yaml ./
 COPY bots ./bots
+# The call log (SQLite) and recordings live here unless storage.url points at PostgreSQL.
+VOLUME /app/data
 USER gateway
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status==200 else 1)"

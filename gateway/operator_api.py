@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -33,6 +34,20 @@ def add_operator_routes(app: web.Application) -> None:
     r.add_post("/api/calls/{call_id}/hangup", _guard(hang_up))
     r.add_get("/api/live", _guard(live_calls))
     r.add_get("/api/bots", _guard(bot_summary))
+    r.add_get("/", dashboard)
+    r.add_get("/ui", dashboard)
+
+
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The operators' page: a static shell (no data in it); it calls /api/ with the token the
+    operator enters (kept in the tab's sessionStorage), or one given as `/#token=…`."""
+    return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                 "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+                                                            "script-src 'unsafe-inline'; media-src blob:"})
 
 
 def _error(status: int, message: str) -> web.Response:

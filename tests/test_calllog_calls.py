@@ -13,54 +13,15 @@ import sys
 import time
 import wave
 
-import aiohttp
 import numpy as np
 import pytest
 
-from gateway.app import CALLS, STORE
+from gateway.app import CALLS
 from tests.audio_check import dominant_hz, voiced_runs
 from tests.conftest import REPO
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
+from tests.calllog_helpers import TOKEN, api, three_calls
 from tests.proc import free_port, serve, stop
-
-TOKEN = "op-token-0123456789abcdef"
-
-
-async def api(gw_url: str, path: str, token: str | None = TOKEN, method: str = "GET"):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as s:
-        async with s.request(method, gw_url + path, headers=headers) as r:
-            body = await r.read()
-            ctype = r.headers.get("Content-Type", "")
-            return r.status, (json.loads(body) if ctype.startswith("application/json") else body)
-
-
-async def three_calls(make_gateway, fake_glm, fake_openai, store_url):
-    """A normal GLM call, an OpenAI call the caller interrupts, a GLM call that ends in a model error."""
-    gw = await make_gateway(glm=fake_glm, openai=fake_openai,
-                            env={"GATEWAY_DATABASE_URL": store_url, "GATEWAY_OPERATOR_TOKEN": TOKEN})
-    normal = await dial(gw.url, bot="glm-greeter", caller="+15550000001")
-    await normal.silence(1.9)
-    await normal.say(ulaw_tone(440, 0.5))
-    await normal.silence(2.3)
-    await normal.hangup()
-    await ended(gw, normal)
-
-    fake_openai.reply_seconds, fake_openai.delta_interval = 4.0, 0.4
-    cut = await dial(gw.url, bot="openai-greeter", caller="+15550000002")
-    await cut.silence(1.2)
-    await cut.say(ulaw_tone(440, 0.6))
-    await cut.silence(1.0)
-    await cut.hangup()
-    await ended(gw, cut)
-
-    fake_glm.fail_after_deltas = 2
-    broken = await dial(gw.url, bot="glm-greeter", caller="+15550000003")
-    assert await broken.wait_closed(3)
-    await ended(gw, broken)
-    await gw.app[STORE].flush()
-    return gw, normal, cut, broken
-
 
 async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_openai, store_url):
     gw, normal, cut, broken = await three_calls(make_gateway, fake_glm, fake_openai, store_url)

@@ -57,4 +57,7 @@ def transcript(events: list[dict]) -> list[dict]:
             line["latency_ms"] = latency.get(e.get("response", ""))
             bots[e.get("response", "")] = line
         out.append(line)
+    # In order of when things happened (a bot line is written when its reply ends but belongs
+    # where it started); ties keep the order they were recorded in.
+    out.sort(key=lambda e: e["t"])
     return out
