@@ -110,3 +110,26 @@ async def test_a_failing_write_is_logged_and_the_rest_go_on(store_url, tmp_path,
     assert (await store.get_call("CA2")) is not None
     assert store.failed <= 1  # SQLite stores the text (dynamic typing); PostgreSQL refuses it
     await store.close()
+
+
+def test_recordings_older_than_their_retention_are_deleted(config_dir):
+    import os
+
+    from gateway.config import load_config
+    from gateway.recording import purge_recordings, recordings_dir
+    from tests.conftest import write_config
+
+    config = load_config(write_config(config_dir, "recording:\n  retention_days: 30\n"), env={})
+    folder = recordings_dir(config)
+    folder.mkdir(parents=True)
+    old, new, other = folder / "CAold.wav", folder / "CAnew.wav", folder / "notes.txt"
+    for f in (old, new, other):
+        f.write_bytes(b"RIFF")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    os.utime(other, (month_ago, month_ago))
+    assert purge_recordings(config) == 1
+    assert not old.exists() and new.exists() and other.exists()  # only WAVs, only old ones
+    keep_all = load_config(write_config(config_dir, "recording:\n  retention_days: 0\n"), env={})
+    os.utime(new, (month_ago, month_ago))
+    assert purge_recordings(keep_all) == 0 and new.exists()

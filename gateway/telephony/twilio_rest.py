@@ -1,0 +1,90 @@
+"""Twilio's REST API, the few calls the gateway makes: end a call, redirect it to new TwiML
+(transfer), create an outbound call.
+
+aiohttp with HTTP Basic auth (Account SID + auth token; no request signing is needed in this
+direction). `TWILIO_API_BASE` points it at a fake in tests. Retries: network errors, 429 and 5xx,
+up to 3 attempts with exponential backoff; 4xx errors are final. Error 20404 (the call is not
+found / already over) on a hang-up is success: the call is over either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+
+log = logging.getLogger("gateway")
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+ALREADY_OVER = 20404
+
+
+class TwilioRestError(Exception):
+    def __init__(self, status: int, code: int | None, message: str):
+        super().__init__(f"Twilio REST {status} (code {code}): {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class TwilioRest:
+    account_sid: str
+    auth_token: str
+    api_base: str = "https://api.twilio.com"
+    timeout: float = 10.0
+    attempts: int = 3
+    backoff: float = 0.3
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.account_sid and self.auth_token)
+
+    def _url(self, path: str) -> str:
+        return f"{self.api_base.rstrip('/')}/2010-04-01/Accounts/{quote(self.account_sid)}/{path}"
+
+    async def _post(self, path: str, form: dict[str, str]) -> dict:
+        if not self.configured:
+            raise TwilioRestError(0, None, "twilio.account_sid / twilio.auth_token are not configured")
+        basic = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode("ascii")
+        headers = {"Authorization": f"Basic {basic}"}
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff * 3 ** (attempt - 1))
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as s:
+                    async with s.post(self._url(path), data=form, headers=headers) as r:
+                        body = await r.json(content_type=None) if r.content_length != 0 else {}
+                        body = body if isinstance(body, dict) else {}
+                        if r.status < 300:
+                            return body
+                        err = TwilioRestError(r.status, body.get("code"), str(body.get("message", ""))[:300])
+                        if r.status not in RETRY_STATUSES:
+                            raise err
+                        last = err
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                last = TwilioRestError(0, None, f"{type(e).__name__}: {e}"[:300])
+            log.warning("event=twilio_rest_retry path=%s attempt=%d error=%s", path.split("/")[0], attempt + 1, last)
+        assert last is not None
+        raise last
+
+    async def hang_up(self, call_sid: str) -> bool:
+        """End the call. True if Twilio ended it now, False if it was already over."""
+        try:
+            await self._post(f"Calls/{quote(call_sid)}.json", {"Status": "completed"})
+            return True
+        except TwilioRestError as e:
+            if e.code == ALREADY_OVER or e.status == 404:
+                return False
+            raise
+
+    async def redirect(self, call_sid: str, twiml: str) -> dict:
+        """Replace what the call is doing with new TwiML (e.g. a <Dial> to transfer it)."""
+        return await self._post(f"Calls/{quote(call_sid)}.json", {"Twiml": twiml})
+
+    async def create_call(self, to: str, from_: str, url: str, **extra: str) -> dict:
+        """Start an outbound call; Twilio fetches `url` (our webhook) when it is answered."""
+        return await self._post("Calls.json", {"To": to, "From": from_, "Url": url, "Method": "POST", **extra})
