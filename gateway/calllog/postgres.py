@@ -55,6 +55,12 @@ class PostgresStore(CallStore):
     async def _fetch(self, sql: str, args: tuple = ()) -> list[dict]:
         return [dict(r) for r in await self._pool.fetch(sql, *args)]
 
+    async def _execute_batch(self, statements: list[tuple[str, tuple]]) -> None:
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                for sql, args in statements:
+                    await conn.execute(sql, *args)
+
     async def _migrate_to(self, version: int, statements: list[str]) -> None:
         async with self._pool.acquire() as conn:
             async with conn.transaction():

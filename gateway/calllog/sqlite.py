@@ -59,6 +59,19 @@ class SqliteStore(CallStore):
             return [dict(r) for r in self._db.execute(sql, args).fetchall()]
         return await self._run(run)
 
+    async def _execute_batch(self, statements: list[tuple[str, tuple]]) -> None:
+        def run() -> None:
+            assert self._db is not None
+            self._db.execute("BEGIN")
+            try:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        await self._run(run)
+
     async def _migrate_to(self, version: int, statements: list[str]) -> None:
         def run() -> None:
             assert self._db is not None
