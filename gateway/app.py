@@ -24,6 +24,7 @@ from .config import Config, Persona
 from .logs import CallLog
 from .providers import make_provider
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
+from .telephony.twilio_rest import TwilioRest
 
 log = logging.getLogger("gateway")
 CONFIG = web.AppKey("config", Config)
@@ -31,6 +32,7 @@ CALLS = web.AppKey("calls", dict)  # live calls by call id
 RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finished calls
 STORE = web.AppKey("store", CallStore)  # the call log
 INSTANCE = web.AppKey("instance", str)
+REST = web.AppKey("rest", TwilioRest)  # Twilio's REST API (hang up, transfer, outbound)
 PURGE_EVERY_SECONDS = 6 * 3600
 _conn_ids = itertools.count(1)
 
@@ -43,6 +45,7 @@ def create_app(config: Config) -> web.Application:
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
     app[INSTANCE] = config.server.instance_id or socket.gethostname()
+    app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     app.router.add_post("/twilio/voice", voice_webhook)
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
@@ -193,7 +196,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     call = Call(config=config, persona=persona, phone=stream, started=started, provider=provider, log=clog,
                 renew=lambda context: make_provider(persona, config, clog, context),
                 recorder=CallRecorder(request.app[STORE], call_id), instance=request.app[INSTANCE],
-                recording=recording)
+                recording=recording, rest=request.app[REST])
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:

@@ -32,6 +32,9 @@ from .providers.base import (AudioDelta, ContextTurn, InputTranscript, OutputTra
                              ProviderConnectError, ProviderError, ResponseDone, ResponseStarted,
                              SessionReady, SpeechStarted, SpeechStopped, ToolCall)
 from .telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
+from .telephony.twilio import dial_twiml
+from .telephony.twilio_rest import TwilioRest, TwilioRestError
+from .tools import ToolRunner
 from .turns import BotTurn, CallSummary
 
 PREREADY_BUFFER_MS = 2000  # caller audio kept while the model session opens
@@ -43,10 +46,12 @@ class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started,
                  provider: Provider, log: CallLog,
                  renew: Callable[[Sequence[ContextTurn]], Provider] | None = None,
-                 recorder: CallRecorder | None = None, instance: str = "", recording=None):
+                 recorder: CallRecorder | None = None, instance: str = "", recording=None,
+                 rest: TwilioRest | None = None):
         """`renew(context)` makes a fresh, unconnected session that continues the conversation;
         without it, a session that ends ends the call. `recorder` writes the call log;
-        `recording` (a recording.CallRecording) gets both sides' audio."""
+        `recording` (a recording.CallRecording) gets both sides' audio; `rest` (Twilio's REST API)
+        hangs up and transfers."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -77,6 +82,9 @@ class Call:
         self.rec = recorder or NullRecorder(self.call_id)
         self.instance = instance
         self._started_wall = time.time()
+        self.rest = rest
+        self._done: dict[str, asyncio.Event] = {}  # response id -> set when the response is done
+        self.tools = ToolRunner(self)
 
     async def end(self, reason: str) -> None:
         """End the call from outside (server shutdown, an operator): closes the phone stream, so
@@ -126,6 +134,7 @@ class Call:
 
     async def _close(self, reason: str) -> None:
         self.summary.end_reason = reason
+        await self.tools.close()
         await self._close_session(self.provider)
         if reason != "caller_hangup":
             await self.phone.close()
@@ -153,6 +162,74 @@ class Call:
     def _offset(self) -> float:
         return round(time.monotonic() - self._t0, 3)
 
+    offset = _offset  # seconds since the call started (what timeline events carry)
+
+    # ------------------------------------------------------------------ phone actions (tools.py)
+    async def wait_response_done(self, response_id: str | None, timeout: float = 30.0) -> None:
+        """Until that response (None: whichever is active) is done; a new request for speech
+        while one is active is an error on every model."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rid = response_id or self._active_response
+            event = self._done.get(rid) if rid else None
+            if event is None or event.is_set():
+                return
+            try:
+                await asyncio.wait_for(event.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.log.warning("response_done_wait_timeout", response=rid)
+                return
+
+    async def wait_played(self, timeout: float) -> bool:
+        """Until every bot frame sent has been confirmed played by its mark (or `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while self.playout.busy():
+            if time.monotonic() > deadline:
+                self.log.warning("played_wait_timeout", queued_ms=round(self.playout.queued_ms))
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def silence_bot(self) -> None:
+        """Stop the bot mid-sentence (a keypad shortcut acts now): clear the phone, cancel the reply."""
+        if self.playout.busy() or self._active_response is not None:
+            await self._speech_started()
+
+    async def hang_up(self, reason: str, why: str = "") -> None:
+        """End the call from our side: Twilio's REST API completes it (no fallback message is
+        spoken); without credentials, closing the stream is the only way (Twilio then runs the
+        TwiML after </Connect>, i.e. the fallback message)."""
+        self._forced_end = reason
+        self.log.info("hang_up", reason=reason, why=why or None)
+        self.rec.event("hang_up", self._offset(), reason=reason, why=why or None)
+        if self.rest is not None and self.rest.configured and self.started.call_sid:
+            try:
+                await self.rest.hang_up(self.started.call_sid)
+            except TwilioRestError as e:
+                self.log.error("hang_up_failed", error=str(e)[:300])
+        else:
+            self.log.warning("hang_up_without_rest", note="twilio credentials not configured: closing the stream")
+        await self.phone.close()
+
+    async def transfer(self, number: str, target: str, why: str = "") -> None:
+        """Move the caller to `number` with a <Dial> (Twilio REST call update). Raises
+        TwilioRestError if Twilio refuses; then the call goes on with the bot."""
+        if self.rest is None or not self.rest.configured or not self.started.call_sid:
+            raise TwilioRestError(0, None, "transfers need twilio.account_sid and twilio.auth_token")
+        params = self.started.custom_parameters
+        caller_id = self.persona.transfer_caller_id or params.get("to", "")
+        twiml = dial_twiml(number, caller_id=caller_id, timeout=self.persona.transfer_timeout_seconds)
+        try:
+            await self.rest.redirect(self.started.call_sid, twiml)
+        except TwilioRestError as e:
+            self.rec.event("transfer_failed", self._offset(), target=target, number=number, error=str(e)[:300])
+            raise
+        self._forced_end = "transferred"
+        self.log.info("transferred", target=target, number=number, why=why or None)
+        self.rec.event("transferred", self._offset(), target=target, number=number, why=why or None)
+        self.rec.update(error=None)
+        await self.phone.close()
+
     # ------------------------------------------------------------------ phone -> model
     async def _phone_loop(self) -> str:
         async for ev in self.phone.events():
@@ -165,6 +242,8 @@ class Call:
                 t = self._offset()
                 self.summary.transcript.append({"role": "dtmf", "text": ev.digit, "t": t})
                 self.rec.event("dtmf", t, digit=ev.digit)
+                if self._ready:
+                    self.tools.dtmf(ev.digit)
             elif isinstance(ev, Stopped):
                 if ev.reason == "protocol_errors":
                     return "protocol_error"
@@ -223,6 +302,7 @@ class Call:
                 self.log.debug("caller_speech_stopped")
             elif isinstance(ev, ResponseStarted):
                 self._active_response = ev.response_id
+                self._done.setdefault(ev.response_id, asyncio.Event())
                 self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
             elif isinstance(ev, OutputTranscript):
                 turn = self._turns.setdefault(ev.response_id, BotTurn(ev.response_id, time.monotonic()))
@@ -238,9 +318,7 @@ class Call:
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
             elif isinstance(ev, ToolCall):
-                self.log.warning("tool_call_unsupported", name=ev.name)
-                self.rec.event("tool_call", self._offset(), name=ev.name, arguments=ev.arguments[:2000],
-                               result="unsupported")
+                self.tools.handle(ev)
             elif isinstance(ev, ProviderError):
                 if not ev.fatal:
                     if ev.code != "response_cancel_not_active":  # a benign race, not worth a line
@@ -272,6 +350,7 @@ class Call:
         self.playout.enqueue(self._framer.push(ulaw), ev.response_id)
 
     def _response_done(self, ev: ResponseDone) -> None:
+        self._done.setdefault(ev.response_id, asyncio.Event()).set()
         turn = self._turns.get(ev.response_id)
         if self._active_response == ev.response_id:
             self._active_response = None

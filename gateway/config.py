@@ -155,8 +155,10 @@ class Config:
     def secrets(self) -> list[str]:
         """Every configured secret, for the log redactor."""
         db_password = urlsplit(self.storage.url).password if "://" in self.storage.url else None
+        tool_headers = [v for p in self.bots.values() for t in p.http_tools for k, v in t.headers.items()
+                        if any(word in k.lower() for word in ("auth", "key", "token", "secret"))]
         return [s for s in (self.providers.glm.api_key, self.providers.openai.api_key,
-                            self.twilio.auth_token, self.operator.token, db_password) if s]
+                            self.twilio.auth_token, self.operator.token, db_password, *tool_headers) if s]
 
     @property
     def base_dir(self) -> Path:
@@ -189,6 +191,29 @@ class PersonaAudio:
 
 
 @dataclass(frozen=True)
+class HttpTool:
+    """A business-system call the model may make: JSON-Schema-checked arguments -> HTTP request ->
+    the response (or a clear error) back to the model as the function's output."""
+    name: str
+    description: str
+    url: str
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"  # GET sends arguments as the query
+    headers: dict[str, str] = field(default_factory=dict)  # values may be ${ENV} secrets
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class DtmfConfig:
+    inter_digit_ms: int = 1500  # digits pressed closer than this reach the model together
+    # Digit -> action taken without the model: "transfer", "transfer:<target name>", "end_call".
+    shortcuts: dict[str, str] = field(default_factory=dict)
+
+
+BUILTIN_TOOLS = ("end_call", "transfer_call")
+
+
+@dataclass(frozen=True)
 class Persona:
     provider: Literal["glm", "openai", "echo"]
     description: str = ""
@@ -203,6 +228,13 @@ class Persona:
     audio: PersonaAudio = field(default_factory=PersonaAudio)
     max_call_seconds: int | None = None
     record: bool | None = None  # record this bot's calls (None: the config's recording.enabled)
+    tools: list[str] = field(default_factory=list)  # built-in tools to enable: end_call, transfer_call
+    transfer_to: str = ""  # E.164 number transfer_call dials when no named target is asked for
+    transfer_targets: dict[str, str] = field(default_factory=dict)  # name -> E.164 (e.g. billing: "+1…")
+    transfer_caller_id: str = ""  # caller ID shown to the transfer target; empty: the caller's number
+    transfer_timeout_seconds: int = 30
+    http_tools: list[HttpTool] = field(default_factory=list)
+    dtmf: DtmfConfig = field(default_factory=DtmfConfig)
     # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
     fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
     name: str = field(default="", metadata={"internal": True})
@@ -254,6 +286,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(args[0], value, where)
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+        (et,) = typing.get_args(tp)
+        return [_coerce(et, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
@@ -384,6 +423,7 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         if value not in allowed:
             raise ConfigError(f"{where}{name}: provider {persona.provider} takes "
                               f"{' or '.join(allowed)}, got {value!r}")
+    _check_phone_actions(persona, where)
     if persona.temperature is not None and not 0 <= persona.temperature <= 1:
         raise ConfigError(f"{where}temperature: expected 0..1, got {persona.temperature}")
     if persona.audio.output_rate not in (8000, 16000, 24000, 48000):
@@ -392,6 +432,48 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         raise ConfigError(f"{where}max_call_seconds: must be positive")
     return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio,
                                model=persona.model or PROVIDER_DEFAULT_MODEL[persona.provider])
+
+
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_phone_actions(p: Persona, where: str) -> None:
+    """Tools, transfer targets and DTMF shortcuts: catch at load what would fail mid-call."""
+    for i, name in enumerate(p.tools):
+        if name not in BUILTIN_TOOLS:
+            raise ConfigError(f"{where}tools[{i}]: unknown built-in tool {name!r} (one of {', '.join(BUILTIN_TOOLS)}; "
+                              "HTTP tools go under http_tools)")
+    for name, number in [("transfer_to", p.transfer_to), ("transfer_caller_id", p.transfer_caller_id),
+                         *((f"transfer_targets.{k}", v) for k, v in p.transfer_targets.items())]:
+        if number and not E164.match(number):
+            raise ConfigError(f"{where}{name}: expected an E.164 number like +15551234567, got {number!r}")
+    if "transfer_call" in p.tools and not (p.transfer_to or p.transfer_targets):
+        raise ConfigError(f"{where}tools: transfer_call needs transfer_to or transfer_targets")
+    names = set(BUILTIN_TOOLS)
+    for i, tool in enumerate(p.http_tools):
+        at = f"{where}http_tools[{i}]"
+        if not TOOL_NAME.match(tool.name) or tool.name in names:
+            raise ConfigError(f"{at}.name: {tool.name!r} must be unique, letters/digits/_/- (and not a built-in)")
+        names.add(tool.name)
+        if not re.match(r"^https?://", tool.url):
+            raise ConfigError(f"{at}.url: expected an http(s):// URL")
+        if tool.parameters.get("type") != "object":
+            raise ConfigError(f"{at}.parameters: expected a JSON Schema with type: object")
+        if not 0 < tool.timeout_seconds <= 60:
+            raise ConfigError(f"{at}.timeout_seconds: expected 0..60")
+    if not 100 <= p.dtmf.inter_digit_ms <= 10000:
+        raise ConfigError(f"{where}dtmf.inter_digit_ms: expected 100..10000")
+    for digit, action in p.dtmf.shortcuts.items():
+        if digit not in "0123456789*#" or len(digit) != 1:
+            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: expected a single key 0-9, * or #")
+        target = action.split(":", 1)[1] if action.startswith("transfer:") else None
+        if action not in ("transfer", "end_call") and target is None:
+            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: expected transfer, transfer:<target> or end_call")
+        if action == "transfer" and not p.transfer_to:
+            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: transfer needs transfer_to")
+        if target is not None and target not in p.transfer_targets:
+            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: no transfer target {target!r}")
 
 
 def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] | None = None) -> Config:

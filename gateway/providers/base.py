@@ -142,5 +142,39 @@ class Provider(abc.ABC):
     async def delete_item(self, item_id: str) -> None:
         """Forget a reply the caller heard none of (when capabilities.truncate)."""
 
+    async def send_tool_result(self, call_id: str, output: str, respond: bool = True) -> None:
+        """Give the model a function call's output; `respond`: and let it speak about it."""
+
+    async def send_text(self, text: str, respond: bool = True) -> None:
+        """Tell the model something as if the caller had said it (e.g. keys pressed)."""
+
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def persona_tools(persona) -> list[dict]:
+    """The persona's functions in the shape both GLM and OpenAI take in `session.tools`."""
+    tools: list[dict] = []
+    if "end_call" in persona.tools:
+        tools.append({"type": "function", "name": "end_call", "description": (
+            "End the phone call. First say a short goodbye; the line is closed once the caller has "
+            "heard it. Use it when the caller has nothing else or asks to hang up."),
+            "parameters": {"type": "object", "properties": {
+                "reason": {"type": "string", "description": "why the call ends, for the call log"}}}})
+    if "transfer_call" in persona.tools:
+        params: dict = {"type": "object", "properties": {
+            "reason": {"type": "string", "description": "why the caller needs a person, for the call log"}}}
+        targets = sorted(persona.transfer_targets)
+        if targets:
+            params["properties"]["target"] = {"type": "string", "enum": targets, "description": (
+                "which team to transfer to" + ("" if persona.transfer_to else " (required)"))}
+            if not persona.transfer_to:
+                params["required"] = ["target"]
+        tools.append({"type": "function", "name": "transfer_call", "description": (
+            "Transfer the caller to a human colleague. First tell the caller you are transferring them. "
+            "If it fails you get an error: tell the caller and offer another way to help."),
+            "parameters": params})
+    for tool in persona.http_tools:
+        tools.append({"type": "function", "name": tool.name, "description": tool.description,
+                      "parameters": tool.parameters})
+    return tools

@@ -25,7 +25,7 @@ import jwt
 from ..audio import wav_bytes
 from ..config import GlmProviderConfig, Persona
 from ..logs import CallLog
-from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript,
+from .base import (AudioDelta, Capabilities, ContextTurn, persona_tools, InputTranscript, OutputTranscript,
                    ProviderConnectError, ProviderError, ProviderEvent, ResponseDone, ResponseStarted,
                    SessionReady, SpeechStarted, SpeechStopped, ToolCall)
 from .wsbase import JsonWsProvider
@@ -88,7 +88,7 @@ class GlmRealtime(JsonWsProvider):
             "instructions": p.instructions + context_note(self.context),
             "voice": p.voice or "tongtong",
             "max_response_output_tokens": p.max_response_output_tokens,
-            "tools": [],
+            "tools": persona_tools(p),
             "beta_fields": {"chat_mode": "audio", "tts_source": "e2e", "auto_search": False},
         }
         if p.temperature is not None:
@@ -127,6 +127,21 @@ class GlmRealtime(JsonWsProvider):
 
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel"})
+
+    async def send_tool_result(self, call_id: str, output: str, respond: bool = True) -> None:
+        item = {"type": "function_call_output", "output": output}
+        if call_id:
+            item["call_id"] = call_id
+        await self._send({"type": "conversation.item.create", "item": item})
+        if respond:
+            await self._send({"type": "response.create"})
+
+    async def send_text(self, text: str, respond: bool = True) -> None:
+        await self._send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "object": "realtime.item",
+            "content": [{"type": "text", "text": text}]}})
+        if respond:
+            await self._send({"type": "response.create"})
 
     # ------------------------------------------------------------------ reading
     def _translate(self, msg: dict) -> list[ProviderEvent]:

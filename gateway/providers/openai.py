@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..config import OpenAIProviderConfig, Persona
 from ..logs import CallLog
-from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript,
+from .base import (AudioDelta, Capabilities, ContextTurn, persona_tools, InputTranscript, OutputTranscript,
                    ProviderError, ProviderEvent, ResponseDone, ResponseStarted, SessionReady,
                    SpeechStarted, SpeechStopped, ToolCall)
 from .wsbase import JsonWsProvider
@@ -105,7 +105,8 @@ class OpenAIRealtime(JsonWsProvider):
             "audio": {"input": audio_in,
                       "output": {"format": _FORMATS[p.audio.output_format][0], "voice": p.voice or "alloy"}},
             "max_output_tokens": "inf" if tokens == "inf" else int(tokens),
-            "tools": [],
+            "tools": persona_tools(p),
+            "tool_choice": "auto",
         }
 
     async def connect(self) -> None:
@@ -135,6 +136,18 @@ class OpenAIRealtime(JsonWsProvider):
 
     async def delete_item(self, item_id: str) -> None:
         await self._send({"type": "conversation.item.delete", "item_id": item_id})
+
+    async def send_tool_result(self, call_id: str, output: str, respond: bool = True) -> None:
+        await self._send({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": call_id, "output": output}})
+        if respond:
+            await self._send({"type": "response.create"})
+
+    async def send_text(self, text: str, respond: bool = True) -> None:
+        await self._send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+        if respond:
+            await self._send({"type": "response.create"})
 
     # ------------------------------------------------------------------ reading
     def _translate(self, msg: dict) -> list[ProviderEvent]:

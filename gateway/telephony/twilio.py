@@ -253,3 +253,12 @@ def say_and_hangup_twiml(text: str, language: str = "") -> str:
     lang = f" language={quoteattr(language)}" if language else ""
     return ('<?xml version="1.0" encoding="UTF-8"?>'
             f"<Response><Say{lang}>{escape(text)}</Say><Hangup/></Response>")
+
+
+def dial_twiml(number: str, caller_id: str = "", timeout: int = 30, say: str = "", language: str = "") -> str:
+    """Transfer TwiML for a call update: optionally say something, then `<Dial>` the number."""
+    lang = f" language={quoteattr(language)}" if language else ""
+    spoken = f"<Say{lang}>{escape(say)}</Say>" if say else ""
+    cid = f" callerId={quoteattr(caller_id)}" if caller_id else ""
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Response>{spoken}<Dial{cid} timeout=\"{int(timeout)}\"><Number>{escape(number)}</Number></Dial></Response>")

@@ -105,6 +105,8 @@ class FakeSession:
     speech_started_at: list[float] = field(default_factory=list)
     responses: list[dict] = field(default_factory=list)
     cancels: list[float] = field(default_factory=list)
+    tool_outputs: list[dict] = field(default_factory=list)  # function_call_output items received
+    texts: list[str] = field(default_factory=list)  # user text items received (e.g. DTMF)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
 
@@ -129,6 +131,9 @@ class FakeGLM:
         self.vad_silence_ms = vad_silence_ms
         self.cancel_settle = cancel_settle
         self.fail_after_deltas: int | None = None
+        # Scripted function calls: each reply to the caller's speech takes the next one and calls
+        # it (after its audio, in the same response), like a model deciding to use a tool.
+        self.tool_calls: list[tuple[str, dict]] = []
         self.fatal_error_on_update: str | None = None
         self.stall = False
         self.sessions: list[FakeSession] = []
@@ -274,6 +279,10 @@ class _Conn:
                 self.current["cancel_event"].set()
         elif t == "conversation.item.create":
             item = msg.get("item") or {}
+            if item.get("type") == "function_call_output":
+                self.s.tool_outputs.append(item)
+            elif item.get("role") == "user":
+                self.s.texts += [c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict)]
             await self.send({"type": "conversation.item.created", "item": {**item, "id": f"item_{next(self.fake._ids)}"}})
         elif t == "input_audio_buffer.commit":
             pass
@@ -366,7 +375,8 @@ class _Conn:
         rid = f"resp_{next(self.fake._ids)}"
         self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
                         "created_at": time.monotonic(), "done_at": None, "cancel_at": None,
-                        "cancel_event": asyncio.Event()}
+                        "cancel_event": asyncio.Event(),
+                        "tool": self.fake.tool_calls.pop(0) if kind == "reply" and self.fake.tool_calls else None}
         self.s.responses.append(self.current)
         self.response_task = asyncio.create_task(self._respond(self.current, text, hz))
 
@@ -400,6 +410,12 @@ class _Conn:
             r["status"] = "completed"
             await self.send({"type": "response.audio.done", **base})
             await self.send({"type": "response.audio_transcript.done", **base, "transcript": text})
+            if r["tool"] is not None:
+                name, args = r["tool"]
+                r["call_id"] = f"call_{next(self.fake._ids)}"
+                await self.send({"type": "response.function_call_arguments.done", "response_id": rid,
+                                 "item_id": f"item_{next(self.fake._ids)}", "output_index": 1,
+                                 "call_id": r["call_id"], "name": name, "arguments": json.dumps(args)})
         r["done_at"] = time.monotonic()
         await self.send({"type": "response.done", "response": {
             "id": rid, "object": "realtime.response", "status": r["status"],

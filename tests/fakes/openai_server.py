@@ -62,6 +62,8 @@ class FakeSession:
     speech_started_at: list[float] = field(default_factory=list)
     responses: list[dict] = field(default_factory=list)
     cancels: list[float] = field(default_factory=list)
+    tool_outputs: list[dict] = field(default_factory=list)  # function_call_output items received
+    texts: list[str] = field(default_factory=list)  # user text items received (e.g. DTMF)
     truncates: list[dict] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     items: dict[str, dict] = field(default_factory=dict)  # the conversation, by item id
@@ -89,6 +91,9 @@ class FakeOpenAI:
         self.cancel_settle = cancel_settle
         self.echo = False
         self.fail_after_deltas: int | None = None
+        # Scripted function calls: each reply to the caller's speech takes the next one and calls
+        # it (after its audio, in the same response), like a model deciding to use a tool.
+        self.tool_calls: list[tuple[str, dict]] = []
         self.fatal_error_on_update: str | None = None
         self.max_session_seconds: float | None = None
         self.stall = False
@@ -292,6 +297,17 @@ class _Conn:
 
     async def _item_create(self, msg: dict) -> None:
         item = msg.get("item") or {}
+        if item.get("type") == "function_call_output":
+            known = {r.get("call_id") for r in self.s.responses}
+            if item.get("call_id") not in known or not isinstance(item.get("output"), str):
+                return await self.error("invalid_value", "function_call_output needs the call_id of a function "
+                                        "call and a string output", event_id=msg.get("event_id"), param="item")
+            self.s.tool_outputs.append(item)
+            item = {**item, "id": self.fake.new_id("item"), "audio_ms": 0.0}
+            self.s.items[item["id"]] = {**item, "role": "tool"}
+            await self.send({"type": "conversation.item.added", "item": item})
+            await self.send({"type": "conversation.item.done", "item": item})
+            return
         role, content = item.get("role"), item.get("content")
         allowed = {"user": {"input_text", "input_audio"}, "system": {"input_text"},
                    "assistant": {"output_text", "output_audio"}}.get(role)
@@ -302,6 +318,8 @@ class _Conn:
         item = {**item, "id": item.get("id") or self.fake.new_id("item"), "audio_ms": 0.0}
         self.s.items[item["id"]] = item
         self.s.created_items.append(item)
+        if role == "user":
+            self.s.texts += [c.get("text", "") for c in content if c.get("type") == "input_text"]
         await self.send({"type": "conversation.item.added", "item": item})
         await self.send({"type": "conversation.item.done", "item": item})
 
@@ -404,7 +422,8 @@ class _Conn:
         rid = self.fake.new_id("resp")
         self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
                         "created_at": time.monotonic(), "done_at": None, "cancel_at": None, "item_id": None,
-                        "cancel_event": asyncio.Event(), "text": text}
+                        "cancel_event": asyncio.Event(), "text": text,
+                        "tool": self.fake.tool_calls.pop(0) if kind == "reply" and self.fake.tool_calls else None}
         self.s.responses.append(self.current)
         self.response_task = asyncio.create_task(self._respond(self.current, text, hz, echo_audio))
 
@@ -456,6 +475,19 @@ class _Conn:
             await self.send({"type": "response.output_audio_transcript.done", **base, "transcript": text})
             await self.send({"type": "response.content_part.done", **base,
                              "part": {"type": "audio", "transcript": text}})
+            if r["tool"] is not None:
+                name, args = r["tool"]
+                r["call_id"], fc_item = self.fake.new_id("call"), self.fake.new_id("item")
+                fc = {"id": fc_item, "type": "function_call", "status": "completed", "name": name,
+                      "call_id": r["call_id"], "arguments": json.dumps(args)}
+                await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 1,
+                                 "item": {**fc, "status": "in_progress", "arguments": ""}})
+                await self.send({"type": "response.function_call_arguments.done", "response_id": rid,
+                                 "item_id": fc_item, "output_index": 1, "call_id": r["call_id"], "name": name,
+                                 "arguments": fc["arguments"]})
+                await self.send({"type": "response.output_item.done", "response_id": rid, "output_index": 1,
+                                 "item": fc})
+                self.s.items[fc_item] = {**fc, "role": "tool", "audio_ms": 0.0}
         item["content"] = [{"type": "output_audio", "transcript": text}]
         await self.send({"type": "response.output_item.done", "response_id": rid, "output_index": 0,
                          "item": {k: v for k, v in item.items() if k != "audio_ms"}})
