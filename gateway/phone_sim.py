@@ -47,6 +47,7 @@ class PhoneResult:
     media_bytes: int = 0
     marks_received: int = 0
     marks_echoed: int = 0
+    last_echo_at: float | None = None  # when the last mark was echoed (its audio had played)
     clears: list[float] = field(default_factory=list)
     media_times: list[float] = field(default_factory=list)  # arrival time of each media frame
     violations: list[str] = field(default_factory=list)
@@ -304,6 +305,7 @@ class SimulatedPhone:
 
     def _echo(self, name: str) -> None:
         self.result.marks_echoed += 1
+        self.result.last_echo_at = time.monotonic()
         asyncio.ensure_future(self.send_json({"event": "mark", "sequenceNumber": self._next_seq(),
                                               "streamSid": self.stream_sid, "mark": {"name": name}}))
 

@@ -19,6 +19,35 @@ from gateway.logs import REDACTOR, setup_logging
 REPO = Path(__file__).resolve().parent.parent
 GLM_KEY = "fakeid0123.fakesecret0123456789"
 OPENAI_KEY = "sk-fake-openai-0123456789abcdef"
+TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "twilio-auth-token-fake-0123"
+
+# A persona with phone actions (issue 5): built-in tools, an HTTP tool, keypad shortcuts.
+AGENT = """
+        language: en-US
+        instructions: You are a test agent.
+        tools: [end_call, transfer_call]
+        transfer_to: "+15550009999"
+        transfer_targets:
+          billing: "+15550008888"
+        http_tools:
+          - name: lookup_order
+            description: Look up an order by its id.
+            url: ${ORDER_API_URL:-http://127.0.0.1:9/orders}
+            headers:
+              Authorization: Bearer ${ORDER_API_TOKEN:-order-api-secret-123}
+            timeout_seconds: 2
+            parameters:
+              type: object
+              properties:
+                order_id: {type: string, pattern: "^[A-Z][0-9]{3}$"}
+              required: [order_id]
+              additionalProperties: false
+        dtmf:
+          inter_digit_ms: 300
+          shortcuts:
+            "0": transfer
+            "9": "transfer:billing"
+        """
 
 TEST_BOTS = {
     # A GLM persona that greets (the fake answers greeting_config with a tone).
@@ -48,6 +77,8 @@ TEST_BOTS = {
         language: en-US
         instructions: You are a test bot.
         """,
+    "glm-agent": "provider: glm\n" + textwrap.dedent(AGENT),
+    "openai-agent": "provider: openai\n" + textwrap.dedent(AGENT),
     "openai-pcm": """
         provider: openai
         language: en-US
@@ -123,13 +154,23 @@ async def store_url(request, tmp_path):
 
 
 @pytest.fixture
+async def fake_rest():
+    from tests.fakes.twilio_rest import FakeTwilioRest
+
+    server = FakeTwilioRest(TWILIO_SID, TWILIO_TOKEN)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
 def gateway_log():
     """The production log pipeline (handler + redactor) at DEBUG, written to a buffer.
 
     websockets is turned up to DEBUG too: it dumps request headers (Authorization included),
     which is exactly what the redactor has to catch."""
     buf = io.StringIO()
-    setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY])
+    setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY, TWILIO_TOKEN])
     root = logging.getLogger()
     handler = next(h for h in root.handlers if getattr(h, "_gateway", False))
     handler.setStream(buf)
@@ -173,8 +214,10 @@ async def make_gateway(config_dir: Path):
     """Start gateways on free loopback ports; all are stopped at the end of the test."""
     runners: list[web.AppRunner] = []
 
-    async def start(glm=None, extra: str = "", env: dict | None = None, openai=None) -> Gateway:
+    async def start(glm=None, extra: str = "", env: dict | None = None, openai=None, rest=None) -> Gateway:
         environ = dict(env or {})
+        if rest is not None:
+            environ.update(TWILIO_ACCOUNT_SID=TWILIO_SID, TWILIO_AUTH_TOKEN=TWILIO_TOKEN, TWILIO_API_BASE=rest.url)
         if glm is not None:
             environ.setdefault("ZHIPU_API_KEY", GLM_KEY)
             environ.setdefault("GLM_REALTIME_URL", glm.url)
@@ -195,3 +238,15 @@ async def make_gateway(config_dir: Path):
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture(params=["glm", "openai"])
+def model(request, fake_glm, fake_openai):
+    """Each call-level test that takes `model` runs once per realtime model."""
+    from tests.models import Model
+
+    if request.param == "glm":
+        return Model("glm", fake_glm, "glm-greeter", "glm-quiet", "ZHIPU_API_KEY", GLM_KEY.split(".")[1],
+                     "wrongid.wrongsecret123456", "1113")
+    return Model("openai", fake_openai, "openai-greeter", "openai-quiet", "OPENAI_API_KEY", OPENAI_KEY[8:],
+                 "sk-wrong-wrongsecret123456", "insufficient_quota")

@@ -10,42 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import pytest
 
 from gateway.app import CALLS, RECENT
 from gateway.audio import PHONE_RATE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
-from tests.conftest import GLM_KEY, OPENAI_KEY
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
-
-
-@dataclass
-class Model:
-    """What a test needs to know about one model: its fake, its test bots, its key."""
-    name: str
-    fake: Any
-    greeter: str  # a persona that greets first
-    quiet: str  # a persona that waits for the caller
-    key_env: str
-    secret: str  # the part of the key that must never be logged
-    wrong_key: str
-    fatal_code: str  # an error the service sends when the session cannot go on
-
-    async def gateway(self, make_gateway, **kw):
-        return await make_gateway(**{self.name: self.fake}, **kw)
-
-
-@pytest.fixture(params=["glm", "openai"])
-def model(request, fake_glm, fake_openai) -> Model:
-    if request.param == "glm":
-        return Model("glm", fake_glm, "glm-greeter", "glm-quiet", "ZHIPU_API_KEY", GLM_KEY.split(".")[1],
-                     "wrongid.wrongsecret123456", "1113")
-    return Model("openai", fake_openai, "openai-greeter", "openai-quiet", "OPENAI_API_KEY", OPENAI_KEY[8:],
-                 "sk-wrong-wrongsecret123456", "insufficient_quota")
 
 
 async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, model):

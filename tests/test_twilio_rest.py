@@ -5,17 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.telephony.twilio_rest import TwilioRest, TwilioRestError
-from tests.fakes.twilio_rest import FakeTwilioRest
-
-SID, TOKEN = "AC" + "1" * 32, "twilio-auth-token-0123"
-
-
-@pytest.fixture
-async def fake_rest():
-    fake = FakeTwilioRest(SID, TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
+from tests.conftest import TWILIO_SID as SID, TWILIO_TOKEN as TOKEN
 
 
 async def test_hang_up_redirect_and_create(fake_rest):

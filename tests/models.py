@@ -1,0 +1,27 @@
+"""The realtime models the call-level tests run against, described the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Model:
+    """What a test needs to know about one model: its fake, its test bots, its key."""
+    name: str
+    fake: Any
+    greeter: str  # a persona that greets first
+    quiet: str  # a persona that waits for the caller
+    key_env: str
+    secret: str  # the part of the key that must never be logged
+    wrong_key: str
+    fatal_code: str  # an error the service sends when the session cannot go on
+
+    @property
+    def agent(self) -> str:
+        """A persona with phone actions: end_call, transfer_call, an HTTP tool, DTMF shortcuts."""
+        return f"{self.name}-agent"
+
+    async def gateway(self, make_gateway, **kw):
+        return await make_gateway(**{self.name: self.fake}, **kw)
