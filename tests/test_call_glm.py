@@ -31,7 +31,9 @@ async def test_session_update_and_jwt_are_what_glm_expects(make_gateway, fake_gl
     assert cfg["input_audio_format"] == "wav" and cfg["output_audio_format"] == "pcm"
     assert cfg["beta_fields"]["chat_mode"] == "audio"
     assert cfg["model"] == "glm-realtime-flash" and cfg["voice"] == "tongtong"
-    assert cfg["tools"] == [] and "北风" in cfg["instructions"]
+    assert [t["name"] for t in cfg["tools"]] == ["end_call", "transfer_call"] and "北风" in cfg["instructions"]
+    transfer = cfg["tools"][1]["parameters"]["properties"]
+    assert transfer["target"]["enum"] == ["billing"]  # the shipped persona's named target
     assert cfg["greeting_config"]["enable"] is True
     await phone.hangup()
     assert not s.errors_sent

@@ -16,6 +16,8 @@ def test_shipped_config_and_bots_are_valid():
     assert {"support", "echo"} <= set(config.bots)
     support = config.bots["support"]
     assert support.provider == "glm" and support.greeting and support.instructions
+    assert support.tools == ["end_call", "transfer_call"] and support.transfer_to.startswith("+")
+    assert support.dtmf.shortcuts == {"0": "transfer"}
     assert not config.provider_ready(support)  # no key in this environment
     assert config.provider_ready(config.bots["echo"])
     openai = config.bots["support-openai"]
@@ -85,6 +87,17 @@ def test_config_errors_name_file_and_field(config_dir, extra, message):
     ("provider: glm\nturn_detection:\n  type: semantic_vad\n", r"bad.yaml: turn_detection.type: provider glm"),
     ("provider: openai\nvoice: tongtong\n", r"bad.yaml: voice: OpenAI has no voice 'tongtong'"),
     ("provider: openai\nmax_response_output_tokens: '9000'\n", r"bad.yaml: max_response_output_tokens"),
+    ("provider: glm\ntools: [fly]\n", r"bad.yaml: tools\[0\]: unknown built-in tool 'fly'"),
+    ("provider: glm\ntools: [transfer_call]\n", r"bad.yaml: tools: transfer_call needs transfer_to"),
+    ("provider: glm\ntransfer_to: '5550100'\n", r"bad.yaml: transfer_to: expected an E.164 number"),
+    ("provider: glm\ndtmf:\n  shortcuts:\n    '0': dance\n", r"bad.yaml: dtmf.shortcuts.0: expected transfer"),
+    ("provider: glm\ndtmf:\n  shortcuts:\n    '0': transfer\n", r"bad.yaml: dtmf.shortcuts.0: transfer needs"),
+    ("provider: glm\nhttp_tools:\n  - {name: end_call, description: x, url: 'http://x'}\n",
+     r"bad.yaml: http_tools\[0\].name: 'end_call' must be unique"),
+    ("provider: glm\nhttp_tools:\n  - {name: t, description: x, url: 'ftp://x'}\n", r"bad.yaml: http_tools\[0\].url"),
+    ("provider: glm\nhttp_tools:\n  - {name: t, description: x, url: 'http://x', parameters: {type: string}}\n",
+     r"bad.yaml: http_tools\[0\].parameters: expected a JSON Schema with type: object"),
+    ("provider: glm\nhttp_tools: {name: t}\n", r"bad.yaml: http_tools: expected a list"),
 ])
 def test_persona_errors_name_file_and_field(config_dir, yaml_text, message):
     (config_dir / "bots" / "bad.yaml").write_text(yaml_text)
