@@ -85,6 +85,8 @@ class Call:
         self.rest = rest
         self._done: dict[str, asyncio.Event] = {}  # response id -> set when the response is done
         self.tools = ToolRunner(self)
+        self._model_errors = 0
+        self._wrapping = False
 
     async def end(self, reason: str) -> None:
         """End the call from outside (server shutdown, an operator): closes the phone stream, so
@@ -105,6 +107,7 @@ class Call:
         tasks = [asyncio.create_task(self._phone_loop(), name=f"phone:{self.call_id}"),
                  asyncio.create_task(self._model_loop(), name=f"model:{self.call_id}"),
                  asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")]
+        tasks.append(asyncio.create_task(self._limits_loop(limit), name=f"limits:{self.call_id}"))
         if self._make_session is not None and self.provider.capabilities.max_session_seconds:
             tasks.append(asyncio.create_task(self._renew_loop(), name=f"renew:{self.call_id}"))
         reason = "max_duration"
@@ -128,7 +131,12 @@ class Call:
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a cancellation swallowed somewhere below (asyncio.wait_for can do that when
+            # its inner task finishes at the same moment) must not keep the call open forever.
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for t in stuck:
+                self.log.error("call_task_stuck", task=t.get_name().split(":")[0])
+                t.cancel()
             await self._close(self._forced_end or reason)
         return self.summary
 
@@ -189,6 +197,60 @@ class Call:
                 return False
             await asyncio.sleep(0.02)
         return True
+
+    async def say_via_model(self, instruction: str) -> None:
+        """Have the model say something (an instruction as text), and wait until it was heard."""
+        await self.wait_response_done(None)
+        before = len(self._done)
+        await self.provider.send_text(instruction)
+        deadline = time.monotonic() + 5
+        while len(self._done) == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.wait_response_done(None)
+        await self.wait_played(30)
+
+    async def _limits_loop(self, limit: float) -> str:
+        """Time limit wrap-up and caller-silence handling; returns only once it has hung up."""
+        limits = self.config.limits
+        wrap_at = limit - limits.wrap_up_seconds if limits.wrap_up_seconds and limit > limits.wrap_up_seconds else None
+        quiet_since: float | None = None
+        reprompted = False
+        while True:
+            await asyncio.sleep(0.1)
+            if not self._ready or self._wrapping:
+                continue
+            now = time.monotonic()
+            if wrap_at is not None and now - self._t0 >= wrap_at:
+                self._wrapping = True
+                self.log.info("limit_wrap_up", after_s=round(now - self._t0, 1))
+                self.rec.event("limit", self._offset(), what="max_call_seconds", action="wrap_up")
+                await self.say_via_model("(The call has reached its time limit. Thank the caller and say a "
+                                         "short, polite goodbye now.)")
+                await self.hang_up("max_duration", why="time limit")
+                return "max_duration"
+            idle = not (self._caller_speaking or self._active_response or self.playout.busy())
+            if self._caller_speaking:
+                reprompted = False
+            if not idle or not limits.silence_timeout_seconds:
+                quiet_since = None
+                continue
+            quiet_since = quiet_since or now
+            if now - quiet_since < limits.silence_timeout_seconds:
+                continue
+            quiet_since = None
+            silent_s = round(limits.silence_timeout_seconds)
+            self.rec.event("limit", self._offset(), what="caller_silence", action="goodbye" if reprompted else "reprompt")
+            if not reprompted:
+                reprompted = True
+                self.log.info("caller_silent_reprompt", seconds=silent_s)
+                await self.provider.send_text(f"(The caller has said nothing for {silent_s} seconds. "
+                                              "Briefly ask whether they are still there.)")
+                continue
+            self._wrapping = True
+            self.log.info("caller_silent_goodbye", seconds=silent_s)
+            await self.say_via_model("(The caller is still silent. Say a short, polite goodbye now.)")
+            await self.hang_up("silence_timeout", why="caller silent")
+            return "silence_timeout"
 
     async def silence_bot(self) -> None:
         """Stop the bot mid-sentence (a keypad shortcut acts now): clear the phone, cancel the reply."""
@@ -323,6 +385,12 @@ class Call:
                 if not ev.fatal:
                     if ev.code != "response_cancel_not_active":  # a benign race, not worth a line
                         self.rec.event("model_error", self._offset(), code=ev.code, message=ev.message[:300])
+                        self._model_errors += 1
+                        if self._model_errors >= self.config.limits.max_model_errors:
+                            self.log.error("model_failed", code="too_many_errors", errors=self._model_errors)
+                            self._error("too_many_errors", f"{self._model_errors} model errors in a row, last: "
+                                        f"{ev.code}: {ev.message}")
+                            return "model_error"
                     continue
                 if provider is not self.provider:
                     return "model_closed"  # a replaced session ending: not this call's problem
@@ -351,6 +419,8 @@ class Call:
 
     def _response_done(self, ev: ResponseDone) -> None:
         self._done.setdefault(ev.response_id, asyncio.Event()).set()
+        if ev.status == "completed":
+            self._model_errors = 0
         turn = self._turns.get(ev.response_id)
         if self._active_response == ev.response_id:
             self._active_response = None

@@ -93,6 +93,11 @@ class LimitsConfig:
     max_message_bytes: int = 65536
     max_protocol_errors: int = 50  # bad frames tolerated per call before we hang up
     model_close_timeout_seconds: float = 1.0
+    # The bot is told to wrap up this long before max_call_seconds, then hangs up once it has.
+    wrap_up_seconds: float = 20.0
+    # Caller silent this long after the bot stopped: reprompt once; silent again: goodbye. 0 = off.
+    silence_timeout_seconds: float = 20.0
+    max_model_errors: int = 5  # consecutive recoverable model errors before the call is given up
 
 
 @dataclass(frozen=True)

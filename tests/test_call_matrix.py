@@ -196,7 +196,7 @@ async def test_no_secret_in_any_log_line(make_gateway, model, gateway_log):
     assert model.secret not in text and "eyJ" not in text
 
 
-CALL_TASK_PREFIXES = ("phone:", "model:", "playout:", "renew:", "glm-", "openai-", "echo-")
+CALL_TASK_PREFIXES = ("phone:", "model:", "playout:", "renew:", "limits:", "tool:", "dtmf:", "glm-", "openai-", "echo-")
 
 
 async def test_no_task_or_socket_outlives_its_calls(make_gateway, model):

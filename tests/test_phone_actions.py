@@ -152,3 +152,54 @@ async def test_keypad_shortcut_transfers_without_the_model(make_gateway, fake_op
     s = fake_openai.sessions[0]
     assert not s.texts and not s.tool_outputs  # the model was not involved
     assert not s.errors_sent
+
+
+async def test_time_limit_wraps_up_politely_then_hangs_up(make_gateway, model, fake_rest):
+    gw = await model.gateway(make_gateway, rest=fake_rest, extra=(
+        "limits:\n  max_call_seconds: 6\n  wrap_up_seconds: 4\n  silence_timeout_seconds: 0\n"))
+    phone = await dial(gw.url, bot=model.quiet)
+    await wait_for(lambda: fake_rest.requests, 6, "the hang-up")
+    s = model.fake.sessions[0]
+    assert s.texts == ["(The call has reached its time limit. Thank the caller and say a short, polite goodbye now.)"]
+    assert s.responses[0]["status"] == "completed"  # the goodbye was spoken...
+    assert fake_rest.requests[0].at >= phone.result.last_echo_at  # ...and heard, before the hang-up
+    summary = await ended(gw, phone)
+    assert summary.end_reason == "max_duration"
+    assert fake_rest.requests[0].form == {"Status": "completed"}
+
+
+async def test_silent_caller_is_reprompted_once_then_bot_says_goodbye(make_gateway, model, fake_rest):
+    gw = await model.gateway(make_gateway, rest=fake_rest, extra="limits:\n  silence_timeout_seconds: 1\n")
+    phone = await dial(gw.url, bot=model.quiet)
+    await wait_for(lambda: fake_rest.requests, 10, "the hang-up")
+    s = model.fake.sessions[0]
+    assert s.texts[0].startswith("(The caller has said nothing for 1 seconds.")
+    assert s.texts[1] == "(The caller is still silent. Say a short, polite goodbye now.)" and len(s.texts) == 2
+    assert len(s.responses) == 2 and all(r["status"] == "completed" for r in s.responses)
+    summary = await ended(gw, phone)
+    assert summary.end_reason == "silence_timeout"
+
+
+async def test_speaking_resets_the_silence_reprompt(make_gateway, fake_openai, fake_rest):
+    gw = await make_gateway(openai=fake_openai, rest=fake_rest, extra="limits:\n  silence_timeout_seconds: 1.5\n")
+    phone = await dial(gw.url, bot="openai-quiet")
+    s = None
+    for _ in range(3):  # the caller keeps the conversation going: never reprompted twice in a row
+        await phone.say(ulaw_tone(440, 0.4))
+        await phone.silence(2.6)  # the 1.5 s reply plays, then under 1.5 s of quiet... plus the reprompt's turn
+        s = fake_openai.sessions[0]
+    assert not fake_rest.requests, "the caller talks: no goodbye"
+    assert all("still silent" not in t for t in s.texts)
+    await phone.hangup()
+
+
+async def test_too_many_model_errors_in_a_row_end_the_call(make_gateway, fake_openai, caplog):
+    gw = await make_gateway(openai=fake_openai, extra="limits:\n  max_model_errors: 3\n")
+    phone = await dial(gw.url, bot="openai-quiet")
+    await wait_for(lambda: fake_openai.sessions and fake_openai.sessions[0].session_config, 3, "session")
+    for _ in range(3):
+        await fake_openai.broadcast(json.dumps({"type": "error", "error": {
+            "type": "server_error", "code": "server_error", "message": "The server had an error"}}))
+    assert await phone.wait_closed(3)
+    summary = await ended(gw, phone)
+    assert summary.end_reason == "model_error" and "3 model errors in a row" in summary.error

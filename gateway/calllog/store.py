@@ -72,7 +72,7 @@ CALL_FIELDS = ("stream_id", "network", "from_number", "to_number", "bot", "provi
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
                "barge_ins", "turns", "input_tokens", "output_tokens", "recording")
 END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",
-               "max_duration", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream")
+               "max_duration", "silence_timeout", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream")
 NO_STREAM_AFTER_SECONDS = 600  # a webhook with no media stream this long after is a call that never connected
 
 
