@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import re
 import socket
@@ -144,13 +145,26 @@ async def voice_webhook(request: web.Request) -> web.Response:
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
-    clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed)
+    outbound = None
+    if "outbound" in request.query:  # a call we placed (POST /api/calls), answered now
+        from .outbound import read_ticket
+        outbound = read_ticket(config.twilio.auth_token, request.query["outbound"], persona.name) \
+            if config.twilio.auth_token else None
+        if outbound is None:
+            clog.warning("webhook_rejected", reason="invalid or expired outbound ticket", bot=persona.name)
+            return web.Response(text='<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
+                                content_type="text/xml")
+    clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed,
+              direction="outbound" if outbound else None)
     if call_sid and STORE in request.app:
         request.app[STORE].enqueue("upsert_call", call_sid, {
             "webhook_at": time.time(), "from_number": caller, "to_number": dialed, "bot": persona.name,
-            "network": "twilio", "provider": persona.provider, "model": persona.model})
-    twiml = connect_twiml(stream_url(config, request),
-                          {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid},
+            "network": "twilio", "provider": persona.provider, "model": persona.model,
+            "direction": "outbound" if outbound else "inbound"})
+    params = {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid}
+    if outbound:
+        params.update(direction="outbound", context=json.dumps(outbound["ctx"], ensure_ascii=False))
+    twiml = connect_twiml(stream_url(config, request), params,
                           after=persona.fallback_message, language=persona.language)
     return web.Response(text=twiml, content_type="text/xml")
 
@@ -179,6 +193,15 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
         return ws
+    speak_first = started.custom_parameters.get("direction") == "outbound"
+    if speak_first:
+        from .outbound import outbound_persona
+        try:
+            context = json.loads(started.custom_parameters.get("context") or "{}")
+        except ValueError:
+            context = {}
+        persona = outbound_persona(persona, started.custom_parameters.get("to", ""),
+                                   context if isinstance(context, dict) else {})
     try:
         provider = make_provider(persona, config, clog)
     except ValueError as e:  # a persona for a provider this build does not have
@@ -196,7 +219,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     call = Call(config=config, persona=persona, phone=stream, started=started, provider=provider, log=clog,
                 renew=lambda context: make_provider(persona, config, clog, context),
                 recorder=CallRecorder(request.app[STORE], call_id), instance=request.app[INSTANCE],
-                recording=recording, rest=request.app[REST])
+                recording=recording, rest=request.app[REST], speak_first=speak_first)
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:

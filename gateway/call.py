@@ -34,6 +34,7 @@ from .providers.base import (AudioDelta, ContextTurn, InputTranscript, OutputTra
 from .telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
 from .telephony.twilio import dial_twiml
 from .telephony.twilio_rest import TwilioRest, TwilioRestError
+from .outbound import SPEAK_FIRST
 from .tools import ToolRunner
 from .turns import BotTurn, CallSummary
 
@@ -47,11 +48,11 @@ class Call:
                  provider: Provider, log: CallLog,
                  renew: Callable[[Sequence[ContextTurn]], Provider] | None = None,
                  recorder: CallRecorder | None = None, instance: str = "", recording=None,
-                 rest: TwilioRest | None = None):
+                 rest: TwilioRest | None = None, speak_first: bool = False):
         """`renew(context)` makes a fresh, unconnected session that continues the conversation;
         without it, a session that ends ends the call. `recorder` writes the call log;
         `recording` (a recording.CallRecording) gets both sides' audio; `rest` (Twilio's REST API)
-        hangs up and transfers."""
+        hangs up and transfers; `speak_first`: an outbound call, the bot opens the conversation."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -87,6 +88,7 @@ class Call:
         self.tools = ToolRunner(self)
         self._model_errors = 0
         self._wrapping = False
+        self.speak_first = speak_first
 
     async def end(self, reason: str) -> None:
         """End the call from outside (server shutdown, an operator): closes the phone stream, so
@@ -100,7 +102,8 @@ class Call:
         params = self.started.custom_parameters
         self.log.info("call_started", stream=self.started.stream_sid, caller=params.get("from"),
                       dialed=params.get("to"), provider=self.persona.provider, model=self.persona.model)
-        self.rec.update(stream_id=self.started.stream_sid, network="twilio", from_number=params.get("from"),
+        self.rec.update(stream_id=self.started.stream_sid, network="twilio",
+                        direction="outbound" if self.speak_first else "inbound", from_number=params.get("from"),
                         to_number=params.get("to"), bot=self.persona.name, provider=self.persona.provider,
                         model=self.persona.model, instance=self.instance, started_at=self._started_wall)
         limit = self.persona.max_call_seconds or self.config.limits.max_call_seconds
@@ -335,6 +338,8 @@ class Call:
             return "model_error"
         self.log.info("model_session_ready", provider=self.persona.provider)
         await self._session_open()
+        if self.speak_first:
+            await self.provider.send_text(SPEAK_FIRST)
         while True:
             provider = self.provider
             reason = await self._pump(provider)

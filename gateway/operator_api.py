@@ -29,6 +29,7 @@ MAX_PAGE = 200
 def add_operator_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/calls", _guard(list_calls))
+    r.add_post("/api/calls", _guard(place_call))
     r.add_get("/api/calls/{call_id}", _guard(get_call))
     r.add_get("/api/calls/{call_id}/recording", _guard(get_recording))
     r.add_post("/api/calls/{call_id}/hangup", _guard(hang_up))
@@ -107,6 +108,34 @@ async def list_calls(request: web.Request) -> web.Response:
     rows, total = await request.app[STORE].list_calls(query)
     return web.json_response({"calls": [call_json(r) for r in rows], "total": total,
                               "limit": query.limit, "offset": query.offset})
+
+
+async def place_call(request: web.Request) -> web.Response:
+    """Outbound call: {"to", "bot", "from"?, "context"?} -> Twilio dials; 201 with its CallSid."""
+    from .app import CONFIG, REST, STORE
+    from .outbound import OutboundError, plan_call
+    from .telephony.twilio_rest import TwilioRestError
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "expected a JSON body")
+    try:
+        plan = plan_call(request.app[CONFIG], body)
+    except OutboundError as e:
+        return _error(e.status, str(e))
+    try:
+        created = await request.app[REST].create_call(plan["to"], plan["from"], plan["url"])
+    except TwilioRestError as e:
+        log.warning("event=outbound_failed to=%s error=%s", plan["to"], str(e)[:300])
+        return _error(502, f"Twilio refused the call: {e.message or e.status}")
+    sid = str(created.get("sid", ""))
+    log.info("event=outbound_placed call=%s bot=%s to=%s", sid, plan["bot"], plan["to"])
+    if sid:
+        request.app[STORE].enqueue("upsert_call", sid, {"direction": "outbound", "from_number": plan["from"],
+                                                        "to_number": plan["to"], "bot": plan["bot"],
+                                                        "webhook_at": time.time()})
+    return web.json_response({"call_id": sid, "status": created.get("status"), "to": plan["to"],
+                              "from": plan["from"], "bot": plan["bot"]}, status=201)
 
 
 async def get_call(request: web.Request) -> web.Response:

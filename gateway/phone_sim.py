@@ -107,6 +107,7 @@ class SimulatedPhone:
         # True: audio stays in the playback buffer unplayed (a slow network or jitter buffer), so
         # its marks are not echoed; tests use it to barge in before anything was heard.
         self.hold_playback = False
+        self.webhook_url: str | None = None  # the full webhook URL, as Twilio got it (outbound calls)
 
     # ------------------------------------------------------------------ set-up
     async def dial(self) -> PhoneResult:
@@ -115,7 +116,7 @@ class SimulatedPhone:
         form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.caller,
                 "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
-        url = f"{self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
+        url = self.webhook_url or f"{self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
         async with self._session.post(url, data=form) as resp:
             text = await resp.text()
             if resp.status != 200:

@@ -214,7 +214,8 @@ async def make_gateway(config_dir: Path):
     """Start gateways on free loopback ports; all are stopped at the end of the test."""
     runners: list[web.AppRunner] = []
 
-    async def start(glm=None, extra: str = "", env: dict | None = None, openai=None, rest=None) -> Gateway:
+    async def start(glm=None, extra: str = "", env: dict | None = None, openai=None, rest=None,
+                    port: int = 0) -> Gateway:
         environ = dict(env or {})
         if rest is not None:
             environ.update(TWILIO_ACCOUNT_SID=TWILIO_SID, TWILIO_AUTH_TOKEN=TWILIO_TOKEN, TWILIO_API_BASE=rest.url)
@@ -229,11 +230,10 @@ async def make_gateway(config_dir: Path):
         app = create_app(config)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
-        port = runner.addresses[0][1]
         runners.append(runner)
-        return Gateway(f"http://127.0.0.1:{port}", app, config, runner)
+        return Gateway(f"http://127.0.0.1:{runner.addresses[0][1]}", app, config, runner)
 
     yield start
     for runner in runners:

@@ -65,10 +65,11 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (call_id, seq)
         )""",
     ],
+    2: ["ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound'"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
-CALL_FIELDS = ("stream_id", "network", "from_number", "to_number", "bot", "provider", "model", "instance",
+CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", "bot", "provider", "model", "instance",
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
                "barge_ins", "turns", "input_tokens", "output_tokens", "recording")
 END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",

@@ -1,0 +1,104 @@
+"""Outbound calls: an operator asks (POST /api/calls), Twilio dials, the bot speaks first.
+
+The request becomes a Twilio REST "create call" whose `Url` is our own webhook with the bot and a
+signed ticket (`?bot=…&outbound=…`). The ticket carries the context variables and an expiry,
+signed with HMAC-SHA256 under the Twilio auth token, so no state has to survive between the
+request and the answer (any gateway instance can take the webhook) and nobody can forge an
+"outbound" webhook with made-up context. When the callee answers, Twilio fetches the webhook, the
+stream starts with `direction=outbound` and the context, and the bot is told it placed the call
+and should speak first.
+
+Answering machines are not detected yet: the bot talks to a voicemail greeting like to a person.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlencode
+
+from .config import E164, Config, Persona
+
+TICKET_TTL_SECONDS = 3600  # Twilio fetches the webhook when the callee answers: well within this
+MAX_CONTEXT_BYTES = 1500  # travels in the URL and as a stream <Parameter>
+
+
+class OutboundError(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _sign(secret: str, payload: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(secret.encode(), payload, hashlib.sha256).digest()[:18]).decode()
+
+
+def make_ticket(secret: str, bot: str, to: str, context: dict, now: float | None = None) -> str:
+    body = json.dumps({"bot": bot, "to": to, "ctx": context,
+                       "exp": int((time.time() if now is None else now) + TICKET_TTL_SECONDS)},
+                      separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + _sign(secret, body)
+
+
+def read_ticket(secret: str, ticket: str, bot: str, now: float | None = None) -> dict | None:
+    """The ticket's content if it is genuine, for this bot, and not expired; else None."""
+    try:
+        encoded, signature = ticket.split(".", 1)
+        body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        if not hmac.compare_digest(signature, _sign(secret, body)):
+            return None
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("bot") != bot or not isinstance(data.get("ctx"), dict):
+        return None
+    if data.get("exp", 0) < (time.time() if now is None else now):
+        return None
+    return data
+
+
+def plan_call(config: Config, body: object) -> dict:
+    """Validate an outbound request; returns what the REST call needs. Raises OutboundError."""
+    if not isinstance(body, dict):
+        raise OutboundError(400, "expected a JSON object with to, bot and optional from and context")
+    to, bot, from_ = body.get("to"), body.get("bot"), body.get("from")
+    context = body.get("context") or {}
+    if not isinstance(to, str) or not E164.match(to):
+        raise OutboundError(400, "to: an E.164 number like +15551234567")
+    persona = config.bots.get(bot) if isinstance(bot, str) else None
+    if persona is None:
+        raise OutboundError(400, f"bot: one of {', '.join(sorted(config.bots))}")
+    if not config.provider_ready(persona):
+        raise OutboundError(409, f"bot {bot!r}: its provider has no API key")
+    if not isinstance(context, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                                for k, v in context.items()):
+        raise OutboundError(400, "context: an object of names to strings or numbers")
+    if len(json.dumps(context, ensure_ascii=False).encode()) > MAX_CONTEXT_BYTES:
+        raise OutboundError(400, f"context: at most {MAX_CONTEXT_BYTES} bytes")
+    if from_ is None:
+        from_ = next((n for n, b in sorted(config.routing.numbers.items()) if b == bot), None)
+    if not isinstance(from_, str) or not E164.match(from_):
+        raise OutboundError(400, "from: the Twilio number to call from (E.164); none is routed to this bot")
+    if not config.twilio.account_sid or not config.twilio.auth_token:
+        raise OutboundError(503, "outbound calls need twilio.account_sid and twilio.auth_token")
+    if not config.server.public_url:
+        raise OutboundError(503, "outbound calls need GATEWAY_PUBLIC_URL: Twilio must be able to reach the webhook")
+    ticket = make_ticket(config.twilio.auth_token, bot, to, context)
+    url = f"{config.server.public_url.rstrip('/')}/twilio/voice?" + urlencode({"bot": bot, "outbound": ticket})
+    return {"to": to, "from": from_, "url": url, "bot": bot, "context": context}
+
+
+def outbound_persona(persona: Persona, to: str, context: dict) -> Persona:
+    """The persona for a call it placed: it knows whom it called and why, and does not greet
+    like a hotline."""
+    facts = "\n".join(f"- {k}: {v}" for k, v in context.items()) or "- (none given)"
+    note = (f"\n\nThis is an OUTBOUND call: you called {to}; they just answered. What you know about "
+            f"this call:\n{facts}\nSpeak first: greet them, say who you are and why you are calling.")
+    return dataclasses.replace(persona, instructions=persona.instructions + note, greeting="")
+
+
+SPEAK_FIRST = "(The person you called has answered the phone. Speak first.)"

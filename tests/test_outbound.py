@@ -1,0 +1,98 @@
+"""Outbound calls: the operator API asks Twilio (fake REST) to dial; when the callee answers, the
+webhook takes the signed ticket, and the bot — knowing whom it called and why — speaks first."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+
+from gateway.outbound import SPEAK_FIRST, make_ticket, read_ticket
+from tests.calllog_helpers import TOKEN, api
+from tests.conftest import TWILIO_TOKEN
+from tests.phone_helpers import ended, new_phone, wait_for
+from tests.proc import free_port
+
+
+async def post(url: str, body, token: str | None = TOKEN):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url + "/api/calls", json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+
+async def outbound_gateway(make_gateway, model, fake_rest, **env):
+    port = free_port()
+    return await model.gateway(make_gateway, rest=fake_rest, port=port, env={
+        "GATEWAY_OPERATOR_TOKEN": TOKEN, "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}", **env})
+
+
+async def test_outbound_call_is_placed_and_the_bot_speaks_first(make_gateway, model, fake_rest):
+    gw = await outbound_gateway(make_gateway, model, fake_rest)
+    status, placed = await post(gw.url, {"to": "+15551230000", "bot": model.quiet, "from": "+15005550006",
+                                         "context": {"customer": "Ada Lovelace", "reason": "router delivery slot"}})
+    assert status == 201, placed
+    create = fake_rest.requests[0]
+    assert create.path.endswith("/Calls.json") and not fake_rest.rejected  # Basic auth, no signature needed
+    assert {k: create.form[k] for k in ("To", "From", "Method")} == {"To": "+15551230000", "From": "+15005550006",
+                                                                      "Method": "POST"}
+    url = urlsplit(create.form["Url"])
+    assert f"{url.scheme}://{url.netloc}{url.path}" == f"{gw.url}/twilio/voice"
+    assert parse_qs(url.query)["bot"] == [model.quiet] and parse_qs(url.query)["outbound"]
+    assert placed["call_id"].startswith("CA") and placed["status"] == "queued"
+
+    # The callee answers: Twilio fetches the webhook URL it was given, then opens the stream.
+    phone = new_phone(gw.url, caller="+15005550006", dialed="+15551230000", call_sid=placed["call_id"])
+    phone.webhook_url = create.form["Url"]
+    await phone.dial()
+    assert phone.result.parameters["direction"] == "outbound"
+    await phone.connect()
+    await wait_for(lambda: phone.result.first_audio_at is not None, 4, "the bot speaking first")
+    s = model.fake.sessions[0]
+    assert s.texts == [SPEAK_FIRST] and s.responses[0]["kind"] in ("reply", "greeting")
+    instructions = s.session_config["instructions"]
+    assert "OUTBOUND call: you called +15551230000" in instructions and "Ada Lovelace" in instructions
+    await phone.silence(0.3)
+    await phone.hangup()
+    summary = await ended(gw, phone)
+    assert summary.end_reason == "caller_hangup"
+    record = (await api(gw.url, f"/api/calls/{placed['call_id']}"))[1]
+    assert record["direction"] == "outbound" and record["bot"] == model.quiet
+    assert not s.errors_sent
+
+
+async def test_outbound_requests_are_checked(make_gateway, fake_glm, fake_rest):
+    port = free_port()
+    env = {"GATEWAY_OPERATOR_TOKEN": TOKEN, "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    gw = await make_gateway(glm=fake_glm, rest=fake_rest, port=port, env=env)
+    ok = {"to": "+15551230000", "bot": "glm-quiet", "from": "+15005550006"}
+    assert (await post(gw.url, ok, token=None))[0] == 401
+    for body, status, words in [({**ok, "to": "5551230000"}, 400, "to:"), ({**ok, "bot": "nobody"}, 400, "bot:"),
+                                ({**ok, "bot": "openai-quiet"}, 409, "no API key"),
+                                ({**ok, "context": {"a": {"nested": 1}}}, 400, "context:"),
+                                ({**ok, "context": {"a": "x" * 2000}}, 400, "at most"),
+                                ({"to": "+15551230000", "bot": "glm-quiet"}, 400, "from:"), ([], 400, "JSON object")]:
+        code, answer = await post(gw.url, body)
+        assert code == status and words in answer["error"], (body, answer)
+    assert not fake_rest.requests  # nothing invalid reached Twilio
+    fake_rest.fail_next = [400]
+    code, answer = await post(gw.url, ok)
+    assert code == 502 and "Twilio refused" in answer["error"]
+    no_rest = await make_gateway(glm=fake_glm, env=env)
+    assert (await post(no_rest.url, ok))[0] == 503
+
+
+async def test_a_forged_or_expired_ticket_gets_no_bot(make_gateway, fake_glm, fake_rest):
+    gw = await make_gateway(glm=fake_glm, rest=fake_rest)
+    good = make_ticket(TWILIO_TOKEN, "glm-quiet", "+15551230000", {"x": 1})
+    assert read_ticket(TWILIO_TOKEN, good, "glm-quiet")["ctx"] == {"x": 1}
+    assert read_ticket(TWILIO_TOKEN, good, "glm-greeter") is None  # another bot
+    assert read_ticket("other-token", good, "glm-quiet") is None
+    assert read_ticket(TWILIO_TOKEN, make_ticket(TWILIO_TOKEN, "glm-quiet", "+1", {}, now=0), "glm-quiet") is None
+    body, sig = good.split(".")
+    forged = body[:-4] + "AAAA." + sig
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{gw.url}/twilio/voice?bot=glm-quiet&outbound={forged}",
+                          data={"CallSid": "CA1", "From": "+15005550006", "To": "+15551230000"}) as r:
+            twiml = await r.text()
+    assert "<Hangup/>" in twiml and "<Stream" not in twiml
