@@ -180,7 +180,7 @@ async def hang_up(request: web.Request) -> web.Response:
     if call is None:
         return _error(404, "no live call with that id on this gateway")
     log.info("event=operator_hangup call=%s", call.call_id)
-    await call.end("operator_hangup")
+    await call.hang_up("operator_hangup", why="operator")  # Twilio REST when configured: no fallback message
     return web.json_response({"call_id": call.call_id, "status": "ending"}, status=202)
 
 
