@@ -6,12 +6,12 @@ Data path, one direction each:
 Control: provider SpeechStarted while the bot is audible -> barge-in (clear, cancel, cut the
 transcript to what the marks say was heard); phone MarkPlayed -> Playout (what was heard).
 
-Three tasks run per call (phone reader, model reader, playout), plus a renewer when the model's
-sessions have a maximum age; when any of them ends, the call ends: the others are cancelled, the
+Tasks per call: phone reader, model reader, playout, limits (call_control.py), plus a renewer
+when the model's sessions have a maximum age (renewal.py); when any of them ends, the call ends: the others are cancelled, the
 model session is closed within a bounded time, the phone stream is closed (so Twilio runs the
 TwiML after </Connect>), and one `call_ended` line says why.
 
-Model sessions can be replaced mid-call (`_renew`): before the service's maximum session age, at
+Model sessions can be replaced mid-call (`_renew`, renewal.py): before the service's maximum session age, at
 a quiet moment, a fresh session is opened with the conversation so far (what the caller said and
 what they actually heard) and swapped in; the caller hears no gap. If the service ends a session
 first (a renewable `ProviderError`), the same happens at once while caller audio is buffered.
@@ -23,27 +23,26 @@ import asyncio
 import time
 from typing import Callable, Sequence
 
-from .calllog import CallRecorder, NullRecorder
 from .audio import PHONE_RATE, Framer, Resampler, pcm16_to_ulaw, pcm_ms, ulaw_to_pcm16
+from .call_control import CallControl
+from .calllog import CallRecorder, NullRecorder
 from .config import Config, Persona
 from .logs import CallLog
+from .outbound import SPEAK_FIRST
 from .playback import Playout
 from .providers.base import (AudioDelta, ContextTurn, InputTranscript, OutputTranscript, Provider,
                              ProviderConnectError, ProviderError, ResponseDone, ResponseStarted,
                              SessionReady, SpeechStarted, SpeechStopped, ToolCall)
+from .renewal import SessionRenewal
 from .telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
-from .telephony.twilio import dial_twiml
-from .telephony.twilio_rest import TwilioRest, TwilioRestError
-from .outbound import SPEAK_FIRST
+from .telephony.twilio_rest import TwilioRest
 from .tools import ToolRunner
 from .turns import BotTurn, CallSummary
 
 PREREADY_BUFFER_MS = 2000  # caller audio kept while the model session opens
-MAX_CONTEXT_TURNS = 60  # transcript lines replayed into a renewed session
-RENEW_RETRY_SECONDS = 30.0  # a failed early renewal is retried; the service's own expiry is the backstop
 
 
-class Call:
+class Call(CallControl, SessionRenewal):
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started,
                  provider: Provider, log: CallLog,
                  renew: Callable[[Sequence[ContextTurn]], Provider] | None = None,
@@ -174,126 +173,6 @@ class Call:
         return round(time.monotonic() - self._t0, 3)
 
     offset = _offset  # seconds since the call started (what timeline events carry)
-
-    # ------------------------------------------------------------------ phone actions (tools.py)
-    async def wait_response_done(self, response_id: str | None, timeout: float = 30.0) -> None:
-        """Until that response (None: whichever is active) is done; a new request for speech
-        while one is active is an error on every model."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rid = response_id or self._active_response
-            event = self._done.get(rid) if rid else None
-            if event is None or event.is_set():
-                return
-            try:
-                await asyncio.wait_for(event.wait(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                self.log.warning("response_done_wait_timeout", response=rid)
-                return
-
-    async def wait_played(self, timeout: float) -> bool:
-        """Until every bot frame sent has been confirmed played by its mark (or `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while self.playout.busy():
-            if time.monotonic() > deadline:
-                self.log.warning("played_wait_timeout", queued_ms=round(self.playout.queued_ms))
-                return False
-            await asyncio.sleep(0.02)
-        return True
-
-    async def say_via_model(self, instruction: str) -> None:
-        """Have the model say something (an instruction as text), and wait until it was heard."""
-        await self.wait_response_done(None)
-        before = len(self._done)
-        await self.provider.send_text(instruction)
-        deadline = time.monotonic() + 5
-        while len(self._done) == before and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await self.wait_response_done(None)
-        await self.wait_played(30)
-
-    async def _limits_loop(self, limit: float) -> str:
-        """Time limit wrap-up and caller-silence handling; returns only once it has hung up."""
-        limits = self.config.limits
-        wrap_at = limit - limits.wrap_up_seconds if limits.wrap_up_seconds and limit > limits.wrap_up_seconds else None
-        quiet_since: float | None = None
-        reprompted = False
-        while True:
-            await asyncio.sleep(0.1)
-            if not self._ready or self._wrapping:
-                continue
-            now = time.monotonic()
-            if wrap_at is not None and now - self._t0 >= wrap_at:
-                self._wrapping = True
-                self.log.info("limit_wrap_up", after_s=round(now - self._t0, 1))
-                self.rec.event("limit", self._offset(), what="max_call_seconds", action="wrap_up")
-                await self.say_via_model("(The call has reached its time limit. Thank the caller and say a "
-                                         "short, polite goodbye now.)")
-                await self.hang_up("max_duration", why="time limit")
-                return "max_duration"
-            idle = not (self._caller_speaking or self._active_response or self.playout.busy())
-            if self._caller_speaking:
-                reprompted = False
-            if not idle or not limits.silence_timeout_seconds:
-                quiet_since = None
-                continue
-            quiet_since = quiet_since or now
-            if now - quiet_since < limits.silence_timeout_seconds:
-                continue
-            quiet_since = None
-            silent_s = round(limits.silence_timeout_seconds)
-            self.rec.event("limit", self._offset(), what="caller_silence", action="goodbye" if reprompted else "reprompt")
-            if not reprompted:
-                reprompted = True
-                self.log.info("caller_silent_reprompt", seconds=silent_s)
-                await self.provider.send_text(f"(The caller has said nothing for {silent_s} seconds. "
-                                              "Briefly ask whether they are still there.)")
-                continue
-            self._wrapping = True
-            self.log.info("caller_silent_goodbye", seconds=silent_s)
-            await self.say_via_model("(The caller is still silent. Say a short, polite goodbye now.)")
-            await self.hang_up("silence_timeout", why="caller silent")
-            return "silence_timeout"
-
-    async def silence_bot(self) -> None:
-        """Stop the bot mid-sentence (a keypad shortcut acts now): clear the phone, cancel the reply."""
-        if self.playout.busy() or self._active_response is not None:
-            await self._speech_started()
-
-    async def hang_up(self, reason: str, why: str = "") -> None:
-        """End the call from our side: Twilio's REST API completes it (no fallback message is
-        spoken); without credentials, closing the stream is the only way (Twilio then runs the
-        TwiML after </Connect>, i.e. the fallback message)."""
-        self._forced_end = reason
-        self.log.info("hang_up", reason=reason, why=why or None)
-        self.rec.event("hang_up", self._offset(), reason=reason, why=why or None)
-        if self.rest is not None and self.rest.configured and self.started.call_sid:
-            try:
-                await self.rest.hang_up(self.started.call_sid)
-            except TwilioRestError as e:
-                self.log.error("hang_up_failed", error=str(e)[:300])
-        else:
-            self.log.warning("hang_up_without_rest", note="twilio credentials not configured: closing the stream")
-        await self.phone.close()
-
-    async def transfer(self, number: str, target: str, why: str = "") -> None:
-        """Move the caller to `number` with a <Dial> (Twilio REST call update). Raises
-        TwilioRestError if Twilio refuses; then the call goes on with the bot."""
-        if self.rest is None or not self.rest.configured or not self.started.call_sid:
-            raise TwilioRestError(0, None, "transfers need twilio.account_sid and twilio.auth_token")
-        params = self.started.custom_parameters
-        caller_id = self.persona.transfer_caller_id or params.get("to", "")
-        twiml = dial_twiml(number, caller_id=caller_id, timeout=self.persona.transfer_timeout_seconds)
-        try:
-            await self.rest.redirect(self.started.call_sid, twiml)
-        except TwilioRestError as e:
-            self.rec.event("transfer_failed", self._offset(), target=target, number=number, error=str(e)[:300])
-            raise
-        self._forced_end = "transferred"
-        self.log.info("transferred", target=target, number=number, why=why or None)
-        self.rec.event("transferred", self._offset(), target=target, number=number, why=why or None)
-        self.rec.update(error=None)
-        await self.phone.close()
 
     # ------------------------------------------------------------------ phone -> model
     async def _phone_loop(self) -> str:
@@ -522,75 +401,9 @@ class Call:
         self.log.info("model_memory_cut", item=turn.item_id, audio_end_ms=played if played > 0 else None,
                       deleted=played <= 0)
 
-    # ------------------------------------------------------------------ session renewal
-    def _context(self) -> list[ContextTurn]:
-        """The conversation so far as the caller experienced it: bot lines are what was heard."""
-        turns: list[ContextTurn] = []
-        for e in self.summary.transcript:
-            if e["role"] == "caller" and e["text"]:
-                turns.append(ContextTurn("caller", e["text"]))
-            elif e["role"] == "bot" and e.get("heard"):
-                turns.append(ContextTurn("bot", e["heard"]))
-            elif e["role"] == "dtmf":
-                turns.append(ContextTurn("caller", f"(pressed {e['text']} on the phone keypad)"))
-        return turns[-MAX_CONTEXT_TURNS:]
-
     def _error(self, code: str, message: str) -> None:
         self.summary.error = f"{code}: {message}"[:500]
         self.rec.event("error", self._offset(), code=code, message=message[:500])
-
-    def _quiet(self) -> bool:
-        """Nobody is talking: the moment to swap sessions without the caller noticing."""
-        return not (self._caller_speaking or self._active_response or self.playout.busy())
-
-    async def _renew_loop(self) -> str:
-        """Moves the call to a fresh session before the service's maximum session age."""
-        age = self.provider.capabilities.max_session_seconds or 0.0
-        while True:
-            await asyncio.sleep(max(0.05, self._session_started + age - time.monotonic()))
-            if time.monotonic() - self._session_started < age or not self._ready:
-                continue  # renewed meanwhile (the service ended the session first), or not up yet
-            while not self._quiet():
-                await asyncio.sleep(0.05)
-            if not await self._renew("session_age"):
-                await asyncio.sleep(RENEW_RETRY_SECONDS)
-
-    async def _renew(self, why: str, failed: Provider | None = None) -> bool:
-        """Continue the call in a fresh session. `failed`: the session that just ended (caller
-        audio is buffered until the new one is up); None: the current one still works and keeps
-        taking audio until the new one is ready, so the switch is seamless."""
-        if self._make_session is None:
-            return False
-        async with self._renew_lock:
-            old = self.provider
-            if failed is not None and old is not failed:
-                return True  # already replaced by the renewer
-            t0 = time.monotonic()
-            if failed is not None:
-                self._ready = False
-                await self._close_session(old)
-            context = self._context()
-            new = self._make_session(context)
-            try:
-                await new.connect()
-            except ProviderConnectError as e:
-                self.log.error("model_renew_failed", why=why, error=str(e)[:300])
-                await self._close_session(new)
-                return False
-            except BaseException:
-                await self._close_session(new)
-                raise
-            self.provider = new
-            if self._active_response is not None:  # a reply the old session will never finish
-                self._response_done(ResponseDone(self._active_response, "incomplete"))
-            await self._session_open()
-            if failed is None:  # shielded: a call ending right now must still close it fully
-                await asyncio.shield(self._close_session(old))
-            self.summary.sessions += 1
-            self.rec.event("session_renewed", self._offset(), why=why, context_turns=len(context))
-            self.log.info("model_session_renewed", why=why, context_turns=len(context),
-                          switch_ms=round((time.monotonic() - t0) * 1000), sessions=self.summary.sessions)
-            return True
 
     async def _close_session(self, provider: Provider) -> None:
         try:
