@@ -1,0 +1,54 @@
+"""Twilio request signatures (`X-Twilio-Signature`) and our per-call stream token.
+
+Webhook: base64(HMAC-SHA1(auth token, full URL + every POST field sorted by name, name then
+value)). Media-stream WebSocket upgrade: the same over the `wss://` URL, no fields. Twilio's own
+validators accept the URL with the default port added or removed, so we try both forms.
+
+The per-call token closes a gap signatures leave: the stream's `start` frame carries custom
+parameters from our own TwiML, so we put an HMAC of the CallSid there and refuse a `start` that
+does not carry the right one (a replayed or hand-made stream cannot pick a call and a bot).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+_DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+
+
+def compute(token: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> str:
+    items = sorted(params.items() if isinstance(params, Mapping) else (params or []), key=lambda kv: kv[0])
+    data = url + "".join(f"{k}{v}" for k, v in items)
+    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL as given, plus the same with the scheme's default port added or removed."""
+    parts = urlsplit(url)
+    default = _DEFAULT_PORTS.get(parts.scheme)
+    variants = [url]
+    if default is None or not parts.hostname:
+        return variants
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = f"{userinfo}@" if userinfo else ""
+    if parts.port is None:
+        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
+    elif parts.port == default:
+        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
+    return variants
+
+
+def is_valid(token: str, url: str, params, signature: str) -> bool:
+    if not token or not signature:
+        return False
+    return any(hmac.compare_digest(compute(token, u, params), signature) for u in url_variants(url))
+
+
+def call_token(token: str, call_sid: str) -> str:
+    """The per-call token put in the stream's <Parameter>s and required back in `start`."""
+    return hmac.new(token.encode(), f"stream:{call_sid}".encode(), hashlib.sha256).hexdigest()[:32]
