@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from .config import Config, Persona
 from .logs import CallLog
 from .providers import make_provider
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
+from .telephony.signature import call_token, is_valid
 from .telephony.twilio_rest import TwilioRest
 
 log = logging.getLogger("gateway")
@@ -47,6 +49,12 @@ def create_app(config: Config) -> web.Application:
     app[RECENT] = collections.deque(maxlen=200)
     app[INSTANCE] = config.server.instance_id or socket.gethostname()
     app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
+    if config.twilio.auth_token and config.twilio.insecure_skip_signature:
+        log.warning("event=signatures_disabled note=\"twilio.insecure_skip_signature is true: anyone who can "
+                    "reach the webhook and media stream can open calls and model sessions\"")
+    elif not config.twilio.auth_token:
+        log.warning("event=signatures_unchecked note=\"no twilio.auth_token: webhook and media stream are "
+                    "unauthenticated (fine on a laptop, not on the internet)\"")
     app.router.add_post("/twilio/voice", voice_webhook)
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
@@ -126,12 +134,33 @@ def stream_url(config: Config, request: web.Request) -> str:
     return f"{'ws' if proto == 'http' else 'wss'}://{host}/twilio/media"
 
 
+def public_request_url(config: Config, request: web.Request, websocket: bool = False) -> str:
+    """The URL Twilio used for this request, as it signed it: the configured public URL's scheme
+    and host (a proxy's view of them is not to be trusted) plus the path and query we received."""
+    if config.server.public_url:
+        parts = urlsplit(config.server.public_url)
+        scheme, host = parts.scheme, parts.netloc
+    else:
+        host = request.headers.get("X-Forwarded-Host") or request.host
+        scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
+    if websocket:
+        scheme = "ws" if scheme in ("http", "ws") else "wss"
+    return f"{scheme}://{host}{request.path_qs}"
+
+
 async def voice_webhook(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     try:
         form = await request.post()
     except Exception:  # noqa: BLE001 - a malformed body still gets TwiML, never a 500
         form = {}
+    if config.signatures_required:
+        signature = request.headers.get("X-Twilio-Signature", "")
+        fields = [(k, v) for k, v in form.items() if isinstance(v, str)] if hasattr(form, "items") else []
+        if not is_valid(config.twilio.auth_token, public_request_url(config, request), fields, signature):
+            log.warning("event=webhook_signature_invalid remote=%s had_signature=%s path=%s",
+                        request.remote, bool(signature), request.path)
+            return web.Response(status=403, text="invalid X-Twilio-Signature\n")
     call_sid = str(form.get("CallSid", ""))[:64]
     caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
     requested = request.query.get("bot")
@@ -162,6 +191,8 @@ async def voice_webhook(request: web.Request) -> web.Response:
             "network": "twilio", "provider": persona.provider, "model": persona.model,
             "direction": "outbound" if outbound else "inbound"})
     params = {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid}
+    if config.signatures_required and call_sid:
+        params["token"] = call_token(config.twilio.auth_token, call_sid)
     if outbound:
         params.update(direction="outbound", context=json.dumps(outbound["ctx"], ensure_ascii=False))
     twiml = connect_twiml(stream_url(config, request), params,
@@ -172,8 +203,15 @@ async def voice_webhook(request: web.Request) -> web.Response:
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG]
     ws = web.WebSocketResponse(max_msg_size=config.limits.max_message_bytes, autoping=True, heartbeat=None)
+    signed_ok = not config.signatures_required or is_valid(
+        config.twilio.auth_token, public_request_url(config, request, websocket=True), None,
+        request.headers.get("X-Twilio-Signature", ""))
     await ws.prepare(request)
     clog = CallLog(log, conn=f"ws{next(_conn_ids)}")
+    if not signed_ok:
+        clog.warning("stream_rejected", reason="invalid X-Twilio-Signature", remote=request.remote)
+        await ws.close(code=1008, message=b"invalid signature")
+        return ws
     stream = TwilioMediaStream(ws, clog, config.limits.max_protocol_errors)
     try:
         started = await asyncio.wait_for(stream.wait_started(), config.limits.start_timeout_seconds)
@@ -189,6 +227,11 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     persona = config.bots.get(bot)
     clog = CallLog(log, call=started.call_sid or started.stream_sid, bot=bot or None)
     stream.log = clog
+    if config.signatures_required and not hmac.compare_digest(
+            started.custom_parameters.get("token", ""), call_token(config.twilio.auth_token, started.call_sid or "")):
+        clog.warning("stream_rejected", reason="missing or wrong call token in start")
+        await stream.close(1008, b"bad call token")
+        return ws
     if persona is None or not config.provider_ready(persona):
         clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>

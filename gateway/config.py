@@ -77,6 +77,9 @@ class TwilioConfig:
     account_sid: str = ""
     auth_token: str = ""
     api_base: str = "https://api.twilio.com"
+    # Webhooks and media streams must carry a valid X-Twilio-Signature whenever auth_token is set.
+    # Turning that off is for local experiments only and is logged as a warning at start-up.
+    insecure_skip_signature: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,10 @@ class Config:
     # Filled by load_config, not by YAML:
     bots: dict[str, "Persona"] = field(default_factory=dict, metadata={"internal": True})
     path: str = field(default="", metadata={"internal": True})
+
+    @property
+    def signatures_required(self) -> bool:
+        return bool(self.twilio.auth_token) and not self.twilio.insecure_skip_signature
 
     def provider_ready(self, persona: "Persona") -> bool:
         """True when the persona's provider has what it needs to open a session (an API key)."""

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import time
 import uuid
 import wave
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
+from .telephony.signature import compute as compute_signature
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
@@ -83,7 +85,8 @@ class PhoneResult:
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
-                 account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None):
+                 account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
+                 auth_token: str = ""):
         self.base_url = base_url.rstrip("/")
         self.bot = bot
         self.caller = caller
@@ -108,6 +111,7 @@ class SimulatedPhone:
         # its marks are not echoed; tests use it to barge in before anything was heard.
         self.hold_playback = False
         self.webhook_url: str | None = None  # the full webhook URL, as Twilio got it (outbound calls)
+        self.auth_token = auth_token  # sign requests like Twilio (X-Twilio-Signature) when set
 
     # ------------------------------------------------------------------ set-up
     async def dial(self) -> PhoneResult:
@@ -117,7 +121,8 @@ class SimulatedPhone:
                 "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
         url = self.webhook_url or f"{self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
-        async with self._session.post(url, data=form) as resp:
+        headers = {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)} if self.auth_token else {}
+        async with self._session.post(url, data=form, headers=headers) as resp:
             text = await resp.text()
             if resp.status != 200:
                 raise DialError(f"webhook answered HTTP {resp.status}: {text[:200]}")
@@ -134,7 +139,9 @@ class SimulatedPhone:
     async def connect(self, *, send_start: bool = True) -> None:
         """Open the stream and send `connected` and `start`, as Twilio does when the call connects."""
         self._session = self._session or aiohttp.ClientSession()
-        self.ws = await self._session.ws_connect(self.result.stream_url, max_msg_size=0)
+        headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
+            if self.auth_token else {}
+        self.ws = await self._session.ws_connect(self.result.stream_url, max_msg_size=0, headers=headers)
         await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
@@ -377,12 +384,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", type=float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN", ""),
+                   help="sign requests like Twilio (default: $TWILIO_AUTH_TOKEN; needed when the gateway checks)")
 
 
 async def main(args: argparse.Namespace) -> int:
     speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
-    phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed)
+    phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
+                           auth_token=args.auth_token)
     try:
         await phone.dial()
     except DialError as e:

@@ -233,7 +233,11 @@ async def make_gateway(config_dir: Path):
         site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         runners.append(runner)
-        return Gateway(f"http://127.0.0.1:{runner.addresses[0][1]}", app, config, runner)
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        if config.signatures_required:
+            from tests.phone_helpers import AUTH_TOKENS
+            AUTH_TOKENS[url] = config.twilio.auth_token
+        return Gateway(url, app, config, runner)
 
     yield start
     for runner in runners:

@@ -11,9 +11,12 @@ from gateway.phone_sim import SimulatedPhone
 
 
 OPEN_PHONES: list[SimulatedPhone] = []  # closed by the autouse fixture in conftest
+# Gateways started with a Twilio auth token check signatures; phones dialing them sign like Twilio.
+AUTH_TOKENS: dict[str, str] = {}
 
 
 def new_phone(gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
+    kw.setdefault("auth_token", AUTH_TOKENS.get(gw_url, ""))
     phone = SimulatedPhone(gw_url, bot=bot, **kw)
     OPEN_PHONES.append(phone)
     return phone

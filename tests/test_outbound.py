@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from gateway.outbound import SPEAK_FIRST, make_ticket, read_ticket
+from gateway.telephony.signature import compute
 from tests.calllog_helpers import TOKEN, api
 from tests.conftest import TWILIO_TOKEN
 from tests.phone_helpers import ended, new_phone, wait_for
@@ -91,8 +92,9 @@ async def test_a_forged_or_expired_ticket_gets_no_bot(make_gateway, fake_glm, fa
     assert read_ticket(TWILIO_TOKEN, make_ticket(TWILIO_TOKEN, "glm-quiet", "+1", {}, now=0), "glm-quiet") is None
     body, sig = good.split(".")
     forged = body[:-4] + "AAAA." + sig
-    async with aiohttp.ClientSession() as s:
-        async with s.post(f"{gw.url}/twilio/voice?bot=glm-quiet&outbound={forged}",
-                          data={"CallSid": "CA1", "From": "+15005550006", "To": "+15551230000"}) as r:
+    url = f"{gw.url}/twilio/voice?bot=glm-quiet&outbound={forged}"
+    form = {"CallSid": "CA1", "From": "+15005550006", "To": "+15551230000"}
+    async with aiohttp.ClientSession() as s:  # a genuine Twilio request (signed) carrying a forged ticket
+        async with s.post(url, data=form, headers={"X-Twilio-Signature": compute(TWILIO_TOKEN, url, form)}) as r:
             twiml = await r.text()
     assert "<Hangup/>" in twiml and "<Stream" not in twiml
