@@ -79,6 +79,7 @@ class Call(CallControl, SessionRenewal):
         self._renew_lock = asyncio.Lock()
         self._session_started = self._t0
         self._caller_speaking = False
+        self._quick_deaths = 0
         self.rec = recorder or NullRecorder(self.call_id)
         self.instance = instance
         self._started_wall = time.time()

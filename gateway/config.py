@@ -101,6 +101,9 @@ class LimitsConfig:
     # Caller silent this long after the bot stopped: reprompt once; silent again: goodbye. 0 = off.
     silence_timeout_seconds: float = 20.0
     max_model_errors: int = 5  # consecutive recoverable model errors before the call is given up
+    # A model socket that drops or stops heart-beating is replaced (with the conversation so far)
+    # up to this many times in a row, with backoff; then the caller hears the fallback apology.
+    model_reconnect_attempts: int = 3
 
 
 @dataclass(frozen=True)

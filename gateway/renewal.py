@@ -16,6 +16,8 @@ from .providers.base import ContextTurn, Provider, ProviderConnectError, Respons
 
 MAX_CONTEXT_TURNS = 60  # transcript lines replayed into a renewed session
 RENEW_RETRY_SECONDS = 30.0  # a failed early renewal is retried; the service's own expiry is the backstop
+RECONNECT_DELAYS = [0.2, 0.8, 2.0, 4.0, 8.0]  # before each attempt to replace a session that died
+QUICK_DEATH_SECONDS = 15.0  # a session dying sooner than this after opening counts against the budget
 
 
 class SessionRenewal:
@@ -57,24 +59,44 @@ class SessionRenewal:
             old = self.provider
             if failed is not None and old is not failed:
                 return True  # already replaced by the renewer
+            if failed is not None:
+                # Sessions that keep dying right after opening (a flapping upstream) count as one
+                # long outage: the budget is for consecutive quick deaths, not per drop.
+                quick = time.monotonic() - self._session_started < QUICK_DEATH_SECONDS
+                self._quick_deaths = self._quick_deaths + 1 if quick else 1
+                if self._quick_deaths > self.config.limits.model_reconnect_attempts:
+                    self.log.error("model_reconnect_gave_up", why=why, reason="keeps failing",
+                                   drops=self._quick_deaths)
+                    return False
             t0 = time.monotonic()
             if failed is not None:
                 self._ready = False
                 await self._close_session(old)
-            context = self._context()
-            new = self._make_session(context)
-            try:
-                await new.connect()
-            except ProviderConnectError as e:
-                self.log.error("model_renew_failed", why=why, error=str(e)[:300])
-                await self._close_session(new)
-                return False
-            except BaseException:
-                await self._close_session(new)
-                raise
-            self.provider = new
             if self._active_response is not None:  # a reply the old session will never finish
                 self._response_done(ResponseDone(self._active_response, "incomplete"))
+            context = self._context()
+            # A session that failed is retried with backoff (the caller's audio waits in the
+            # buffer); an early renewal gets one try, the old session is still fine.
+            delays = RECONNECT_DELAYS[:max(1, self.config.limits.model_reconnect_attempts)] if failed else [0.0]
+            new = None
+            for attempt, delay in enumerate(delays, 1):
+                await asyncio.sleep(delay)
+                candidate = self._make_session(context)
+                try:
+                    await candidate.connect()
+                    new = candidate
+                    break
+                except ProviderConnectError as e:
+                    self.log.warning("model_renew_failed", why=why, attempt=attempt, of=len(delays),
+                                     error=str(e)[:300])
+                    await self._close_session(candidate)
+                except BaseException:
+                    await self._close_session(candidate)
+                    raise
+            if new is None:
+                self.log.error("model_reconnect_gave_up", why=why, attempts=len(delays))
+                return False
+            self.provider = new
             await self._session_open()
             if failed is None:  # shielded: a call ending right now must still close it fully
                 await asyncio.shield(self._close_session(old))

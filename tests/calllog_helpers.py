@@ -23,7 +23,8 @@ async def api(gw_url: str, path: str, token: str | None = TOKEN, method: str = "
 
 async def three_calls(make_gateway, fake_glm, fake_openai, store_url, extra: str = ""):
     """A normal GLM call, an OpenAI call the caller interrupts, a GLM call that ends in a model error."""
-    gw = await make_gateway(glm=fake_glm, openai=fake_openai, extra=extra,
+    # No reconnection, so that the dropped model socket really ends the third call with a model error.
+    gw = await make_gateway(glm=fake_glm, openai=fake_openai, extra="limits:\n  model_reconnect_attempts: 0\n" + extra,
                             env={"GATEWAY_DATABASE_URL": store_url, "GATEWAY_OPERATOR_TOKEN": TOKEN})
     normal = await dial(gw.url, bot="glm-greeter", caller="+15550000001")
     await normal.silence(1.9)

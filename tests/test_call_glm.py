@@ -76,7 +76,8 @@ async def test_greeting_by_response_create(make_gateway, fake_glm):
 
 
 async def test_silent_upstream_is_detected_by_heartbeat_watchdog(make_gateway, fake_glm, caplog):
-    gw = await make_gateway(fake_glm, extra="providers:\n  glm:\n    heartbeat_timeout_seconds: 0.6\n")
+    gw = await make_gateway(fake_glm, extra="providers:\n  glm:\n    heartbeat_timeout_seconds: 0.6\n"
+                                            "limits:\n  model_reconnect_attempts: 0\n")  # the watchdog alone
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await dial(gw.url, bot="glm-quiet")
         await wait_for(lambda: fake_glm.sessions and fake_glm.sessions[0].session_config, 3, "session")

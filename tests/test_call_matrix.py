@@ -145,17 +145,47 @@ async def test_caller_hangup_closes_upstream_within_a_second(make_gateway, model
     assert not gw.app[CALLS]
 
 
-async def test_upstream_drop_mid_sentence_ends_call_cleanly(make_gateway, model, caplog):
+async def test_upstream_drop_mid_sentence_reconnects_with_the_conversation(make_gateway, model, caplog):
+    """The model socket dies mid-greeting (no close frame): a new session opens with the
+    conversation so far, the caller's audio meanwhile is kept, and the call goes on."""
     model.fake.reply_seconds = 3.0
     model.fake.fail_after_deltas = 2
+    model.fake.fail_first_session_only = True
     gw = await model.gateway(make_gateway)
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await dial(gw.url, bot=model.greeter)
-        assert await phone.wait_closed(3), "the gateway should close the stream (TwiML then says sorry)"
+        await wait_for(lambda: len(model.fake.sessions) == 2 and model.fake.sessions[1].session_config, 4,
+                       "a second session")
+        first, second = model.fake.sessions
+        gap = second.events[0]["_t"] - max(e["_t"] for e in first.events)
+        await phone.silence(1.0)
+        await phone.say(ulaw_tone(440, 0.5))
+        await wait_for(lambda: second.responses and second.responses[-1]["status"] == "completed", 4,
+                       "the reply from the new session")
+        await phone.hangup()
+        summary = await ended(gw, phone)
+    assert summary.end_reason == "caller_hangup" and summary.sessions == 2
+    assert logged(caplog, "model_session_renewed", "why=model:upstream_closed")
+    assert gap < 1.0, f"{gap:.2f} s without a model"
+    assert any(e["role"] == "caller" for e in summary.transcript)
+    assert not first.errors_sent and not second.errors_sent
+
+
+async def test_a_model_that_stays_down_ends_the_call_with_the_apology(make_gateway, model, caplog):
+    model.fake.reply_seconds = 3.0
+    model.fake.fail_after_deltas = 2
+    gw = await model.gateway(make_gateway, extra="limits:\n  model_reconnect_attempts: 2\n")
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        phone = await dial(gw.url, bot=model.greeter)
+        await wait_for(lambda: model.fake.sessions, 3, "the first session")
+        model.fake.api_key = "wrongid.wrongsecretwrong"  # from now on every reconnection is refused
+        assert await phone.wait_closed(6), "the gateway should give up and close the stream (TwiML apologises)"
         summary = await ended(gw, phone)
     assert phone.result.closed_by == "gateway" and phone.result.close_code == 1000
     assert summary.end_reason == "model_error"
-    assert logged(caplog, "model_failed", f"call={phone.call_sid}")
+    assert logged(caplog, "model_reconnect_gave_up", f"call={phone.call_sid}")
+    assert len(model.fake.rejected) == 2  # two attempts, then the apology
+    assert "Sorry, we are having technical difficulties" in phone.result.twiml  # what Twilio then says
     assert not gw.app[CALLS]
 
 

@@ -140,11 +140,12 @@ class JsonWsProvider(Provider):
                         return
             if not self._closed:
                 self._queue.put_nowait(ProviderError(
-                    "upstream_closed", f"{self.label} closed the session (code {ws.close_code})", fatal=True))
+                    "upstream_closed", f"{self.label} closed the session (code {ws.close_code})", fatal=True,
+                    renewable=True))
         except websockets.ConnectionClosed as e:
             if not self._closed:
                 self._queue.put_nowait(ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
-                                                     fatal=True))
+                                                     fatal=True, renewable=True))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug here must end this call, not hang it
@@ -165,7 +166,8 @@ class JsonWsProvider(Provider):
             silent = time.monotonic() - self._last_rx
             if silent > limit:
                 self._queue.put_nowait(ProviderError("heartbeat_timeout",
-                                                     f"no event from {self.label} for {silent:.0f} s", fatal=True))
+                                                     f"no event from {self.label} for {silent:.0f} s", fatal=True,
+                                                     renewable=True))
                 if self._ws is not None:
                     self._ws.transport.abort()
                 return

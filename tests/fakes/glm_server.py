@@ -75,7 +75,8 @@ async def stream_reply(fake, r: dict, pieces: Iterable[bytes], send_piece: Calla
         r["deltas_sent"] += 1
         if r["cancel_at"] is not None:
             r["late_deltas"] += 1
-        if fake.fail_after_deltas is not None and r["deltas_sent"] >= fake.fail_after_deltas:
+        if fake.fail_after_deltas is not None and r.get("may_fail", True) \
+                and r["deltas_sent"] >= fake.fail_after_deltas:
             abort()  # no close frame
             return False
         if r["cancel_at"] is None:
@@ -131,6 +132,7 @@ class FakeGLM:
         self.vad_silence_ms = vad_silence_ms
         self.cancel_settle = cancel_settle
         self.fail_after_deltas: int | None = None
+        self.fail_first_session_only = False  # the drop happens once; reconnections then work
         # Scripted function calls: each reply to the caller's speech takes the next one and calls
         # it (after its audio, in the same response), like a model deciding to use a tool.
         self.tool_calls: list[tuple[str, dict]] = []
@@ -375,7 +377,8 @@ class _Conn:
         rid = f"resp_{next(self.fake._ids)}"
         self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
                         "created_at": time.monotonic(), "done_at": None, "cancel_at": None,
-                        "cancel_event": asyncio.Event(),
+                        "cancel_event": asyncio.Event(), "may_fail": not (self.fake.fail_first_session_only
+                                                                  and self.s is not self.fake.sessions[0]),
                         "tool": self.fake.tool_calls.pop(0) if kind == "reply" and self.fake.tool_calls else None}
         self.s.responses.append(self.current)
         self.response_task = asyncio.create_task(self._respond(self.current, text, hz))

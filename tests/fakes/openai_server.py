@@ -91,6 +91,7 @@ class FakeOpenAI:
         self.cancel_settle = cancel_settle
         self.echo = False
         self.fail_after_deltas: int | None = None
+        self.fail_first_session_only = False  # the drop happens once; reconnections then work
         # Scripted function calls: each reply to the caller's speech takes the next one and calls
         # it (after its audio, in the same response), like a model deciding to use a tool.
         self.tool_calls: list[tuple[str, dict]] = []
@@ -422,7 +423,8 @@ class _Conn:
         rid = self.fake.new_id("resp")
         self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
                         "created_at": time.monotonic(), "done_at": None, "cancel_at": None, "item_id": None,
-                        "cancel_event": asyncio.Event(), "text": text,
+                        "cancel_event": asyncio.Event(), "may_fail": not (self.fake.fail_first_session_only
+                                                                  and self.s is not self.fake.sessions[0]), "text": text,
                         "tool": self.fake.tool_calls.pop(0) if kind == "reply" and self.fake.tool_calls else None}
         self.s.responses.append(self.current)
         self.response_task = asyncio.create_task(self._respond(self.current, text, hz, echo_audio))
