@@ -12,5 +12,7 @@ COPY bots ./bots
 VOLUME /app/data
 USER gateway
 EXPOSE 8080
+# SIGTERM drains: live calls may go on for server.drain_seconds; give `docker stop -t` that long.
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status==200 else 1)"
 CMD ["python", "-m", "gateway", "serve", "--host", "0.0.0.0", "--port", "8080"]

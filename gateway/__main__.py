@@ -12,9 +12,7 @@ from .logs import setup_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .app import create_app
+    from .app import serve
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format, config.secrets())
@@ -32,8 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
     log.info("listening on http://%s:%d (webhook POST /twilio/voice, media WS /twilio/media)", host, port)
-    web.run_app(create_app(config), host=host, port=port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5)
+    asyncio.run(serve(config, host, port))
     return 0
 
 

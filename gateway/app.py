@@ -40,6 +40,9 @@ PURGE_EVERY_SECONDS = 6 * 3600
 _conn_ids = itertools.count(1)
 
 SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
+SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
+SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
+DRAINING = web.AppKey("draining", dict)  # {"since": monotonic} once a drain has started
 
 
 def create_app(config: Config) -> web.Application:
@@ -48,6 +51,7 @@ def create_app(config: Config) -> web.Application:
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
     app[INSTANCE] = config.server.instance_id or socket.gethostname()
+    app[DRAINING] = {}
     app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     if config.twilio.auth_token and config.twilio.insecure_skip_signature:
         log.warning("event=signatures_disabled note=\"twilio.insecure_skip_signature is true: anyone who can "
@@ -165,6 +169,12 @@ async def voice_webhook(request: web.Request) -> web.Response:
     caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
     requested = request.query.get("bot")
     clog = CallLog(log, call=call_sid or None)
+    if request.app[DRAINING]:
+        clog.info("webhook_refused", reason="draining", caller=caller)
+        return web.Response(text=say_and_hangup_twiml(SORRY_RESTARTING), content_type="text/xml")
+    if len(request.app[CALLS]) >= config.limits.max_concurrent_calls:
+        clog.warning("webhook_refused", reason="busy", live_calls=len(request.app[CALLS]), caller=caller)
+        return web.Response(text=say_and_hangup_twiml(SORRY_BUSY), content_type="text/xml")
     persona, how = choose_bot(config, requested, dialed)
     if persona is None:
         wanted = requested or config.routing.numbers.get(dialed)
@@ -277,7 +287,58 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ready", "live_calls": len(request.app[CALLS])})
+    """Load balancers: 503 while draining or full, so new calls go to another instance."""
+    live, limit = len(request.app[CALLS]), request.app[CONFIG].limits.max_concurrent_calls
+    if request.app[DRAINING]:
+        return web.json_response({"status": "draining", "live_calls": live}, status=503)
+    if live >= limit:
+        return web.json_response({"status": "full", "live_calls": live}, status=503)
+    return web.json_response({"status": "ready", "live_calls": live})
+
+
+async def drain(app: web.Application, seconds: float) -> None:
+    """Graceful stop: refuse new calls (readyz 503, the webhook asks callers to call back), let the
+    live ones finish for up to `seconds` (`app[DRAINING]["hurry"] = True` cuts that short), then have
+    the bot say goodbye on each remaining call and hang up."""
+    state, calls = app[DRAINING], app[CALLS]
+    state["since"] = time.monotonic()
+    log.warning("event=drain_started live_calls=%d drain_seconds=%g", len(calls), seconds)
+    deadline = time.monotonic() + seconds
+    while calls and time.monotonic() < deadline and not state.get("hurry"):
+        await asyncio.sleep(0.1)
+    if calls:
+        log.warning("event=drain_wrapping_up live_calls=%d", len(calls))
+        await asyncio.gather(*(call.wrap_up("shutdown") for call in list(calls.values())), return_exceptions=True)
+        deadline = time.monotonic() + 5
+        while calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    log.info("event=drain_done left=%d", len(calls))
+
+
+async def serve(config: Config, host: str, port: int) -> None:
+    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit."""
+    import signal
+
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stop = asyncio.Event()
+
+    def on_signal(sig: int) -> None:
+        if stop.is_set():
+            log.warning("event=drain_hurried signal=%s", signal.Signals(sig).name)
+            app[DRAINING]["hurry"] = True
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop.wait()
+        await drain(app, config.server.drain_seconds)
+    finally:
+        await runner.cleanup()  # ends anything left as `shutdown`, flushes and closes the call log
 
 
 async def _hang_up_all(app: web.Application) -> None:

@@ -96,6 +96,18 @@ class CallControl:
             await self.hang_up("silence_timeout", why="caller silent")
             return "silence_timeout"
 
+    async def wrap_up(self, reason: str, timeout: float = 12.0) -> None:
+        """The gateway is going away: the bot apologises and says goodbye, then the call ends."""
+        if not self._wrapping and self._ready:
+            self._wrapping = True
+            try:
+                await asyncio.wait_for(self.say_via_model(
+                    "(The service is restarting now. Apologise briefly, say the caller can call back in a "
+                    "minute, and say goodbye.)"), timeout)
+            except asyncio.TimeoutError:
+                self.log.warning("wrap_up_slow", timeout_s=timeout)
+        await self.hang_up(reason, why="gateway stopping")
+
     async def silence_bot(self) -> None:
         """Stop the bot mid-sentence (a keypad shortcut acts now): clear the phone, cancel the reply."""
         if self.playout.busy() or self._active_response is not None:

@@ -37,6 +37,9 @@ class ServerConfig:
     # Names this gateway in call records; at start-up it closes the records *it* left open (a
     # crash) without touching other instances' live calls in a shared database. Empty: hostname.
     instance_id: str = ""
+    # On SIGTERM/SIGINT: stop taking calls, let live ones finish for up to this long, then wrap
+    # them up (goodbye, hang up). A second signal skips the wait.
+    drain_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class LimitsConfig:
     wrap_up_seconds: float = 20.0
     # Caller silent this long after the bot stopped: reprompt once; silent again: goodbye. 0 = off.
     silence_timeout_seconds: float = 20.0
+    max_concurrent_calls: int = 100  # more: new callers hear a polite busy message (model accounts cap sessions)
     max_model_errors: int = 5  # consecutive recoverable model errors before the call is given up
     # A model socket that drops or stops heart-beating is replaced (with the conversation so far)
     # up to this many times in a row, with backoff; then the caller hears the fallback apology.
