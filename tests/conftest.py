@@ -98,6 +98,35 @@ class Gateway:
     runner: web.AppRunner
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_gateway_log_line():
+    """Across the whole run (every test, every call, every failure path): no line our code logs —
+    before any redaction — contains one of the fake secrets the tests use."""
+    from tests.calllog_helpers import TOKEN as OPERATOR_TOKEN
+    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, TWILIO_TOKEN, OPERATOR_TOKEN, "order-secret-xyz",
+               "order-api-secret-123", "wrongsecret123456"]
+    logger = logging.getLogger("gateway")
+    handler, level = _Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    leaks = [line[:300] for line in handler.lines if any(secret in line for secret in secrets)]
+    assert not leaks, f"{len(leaks)} log lines carry a secret, e.g. {leaks[:3]}"
+    assert handler.lines, "the secret check saw no log lines at all"
+
+
 @pytest.fixture(autouse=True)
 async def _close_phones():
     from tests.phone_helpers import OPEN_PHONES
