@@ -134,6 +134,9 @@ class RecordingConfig:
 @dataclass(frozen=True)
 class OperatorConfig:
     token: str = ""  # bearer token for /api/ and the dashboard; empty = the API answers 401 to all
+    # Per client address: sustained requests per second and burst. Wrong tokens count too.
+    rate_limit_per_second: float = 10.0
+    rate_limit_burst: int = 40
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ MAX_PAGE = 200
 
 
 def add_operator_routes(app: web.Application) -> None:
+    from .app import CONFIG
+    operator = app[CONFIG].operator
+    app[LIMITER] = RateLimiter(operator.rate_limit_per_second, operator.rate_limit_burst)
     r = app.router
     r.add_get("/api/calls", _guard(list_calls))
     r.add_post("/api/calls", _guard(place_call))
@@ -55,10 +58,37 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+class RateLimiter:
+    """Token bucket per client address; a bounded table (oldest entries go first)."""
+
+    def __init__(self, rate: float, burst: int, max_clients: int = 10000):
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, client: str, now: float | None = None) -> float:
+        """0 if allowed, else seconds until a request would be."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1 if tokens >= 1 else tokens, now)
+        if len(self._buckets) > self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+        return wait
+
+
+LIMITER = web.AppKey("operator_rate_limiter", RateLimiter)
+
+
 def _guard(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         from .app import CONFIG
-        token = request.app[CONFIG].operator.token
+        operator = request.app[CONFIG].operator
+        wait = request.app[LIMITER].allow(request.remote or "?")
+        if wait:
+            return web.json_response({"error": "too many requests"}, status=429,
+                                     headers={"Retry-After": str(max(1, round(wait)))})
+        token = operator.token
         header = request.headers.get("Authorization", "")
         given = header[7:] if header.startswith("Bearer ") else ""
         if not token:

@@ -194,3 +194,12 @@ async def test_sigkill_mid_call_keeps_the_record_and_restart_marks_it_crashed(co
     finally:
         log = stop(restarted, signal.SIGTERM)
     assert "crashed_calls_closed=1" in log
+
+
+async def test_operator_api_is_rate_limited_per_client(make_gateway, fake_glm):
+    gw = await make_gateway(glm=fake_glm, env={"GATEWAY_OPERATOR_TOKEN": TOKEN},
+                            extra="operator:\n  rate_limit_per_second: 2\n  rate_limit_burst: 5\n")
+    statuses = [(await api(gw.url, "/api/live", token="guessing"))[0] for _ in range(8)]
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}  # guessing tokens is throttled too
+    await asyncio.sleep(0.6)
+    assert (await api(gw.url, "/api/live"))[0] == 200  # the bucket refills
