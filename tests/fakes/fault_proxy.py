@@ -28,7 +28,8 @@ class FaultProxy:
         self.mode: str | None = None  # drop | delay | stall | corrupt (applies to live and new connections)
         self.delay_s = 0.3
         self.corrupt_next = 0
-        self.plan: dict[int, str] = {}  # message index -> fault, for each new connection (soak)
+        self.plan: dict[int, str] = {}  # message index -> fault, for each new connection
+        self.fault_rate = 0.0  # share of new connections that get one random fault (the soak)
         self.injected: dict[str, int] = {"drop": 0, "delay": 0, "stall": 0, "corrupt": 0}
         self.connections = 0
         self._rng = random.Random(seed)
@@ -60,6 +61,8 @@ class FaultProxy:
     async def _handle(self, client: ServerConnection) -> None:
         self.connections += 1
         plan = dict(self.plan)
+        if self.fault_rate and self._rng.random() < self.fault_rate:  # the soak: some connections get a fault
+            plan[self._rng.randint(5, 150)] = self._rng.choice(["drop", "corrupt", "delay"])
         headers = {k: v for k, v in client.request.headers.raw_items()
                    if k.lower() in ("authorization", "api-key")}
         try:
