@@ -102,6 +102,7 @@ async def main(args: argparse.Namespace) -> int:
 routing: {{default_bot: echo, fallback_bot: echo}}
 limits: {{max_concurrent_calls: {args.calls + 50}, silence_timeout_seconds: 0, start_timeout_seconds: 10}}
 logging: {{level: WARNING}}
+operator: {{rate_limit_per_second: 100000, rate_limit_burst: 100000}}  # the final check reads every record
 """)
     glm, oai = FakeGLM(api_key=GLM_KEY, heartbeat_interval=5), FakeOpenAI(api_key=OPENAI_KEY)
     await glm.start()

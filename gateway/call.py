@@ -167,6 +167,7 @@ class Call(CallControl, SessionRenewal):
         self.log.info("call_ended", reason=reason, duration_s=round(duration, 2),
                       barge_ins=self.summary.barge_ins, frames_in=getattr(self.phone, "media_frames_in", None),
                       frames_out=self.playout.frames_sent, marks_played=self.playout.marks_played,
+                      frames_dropped=self.playout.frames_dropped or None,
                       protocol_errors=getattr(self.phone, "protocol_errors", None),
                       model_sessions=self.summary.sessions if self.summary.sessions > 1 else None)
 

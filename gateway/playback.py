@@ -24,6 +24,9 @@ from .audio import FRAME_MS
 # Marks still unechoed after this many frames (~20 s) are forgotten oldest-first: a phone that
 # never echoes marks must not grow memory for the whole call. Such audio counts as not heard.
 MAX_OUTSTANDING_MARKS = 1000
+# Bot audio waiting here to be paced out: 3 minutes. A reply longer than that in one go is not a
+# phone conversation; what does not fit is dropped and counted (frames_dropped, in call_ended).
+MAX_QUEUED_FRAMES = 9000
 
 
 class PhoneSink(Protocol):
@@ -60,12 +63,17 @@ class Playout:
         self.sent_ms: dict[str, float] = {}   # per response: audio sent to the phone
         self.heard_ms: dict[str, float] = {}  # per response: audio confirmed played by marks
         self.frames_sent = 0
+        self.frames_dropped = 0
         self.marks_sent = 0
         self.marks_played = 0
         self.clears = 0
 
     # ------------------------------------------------------------ queueing
     def enqueue(self, frames: list[bytes], response_id: str) -> None:
+        room = MAX_QUEUED_FRAMES - len(self._frames)
+        if len(frames) > room:  # a model far ahead of real time: keep what fits, drop the rest (logged)
+            self.frames_dropped += len(frames) - max(0, room)
+            frames = frames[:max(0, room)]
         for f in frames:
             self._frames.append((f, response_id))
         if frames:

@@ -53,3 +53,17 @@ async def test_outstanding_marks_are_bounded(monkeypatch):
     await asyncio.sleep(0.1)
     task.cancel()
     assert p.frames_sent == 50 and len(p._marks) == 10
+
+
+def test_playout_queue_is_bounded_and_counts_what_it_drops():
+    from gateway.playback import MAX_QUEUED_FRAMES, Playout
+
+    class NullPhone:
+        async def play(self, audio): return True
+        async def mark(self, name): return True
+        async def clear(self): return True
+
+    p = Playout(NullPhone())
+    p.enqueue([b"\xff" * 160] * (MAX_QUEUED_FRAMES + 500), "r1")
+    p.enqueue([b"\xff" * 160] * 10, "r2")
+    assert p.queued_ms == MAX_QUEUED_FRAMES * 20 and p.frames_dropped == 510

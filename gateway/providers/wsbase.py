@@ -24,6 +24,7 @@ from ..logs import CallLog
 from .base import Provider, ProviderConnectError, ProviderError, ProviderEvent
 
 _END = object()
+MAX_PENDING_EVENTS = 1000
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # audio deltas of ~1.5 s in base64 are ~100 KB; leave room
 
 
@@ -35,7 +36,9 @@ class JsonWsProvider(Provider):
     def __init__(self, log: CallLog):
         self.log = log
         self._ws: ClientConnection | None = None
-        self._queue: asyncio.Queue = asyncio.Queue()
+        # Bounded: if the call falls behind, the reader waits (the model's socket then back-pressures
+        # through TCP) instead of buffering without limit.
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=MAX_PENDING_EVENTS)
         self._reader: asyncio.Task | None = None
         self._ids = itertools.count(1)
         self._last_rx = time.monotonic()
@@ -99,15 +102,25 @@ class JsonWsProvider(Provider):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
             self._reader = None
-        self._queue.put_nowait(_END)
+        self._put_last(_END)
 
     async def events(self) -> AsyncIterator[ProviderEvent]:
         while True:
             ev = await self._queue.get()
             if ev is _END:
-                self._queue.put_nowait(_END)  # later iterations end too
+                self._put_last(_END)  # later iterations end too
                 return
             yield ev
+
+    def _put_last(self, item) -> None:
+        """For the session's last words (a fatal error, the end marker): never blocks; if the
+        queue is full the oldest pending event gives way, the session is over anyway."""
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                self._queue.get_nowait()
 
     # ------------------------------------------------------------------ reading
     async def _read_loop(self) -> None:
@@ -135,28 +148,28 @@ class JsonWsProvider(Provider):
                                      type=str(msg.get("type"))[:80])
                     continue
                 for ev in events:
-                    self._queue.put_nowait(ev)
+                    await self._queue.put(ev)
                     if isinstance(ev, ProviderError) and ev.fatal:
                         return
             if not self._closed:
-                self._queue.put_nowait(ProviderError(
+                self._put_last(ProviderError(
                     "upstream_closed", f"{self.label} closed the session (code {ws.close_code})", fatal=True,
                     renewable=True))
         except websockets.ConnectionClosed as e:
             if not self._closed:
-                self._queue.put_nowait(ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
+                self._put_last(ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
                                                      fatal=True, renewable=True))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug here must end this call, not hang it
             self.log.error("model_reader_crashed", exc_info=True, error=type(e).__name__)
-            self._queue.put_nowait(ProviderError("internal", f"{type(e).__name__}: {e}", fatal=True))
+            self._put_last(ProviderError("internal", f"{type(e).__name__}: {e}", fatal=True))
         finally:
             if watchdog is not None:
                 watchdog.cancel()
             self._ready.set()  # unblock connect() if the session died during set-up
             if self._reader is asyncio.current_task():
-                self._queue.put_nowait(_END)
+                self._put_last(_END)
 
     async def _watchdog(self) -> None:
         limit = self.heartbeat_timeout
@@ -165,7 +178,7 @@ class JsonWsProvider(Provider):
             await asyncio.sleep(min(limit / 4, 5.0))
             silent = time.monotonic() - self._last_rx
             if silent > limit:
-                self._queue.put_nowait(ProviderError("heartbeat_timeout",
+                self._put_last(ProviderError("heartbeat_timeout",
                                                      f"no event from {self.label} for {silent:.0f} s", fatal=True,
                                                      renewable=True))
                 if self._ws is not None:
