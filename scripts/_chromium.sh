@@ -4,11 +4,8 @@
 ensure_test_chromium() {
   local exe
   exe="$(command -v chromium || command -v chromium-browser || true)"
-  if [ -z "$exe" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing Chromium (Debian package) for the dashboard tests" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
-      || true
+  if [ -z "$exe" ]; then
+    apt_install_for_tests chromium "the dashboard tests"
     exe="$(command -v chromium || true)"
   fi
   if [ -n "$exe" ]; then

@@ -9,11 +9,8 @@ _pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 start_test_postgres() {
   local bin dir port as_user=()
   bin="$(_pg_bin)"
-  if [ -z "$bin" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing PostgreSQL (Debian package) for the call-log tests" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1; } \
-      || true
+  if [ -z "$bin" ]; then
+    apt_install_for_tests postgresql "the call-log tests"
     bin="$(_pg_bin)"
   fi
   if [ -z "$bin" ]; then

@@ -103,12 +103,8 @@ class GlmRealtime(JsonWsProvider):
         await self._send({"type": "session.update", "session": self.session_config()})
         await self._wait_ready(timeout, "session.update")
         if self.persona.greeting and not self.context and self.settings.greeting == "response_create":
-            await self._send({"type": "conversation.item.create", "item": {
-                "type": "message", "role": "user", "object": "realtime.item",
-                "content": [{"type": "text", "text": (
-                    "(The phone call has just connected. Greet the caller with exactly: "
-                    f"{self.persona.greeting})")}]}})
-            await self._send({"type": "response.create"})
+            await self._add_item(self._text_item(
+                f"(The phone call has just connected. Greet the caller with exactly: {self.persona.greeting})"), True)
 
     def _stamp(self, event: dict) -> dict:
         event.setdefault("client_timestamp", int(time.time() * 1000))  # GLM takes it on every event
@@ -128,20 +124,15 @@ class GlmRealtime(JsonWsProvider):
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel"})
 
-    async def send_tool_result(self, call_id: str, output: str, respond: bool = True) -> None:
+    def _tool_output_item(self, call_id: str, output: str) -> dict:
         item = {"type": "function_call_output", "output": output}
-        if call_id:
+        if call_id:  # echo it when the call had one
             item["call_id"] = call_id
-        await self._send({"type": "conversation.item.create", "item": item})
-        if respond:
-            await self._send({"type": "response.create"})
+        return item
 
-    async def send_text(self, text: str, respond: bool = True) -> None:
-        await self._send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "object": "realtime.item",
-            "content": [{"type": "text", "text": text}]}})
-        if respond:
-            await self._send({"type": "response.create"})
+    def _text_item(self, text: str) -> dict:
+        return {"type": "message", "role": "user", "object": "realtime.item",
+                "content": [{"type": "text", "text": text}]}
 
     # ------------------------------------------------------------------ reading
     def _translate(self, msg: dict) -> list[ProviderEvent]:

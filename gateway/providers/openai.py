@@ -137,18 +137,6 @@ class OpenAIRealtime(JsonWsProvider):
     async def delete_item(self, item_id: str) -> None:
         await self._send({"type": "conversation.item.delete", "item_id": item_id})
 
-    async def send_tool_result(self, call_id: str, output: str, respond: bool = True) -> None:
-        await self._send({"type": "conversation.item.create", "item": {
-            "type": "function_call_output", "call_id": call_id, "output": output}})
-        if respond:
-            await self._send({"type": "response.create"})
-
-    async def send_text(self, text: str, respond: bool = True) -> None:
-        await self._send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
-        if respond:
-            await self._send({"type": "response.create"})
-
     # ------------------------------------------------------------------ reading
     def _translate(self, msg: dict) -> list[ProviderEvent]:
         t = msg.get("type")

@@ -87,6 +87,25 @@ class JsonWsProvider(Provider):
         except websockets.ConnectionClosed:
             pass  # the reader reports the close; a send racing it is not a second error
 
+    # Both services take the same two client events for tool results and text: an item in the
+    # conversation, then (optionally) a request to respond. Only the item's shape differs.
+    def _text_item(self, text: str) -> dict:
+        return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+    def _tool_output_item(self, call_id: str, output: str) -> dict:
+        return {"type": "function_call_output", "call_id": call_id, "output": output}
+
+    async def _add_item(self, item: dict, respond: bool) -> None:
+        await self._send({"type": "conversation.item.create", "item": item})
+        if respond:
+            await self._send({"type": "response.create"})
+
+    async def send_tool_result(self, call_id: str, output: str, respond: bool = True) -> None:
+        await self._add_item(self._tool_output_item(call_id, output), respond)
+
+    async def send_text(self, text: str, respond: bool = True) -> None:
+        await self._add_item(self._text_item(text), respond)
+
     async def close(self) -> None:
         if self._closed and self._reader is None:
             return
