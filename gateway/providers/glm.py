@@ -25,9 +25,8 @@ import jwt
 from ..audio import wav_bytes
 from ..config import GlmProviderConfig, Persona
 from ..logs import CallLog
-from .base import (AudioDelta, Capabilities, ContextTurn, persona_tools, InputTranscript, OutputTranscript,
-                   ProviderConnectError, ProviderError, ProviderEvent, ResponseDone, ResponseStarted,
-                   SessionReady, SpeechStarted, SpeechStopped, ToolCall)
+from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderConnectError, ProviderError,
+                   ProviderEvent, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
 
 APPEND_MS = 100
@@ -157,24 +156,13 @@ class GlmRealtime(JsonWsProvider):
             self.log.warning("model_error", code=code, type=err.get("type"), message=str(err.get("message", ""))[:300],
                              fatal=fatal)
             return [ProviderError(code, str(err.get("message", "")), fatal=fatal)]
-        if t == "input_audio_buffer.speech_started":
-            return [SpeechStarted()]
-        if t == "input_audio_buffer.speech_stopped":
-            return [SpeechStopped()]
-        if t == "conversation.item.input_audio_transcription.completed":
-            return [InputTranscript(str(msg.get("transcript", "")), str(msg.get("item_id", "")))]
-        if t == "conversation.item.input_audio_transcription.failed":
-            self.log.info("model_transcription_failed", error=str(msg.get("error", ""))[:200])
-            return []
+        shared = self._translate_shared(t, msg, rid)
+        if shared is not None:
+            return shared
         if t == "response.created":
             return [ResponseStarted(rid)]
         if t == "response.audio.delta":
-            try:
-                audio = base64.b64decode(msg.get("delta", ""), validate=True)
-            except (ValueError, TypeError):
-                self.log.warning("model_bad_event", reason="audio delta is not base64")
-                return []
-            return [AudioDelta(rid, str(msg.get("item_id", "")), audio)]
+            return self._audio_delta(msg, rid)
         if t in ("response.audio_transcript.delta", "response.text.delta"):
             return [OutputTranscript(rid, str(msg.get("delta", "")))]
         if t == "response.audio_transcript.done":

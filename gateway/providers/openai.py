@@ -28,9 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..config import OpenAIProviderConfig, Persona
 from ..logs import CallLog
-from .base import (AudioDelta, Capabilities, ContextTurn, persona_tools, InputTranscript, OutputTranscript,
-                   ProviderError, ProviderEvent, ResponseDone, ResponseStarted, SessionReady,
-                   SpeechStarted, SpeechStopped, ToolCall)
+from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ResponseDone,
+                   ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
 
 # Errors after which the session cannot go on. Everything else is logged and survived.
@@ -149,24 +148,13 @@ class OpenAIRealtime(JsonWsProvider):
             return [SessionReady(str((msg.get("session") or {}).get("id", "")))] if first else []
         if t == "error":
             return self._error(msg)
-        if t == "input_audio_buffer.speech_started":
-            return [SpeechStarted()]
-        if t == "input_audio_buffer.speech_stopped":
-            return [SpeechStopped()]
-        if t == "conversation.item.input_audio_transcription.completed":
-            return [InputTranscript(str(msg.get("transcript", "")), str(msg.get("item_id", "")))]
-        if t == "conversation.item.input_audio_transcription.failed":
-            self.log.info("model_transcription_failed", error=str(msg.get("error", ""))[:200])
-            return []
+        shared = self._translate_shared(t, msg, rid)
+        if shared is not None:
+            return shared
         if t == "response.created":
             return [ResponseStarted(str((msg.get("response") or {}).get("id", "")))]
         if t in ("response.output_audio.delta", "response.audio.delta"):  # GA name, then the beta one
-            try:
-                audio = base64.b64decode(msg.get("delta", ""), validate=True)
-            except (ValueError, TypeError):
-                self.log.warning("model_bad_event", reason="audio delta is not base64")
-                return []
-            return [AudioDelta(rid, str(msg.get("item_id", "")), audio)]
+            return self._audio_delta(msg, rid)
         if t in ("response.output_audio_transcript.delta", "response.output_text.delta"):
             return [OutputTranscript(rid, str(msg.get("delta", "")))]
         if t == "response.output_audio_transcript.done":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -21,7 +22,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..logs import CallLog
-from .base import Provider, ProviderConnectError, ProviderError, ProviderEvent
+from .base import (AudioDelta, InputTranscript, Provider, ProviderConnectError, ProviderError, ProviderEvent,
+                   SpeechStarted, SpeechStopped)
 
 _END = object()
 MAX_PENDING_EVENTS = 1000
@@ -50,6 +52,28 @@ class JsonWsProvider(Provider):
     @abc.abstractmethod
     def _translate(self, msg: dict) -> list[ProviderEvent]:
         """One server event (a JSON object) -> zero or more of our events."""
+
+    def _translate_shared(self, t: object, msg: dict, rid: str) -> list[ProviderEvent] | None:
+        """Server events GLM and OpenAI name and shape alike (GLM follows OpenAI's first realtime
+        protocol); None when `t` is not one of them, so the subclass goes on."""
+        if t == "input_audio_buffer.speech_started":
+            return [SpeechStarted()]
+        if t == "input_audio_buffer.speech_stopped":
+            return [SpeechStopped()]
+        if t == "conversation.item.input_audio_transcription.completed":
+            return [InputTranscript(str(msg.get("transcript", "")), str(msg.get("item_id", "")))]
+        if t == "conversation.item.input_audio_transcription.failed":
+            self.log.info("model_transcription_failed", error=str(msg.get("error", ""))[:200])
+            return []
+        return None
+
+    def _audio_delta(self, msg: dict, rid: str) -> list[ProviderEvent]:
+        try:
+            audio = base64.b64decode(msg.get("delta", ""), validate=True)
+        except (ValueError, TypeError):
+            self.log.warning("model_bad_event", reason="audio delta is not base64")
+            return []
+        return [AudioDelta(rid, str(msg.get("item_id", "")), audio)]
 
     def _stamp(self, event: dict) -> dict:
         event.setdefault("event_id", f"gw_{next(self._ids)}")
