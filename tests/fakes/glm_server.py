@@ -51,13 +51,57 @@ def rms(pcm: bytes) -> float:
     return float(audioop.rms(pcm[:len(pcm) // 2 * 2], 2)) if len(pcm) >= 2 else 0.0
 
 
-async def broadcast(connections: list[ServerConnection], raw: str | bytes) -> None:
-    """Send a raw frame (malformed on purpose, in tests) to every open connection."""
-    for ws in connections:
-        try:
-            await ws.send(raw)
-        except ConnectionClosed:
-            pass
+class FakeModelServer:
+    """What both fake model services share: the knobs tests turn, the sessions they inspect, and
+    the server's lifecycle. Subclasses speak their service's protocol (`_handle`, `_check_auth`)."""
+
+    path = "/"  # the URL path the service is reached at (plus query)
+
+    def __init__(self, *, api_key: str, auth: str, reply_tone_hz: float, reply_seconds: float,
+                 greeting_tone_hz: float, reply_text: str, delta_seconds: float, delta_interval: float,
+                 vad_threshold: int, cancel_settle: float):
+        self.api_key = api_key
+        self.auth = auth
+        self.reply_tone_hz = reply_tone_hz
+        self.reply_seconds = reply_seconds
+        self.greeting_tone_hz = greeting_tone_hz
+        self.reply_text = reply_text
+        self.delta_seconds = delta_seconds
+        self.delta_interval = delta_interval
+        self.vad_threshold = vad_threshold
+        self.cancel_settle = cancel_settle
+        self.fail_after_deltas: int | None = None
+        self.fail_first_session_only = False  # the drop happens once; reconnections then work
+        # Scripted function calls: each reply to the caller's speech takes the next one and calls
+        # it (after its audio, in the same response), like a model deciding to use a tool.
+        self.tool_calls: list[tuple[str, dict]] = []
+        self.fatal_error_on_update: str | None = None
+        self.stall = False
+        self.sessions: list = []
+        self.rejected: list[str] = []
+        self.url = ""
+        self.connections: list[ServerConnection] = []
+        self._server = None
+        self._ids = itertools.count(1)
+
+    async def start(self, port: int = 0) -> None:
+        self._server = await serve(self._handle, "127.0.0.1", port, process_request=self._check_auth,
+                                   max_size=4 * 1024 * 1024)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}{self.path}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def broadcast(self, raw: str | bytes) -> None:
+        """Send a raw frame (malformed on purpose, in tests) to every open connection."""
+        for ws in self.connections:
+            try:
+                await ws.send(raw)
+            except ConnectionClosed:
+                pass
 
 
 async def stream_reply(fake, r: dict, pieces: Iterable[bytes], send_piece: Callable[[bytes], Awaitable[None]],
@@ -110,52 +154,20 @@ class FakeSession:
     close_code: int | None = None
 
 
-class FakeGLM:
+class FakeGLM(FakeModelServer):
+    path = "/api/paas/v4/realtime"
+
     def __init__(self, *, api_key: str = "fakeid.fakesecret", auth: str = "jwt",
                  heartbeat_interval: float = 30.0, reply_tone_hz: float = 600.0, reply_seconds: float = 1.5,
                  greeting_tone_hz: float = 660.0,
                  reply_text: str = "Thanks for calling, how can I help you today?",
                  delta_seconds: float = 0.5, delta_interval: float = 0.05, vad_threshold: int = 500,
                  vad_silence_ms: int = 500, cancel_settle: float = 0.1):
-        self.api_key = api_key
-        self.auth = auth
+        super().__init__(api_key=api_key, auth=auth, reply_tone_hz=reply_tone_hz, reply_seconds=reply_seconds,
+                         greeting_tone_hz=greeting_tone_hz, reply_text=reply_text, delta_seconds=delta_seconds,
+                         delta_interval=delta_interval, vad_threshold=vad_threshold, cancel_settle=cancel_settle)
         self.heartbeat_interval = heartbeat_interval
-        self.reply_tone_hz = reply_tone_hz
-        self.reply_seconds = reply_seconds
-        self.greeting_tone_hz = greeting_tone_hz
-        self.reply_text = reply_text
-        self.delta_seconds = delta_seconds
-        self.delta_interval = delta_interval
-        self.vad_threshold = vad_threshold
         self.vad_silence_ms = vad_silence_ms
-        self.cancel_settle = cancel_settle
-        self.fail_after_deltas: int | None = None
-        self.fail_first_session_only = False  # the drop happens once; reconnections then work
-        # Scripted function calls: each reply to the caller's speech takes the next one and calls
-        # it (after its audio, in the same response), like a model deciding to use a tool.
-        self.tool_calls: list[tuple[str, dict]] = []
-        self.fatal_error_on_update: str | None = None
-        self.stall = False
-        self.sessions: list[FakeSession] = []
-        self.rejected: list[str] = []
-        self.url = ""
-        self.connections: list[ServerConnection] = []
-        self._server = None
-        self._ids = itertools.count(1)
-
-    async def start(self, port: int = 0) -> None:
-        self._server = await serve(self._handle, "127.0.0.1", port, process_request=self._check_auth,
-                                   max_size=4 * 1024 * 1024)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/api/paas/v4/realtime"
-
-    async def broadcast(self, raw: str | bytes) -> None:
-        await broadcast(self.connections, raw)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
     # ------------------------------------------------------------------ auth
     def _auth_problem(self, header: str) -> str | None:

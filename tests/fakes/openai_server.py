@@ -30,18 +30,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import itertools
 import json
 import re
 import time
 from dataclasses import dataclass, field
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 import audioop  # stdlib below 3.13, the audioop-lts package from 3.13
 
-from tests.fakes.glm_server import broadcast, make_tone, rms, stream_reply
+from tests.fakes.glm_server import FakeModelServer, make_tone, rms, stream_reply
 
 SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
                 "max_output_tokens", "tracing", "truncation", "prompt", "include"}
@@ -73,54 +72,22 @@ class FakeSession:
     close_code: int | None = None
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeModelServer):
+    path = "/v1/realtime?model=gpt-realtime"
+
     def __init__(self, *, api_key: str = "sk-fake", auth: str = "bearer", reply_tone_hz: float = 600.0,
                  reply_seconds: float = 1.5, greeting_tone_hz: float = 660.0,
                  reply_text: str = "Thanks for calling, how can I help you today?",
                  delta_seconds: float = 0.5, delta_interval: float = 0.05, vad_threshold: int = 500,
                  cancel_settle: float = 0.1):
-        self.api_key = api_key
-        self.auth = auth
-        self.reply_tone_hz = reply_tone_hz
-        self.reply_seconds = reply_seconds
-        self.greeting_tone_hz = greeting_tone_hz
-        self.reply_text = reply_text
-        self.delta_seconds = delta_seconds
-        self.delta_interval = delta_interval
-        self.vad_threshold = vad_threshold
-        self.cancel_settle = cancel_settle
+        super().__init__(api_key=api_key, auth=auth, reply_tone_hz=reply_tone_hz, reply_seconds=reply_seconds,
+                         greeting_tone_hz=greeting_tone_hz, reply_text=reply_text, delta_seconds=delta_seconds,
+                         delta_interval=delta_interval, vad_threshold=vad_threshold, cancel_settle=cancel_settle)
         self.echo = False
-        self.fail_after_deltas: int | None = None
-        self.fail_first_session_only = False  # the drop happens once; reconnections then work
-        # Scripted function calls: each reply to the caller's speech takes the next one and calls
-        # it (after its audio, in the same response), like a model deciding to use a tool.
-        self.tool_calls: list[tuple[str, dict]] = []
-        self.fatal_error_on_update: str | None = None
         self.max_session_seconds: float | None = None
-        self.stall = False
-        self.sessions: list[FakeSession] = []
-        self.rejected: list[str] = []
-        self.url = ""
-        self.connections: list[ServerConnection] = []
-        self._server = None
-        self._ids = itertools.count(1)
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):06d}"
-
-    async def start(self, port: int = 0) -> None:
-        self._server = await serve(self._handle, "127.0.0.1", port, process_request=self._check_auth,
-                                   max_size=4 * 1024 * 1024)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
-
-    async def broadcast(self, raw: str | bytes) -> None:
-        await broadcast(self.connections, raw)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
     def _check_auth(self, connection: ServerConnection, request):
         headers = request.headers
