@@ -13,7 +13,9 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import re
+import secrets
 import socket
 import time
 from urllib.parse import urlsplit
@@ -50,7 +52,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
-    app[INSTANCE] = config.server.instance_id or socket.gethostname()
+    app[INSTANCE] = process_instance_id(config)
     app[DRAINING] = {}
     app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     if config.twilio.auth_token and config.twilio.insecure_skip_signature:
@@ -71,16 +73,25 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+def process_instance_id(config: Config) -> str:
+    """This process's name in call records and its lease: the configured name (or hostname), the
+    pid and a random suffix, so that no two processes share one, even on one machine or after a
+    pid is reused."""
+    return f"{config.server.instance_id or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 async def _call_log(app: web.Application):
-    """Open the store, apply migrations, and close what a crash of this instance left open; at
-    the end (after on_shutdown has ended the live calls) flush and close it."""
+    """Open the store, apply migrations, take this process's lease and close what dead instances
+    left open (then keep doing both in the background); at the end (after on_shutdown has ended
+    the live calls) flush, release the lease and close it."""
     config = app[CONFIG]
     store = open_store(config.storage.url, config.base_dir)
     await store.start()
     app[STORE] = store
-    crashed = await store.mark_crashed(app[INSTANCE])
-    log.log(logging.WARNING if crashed else logging.INFO, "event=calllog_open store=%s instance=%s "
-            "crashed_calls_closed=%d", store, app[INSTANCE], crashed)
+    crashed, no_stream = await store.hold_lease(app[INSTANCE], config.storage.lease_seconds,
+                                                config.limits.stream_wait_seconds)
+    log.log(logging.WARNING if crashed or no_stream else logging.INFO, "event=calllog_open store=%s instance=%s "
+            "crashed_calls_closed=%d no_stream_closed=%d", store, app[INSTANCE], crashed, no_stream)
     yield
     await store.close()
 
