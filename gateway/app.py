@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .call import Call
 from .calllog import CallRecorder, CallStore, open_store
-from .config import Config, Persona
+from .config import _ENV_OVERRIDES, Config, Persona
 from .logs import CallLog
 from .providers import make_provider
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
@@ -45,6 +45,7 @@ SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
 DRAINING = web.AppKey("draining", dict)  # {"since": monotonic} once a drain has started
+REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
 
 
 def create_app(config: Config) -> web.Application:
@@ -180,21 +181,27 @@ async def voice_webhook(request: web.Request) -> web.Response:
     caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
     requested = request.query.get("bot")
     clog = CallLog(log, call=call_sid or None)
+    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": requested and requested[:64],
+              "direction": "outbound" if "outbound" in request.query else "inbound"}
     if request.app[DRAINING]:
         clog.info("webhook_refused", reason="draining", caller=caller)
-        return web.Response(text=say_and_hangup_twiml(SORRY_RESTARTING), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_RESTARTING), "draining: this instance is shutting down",
+                        record)
     if len(request.app[CALLS]) >= config.limits.max_concurrent_calls:
         clog.warning("webhook_refused", reason="busy", live_calls=len(request.app[CALLS]), caller=caller)
-        return web.Response(text=say_and_hangup_twiml(SORRY_BUSY), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_BUSY), f"busy: {len(request.app[CALLS])} live calls "
+                        "(limits.max_concurrent_calls)", record)
     persona, how = choose_bot(config, requested, dialed)
     if persona is None:
         wanted = requested or config.routing.numbers.get(dialed)
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
         clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
-        return web.Response(text=say_and_hangup_twiml(SORRY_UNKNOWN_BOT), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
+                        record | {"bot": str(wanted)[:64]})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
+    record |= {"bot": persona.name, "provider": persona.provider, "model": persona.model}
     outbound = None
     if "outbound" in request.query:  # a call we placed (POST /api/calls), answered now
         from .outbound import read_ticket
@@ -202,8 +209,8 @@ async def voice_webhook(request: web.Request) -> web.Response:
             if config.twilio.auth_token else None
         if outbound is None:
             clog.warning("webhook_rejected", reason="invalid or expired outbound ticket", bot=persona.name)
-            return web.Response(text='<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
-                                content_type="text/xml")
+            return _refused(request, '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
+                            "invalid or expired outbound ticket", record)
     clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed,
               direction="outbound" if outbound else None)
     if call_sid and STORE in request.app:
@@ -219,6 +226,31 @@ async def voice_webhook(request: web.Request) -> web.Response:
     twiml = connect_twiml(stream_url(config, request), params,
                           after=persona.fallback_message, language=persona.language)
     return web.Response(text=twiml, content_type="text/xml")
+
+
+def _unavailable(config: Config, bot: str) -> str:
+    """Why the webhook cannot serve `bot`, and what the operator should set."""
+    persona = config.bots.get(bot)
+    if persona is None:
+        return f"unknown bot {bot!r} (bots: {', '.join(sorted(config.bots))})"
+    key = ("providers", persona.provider, "api_key")
+    variable = {path: var for var, path in _ENV_OVERRIDES.items()}.get(key)
+    return (f"bot {bot!r} (provider {persona.provider}) has no API key: set "
+            f"{variable + ' or ' if variable else ''}{'.'.join(key)}")
+
+
+def _refused(request: web.Request, twiml: str, why: str, record: dict) -> web.Response:
+    """A call the webhook turns away. The caller hears `twiml` (generic: no config details); the
+    call log gets a `refused` record saying why, and so does the X-Gateway-Refused header (for the
+    simulated phone and curl; Twilio ignores headers it does not know)."""
+    call_sid = record.pop("call_sid")
+    if call_sid and STORE in request.app:
+        now = time.time()
+        request.app[STORE].enqueue("upsert_call", call_sid, {
+            **record, "network": "twilio", "instance": request.app[INSTANCE], "webhook_at": now, "ended_at": now,
+            "duration_s": 0.0, "end_reason": "refused", "error": why})
+    return web.Response(text=twiml, content_type="text/xml",
+                        headers={REFUSED_HEADER: re.sub(r"[^\x20-\x7e]", "?", why)})
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
