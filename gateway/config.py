@@ -9,6 +9,7 @@ overrides listed in design.md win over the file.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import types
@@ -554,3 +555,6 @@ def _check_ranges(cfg: Config, path: Path) -> None:
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"{path}: {name}: expected {want}")
+    if cfg.storage.url.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError(f"{path}: storage.url: PostgreSQL needs asyncpg, which is not installed: "
+                          "pip install 'voicebot-gateway[postgres]'")

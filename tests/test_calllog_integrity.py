@@ -1,15 +1,17 @@
 """Call-log integrity at the gateway: calls refused at the webhook are recorded (and the simulated
-phone says why), webhooks never followed by a stream are closed as `no_stream` by any instance."""
+phone says why), webhooks never followed by a stream are closed as `no_stream` by any instance,
+and a PostgreSQL storage URL without asyncpg installed is a one-line error."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import aiohttp
 import pytest
 
-from gateway.__main__ import build_parser
+from gateway.__main__ import build_parser, main
 from gateway.app import STORE, drain
 from gateway.phone_sim import DialError, main as phone_main
 from tests.calllog_helpers import TOKEN, api
@@ -95,6 +97,17 @@ async def test_a_webhook_with_no_stream_is_closed_by_another_instance_and_reopen
     await asyncio.sleep(0.5)  # B sweeps meanwhile: it must leave the finished record alone
     record = await store.get_call(phone.call_sid)
     assert record["end_reason"] == "caller_hangup" and record["duration_s"] > 1.5
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_postgresql_without_asyncpg_is_a_one_line_error(config_dir, monkeypatch, capsys, command):
+    from tests.conftest import write_config
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql://gw:secret@127.0.0.1:5432/calls")
+    assert main([command, "--config", str(write_config(config_dir))]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"config error: {config_dir / 'config.yaml'}: storage.url: PostgreSQL needs "
+                                         "asyncpg, which is not installed: pip install 'voicebot-gateway[postgres]'\n")
 
 
 def test_the_dashboard_offers_every_end_reason():
