@@ -119,3 +119,20 @@ def test_the_dashboard_offers_every_end_reason():
     html = (REPO / "gateway" / "static" / "dashboard.html").read_text()
     listed = re.search(r"const END_REASONS = (\[[^\]]*\]);", html).group(1)
     assert json.loads(listed) == list(END_REASONS)
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["calls", "list"]])
+def test_an_unreachable_postgresql_is_a_one_line_error(config_dir, command):
+    import os
+    import subprocess
+
+    from tests.conftest import REPO, write_config
+    from tests.proc import free_port
+    env = {**os.environ, "GATEWAY_DATABASE_URL": f"postgresql://gw:secret@127.0.0.1:{free_port()}/calls"}
+    run = subprocess.run([sys.executable, "-m", "gateway", command[0], "--config", str(write_config(config_dir)),
+                          *command[1:]],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1].startswith("error: cannot connect to the call-log database "
+                                                  "postgresql://127.0.0.1:"), run.stderr
+    assert "secret" not in run.stderr

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger("gateway.calllog")
 
+
+class StoreError(RuntimeError):
+    """The call log cannot be used (unreachable, or a schema from a newer gateway); the message says which."""
+
 MAX_PENDING_WRITES = 10000
 MAX_BATCH = 500  # writes committed together at most
 
@@ -176,7 +180,7 @@ class CallStore(abc.ABC):
         rows = await self._fetch("SELECT version FROM schema_migrations")
         have = {r["version"] for r in rows}
         if have and max(have) > SCHEMA_VERSION:
-            raise RuntimeError(f"call-log database is at schema version {max(have)}, newer than this "
+            raise StoreError(f"call-log database is at schema version {max(have)}, newer than this "
                                f"gateway ({SCHEMA_VERSION}); upgrade the gateway")
         for version in sorted(MIGRATIONS):
             if version not in have:
