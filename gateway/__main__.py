@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from .calllog.store import StoreError
 from .config import ConfigError, load_config
 from .logs import setup_logging
 
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except StoreError as e:  # the call log's database is unreachable or too new (serve, calls)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,6 +13,9 @@ import hmac
 import itertools
 import json
 import logging
+import os
+import re
+import secrets
 import socket
 import time
 from urllib.parse import urlsplit
@@ -25,6 +28,7 @@ from .config import Config, Persona
 from .logs import CallLog
 from .operator_api import add_operator_routes
 from .outbound import read_ticket
+from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
 from .telephony.signature import call_token, is_valid
@@ -38,6 +42,7 @@ _conn_ids = itertools.count(1)
 SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
+REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
 
 
 def create_app(config: Config) -> web.Application:
@@ -45,7 +50,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
-    app[INSTANCE] = config.server.instance_id or socket.gethostname()
+    app[INSTANCE] = process_instance_id(config)
     app[DRAINING] = {}
     app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     if config.twilio.auth_token and config.twilio.insecure_skip_signature:
@@ -65,16 +70,25 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+def process_instance_id(config: Config) -> str:
+    """This process's name in call records and its lease: the configured name (or hostname), the
+    pid and a random suffix, so that no two processes share one, even on one machine or after a
+    pid is reused."""
+    return f"{config.server.instance_id or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 async def _call_log(app: web.Application):
-    """Open the store, apply migrations, and close what a crash of this instance left open; at
-    the end (after on_shutdown has ended the live calls) flush and close it."""
+    """Open the store, apply migrations, take this process's lease and close what dead instances
+    left open (then keep doing both in the background); at the end (after on_shutdown has ended
+    the live calls) flush, release the lease and close it."""
     config = app[CONFIG]
     store = open_store(config.storage.url, config.base_dir)
     await store.start()
     app[STORE] = store
-    crashed = await store.mark_crashed(app[INSTANCE])
-    log.log(logging.WARNING if crashed else logging.INFO, "event=calllog_open store=%s instance=%s "
-            "crashed_calls_closed=%d", store, app[INSTANCE], crashed)
+    crashed, no_stream = await store.hold_lease(app[INSTANCE], config.storage.lease_seconds,
+                                                config.limits.stream_wait_seconds)
+    log.log(logging.WARNING if crashed or no_stream else logging.INFO, "event=calllog_open store=%s instance=%s "
+            "crashed_calls_closed=%d no_stream_closed=%d", store, app[INSTANCE], crashed, no_stream)
     yield
     await store.close()
 
@@ -162,29 +176,35 @@ async def voice_webhook(request: web.Request) -> web.Response:
     caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
     requested = request.query.get("bot")
     clog = CallLog(log, call=call_sid or None)
+    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": requested and requested[:64],
+              "direction": "outbound" if "outbound" in request.query else "inbound"}
     if request.app[DRAINING]:
         clog.info("webhook_refused", reason="draining", caller=caller)
-        return web.Response(text=say_and_hangup_twiml(SORRY_RESTARTING), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_RESTARTING), "draining: this instance is shutting down",
+                        record)
     if len(request.app[CALLS]) >= config.limits.max_concurrent_calls:
         clog.warning("webhook_refused", reason="busy", live_calls=len(request.app[CALLS]), caller=caller)
-        return web.Response(text=say_and_hangup_twiml(SORRY_BUSY), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_BUSY), f"busy: {len(request.app[CALLS])} live calls "
+                        "(limits.max_concurrent_calls)", record)
     persona, how = choose_bot(config, requested, dialed)
     if persona is None:
         wanted = requested or config.routing.numbers.get(dialed)
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
         clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
-        return web.Response(text=say_and_hangup_twiml(SORRY_UNKNOWN_BOT), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
+                        record | {"bot": str(wanted)[:64]})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
+    record |= {"bot": persona.name, "provider": persona.provider, "model": persona.model}
     outbound = None
     if "outbound" in request.query:  # a call we placed (POST /api/calls), answered now
         outbound = read_ticket(config.twilio.auth_token, request.query["outbound"], persona.name) \
             if config.twilio.auth_token else None
         if outbound is None:
             clog.warning("webhook_rejected", reason="invalid or expired outbound ticket", bot=persona.name)
-            return web.Response(text='<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
-                                content_type="text/xml")
+            return _refused(request, '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
+                            "invalid or expired outbound ticket", record)
     clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed,
               direction="outbound" if outbound else None)
     if call_sid and STORE in request.app:
@@ -200,6 +220,30 @@ async def voice_webhook(request: web.Request) -> web.Response:
     twiml = connect_twiml(stream_url(config, request), params,
                           after=persona.fallback_message, language=persona.language)
     return web.Response(text=twiml, content_type="text/xml")
+
+
+def _unavailable(config: Config, bot: str) -> str:
+    """Why the webhook cannot serve `bot`, and what the operator should set."""
+    persona = config.bots.get(bot)
+    if persona is None:
+        return f"unknown bot {bot!r} (bots: {', '.join(sorted(config.bots))})"
+    variable = SPECS[persona.provider].key_variable()
+    return (f"bot {bot!r} (provider {persona.provider}) has no API key: set "
+            f"{variable + ' or ' if variable else ''}providers.{persona.provider}.api_key")
+
+
+def _refused(request: web.Request, twiml: str, why: str, record: dict) -> web.Response:
+    """A call the webhook turns away. The caller hears `twiml` (generic: no config details); the
+    call log gets a `refused` record saying why, and so does the X-Gateway-Refused header (for the
+    simulated phone and curl; Twilio ignores headers it does not know)."""
+    call_sid = record.pop("call_sid")
+    if call_sid and STORE in request.app:
+        now = time.time()
+        request.app[STORE].enqueue("upsert_call", call_sid, {
+            **record, "network": "twilio", "instance": request.app[INSTANCE], "webhook_at": now, "ended_at": now,
+            "duration_s": 0.0, "end_reason": "refused", "error": why})
+    return web.Response(text=twiml, content_type="text/xml",
+                        headers={REFUSED_HEADER: re.sub(r"[^\x20-\x7e]", "?", why)})
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:

@@ -9,6 +9,7 @@ overrides listed in design.md win over the file.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import types
@@ -40,8 +41,8 @@ class ServerConfig:
     # The URL Twilio uses to reach us (https://gw.example.com). Empty: derived from each
     # webhook request's Host header, which is fine on a laptop and wrong behind most proxies.
     public_url: str = ""
-    # Names this gateway in call records; at start-up it closes the records *it* left open (a
-    # crash) without touching other instances' live calls in a shared database. Empty: hostname.
+    # Names this gateway in call records (plus the process id and a random suffix, so that every
+    # process is told apart, see storage.lease_seconds). Empty: hostname.
     instance_id: str = ""
     # On SIGTERM/SIGINT: stop taking calls, let live ones finish for up to this long, then wrap
     # them up (goodbye, hang up). A second signal skips the wait.
@@ -87,6 +88,9 @@ class LimitsConfig:
     # A model socket that drops or stops heart-beating is replaced (with the conversation so far)
     # up to this many times in a row, with backoff; then the caller hears the fallback apology.
     model_reconnect_attempts: int = 3
+    # A webhook answered with <Connect><Stream> but no stream this long after is closed in the call
+    # log as `no_stream` (by whichever instance sweeps first; a stream that starts later reopens it).
+    stream_wait_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,11 @@ class StorageConfig:
     # sqlite:///PATH (relative to this config file's directory) or postgresql://user:pass@host/db
     url: str = "sqlite:///data/calls.db"
     retention_days: int = 90  # call records older than this are purged; 0 keeps them forever
+    # Each gateway process holds a lease in the call log, renewed every third of this; open calls
+    # of a process whose lease expired (it died) are closed as `crashed` by any live instance. Long
+    # enough to ride out a database hiccup or a stalled loop, short enough that a dead process's
+    # calls stop showing as live within about a minute.
+    lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -422,6 +431,8 @@ def _check_ranges(cfg: Config, path: Path) -> None:
         ("storage.url", re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", cfg.storage.url),
          "sqlite:///PATH or postgresql://…"),
         ("storage.retention_days", cfg.storage.retention_days >= 0, ">= 0"),
+        ("storage.lease_seconds", cfg.storage.lease_seconds >= 1, ">= 1"),
+        ("limits.stream_wait_seconds", cfg.limits.stream_wait_seconds >= 1, ">= 1"),
         ("recording.retention_days", cfg.recording.retention_days >= 0, ">= 0"),
     ]
     checks += [(f"providers.{name}.{key}", ok(cfg.provider_settings(name)), want)
@@ -429,3 +440,6 @@ def _check_ranges(cfg: Config, path: Path) -> None:
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"{path}: {name}: expected {want}")
+    if cfg.storage.url.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError(f"{path}: storage.url: PostgreSQL needs asyncpg, which is not installed: "
+                          "pip install 'voicebot-gateway[postgres]'")
