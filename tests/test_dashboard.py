@@ -205,3 +205,32 @@ async def test_dashboard_shows_control_characters_in_a_number_escaped(make_gatew
     assert "press \\x1b[2J <i>one</i>" in await page.text("#timeline")
     assert await page.eval("document.querySelectorAll('#call b, #call i').length") == 0
     await page.close()
+
+
+async def test_dashboard_tells_each_kind_of_barge_in_as_a_sentence(make_gateway, fake_glm, tmp_path, browser):
+    """Barge-ins by voice or keypad, after part of a line or before any of it was heard."""
+    gw = await make_gateway(glm=fake_glm, env={"GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/calls.db",
+                                               "GATEWAY_OPERATOR_TOKEN": TOKEN})
+    sid, now = "CA" + "2" * 32, time.time()
+    rec = CallRecorder(gw.app[STORE], sid)
+    rec.update(webhook_at=now - 9, started_at=now - 9, ended_at=now, duration_s=9.0, end_reason="caller_hangup",
+               from_number="+15550000001", to_number="+15005550006", bot="glm-quiet", turns=2, barge_ins=3)
+    rec.event("bot", 0.5, text="Hello there, how can I help?", response="r1", heard="Hello there, how can I help?")
+    rec.event("bot_cut", 1.2, response="r1", heard="Hello there,", heard_ms=700)
+    rec.event("barge_in", 1.2, by="keypad", responses=["r1"], cancelled="r1", heard_ms=[700])
+    rec.event("barge_in", 3.0, by="caller", responses=["r2"], cancelled="r2", heard_ms=[0])
+    rec.event("barge_in", 5.0, responses=[], cancelled=None, heard_ms=[])
+    await gw.app[STORE].flush()
+    page = await browser.new_page()
+    await page.goto(f"{gw.url}/?call={sid}#token={TOKEN}")
+    await page.wait_for("document.querySelectorAll('#timeline li[data-kind=barge_in]').length === 3")
+    said = await page.eval("[...document.querySelectorAll('#timeline li[data-kind=barge_in] .event:not(.who)')]"
+                           ".map(s => s.innerText)")
+    assert said == ["The caller interrupted the bot with the keypad 700 ms into its line;"
+                    " they had heard \u201cHello there,\u201d.",
+                    "The caller interrupted before any of the bot's reply was heard.",
+                    "The caller interrupted the bot."]
+    # The record's own fields stay at hand, as the tooltip.
+    assert "heard_ms=[700]" in await page.eval(
+        "document.querySelector('#timeline li[data-kind=barge_in] .event:not(.who)').title")
+    await page.close()
