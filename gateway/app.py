@@ -18,6 +18,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from .call import Call
@@ -36,6 +37,7 @@ RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finish
 STORE = web.AppKey("store", CallStore)  # the call log
 INSTANCE = web.AppKey("instance", str)
 REST = web.AppKey("rest", TwilioRest)  # Twilio's REST API (hang up, transfer, outbound)
+HTTP = web.AppKey("http", aiohttp.ClientSession)  # one client session (connection pool) for the app
 PURGE_EVERY_SECONDS = 6 * 3600
 _conn_ids = itertools.count(1)
 
@@ -52,7 +54,6 @@ def create_app(config: Config) -> web.Application:
     app[RECENT] = collections.deque(maxlen=200)
     app[INSTANCE] = config.server.instance_id or socket.gethostname()
     app[DRAINING] = {}
-    app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     if config.twilio.auth_token and config.twilio.insecure_skip_signature:
         log.warning("event=signatures_disabled note=\"twilio.insecure_skip_signature is true: anyone who can "
                     "reach the webhook and media stream can open calls and model sessions\"")
@@ -65,10 +66,23 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", readyz)
     from .operator_api import add_operator_routes
     add_operator_routes(app)
+    app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
+
+
+async def _http_client(app: web.Application):
+    """One aiohttp client session for everything the app calls over HTTP (Twilio's REST API, HTTP
+    tools): connections and TLS sessions are reused instead of a handshake per request. No cookie
+    jar: one caller's cookies must never ride along on another caller's tool call. Closed last."""
+    config = app[CONFIG]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        app[HTTP] = session
+        app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, session,
+                               config.twilio.api_base)
+        yield
 
 
 async def _call_log(app: web.Application):
