@@ -287,6 +287,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
                 renew=lambda context: make_provider(persona, config, clog, context),
                 recorder=CallRecorder(request.app[STORE], call_id), instance=request.app[INSTANCE],
                 recording=recording, rest=request.app[REST], speak_first=speak_first)
+    call.tools.session = request.app[HTTP]
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:

@@ -18,6 +18,8 @@ from .providers.base import ToolCall
 from .telephony.twilio_rest import TwilioRestError
 
 if TYPE_CHECKING:  # the runner works for a Call and uses its small public surface below
+    import aiohttp
+
     from .call import Call
 
 PLAYED_TIMEOUT = 30.0  # longest we wait for the bot's last words to be heard before acting
@@ -31,6 +33,7 @@ class ToolRunner:
         self._digits = ""
         self._digit_timer: asyncio.Task | None = None
         self._http = {t.name: t for t in self.persona.http_tools}
+        self.session: aiohttp.ClientSession | None = None  # the app's shared HTTP client (set by app.py)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro, name=f"tool:{self.call.call_id}")
@@ -64,7 +67,7 @@ class ToolRunner:
         elif ev.name == "transfer_call" and "transfer_call" in self.persona.tools:
             await self._transfer_by_model(ev, args)
         elif ev.name in self._http:
-            result = await run_http_tool(self._http[ev.name], args, call.log)
+            result = await run_http_tool(self._http[ev.name], args, call.log, self.session)
             await self._reply(ev, result)
         else:
             await self._reply(ev, {"ok": False, "error": f"there is no tool named {ev.name!r}"})
