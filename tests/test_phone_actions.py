@@ -93,15 +93,21 @@ async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(make_
     assert not s.errors_sent
 
 
+async def agent_call(make_gateway, model, tool_calls: list, env: dict):
+    """A call to the agent persona whose model will make `tool_calls`: (gateway, phone, model session)."""
+    model.fake.tool_calls = tool_calls
+    gw = await model.gateway(make_gateway, env=env)
+    phone = await dial(gw.url, bot=model.agent)
+    await wait_for(lambda: model.fake.sessions, 3, "the model session")
+    return gw, phone, model.fake.sessions[0]
+
+
 async def test_http_tool_checks_arguments_calls_the_system_and_the_model_continues(make_gateway, model, order_api,
                                                                                   gateway_log):
     url, seen = order_api
-    model.fake.tool_calls = [("lookup_order", {"order_id": 5}),  # wrong type: must never reach the URL
-                             ("lookup_order", {"order_id": "A123"})]
-    gw = await model.gateway(make_gateway, env={"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz"})
-    phone = await dial(gw.url, bot=model.agent)
-    await wait_for(lambda: model.fake.sessions, 3, "the model session")
-    s = model.fake.sessions[0]
+    gw, phone, s = await agent_call(make_gateway, model, [
+        ("lookup_order", {"order_id": 5}),  # wrong type: must never reach the URL
+        ("lookup_order", {"order_id": "A123"})], {"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz"})
     await phone.say(ulaw_tone(440, 0.5))
     await wait_for(lambda: s.tool_outputs, 6, "the first tool output")
     bad = json.loads(s.tool_outputs[0]["output"])
@@ -124,11 +130,8 @@ async def test_http_tool_checks_arguments_calls_the_system_and_the_model_continu
 
 async def test_http_tool_calls_share_the_apps_pooled_connection(make_gateway, model, order_api):
     url, seen = order_api
-    model.fake.tool_calls = [("lookup_order", {"order_id": "A123"}), ("lookup_order", {"order_id": "B456"})]
-    gw = await model.gateway(make_gateway, env={"ORDER_API_URL": url})
-    phone = await dial(gw.url, bot=model.agent)
-    await wait_for(lambda: model.fake.sessions, 3, "the model session")
-    s = model.fake.sessions[0]
+    gw, phone, s = await agent_call(make_gateway, model, [
+        ("lookup_order", {"order_id": "A123"}), ("lookup_order", {"order_id": "B456"})], {"ORDER_API_URL": url})
     for n in (1, 2):
         await phone.say(ulaw_tone(440, 0.5))
         await wait_for(lambda: len(s.tool_outputs) == n, 6, f"tool output {n}")
@@ -144,11 +147,8 @@ async def test_a_tool_that_fails_inside_the_gateway_still_answers_the_model(make
     """A header value with a line break (a secret read from a file, newline and all) makes the HTTP
     client raise before sending: the model is told, and the conversation goes on."""
     url, seen = order_api
-    model.fake.tool_calls = [("lookup_order", {"order_id": "A123"})]
-    gw = await model.gateway(make_gateway, env={"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz\n"})
-    phone = await dial(gw.url, bot=model.agent)
-    await wait_for(lambda: model.fake.sessions, 3, "the model session")
-    s = model.fake.sessions[0]
+    gw, phone, s = await agent_call(make_gateway, model, [("lookup_order", {"order_id": "A123"})],
+                                    {"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz\n"})
     await phone.say(ulaw_tone(440, 0.5))
     await wait_for(lambda: s.tool_outputs, 6, "the tool's output")
     out = json.loads(s.tool_outputs[0]["output"])

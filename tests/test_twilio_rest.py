@@ -112,3 +112,14 @@ async def test_a_429_on_create_waits_for_retry_after_and_a_long_wait_is_final(fa
     with pytest.raises(TwilioRestError) as e:
         await rest.create_call(TO, FROM, URL)
     assert e.value.status == 429 and creates(fake_rest) == 3
+
+
+async def test_the_app_has_one_client_session_closed_at_shutdown(make_gateway, fake_rest):
+    from gateway.app import HTTP, REST
+    gw = await make_gateway(rest=fake_rest)
+    session = gw.app[HTTP]
+    assert await gw.app[REST].hang_up("CA1") is True
+    await gw.app[REST].redirect("CA2", "<Response/>")
+    assert fake_rest.connections == 1 and not session.closed
+    await gw.runner.cleanup()
+    assert session.closed
