@@ -13,7 +13,6 @@ import hmac
 import itertools
 import json
 import logging
-import re
 import socket
 import time
 from urllib.parse import urlsplit
@@ -21,30 +20,25 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from .call import Call
-from .calllog import CallRecorder, CallStore, open_store
+from .call.assembly import assemble_call
+from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLog
-from .providers import make_provider
+from .operator_api import add_operator_routes
+from .outbound import read_ticket
+from .recording import purge_recordings, recordings_dir
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
 from .telephony.signature import call_token, is_valid
 from .telephony.twilio_rest import TwilioRest
+from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
 
 log = logging.getLogger("gateway")
-CONFIG = web.AppKey("config", Config)
-CALLS = web.AppKey("calls", dict)  # live calls by call id
-RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finished calls
-STORE = web.AppKey("store", CallStore)  # the call log
-INSTANCE = web.AppKey("instance", str)
-REST = web.AppKey("rest", TwilioRest)  # Twilio's REST API (hang up, transfer, outbound)
-HTTP = web.AppKey("http", aiohttp.ClientSession)  # one client session (connection pool) for the app
 PURGE_EVERY_SECONDS = 6 * 3600
 _conn_ids = itertools.count(1)
 
 SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
-DRAINING = web.AppKey("draining", dict)  # {"since": monotonic} once a drain has started
 
 
 def create_app(config: Config) -> web.Application:
@@ -64,7 +58,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    from .operator_api import add_operator_routes
     add_operator_routes(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
@@ -101,7 +94,6 @@ async def _call_log(app: web.Application):
 
 async def _purge_old_records(app: web.Application):
     """Retention: at start-up and every few hours, drop call records and recordings past their age."""
-    from .recording import purge_recordings, recordings_dir
 
     async def loop() -> None:
         config = app[CONFIG]
@@ -200,7 +192,6 @@ async def voice_webhook(request: web.Request) -> web.Response:
                      reason="default bot's provider has no API key")
     outbound = None
     if "outbound" in request.query:  # a call we placed (POST /api/calls), answered now
-        from .outbound import read_ticket
         outbound = read_ticket(config.twilio.auth_token, request.query["outbound"], persona.name) \
             if config.twilio.auth_token else None
         if outbound is None:
@@ -260,34 +251,14 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
         return ws
-    speak_first = started.custom_parameters.get("direction") == "outbound"
-    if speak_first:
-        from .outbound import outbound_persona
-        try:
-            context = json.loads(started.custom_parameters.get("context") or "{}")
-        except ValueError:
-            context = {}
-        persona = outbound_persona(persona, started.custom_parameters.get("to", ""),
-                                   context if isinstance(context, dict) else {})
     try:
-        provider = make_provider(persona, config, clog)
+        call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
+                             store=request.app[STORE], instance=request.app[INSTANCE], rest=request.app[REST])
+        call.tools.session = request.app[HTTP]
     except ValueError as e:  # a persona for a provider this build does not have
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
         return ws
-    call_id = started.call_sid or started.stream_sid
-    recording = None
-    if persona.record if persona.record is not None else config.recording.enabled:
-        from .recording import CallRecording, recordings_dir
-        try:
-            recording = CallRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
-        except OSError as e:
-            clog.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
-    call = Call(config=config, persona=persona, phone=stream, started=started, provider=provider, log=clog,
-                renew=lambda context: make_provider(persona, config, clog, context),
-                recorder=CallRecorder(request.app[STORE], call_id), instance=request.app[INSTANCE],
-                recording=recording, rest=request.app[REST], speak_first=speak_first)
-    call.tools.session = request.app[HTTP]
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:

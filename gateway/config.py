@@ -48,6 +48,9 @@ class GlmProviderConfig:
     api_key: str = ""
     auth: Literal["jwt", "key"] = "jwt"  # jwt: signed token per connection; key: raw id.secret
     jwt_ttl_seconds: int = 3600
+    # The JWT's `exp` claim: ms as Zhipu's Python SDKs build it, or s as older examples do. If GLM
+    # refuses the token at connect, the other unit is tried once and kept for the process.
+    jwt_exp_unit: Literal["ms", "s"] = "ms"
     connect_timeout_seconds: float = 10.0
     heartbeat_timeout_seconds: float = 75.0  # GLM sends a heartbeat every ~30 s
     greeting: Literal["greeting_config", "response_create"] = "greeting_config"

@@ -16,7 +16,7 @@ import wave
 import numpy as np
 import pytest
 
-from gateway.app import CALLS
+from gateway.web_state import CALLS
 from tests.audio_check import dominant_hz, voiced_runs
 from tests.conftest import REPO
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for

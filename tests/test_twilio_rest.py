@@ -115,7 +115,7 @@ async def test_a_429_on_create_waits_for_retry_after_and_a_long_wait_is_final(fa
 
 
 async def test_the_app_has_one_client_session_closed_at_shutdown(make_gateway, fake_rest):
-    from gateway.app import HTTP, REST
+    from gateway.web_state import HTTP, REST
     gw = await make_gateway(rest=fake_rest)
     session = gw.app[HTTP]
     assert await gw.app[REST].hang_up("CA1") is True

@@ -107,6 +107,10 @@ ProviderEvent = (SessionReady | ResponseStarted | AudioDelta | SpeechStarted | S
 class ProviderConnectError(Exception):
     """The session could not be opened (refused, timed out, rejected configuration)."""
 
+    def __init__(self, message: str, *, auth_refused: bool = False):
+        super().__init__(message)
+        self.auth_refused = auth_refused  # the service said the credentials are not valid
+
 
 class Provider(abc.ABC):
     """One realtime model session for one call.
