@@ -29,7 +29,8 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
         except ValueError:
             context = {}
         persona = outbound_persona(persona, params.get("to", ""), context if isinstance(context, dict) else {})
-    session = make_provider(persona, config, log)
+    settings = config.provider_settings(persona.provider)
+    session = make_provider(persona, settings, log)
     call_id = started.call_sid or started.stream_sid
     recording = None
     if persona.record if persona.record is not None else config.recording.enabled:
@@ -38,6 +39,6 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
         except OSError as e:
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
-                new_session=lambda context: make_provider(persona, config, log, context),
+                new_session=lambda context: make_provider(persona, settings, log, context),
                 record=CallRecorder(store, call_id), instance=instance, recording=recording, rest=rest,
                 speak_first=speak_first)

@@ -17,17 +17,19 @@ Wire facts this module relies on (see shared/protocols.md and Zhipu's AsyncAPI s
 from __future__ import annotations
 
 import base64
+import re
 import time
 import warnings
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import jwt
 
 from ..audio import wav_bytes
-from ..config import GlmProviderConfig, Persona
+from ..persona import Persona
 from ..logs import CallLog
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderConnectError, ProviderError,
-                   ProviderEvent, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
+                   ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
 
 APPEND_MS = 100
@@ -40,6 +42,21 @@ AUTH_CODES = {"1000", "1001", "1002", "1003", "1004", "authentication_error"}
 # The `exp` unit that worked, per (url, key id), for the rest of the process's connections.
 LEARNED_EXP_UNITS: dict[tuple[str, str], str] = {}
 _INPUT_RATES = {"wav": 16000, "pcm16": 16000, "pcm24": 24000}
+
+
+@dataclass(frozen=True)
+class GlmProviderConfig:
+    """`providers.glm` in config.yaml."""
+    url: str = "wss://open.bigmodel.cn/api/paas/v4/realtime"
+    api_key: str = ""
+    auth: Literal["jwt", "key"] = "jwt"  # jwt: signed token per connection; key: raw id.secret
+    jwt_ttl_seconds: int = 3600
+    # The JWT's `exp` claim: ms as Zhipu's Python SDKs build it, or s as older examples do. If GLM
+    # refuses the token at connect, the other unit is tried once and kept for the process.
+    jwt_exp_unit: Literal["ms", "s"] = "ms"
+    connect_timeout_seconds: float = 10.0
+    heartbeat_timeout_seconds: float = 75.0  # GLM sends a heartbeat every ~30 s
+    greeting: Literal["greeting_config", "response_create"] = "greeting_config"
 
 
 def make_jwt(api_key: str, ttl_seconds: int = 3600, now: float | None = None, exp_unit: str = "ms") -> str:
@@ -247,3 +264,17 @@ def context_note(context: Sequence[ContextTurn], max_chars: int = 6000) -> str:
     return ("\n\nThis phone call is already in progress (the connection to you was renewed). "
             "The conversation so far:\n" + "\n".join(reversed(lines)) +
             "\nContinue from there. Do not greet the caller again.")
+
+
+SPEC = ProviderSpec(
+    name="glm", label="GLM", default_model="glm-realtime-flash",
+    input_formats=("wav", "pcm16", "pcm24"), output_formats=("pcm",), turn_detection=("server_vad", "client_vad"),
+    factory=GlmRealtime,
+    voices=frozenset({"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying", "lovely_girl",
+                      "female-shaonv"}),
+    max_output_tokens=1024, settings=GlmProviderConfig,
+    env={"ZHIPU_API_KEY": "api_key", "GLM_REALTIME_URL": "url"}, secret_fields=("api_key",),
+    checks=(("url", lambda s: bool(re.match(r"^wss?://", s.url)), "a ws:// or wss:// URL"),
+            ("api_key", lambda s: not s.api_key or s.auth == "key" or s.api_key.count(".") == 1,
+             "an id.secret key for auth: jwt")),
+)
