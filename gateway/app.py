@@ -20,6 +20,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from .call.assembly import assemble_call
@@ -33,7 +34,7 @@ from .recording import purge_recordings, recordings_dir
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
 from .telephony.signature import call_token, is_valid
 from .telephony.twilio_rest import TwilioRest
-from .web_state import CALLS, CONFIG, DRAINING, INSTANCE, RECENT, REST, STORE
+from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
 
 log = logging.getLogger("gateway")
 PURGE_EVERY_SECONDS = 6 * 3600
@@ -52,7 +53,6 @@ def create_app(config: Config) -> web.Application:
     app[RECENT] = collections.deque(maxlen=200)
     app[INSTANCE] = process_instance_id(config)
     app[DRAINING] = {}
-    app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     if config.twilio.auth_token and config.twilio.insecure_skip_signature:
         log.warning("event=signatures_disabled note=\"twilio.insecure_skip_signature is true: anyone who can "
                     "reach the webhook and media stream can open calls and model sessions\"")
@@ -64,6 +64,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_operator_routes(app)
+    app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
@@ -75,6 +76,18 @@ def process_instance_id(config: Config) -> str:
     pid and a random suffix, so that no two processes share one, even on one machine or after a
     pid is reused."""
     return f"{config.server.instance_id or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+async def _http_client(app: web.Application):
+    """One aiohttp client session for everything the app calls over HTTP (Twilio's REST API, HTTP
+    tools): connections and TLS sessions are reused instead of a handshake per request. No cookie
+    jar: one caller's cookies must never ride along on another caller's tool call. Closed last."""
+    config = app[CONFIG]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        app[HTTP] = session
+        app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, session,
+                               config.twilio.api_base)
+        yield
 
 
 async def _call_log(app: web.Application):
@@ -284,7 +297,8 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         return ws
     try:
         call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
-                             store=request.app[STORE], instance=request.app[INSTANCE], rest=request.app[REST])
+                             store=request.app[STORE], instance=request.app[INSTANCE], rest=request.app[REST],
+                             http=request.app[HTTP])
     except ValueError as e:  # a persona for a provider this build does not have
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)

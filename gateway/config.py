@@ -379,6 +379,9 @@ def _check_phone_actions(p: Persona, where: str) -> None:
             raise ConfigError(f"{at}.url: expected an http(s):// URL")
         if tool.parameters.get("type") != "object":
             raise ConfigError(f"{at}.parameters: expected a JSON Schema with type: object")
+        from .httptools import schema_problem  # here: httptools imports this module
+        if problem := schema_problem(tool.parameters):
+            raise ConfigError(f"{at}.parameters{problem}")
         if not 0 < tool.timeout_seconds <= 60:
             raise ConfigError(f"{at}.timeout_seconds: expected 0..60")
     if not 100 <= p.dtmf.inter_digit_ms <= 10000:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 
+import aiohttp
 from aiohttp import web
 
 from .calllog import CallStore
@@ -20,4 +21,5 @@ RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finish
 STORE = web.AppKey("store", CallStore)  # the call log
 INSTANCE = web.AppKey("instance", str)  # this gateway's name in call records
 REST = web.AppKey("rest", TwilioRest)  # Twilio's REST API (hang up, transfer, outbound)
+HTTP = web.AppKey("http", aiohttp.ClientSession)  # one client session (connection pool) for the app
 DRAINING = web.AppKey("draining", dict)  # {"since": monotonic} once a drain has started

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 
+import aiohttp
+
 from ..calllog import CallRecorder, CallStore
 from ..config import Config, Persona
 from ..logs import CallLog
@@ -19,7 +21,7 @@ from .coordinator import Call
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLog, store: CallStore,
-                  instance: str, rest: TwilioRest | None) -> Call:
+                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
@@ -40,5 +42,5 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
-                record=CallRecorder(store, call_id), instance=instance, recording=recording, rest=rest,
+                record=CallRecorder(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
                 speak_first=speak_first)

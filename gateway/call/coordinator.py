@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import aiohttp
+
 from ..calllog import CallRecorder, NullRecorder
 from ..config import Config, Persona
 from ..logs import CallLog
@@ -64,12 +66,13 @@ class CallStatus:
 class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
                  log: CallLog, new_session: SessionFactory | None = None, record: CallRecorder | None = None,
-                 recording=None, rest: TwilioRest | None = None, speak_first: bool = False, instance: str = "",
-                 clock: Callable[[], float] = time.monotonic):
+                 recording=None, rest: TwilioRest | None = None, http: aiohttp.ClientSession | None = None,
+                 speak_first: bool = False, instance: str = "", clock: Callable[[], float] = time.monotonic):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
         log; `recording` (a recording.CallRecording) gets both sides' audio; `rest` (Twilio's REST
-        API) hangs up and transfers; `speak_first`: an outbound call, the bot opens."""
+        API) hangs up and transfers; `http`: the app's client session (HTTP tools); `speak_first`: an
+        outbound call, the bot opens."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -94,7 +97,7 @@ class Call:
                                     rest=rest, clock=clock)
         self.tools = ToolRunner(persona=persona, actions=self.actions, model=self.model,
                                 conversation=self.conversation, journal=self.journal, stop_bot=self.stop_bot,
-                                name=self.call_id)
+                                http=http, name=self.call_id)
         self.limits = CallLimits(limits=config.limits,
                                  max_call_seconds=persona.max_call_seconds or config.limits.max_call_seconds,
                                  actions=self.actions, model=self.model, journal=self.journal, quiet=self.quiet,

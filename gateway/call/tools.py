@@ -14,6 +14,8 @@ import asyncio
 import json
 from typing import Awaitable, Callable
 
+import aiohttp
+
 from ..config import Persona
 from ..httptools import run_http_tool
 from ..providers.base import ToolCall
@@ -29,8 +31,10 @@ SAY_GOODBYE = "(You ended the call without saying goodbye. Say a short, polite g
 
 class ToolRunner:
     def __init__(self, *, persona: Persona, actions: PhoneActions, model: ModelLink, conversation: Conversation,
-                 journal: Journal, stop_bot: Callable[[], Awaitable[None]], name: str = ""):
-        """`stop_bot()`: silence the bot now (a keypad shortcut acts at once)."""
+                 journal: Journal, stop_bot: Callable[[], Awaitable[None]], http: aiohttp.ClientSession | None = None,
+                 name: str = ""):
+        """`stop_bot()`: silence the bot now (a keypad shortcut acts at once); `http`: the app's
+        shared client session for HTTP tools (None: one per request, for tests)."""
         self.persona = persona
         self.actions = actions
         self.model = model
@@ -42,6 +46,7 @@ class ToolRunner:
         self._digits = ""
         self._digit_timer: asyncio.Task | None = None
         self._http = {t.name: t for t in persona.http_tools}
+        self.http = http
         self._ending = False
 
     def _spawn(self, coro) -> None:
@@ -81,7 +86,7 @@ class ToolRunner:
         elif ev.name == "transfer_call" and "transfer_call" in self.persona.tools:
             await self._transfer_by_model(ev, args)
         elif ev.name in self._http:
-            result = await run_http_tool(self._http[ev.name], args, self.journal.log)
+            result = await run_http_tool(self._http[ev.name], args, self.journal.log, self.http)
             await self._reply(ev, result)
         else:
             await self._reply(ev, {"ok": False, "error": f"there is no tool named {ev.name!r}"})
