@@ -26,7 +26,7 @@ from aiohttp import web
 from .call.assembly import assemble_call
 from .calllog import open_store
 from .config import Config, Persona
-from .logs import CallLog
+from .logs import CallLogger
 from .operator_api import add_operator_routes
 from .outbound import read_ticket
 from .providers import SPECS
@@ -188,7 +188,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     call_sid = str(form.get("CallSid", ""))[:64]
     caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
     requested = request.query.get("bot")
-    clog = CallLog(log, call=call_sid or None)
+    clog = CallLogger(log, call=call_sid or None)
     record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": requested and requested[:64],
               "direction": "outbound" if "outbound" in request.query else "inbound"}
     if request.app[DRAINING]:
@@ -266,7 +266,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         config.twilio.auth_token, public_request_url(config, request, websocket=True), None,
         request.headers.get("X-Twilio-Signature", ""))
     await ws.prepare(request)
-    clog = CallLog(log, conn=f"ws{next(_conn_ids)}")
+    clog = CallLogger(log, conn=f"ws{next(_conn_ids)}")
     if not signed_ok:
         clog.warning("stream_rejected", reason="invalid X-Twilio-Signature", remote=request.remote)
         await ws.close(code=1008, message=b"invalid signature")
@@ -284,7 +284,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         return ws
     bot = started.custom_parameters.get("bot", "")
     persona = config.bots.get(bot)
-    clog = CallLog(log, call=started.call_sid or started.stream_sid, bot=bot or None)
+    clog = CallLogger(log, call=started.call_sid or started.stream_sid, bot=bot or None)
     stream.log = clog
     if config.signatures_required and not hmac.compare_digest(
             started.custom_parameters.get("token", ""), call_token(config.twilio.auth_token, started.call_sid or "")):

@@ -3,7 +3,7 @@
 Every error names the file and the dotted field (`bots/support.yaml: turn_detection.silence_ms:
 expected an integer, got 'long'`), unknown keys are errors (a typo must not silently become a
 default), `${VAR}` / `${VAR:-default}` pull secrets from the environment, and the environment
-overrides listed in design.md win over the file.
+overrides listed in docs/design.md ("Contracts") win over the file.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from .config import HttpTool
-from .logs import CallLog
+from .logs import CallLogger
 
 MAX_RESPONSE_CHARS = 4000  # what the model gets of a response body; more is cut (and said so)
 MAX_PROBLEMS = 5  # argument problems told to the model at once
@@ -73,7 +73,7 @@ def argument_problems(schema: dict, args: Any) -> list[str]:
     return [f"{e.json_path}: {e.message}"[:200] for e in errors]
 
 
-async def run_http_tool(tool: HttpTool, args: dict, log: CallLog, session: aiohttp.ClientSession) -> dict:
+async def run_http_tool(tool: HttpTool, args: dict, log: CallLogger, session: aiohttp.ClientSession) -> dict:
     """Never raises (but for cancellation): every outcome is a dict the model can read (`ok`, and
     `result` or `error`). `session` is the app's shared client session (pooled connections)."""
     try:
@@ -84,7 +84,7 @@ async def run_http_tool(tool: HttpTool, args: dict, log: CallLog, session: aioht
                 "tell the caller it is not available right now"}
 
 
-async def _run(tool: HttpTool, args: dict, log: CallLog, session: aiohttp.ClientSession) -> dict:
+async def _run(tool: HttpTool, args: dict, log: CallLogger, session: aiohttp.ClientSession) -> dict:
     problems = argument_problems(tool.parameters, args)
     if problems:
         text = "; ".join(problems[:MAX_PROBLEMS]) + (f"; and {len(problems) - MAX_PROBLEMS} more"

@@ -1,6 +1,6 @@
 """Structured, secret-free logging.
 
-One line per call event: `event=barge_in call=CA… bot=support played_ms=840`. `CallLog` binds
+One line per call event: `event=barge_in call=CA… bot=support played_ms=840`. `CallLogger` binds
 the call id and bot so no line can forget them. A filter on the root handler scrubs every
 configured secret and anything shaped like a JWT or bearer token, so a key that leaks into an
 exception message still never reaches a log file.
@@ -101,7 +101,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: list[str] | N
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-class CallLog:
+class CallLogger:
     """A logger bound to one call: every line carries `call` and `bot` (and the stream, once known)."""
 
     def __init__(self, logger: logging.Logger, **bound: Any):

@@ -57,7 +57,7 @@ def _wav_header(data_bytes: int) -> bytes:
                         width * 8) + b"data" + struct.pack("<I", data_bytes))
 
 
-class CallRecording:
+class AudioRecording:
     """Incremental stereo WAV writer for one call. All inputs are 8 kHz mu-law."""
 
     def __init__(self, path: Path, clock=time.monotonic):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from gateway.app import STORE
-from gateway.calllog.recorder import CallRecorder
+from gateway.calllog.recorder import RecordWriter
 from gateway.calllog.store import END_REASONS
 from tests.calllog_helpers import TOKEN, three_calls
 from tests.cdp import Browser, chromium_path
@@ -178,7 +178,7 @@ async def test_dashboard_shows_control_characters_in_a_number_escaped(make_gatew
     gw = await make_gateway(glm=fake_glm, env={"GATEWAY_DATABASE_URL": store_url, "GATEWAY_OPERATOR_TOKEN": TOKEN})
     now = time.time()
     for sid, number in (("CA" + "0" * 32, "+15550000001"), ("CA" + "1" * 32, caller)):
-        rec = CallRecorder(gw.app[STORE], sid)
+        rec = RecordWriter(gw.app[STORE], sid)
         rec.update(webhook_at=now - 5, started_at=now - 5, ended_at=now, duration_s=5.0, end_reason="caller_hangup",
                    from_number=number, to_number="<b>+1500</b>", bot="glm-quiet", provider="glm", model="m",
                    turns=1, barge_ins=0)
@@ -212,7 +212,7 @@ async def test_dashboard_tells_each_kind_of_barge_in_as_a_sentence(make_gateway,
     gw = await make_gateway(glm=fake_glm, env={"GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/calls.db",
                                                "GATEWAY_OPERATOR_TOKEN": TOKEN})
     sid, now = "CA" + "2" * 32, time.time()
-    rec = CallRecorder(gw.app[STORE], sid)
+    rec = RecordWriter(gw.app[STORE], sid)
     rec.update(webhook_at=now - 9, started_at=now - 9, ended_at=now, duration_s=9.0, end_reason="caller_hangup",
                from_number="+15550000001", to_number="+15005550006", bot="glm-quiet", turns=2, barge_ins=3)
     rec.event("bot", 0.5, text="Hello there, how can I help?", response="r1", heard="Hello there, how can I help?")

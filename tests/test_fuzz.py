@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gateway.config import ConfigError, Persona, PersonaAudio, load_config
 from gateway.providers.glm import GlmProviderConfig
 from gateway.providers.openai import OpenAIProviderConfig
-from gateway.logs import CallLog
+from gateway.logs import CallLogger
 from gateway.providers.base import ProviderError
 from gateway.providers.glm import GlmRealtime
 from gateway.providers.openai import OpenAIRealtime
@@ -29,7 +29,7 @@ from tests.conftest import REPO
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 FUZZ = settings(max_examples=int(400 * SCALE), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-LOG = CallLog(logging.getLogger("gateway.fuzz"), call="CAfuzz")
+LOG = CallLogger(logging.getLogger("gateway.fuzz"), call="CAfuzz")
 
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=4)

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from gateway.config import ConfigError, HttpTool, load_persona
 from gateway.httptools import argument_problems, run_http_tool
-from gateway.logs import CallLog
+from gateway.logs import CallLogger
 
-LOG = CallLog(logging.getLogger("gateway"), call="CAtest")
+LOG = CallLogger(logging.getLogger("gateway"), call="CAtest")
 SCHEMA = {"type": "object", "required": ["id", "qty"], "additionalProperties": False, "properties": {
     "id": {"type": "string", "pattern": "^[A-Z][0-9]{3}$"}, "qty": {"type": "integer", "minimum": 1, "maximum": 9},
     "kind": {"enum": ["new", "move"]}, "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}}}

@@ -12,13 +12,13 @@ import pytest
 from gateway.config import Persona, PersonaAudio
 from gateway.providers.glm import GlmProviderConfig
 from gateway.providers.openai import OpenAIProviderConfig
-from gateway.logs import CallLog
+from gateway.logs import CallLogger
 from gateway.providers.base import (AudioDelta, InputTranscript, OutputTranscript, ProviderError,
                                     ResponseDone, ResponseStarted, SpeechStarted, ToolCall)
 from gateway.providers.glm import GlmRealtime
 from gateway.providers.openai import OpenAIRealtime
 
-LOG = CallLog(logging.getLogger("gateway"), call="CAtest")
+LOG = CallLogger(logging.getLogger("gateway"), call="CAtest")
 
 
 def openai() -> OpenAIRealtime:

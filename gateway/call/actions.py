@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from ..config import Persona
-from ..playback import Playout
+from ..playout import Playout
 from ..telephony import Started
 from ..telephony.twilio import dial_twiml
 from ..telephony.twilio_rest import TwilioRest, TwilioRestError

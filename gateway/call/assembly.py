@@ -9,18 +9,18 @@ import re
 
 import aiohttp
 
-from ..calllog import CallRecorder, CallStore
+from ..calllog import RecordWriter, CallStore
 from ..config import Config, Persona
-from ..logs import CallLog
+from ..logs import CallLogger
 from ..outbound import outbound_persona
 from ..providers import make_provider
-from ..recording import CallRecording, recordings_dir
+from ..recording import AudioRecording, recordings_dir
 from ..telephony import Started
 from ..telephony.twilio_rest import TwilioRest
 from .coordinator import Call
 
 
-def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLog, store: CallStore,
+def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
                   instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
     params = started.custom_parameters
@@ -37,10 +37,10 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
     recording = None
     if persona.record if persona.record is not None else config.recording.enabled:
         try:
-            recording = CallRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
+            recording = AudioRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
         except OSError as e:
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
-                record=CallRecorder(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
+                record=RecordWriter(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
                 speak_first=speak_first)

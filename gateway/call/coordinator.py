@@ -27,11 +27,11 @@ from typing import Callable
 
 import aiohttp
 
-from ..calllog import CallRecorder, NullRecorder
+from ..calllog import RecordWriter, NullRecordWriter
 from ..config import Config, Persona
-from ..logs import CallLog
+from ..logs import CallLogger
 from ..outbound import SPEAK_FIRST
-from ..playback import Playout
+from ..playout import Playout
 from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider, ProviderConnectError,
                               ProviderError, ResponseDone, ResponseStarted, SpeechStarted, SpeechStopped, ToolCall)
 from ..telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
@@ -65,12 +65,12 @@ class CallStatus:
 
 class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
-                 log: CallLog, new_session: SessionFactory | None = None, record: CallRecorder | None = None,
+                 log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
                  recording=None, rest: TwilioRest | None = None, http: aiohttp.ClientSession | None = None,
                  speak_first: bool = False, instance: str = "", clock: Callable[[], float] = time.monotonic):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
-        log; `recording` (a recording.CallRecording) gets both sides' audio; `rest` (Twilio's REST
+        log; `recording` (a recording.AudioRecording) gets both sides' audio; `rest` (Twilio's REST
         API) hangs up and transfers; `http`: the app's client session (HTTP tools); `speak_first`: an
         outbound call, the bot opens."""
         self.config = config
@@ -86,7 +86,7 @@ class Call:
         self._started_wall = time.time()
         self.conversation = Conversation(clock, self._t0)
         self.summary = CallSummary(self.call_id, persona.name, transcript=self.conversation.transcript)
-        self.journal = Journal(log, record or NullRecorder(self.call_id), self.summary, self.conversation.offset)
+        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset)
         self.audio = AudioBridge(session.capabilities)
         self.playout = Playout(phone, config.audio.playout_lead_ms, clock=clock, on_first_audio=self._first_audio,
                                on_frame=recording.bot if recording is not None else None)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..calllog import CallRecorder
-from ..logs import CallLog
+from ..calllog import RecordWriter
+from ..logs import CallLogger
 from .conversation import BotLine, CallerLine, KeypadLine, TranscriptEntry
 
 
@@ -34,7 +34,7 @@ class CallSummary:
 
 
 class Journal:
-    def __init__(self, log: CallLog, record: CallRecorder, summary: CallSummary, offset: Callable[[], float]):
+    def __init__(self, log: CallLogger, record: RecordWriter, summary: CallSummary, offset: Callable[[], float]):
         """`offset()`: seconds since the call started, the time of every timeline event."""
         self.log = log
         self.record = record

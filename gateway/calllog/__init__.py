@@ -2,14 +2,14 @@
 
 `open_store(url)` picks the engine from the URL: `sqlite:///relative/or/absolute.db` (default,
 embedded) or `postgresql://user:pass@host/db` (several gateway instances sharing one database).
-`CallRecorder` is what a call writes through.
+`RecordWriter` is what a call writes through.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .recorder import CallRecorder, NullRecorder
+from .recorder import RecordWriter, NullRecordWriter
 from .store import END_REASONS, CallQuery, CallStore, StoreError
 
 
@@ -25,4 +25,4 @@ def open_store(url: str, base_dir: str | Path = ".") -> CallStore:
     raise ValueError(f"unsupported call-log URL {url.split(':')[0]!r}: use sqlite:///PATH or postgresql://…")
 
 
-__all__ = ["CallQuery", "CallRecorder", "CallStore", "END_REASONS", "NullRecorder", "StoreError", "open_store"]
+__all__ = ["CallQuery", "RecordWriter", "CallStore", "END_REASONS", "NullRecordWriter", "StoreError", "open_store"]

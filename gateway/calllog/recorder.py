@@ -12,7 +12,7 @@ from typing import Any
 from .store import CallStore
 
 
-class CallRecorder:
+class RecordWriter:
     def __init__(self, store: CallStore, call_id: str):
         self.store = store
         self.call_id = call_id
@@ -31,7 +31,7 @@ class CallRecorder:
         self.store.enqueue("add_event", self.call_id, self._seq, round(t, 3), kind, text, data)
 
 
-class NullRecorder(CallRecorder):
+class NullRecordWriter(RecordWriter):
     """For calls run without a store (unit tests, tools)."""
 
     def __init__(self, call_id: str = ""):

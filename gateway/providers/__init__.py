@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..logs import CallLog
+from ..logs import CallLogger
 from ..persona import Persona
 from . import echo, glm, openai
 from .base import ContextTurn, Provider, ProviderSpec
@@ -17,7 +17,7 @@ from .base import ContextTurn, Provider, ProviderSpec
 SPECS: dict[str, ProviderSpec] = {spec.name: spec for spec in (glm.SPEC, openai.SPEC, echo.SPEC)}
 
 
-def make_provider(persona: Persona, settings: Any, log: CallLog, context: Sequence[ContextTurn] = ()) -> Provider:
+def make_provider(persona: Persona, settings: Any, log: CallLogger, context: Sequence[ContextTurn] = ()) -> Provider:
     """A new, unconnected session for `persona` with its provider's `settings`
     (`Config.provider_settings`); `context` continues an existing conversation."""
     spec = SPECS.get(persona.provider)

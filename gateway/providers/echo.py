@@ -15,7 +15,7 @@ from typing import AsyncIterator, Sequence
 
 from ..audio import EnergyVAD, fade, pcm_ms, tone
 from ..persona import Persona
-from ..logs import CallLog
+from ..logs import CallLogger
 from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript, Provider,
                    ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, SpeechStarted,
                    SpeechStopped)
@@ -26,7 +26,7 @@ _END = object()
 
 
 class EchoProvider(Provider):
-    def __init__(self, persona: Persona, log: CallLog, rate: int | None = None,
+    def __init__(self, persona: Persona, log: CallLogger, rate: int | None = None,
                  context: Sequence[ContextTurn] = ()):
         self.persona = persona
         self.context = tuple(context)

@@ -1,6 +1,6 @@
 """Zhipu GLM-Realtime: one websockets session per call.
 
-Wire facts this module relies on (see shared/protocols.md and Zhipu's AsyncAPI spec):
+Wire facts this module relies on (see docs/protocols.md and Zhipu's AsyncAPI spec):
 - Auth is the upgrade's `Authorization: Bearer <token>`: a fresh HS256 JWT per connection built
   from the `id.secret` key (header `sign_type: SIGN`, claims api_key/exp/timestamp), or the raw
   key itself (`auth: key`). Zhipu's SDKs put `exp` in ms, its older examples in s; a refused token
@@ -27,7 +27,7 @@ import jwt
 
 from ..audio import wav_bytes
 from ..persona import Persona
-from ..logs import CallLog
+from ..logs import CallLogger
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderConnectError, ProviderError,
                    ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
@@ -84,7 +84,7 @@ class GlmRealtime(JsonWsProvider):
     label = "GLM"
     task_prefix = "glm"
 
-    def __init__(self, persona: Persona, settings: GlmProviderConfig, log: CallLog,
+    def __init__(self, persona: Persona, settings: GlmProviderConfig, log: CallLogger,
                  context: Sequence[ContextTurn] = ()):
         super().__init__(log)
         self.persona = persona

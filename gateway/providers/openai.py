@@ -1,6 +1,6 @@
 """OpenAI Realtime (GA protocol), and OpenAI-compatible endpoints such as Azure OpenAI.
 
-Wire facts this module relies on (shared/protocols.md, OpenAI's realtime reference):
+Wire facts this module relies on (docs/protocols.md, OpenAI's realtime reference):
 - One WebSocket per call to `…/v1/realtime?model=…`; the key goes in `Authorization: Bearer`
   (OpenAI) or `api-key` (Azure) — configuration, not code. No `OpenAI-Beta` header: that would
   select the retired beta protocol.
@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..persona import Persona
-from ..logs import CallLog
+from ..logs import CallLogger
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ProviderSpec,
                    ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
@@ -84,7 +84,7 @@ class OpenAIRealtime(JsonWsProvider):
     label = "OpenAI"
     task_prefix = "openai"
 
-    def __init__(self, persona: Persona, settings: OpenAIProviderConfig, log: CallLog,
+    def __init__(self, persona: Persona, settings: OpenAIProviderConfig, log: CallLogger,
                  context: Sequence[ContextTurn] = ()):
         super().__init__(log)
         self.persona = persona

@@ -21,7 +21,7 @@ from typing import AsyncIterator
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from ..logs import CallLog
+from ..logs import CallLogger
 from .base import (AudioDelta, InputTranscript, Provider, ProviderConnectError, ProviderError, ProviderEvent,
                    SpeechStarted, SpeechStopped)
 
@@ -35,7 +35,7 @@ class JsonWsProvider(Provider):
     task_prefix = "model"  # reader task names start with it (tests check no task outlives a call)
     heartbeat_timeout: float | None = None  # seconds without any event that mean a dead upstream
 
-    def __init__(self, log: CallLog):
+    def __init__(self, log: CallLogger):
         self.log = log
         self._ws: ClientConnection | None = None
         # Bounded: if the call falls behind, the reader waits (the model's socket then back-pressures

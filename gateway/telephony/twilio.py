@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr, escape
 
 from aiohttp import WSMsgType, web
 
-from ..logs import CallLog
+from ..logs import CallLogger
 from . import Audio, Dtmf, MarkPlayed, PhoneEvent, Started, Stopped
 
 
@@ -114,7 +114,7 @@ class TwilioMediaStream:
 
     network = "twilio"
 
-    def __init__(self, ws: web.WebSocketResponse, log: CallLog, max_protocol_errors: int = 50):
+    def __init__(self, ws: web.WebSocketResponse, log: CallLogger, max_protocol_errors: int = 50):
         self.ws = ws
         self.log = log
         self.stream_sid: str | None = None

@@ -1,6 +1,6 @@
 """A protocol-faithful fake of Zhipu GLM-Realtime for tests on 127.0.0.1.
 
-What it imitates (shared/protocols.md, Zhipu's AsyncAPI spec):
+What it imitates (docs/protocols.md, Zhipu's AsyncAPI spec):
 - the upgrade needs `Authorization: Bearer <token>`: an HS256 JWT with header `sign_type: SIGN`
   and claims api_key/exp/timestamp signed with the key's secret, or the raw `id.secret` key;
   `exp` is read in `jwt_exp_unit` (ms like Zhipu's SDKs, or s): in the past is expired, and more

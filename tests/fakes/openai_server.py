@@ -1,6 +1,6 @@
 """A protocol-faithful fake of OpenAI Realtime (GA) for tests on 127.0.0.1.
 
-What it imitates (shared/protocols.md, OpenAI's realtime reference):
+What it imitates (docs/protocols.md, OpenAI's realtime reference):
 - the upgrade needs the key as `Authorization: Bearer <key>` (or `api-key: <key>`, Azure style);
   anything else is HTTP 401 before the WebSocket exists. An `OpenAI-Beta` header is refused: it
   would select the retired beta protocol, whose events differ;

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway import playback
-from gateway.playback import Playout
+from gateway import playout
+from gateway.playout import Playout
 
 
 class Sink:
@@ -45,7 +45,7 @@ async def test_marks_count_as_heard_only_in_their_generation():
 
 
 async def test_outstanding_marks_are_bounded(monkeypatch):
-    monkeypatch.setattr(playback, "MAX_OUTSTANDING_MARKS", 10)
+    monkeypatch.setattr(playout, "MAX_OUTSTANDING_MARKS", 10)
     sink = Sink()
     p = Playout(sink, lead_ms=2000)
     p.enqueue([b"\xff" * 160] * 50, "r1")
@@ -56,7 +56,7 @@ async def test_outstanding_marks_are_bounded(monkeypatch):
 
 
 def test_playout_queue_is_bounded_and_counts_what_it_drops():
-    from gateway.playback import MAX_QUEUED_FRAMES, Playout
+    from gateway.playout import MAX_QUEUED_FRAMES, Playout
 
     class NullPhone:
         async def play(self, audio): return True
