@@ -12,12 +12,17 @@ from .logs import setup_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve
+    from .app import ListenError, listen, serve
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format, config.secrets())
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    try:
+        socks = listen(host, port)  # before anything else: a second gateway stops here
+    except ListenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     log = logging.getLogger("gateway")
     default = config.bots[config.routing.default_bot]
     if not config.provider_ready(default):
@@ -29,8 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not config.server.public_url:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
-    log.info("listening on http://%s:%d (webhook POST /twilio/voice, media WS /twilio/media)", host, port)
-    asyncio.run(serve(config, host, port))
+    asyncio.run(serve(config, host, port, socks))
     return 0
 
 

@@ -1,0 +1,70 @@
+"""The command line as a new user meets it: `serve` on a busy port, pipes closed early, bad files,
+options in either place, no config in the current folder, control characters in the call log,
+the simulated phone against a gateway with a public URL, the venv scripts' install stamps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+from tests import proc
+from tests.calllog_helpers import TOKEN, api
+from tests.conftest import REPO, write_config
+from tests.phone_helpers import dial, ulaw_tone, wait_for
+
+CLI = [sys.executable, "-m", "gateway"]
+
+
+async def run(cmd: list[str], env: dict, cwd=REPO) -> tuple[int, str, str]:
+    """A command run without blocking the event loop (a phone or gateway in this test may be live)."""
+    p = await asyncio.create_subprocess_exec(*cmd, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 30)
+    return p.returncode, out.decode(), err.decode()
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY", "GATEWAY_OPERATOR_TOKEN", "GATEWAY_PUBLIC_URL")}
+    env.update(extra)
+    return env
+
+
+async def test_second_serve_on_a_busy_port_says_so_in_one_line_and_leaves_the_call_log_alone(config_dir, tmp_path):
+    config_path = write_config(config_dir)
+    env = _env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db", GATEWAY_OPERATOR_TOKEN=TOKEN)
+    port = proc.free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = proc.serve(port, env, config_path)
+    try:
+        phone = await dial(url, bot="echo")
+        await phone.say(ulaw_tone(440, 0.4))
+        await wait_for(lambda: phone.result.media_frames > 10, 5, "the call to be up")
+        serve = CLI + ["serve", "--port", str(port), "--config", str(config_path)]
+        rc, _, err = await run(serve, {**env, "GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/second.db"})
+        assert rc == 1
+        assert err == f"error: cannot listen on 127.0.0.1:{port}: address already in use (is another gateway running?)\n"
+        assert not (tmp_path / "second.db").exists()  # it never opened a call log
+        # The same again on the shared call log: the first gateway's live call stays live.
+        rc, _, err = await run(serve, env)
+        assert rc == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+        status, call = await api(url, f"/api/calls/{phone.call_sid}")
+        assert status == 200 and call["end_reason"] is None, call
+        await phone.hangup()
+    finally:
+        log = proc.stop(first)
+    listening = [line for line in log.splitlines() if "listening on" in line]
+    assert listening == [line for line in listening if f"http://127.0.0.1:{port}" in line] and len(listening) == 1
+    assert log.index("event=calllog_open") < log.index("listening on")  # said once actually serving
+    assert f"dashboard http://127.0.0.1:{port}/ (operator API on: GATEWAY_OPERATOR_TOKEN is set" in log
+
+
+def test_startup_says_where_the_dashboard_is_and_how_to_turn_it_on(config_dir, tmp_path):
+    config_path = write_config(config_dir)
+    env = _env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db", GATEWAY_PUBLIC_URL="https://gw.example.com/")
+    port = proc.free_port()
+    log = proc.stop(proc.serve(port, env, config_path))
+    assert "dashboard https://gw.example.com/ (operator API off: set GATEWAY_OPERATOR_TOKEN to turn it" in log
