@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 
 from .config import ConfigError, load_config
@@ -93,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a reader that left early (`| head`) shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # Like other Unix tools: stop quietly. Standard output goes to /dev/null so that the
+        # interpreter's last flush has nowhere to fail ("Exception ignored ... BrokenPipeError").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

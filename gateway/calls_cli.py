@@ -22,11 +22,15 @@ CSV_FIELDS = ["call_id", "started_at", "ended_at", "duration_s", "from", "to", "
               "end_reason", "error", "turns", "barge_ins", "first_audio_ms", "transcript"]
 
 
+CONFIG_HELP = "the gateway's config.yaml, whose storage the call log is in (default: %(default)s)"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--config", default="config.yaml", metavar="PATH", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="calls_command", required=True)
     for name, help_text in (("list", "recent calls, newest first"), ("export", "calls as JSON lines or CSV")):
         s = sub.add_parser(name, help=help_text)
+        _config_here_too(s)
         s.add_argument("--bot")
         s.add_argument("--number", help="caller or dialed number")
         s.add_argument("--since", help="ISO date or time (UTC)")
@@ -38,8 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             s.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
             s.add_argument("--out", help="file (default: standard output)")
     s = sub.add_parser("show", help="one call in full: details and timeline")
+    _config_here_too(s)
     s.add_argument("call_id")
     s.add_argument("--json", action="store_true")
+
+
+def _config_here_too(p: argparse.ArgumentParser) -> None:
+    """`calls list --config X` as well as `calls --config X list` (SUPPRESS: unset leaves the other)."""
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                   help=CONFIG_HELP % {"default": "config.yaml"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import os
+import sys
 import time
 import uuid
 import wave
@@ -361,7 +362,7 @@ def read_wav_as_ulaw(path: str | Path) -> bytes:
     if channels == 2:
         data = audioop.tomono(data, 2, 0.5, 0.5)
     elif channels != 1:
-        raise ValueError(f"{path}: {channels} channels not supported")
+        raise ValueError(f"{channels} channels (mono or stereo only)")
     return pcm16_to_ulaw(Resampler(rate, PHONE_RATE).process(data))
 
 
@@ -389,7 +390,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
+    try:
+        speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
+    except FileNotFoundError:
+        print(f"error: --wav {args.wav}: no such file", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: --wav {args.wav}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (wave.Error, EOFError) as e:  # not RIFF/WAVE, cut short, or not integer PCM
+        print(f"error: --wav {args.wav}: not a PCM WAV file ({str(e) or 'cut short'})", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: --wav {args.wav}: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out).resolve().parent
+    if Path(args.out).is_dir() or not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        print(f"error: --out {args.out}: cannot write a file there", file=sys.stderr)
+        return 2
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
     phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
                            auth_token=args.auth_token)

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+from gateway.calllog import open_store
 from tests import proc
 from tests.calllog_helpers import TOKEN, api
 from tests.conftest import REPO, write_config
@@ -68,3 +70,45 @@ def test_startup_says_where_the_dashboard_is_and_how_to_turn_it_on(config_dir, t
     port = proc.free_port()
     log = proc.stop(proc.serve(port, env, config_path))
     assert "dashboard https://gw.example.com/ (operator API off: set GATEWAY_OPERATOR_TOKEN to turn it" in log
+
+
+async def logged_calls(store_url: str, calls: dict[str, dict]) -> None:
+    """Call records as the gateway writes them (through the store's write queue)."""
+    store = open_store(store_url)
+    await store.start()
+    for call_id, fields in calls.items():
+        store.enqueue("upsert_call", call_id, {"webhook_at": time.time(), "bot": "echo", "network": "twilio", **fields})
+    await store.close()
+
+
+async def test_a_reader_that_leaves_early_ends_the_listing_quietly(config_dir, tmp_path):
+    """`calls list | head -1`: the pipe is closed before the CLI writes; it stops like a Unix tool."""
+    env = _env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db")
+    await logged_calls(env["GATEWAY_DATABASE_URL"], {f"CA{i:032d}": {"from_number": "+15550001111"} for i in range(3)})
+    config = str(write_config(config_dir))
+    for command in (["calls", "list"], ["calls", "export"], ["calls", "export", "--format", "csv"],
+                    ["check-config"]):
+        p = subprocess.Popen(CLI + command + ["--config", config], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        p.stdout.close()  # the reader is gone before the first line
+        err = p.stderr.read()
+        assert p.wait(20) == 141 and err == "", (command, err)  # 128 + SIGPIPE, as a shell reports `seq 9 | true`
+
+
+def test_unreadable_wav_files_are_named_not_traced(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("call the bank about the router\n" * 10)
+    stub = tmp_path / "short.wav"
+    stub.write_bytes(b"RIFF")
+    cases = {"missing.wav": "error: --wav missing.wav: no such file\n",
+             str(notes): f"error: --wav {notes}: not a PCM WAV file (file does not start with RIFF id)\n",
+             str(stub): f"error: --wav {stub}: not a PCM WAV file (cut short)\n",
+             str(tmp_path): f"error: --wav {tmp_path}: Is a directory\n"}
+    for wav, message in cases.items():
+        # --url points nowhere: the file is refused before anything is dialed
+        done = subprocess.run(CLI + ["call", "--url", "http://127.0.0.1:9", "--wav", wav], cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=20)
+        assert (done.returncode, done.stderr, done.stdout) == (2, message, ""), wav
+    done = subprocess.run(CLI + ["call", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "no" / "x.wav")],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=20)
+    assert (done.returncode, done.stderr) == (2, f"error: --out {tmp_path / 'no' / 'x.wav'}: cannot write a file there\n")
