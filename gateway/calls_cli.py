@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import json
+import re
 import sys
 from typing import TextIO
 
@@ -84,10 +85,23 @@ async def _run(args: argparse.Namespace) -> int:
         await store.close()
 
 
+# What a terminal would act on rather than show: C0/C1 controls (newline, NUL, ESC sequences),
+# line separators and bidirectional overrides. A caller chooses their From; they do not get to
+# break the table or recolour the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(value):
+    """`value` for a terminal: control characters escaped (\\n, \\x00, \\x1b); the store keeps them."""
+    if not isinstance(value, str):
+        return value
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
 def _print_list(rows: list[dict], total: int, out: TextIO) -> None:
     print(f"{'started (UTC)':20} {'dur s':>6} {'bot':14} {'from':16} {'end':16} {'turns':>5} {'cut':>3}  call", file=out)
     for r in rows:
-        c = call_json(r)
+        c = {k: shown(v) for k, v in call_json(r).items()}
         started = (c["started_at"] or c["webhook_at"] or "")[:19].replace("T", " ")
         duration = f"{c['duration_s']:.1f}" if c["duration_s"] is not None else "live"
         print(f"{started:20} {duration:>6} {(c['bot'] or '-')[:14]:14} {(c['from'] or '-')[:16]:16} "
@@ -107,10 +121,10 @@ async def _show(store, args: argparse.Namespace) -> int:
         return 0
     for key in ("call_id", "bot", "provider", "model", "from", "to", "started_at", "first_audio_ms", "ended_at",
                 "duration_s", "end_reason", "error", "turns", "barge_ins", "usage", "has_recording"):
-        print(f"{key:15} {call[key]}")
+        print(f"{key:15} {shown(call[key])}")
     print("timeline:")
     for e in call["timeline"]:
-        print(f"  {e['t']:7.2f}s  {_line(e)}")
+        print(f"  {e['t']:7.2f}s  {shown(_line(e))}")
     return 0
 
 

@@ -5,12 +5,16 @@ the simulated phone against a gateway with a public URL, the venv scripts' insta
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import aiohttp
+
+from gateway.app import STORE
 from gateway.calllog import open_store
 from tests import proc
 from tests.calllog_helpers import TOKEN, api
@@ -112,3 +116,31 @@ def test_unreadable_wav_files_are_named_not_traced(tmp_path):
     done = subprocess.run(CLI + ["call", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "no" / "x.wav")],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=20)
     assert (done.returncode, done.stderr) == (2, f"error: --out {tmp_path / 'no' / 'x.wav'}: cannot write a file there\n")
+
+
+async def test_control_characters_in_a_callers_number_are_shown_escaped_and_stored_as_received(
+        make_gateway, store_url):
+    gw = await make_gateway(env={"GATEWAY_DATABASE_URL": store_url})
+    # newline, NUL, clear-screen and colour, RTL override. PostgreSQL text cannot hold NUL at all
+    # (the record write fails: the store's side of the problem, not the CLI's), so there: DEL.
+    nul = "\x00" if store_url.startswith("sqlite") else "\x7f"
+    caller = f"+1555\n0100{nul}\x1b[2J\x1b[31mred\u202e"
+    call_sid = "CA" + "c" * 32
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url + "/twilio/voice?bot=echo", data={"CallSid": call_sid, "From": caller,
+                                                                  "To": "+15005550007"}) as r:
+            assert r.status == 200
+    await gw.app[STORE].flush()
+    assert (await gw.app[STORE].get_call(call_sid))["from_number"] == caller  # unchanged in the store
+    config = str(gw.config.path)
+    env = _env(GATEWAY_DATABASE_URL=store_url)
+    rc, out, err = await run(CLI + ["calls", "list", "--config", config], env)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[-1] == "(1 of 1)", out  # header, one row, count: the table holds
+    assert f" +1555\\n0100\\x{ord(nul):02x}\\ " in lines[1] and lines[1].endswith(call_sid)  # cut at 16
+    assert not any(c in out for c in "\x00\x7f\x1b\u202e")
+    rc, out, err = await run(CLI + ["calls", "show", call_sid, "--config", config], env)
+    assert rc == 0 and f"from            +1555\\n0100\\x{ord(nul):02x}\\x1b[2J\\x1b[31mred\\u202e\n" in out, out + err
+    rc, out, err = await run(CLI + ["calls", "export", "--config", config], env)
+    assert rc == 0 and json.loads(out)["from"] == caller  # exports carry the data as it is
