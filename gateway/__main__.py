@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 from .logs import setup_logging
@@ -70,14 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--config", default="config.yaml")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    config_help = "the gateway's config file; personas are in its bots_dir (default: %(default)s)"
+    s = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM/SIGINT.")
+    s.add_argument("--config", default="config.yaml", metavar="PATH", help=config_help)
+    s.add_argument("--host", help="address to listen on (default: the config's server.host, else 127.0.0.1; "
+                                  "0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, help="port to listen on (default: the config's server.port, else 8080)")
     s.set_defaults(func=_serve)
 
-    c = sub.add_parser("check-config", help="validate config.yaml and bots/*.yaml")
-    c.add_argument("--config", default="config.yaml")
+    c = sub.add_parser("check-config", help="validate config.yaml and bots/*.yaml",
+                       description="Validate the config and every persona; exit 2 naming the first problem.")
+    c.add_argument("--config", default="config.yaml", metavar="PATH", help=config_help)
     c.set_defaults(func=_check_config)
 
     from .phone_sim import add_arguments
@@ -94,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = Path(getattr(args, "config", None) or "config.yaml")
+    if hasattr(args, "config") and not config.exists() and not (config.resolve().parent / "bots").is_dir():
+        # Without a config file the defaults want ./bots: say what is really missing.
+        print(f"error: no {config.name} in {config.resolve().parent}; pass --config PATH", file=sys.stderr)
+        return 2
     try:
         status = args.func(args)
         sys.stdout.flush()  # a reader that left early (`| head`) shows here, not at interpreter exit

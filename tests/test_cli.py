@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import aiohttp
 
@@ -18,8 +19,8 @@ from gateway.app import STORE
 from gateway.calllog import open_store
 from tests import proc
 from tests.calllog_helpers import TOKEN, api
-from tests.conftest import REPO, write_config
-from tests.phone_helpers import dial, ulaw_tone, wait_for
+from tests.conftest import REPO, TWILIO_SID, TWILIO_TOKEN, write_config
+from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
 
 CLI = [sys.executable, "-m", "gateway"]
 
@@ -144,3 +145,78 @@ async def test_control_characters_in_a_callers_number_are_shown_escaped_and_stor
     assert rc == 0 and f"from            +1555\\n0100\\x{ord(nul):02x}\\x1b[2J\\x1b[31mred\\u202e\n" in out, out + err
     rc, out, err = await run(CLI + ["calls", "export", "--config", config], env)
     assert rc == 0 and json.loads(out)["from"] == caller  # exports carry the data as it is
+
+
+async def _phone_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """`python -m gateway call …` in this process (its gateway is in this event loop)."""
+    from gateway.__main__ import build_parser
+    from gateway.phone_sim import main as phone_main
+    capsys.readouterr()
+    rc = await phone_main(build_parser().parse_args(["call", *argv]))
+    return rc, capsys.readouterr().out
+
+
+async def test_simulated_phone_signs_the_public_urls_twilio_would_sign(make_gateway, tmp_path, monkeypatch, capsys):
+    public = "https://gw.example.com"
+    gw = await make_gateway(env={"TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "TWILIO_ACCOUNT_SID": TWILIO_SID,
+                                 "GATEWAY_PUBLIC_URL": public})
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+    common = ["--url", gw.url, "--bot", "echo", "--wait", "0", "--hold", "0.6", "--out", str(tmp_path / "heard.wav")]
+    monkeypatch.setenv("GATEWAY_PUBLIC_URL", public)  # the default, as in the gateway's own shell
+    for extra in ([], ["--public-url", public + "/"]):
+        rc, out = await _phone_cli(common + ["--json"] + extra, capsys)
+        assert rc == 0, out
+        summary = json.loads(out)
+        assert summary["stream_url"] == "wss://gw.example.com/twilio/media" and summary["bot"] == "echo"
+        assert summary["media_frames_received"] > 0 and summary["marks_echoed"] > 0, summary
+        finished = await ended(gw, SimpleNamespace(call_sid=summary["call_id"]))  # the id is the gateway's call
+        assert finished.end_reason == "caller_hangup"
+    monkeypatch.delenv("GATEWAY_PUBLIC_URL")
+    rc, out = await _phone_cli(common, capsys)  # signed for --url: what Twilio would not have dialed
+    assert rc == 1 and out == ("call not connected: webhook answered HTTP 403: invalid X-Twilio-Signature (signed "
+                               f"for {gw.url}: --public-url must be the gateway's GATEWAY_PUBLIC_URL and --auth-token "
+                               "its TWILIO_AUTH_TOKEN)\n")
+
+
+def test_options_where_a_new_user_puts_them_and_help_that_says_the_defaults(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in (["calls", "list"], ["serve"], ["check-config"], ["calls", "show", "CA1"]):
+        done = subprocess.run(CLI + command, cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=20)
+        assert (done.returncode, done.stderr) == (2, f"error: no config.yaml in {elsewhere}; pass --config PATH\n")
+    done = subprocess.run(CLI + ["calls", "list", "--config", str(REPO / "config.yaml")], cwd=elsewhere,
+                          env=_env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db"), capture_output=True,
+                          text=True, timeout=20)
+    assert done.returncode == 0 and done.stdout.endswith("(0 of 0)\n"), done.stderr
+    helps = {name: subprocess.run(CLI + [name, "--help"], env=_env(), capture_output=True, text=True).stdout
+             for name in ("serve", "check-config", "call")}
+    assert "(default: config.yaml)" in " ".join(helps["serve"].split())
+    assert "(default: the config's server.port, else 8080)" in " ".join(helps["serve"].split())
+    assert "(default: config.yaml)" in " ".join(helps["check-config"].split())
+    assert "to hear the greeting (default: 2.0)" in " ".join(helps["call"].split())
+
+
+def test_serve_and_test_scripts_do_not_reinstall_when_run_in_turn(tmp_path):
+    """scripts/serve installs the project, scripts/test the project with [test]: one install each time
+    pyproject.toml changes, not one per switch (a test install covers serve too)."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "_venv.sh", tmp_path / "scripts")
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    pip_log = tmp_path / "pip.log"
+    venv_python = tmp_path / ".venv" / f"py{sys.version_info[0]}.{sys.version_info[1]}" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\necho "$*" >> {pip_log}\n')  # stands in for the venv's pip
+    venv_python.chmod(0o755)
+
+    def installs_after(*runs: str) -> list[str]:
+        pip_log.write_text("")
+        for extras in runs:
+            subprocess.run(["bash", "-c", f'VENV_EXTRAS="{extras}"; source scripts/_venv.sh'], cwd=tmp_path,
+                           env={**_env(), "PYTHON": sys.executable}, check=True, capture_output=True)
+        return [line.split()[-1] for line in pip_log.read_text().splitlines() if " -e " in line]
+
+    root = str(tmp_path)
+    assert installs_after("[test]", "", "[test]", "", "") == [root + "[test]"]
+    with open(tmp_path / "pyproject.toml", "a") as f:
+        f.write("\n# a dependency changed\n")
+    assert installs_after("", "", "[test]", "", "[test]") == [root, root + "[test]"]
