@@ -4,7 +4,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 gateway \
+RUN pip install --no-cache-dir ".[postgres]" && useradd --system --uid 10001 gateway \
     && mkdir -p /app/data && chown gateway /app/data
 COPY config.yaml ./
 COPY bots ./bots

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .calllog.store import StoreError
 from .config import ConfigError, load_config
 from .logs import setup_logging
 
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except StoreError as e:  # the call log's database is unreachable or too new (serve, calls)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

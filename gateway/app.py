@@ -14,36 +14,37 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import re
+import secrets
 import socket
 import time
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
-from .call import Call
-from .calllog import CallRecorder, CallStore, open_store
+from .call.assembly import assemble_call
+from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLog
-from .providers import make_provider
+from .operator_api import add_operator_routes
+from .outbound import read_ticket
+from .providers import SPECS
+from .recording import purge_recordings, recordings_dir
 from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
 from .telephony.signature import call_token, is_valid
 from .telephony.twilio_rest import TwilioRest
+from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
 
 log = logging.getLogger("gateway")
-CONFIG = web.AppKey("config", Config)
-CALLS = web.AppKey("calls", dict)  # live calls by call id
-RECENT = web.AppKey("recent", collections.deque)  # summaries of the last finished calls
-STORE = web.AppKey("store", CallStore)  # the call log
-INSTANCE = web.AppKey("instance", str)
-REST = web.AppKey("rest", TwilioRest)  # Twilio's REST API (hang up, transfer, outbound)
 PURGE_EVERY_SECONDS = 6 * 3600
 _conn_ids = itertools.count(1)
 
 SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
-DRAINING = web.AppKey("draining", dict)  # {"since": monotonic} once a drain has started
+REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
 
 
 def create_app(config: Config) -> web.Application:
@@ -51,9 +52,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
-    app[INSTANCE] = config.server.instance_id or socket.gethostname()
+    app[INSTANCE] = process_instance_id(config)
     app[DRAINING] = {}
-    app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, config.twilio.api_base)
     if config.twilio.auth_token and config.twilio.insecure_skip_signature:
         log.warning("event=signatures_disabled note=\"twilio.insecure_skip_signature is true: anyone who can "
                     "reach the webhook and media stream can open calls and model sessions\"")
@@ -64,31 +64,51 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    from .operator_api import add_operator_routes
     add_operator_routes(app)
+    app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
 
 
+def process_instance_id(config: Config) -> str:
+    """This process's name in call records and its lease: the configured name (or hostname), the
+    pid and a random suffix, so that no two processes share one, even on one machine or after a
+    pid is reused."""
+    return f"{config.server.instance_id or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+async def _http_client(app: web.Application):
+    """One aiohttp client session for everything the app calls over HTTP (Twilio's REST API, HTTP
+    tools): connections and TLS sessions are reused instead of a handshake per request. No cookie
+    jar: one caller's cookies must never ride along on another caller's tool call. Closed last."""
+    config = app[CONFIG]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        app[HTTP] = session
+        app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, session,
+                               config.twilio.api_base)
+        yield
+
+
 async def _call_log(app: web.Application):
-    """Open the store, apply migrations, and close what a crash of this instance left open; at
-    the end (after on_shutdown has ended the live calls) flush and close it."""
+    """Open the store, apply migrations, take this process's lease and close what dead instances
+    left open (then keep doing both in the background); at the end (after on_shutdown has ended
+    the live calls) flush, release the lease and close it."""
     config = app[CONFIG]
     store = open_store(config.storage.url, config.base_dir)
     await store.start()
     app[STORE] = store
-    crashed = await store.mark_crashed(app[INSTANCE])
-    log.log(logging.WARNING if crashed else logging.INFO, "event=calllog_open store=%s instance=%s "
-            "crashed_calls_closed=%d", store, app[INSTANCE], crashed)
+    crashed, no_stream = await store.hold_lease(app[INSTANCE], config.storage.lease_seconds,
+                                                config.limits.stream_wait_seconds)
+    log.log(logging.WARNING if crashed or no_stream else logging.INFO, "event=calllog_open store=%s instance=%s "
+            "crashed_calls_closed=%d no_stream_closed=%d", store, app[INSTANCE], crashed, no_stream)
     yield
     await store.close()
 
 
 async def _purge_old_records(app: web.Application):
     """Retention: at start-up and every few hours, drop call records and recordings past their age."""
-    from .recording import purge_recordings, recordings_dir
 
     async def loop() -> None:
         config = app[CONFIG]
@@ -170,30 +190,35 @@ async def voice_webhook(request: web.Request) -> web.Response:
     caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
     requested = request.query.get("bot")
     clog = CallLog(log, call=call_sid or None)
+    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": requested and requested[:64],
+              "direction": "outbound" if "outbound" in request.query else "inbound"}
     if request.app[DRAINING]:
         clog.info("webhook_refused", reason="draining", caller=caller)
-        return web.Response(text=say_and_hangup_twiml(SORRY_RESTARTING), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_RESTARTING), "draining: this instance is shutting down",
+                        record)
     if len(request.app[CALLS]) >= config.limits.max_concurrent_calls:
         clog.warning("webhook_refused", reason="busy", live_calls=len(request.app[CALLS]), caller=caller)
-        return web.Response(text=say_and_hangup_twiml(SORRY_BUSY), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_BUSY), f"busy: {len(request.app[CALLS])} live calls "
+                        "(limits.max_concurrent_calls)", record)
     persona, how = choose_bot(config, requested, dialed)
     if persona is None:
         wanted = requested or config.routing.numbers.get(dialed)
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
         clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
-        return web.Response(text=say_and_hangup_twiml(SORRY_UNKNOWN_BOT), content_type="text/xml")
+        return _refused(request, say_and_hangup_twiml(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
+                        record | {"bot": str(wanted)[:64]})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
+    record |= {"bot": persona.name, "provider": persona.provider, "model": persona.model}
     outbound = None
     if "outbound" in request.query:  # a call we placed (POST /api/calls), answered now
-        from .outbound import read_ticket
         outbound = read_ticket(config.twilio.auth_token, request.query["outbound"], persona.name) \
             if config.twilio.auth_token else None
         if outbound is None:
             clog.warning("webhook_rejected", reason="invalid or expired outbound ticket", bot=persona.name)
-            return web.Response(text='<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
-                                content_type="text/xml")
+            return _refused(request, '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
+                            "invalid or expired outbound ticket", record)
     clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed,
               direction="outbound" if outbound else None)
     if call_sid and STORE in request.app:
@@ -209,6 +234,30 @@ async def voice_webhook(request: web.Request) -> web.Response:
     twiml = connect_twiml(stream_url(config, request), params,
                           after=persona.fallback_message, language=persona.language)
     return web.Response(text=twiml, content_type="text/xml")
+
+
+def _unavailable(config: Config, bot: str) -> str:
+    """Why the webhook cannot serve `bot`, and what the operator should set."""
+    persona = config.bots.get(bot)
+    if persona is None:
+        return f"unknown bot {bot!r} (bots: {', '.join(sorted(config.bots))})"
+    variable = SPECS[persona.provider].key_variable()
+    return (f"bot {bot!r} (provider {persona.provider}) has no API key: set "
+            f"{variable + ' or ' if variable else ''}providers.{persona.provider}.api_key")
+
+
+def _refused(request: web.Request, twiml: str, why: str, record: dict) -> web.Response:
+    """A call the webhook turns away. The caller hears `twiml` (generic: no config details); the
+    call log gets a `refused` record saying why, and so does the X-Gateway-Refused header (for the
+    simulated phone and curl; Twilio ignores headers it does not know)."""
+    call_sid = record.pop("call_sid")
+    if call_sid and STORE in request.app:
+        now = time.time()
+        request.app[STORE].enqueue("upsert_call", call_sid, {
+            **record, "network": "twilio", "instance": request.app[INSTANCE], "webhook_at": now, "ended_at": now,
+            "duration_s": 0.0, "end_reason": "refused", "error": why})
+    return web.Response(text=twiml, content_type="text/xml",
+                        headers={REFUSED_HEADER: re.sub(r"[^\x20-\x7e]", "?", why)})
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
@@ -247,33 +296,14 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
         return ws
-    speak_first = started.custom_parameters.get("direction") == "outbound"
-    if speak_first:
-        from .outbound import outbound_persona
-        try:
-            context = json.loads(started.custom_parameters.get("context") or "{}")
-        except ValueError:
-            context = {}
-        persona = outbound_persona(persona, started.custom_parameters.get("to", ""),
-                                   context if isinstance(context, dict) else {})
     try:
-        provider = make_provider(persona, config, clog)
+        call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
+                             store=request.app[STORE], instance=request.app[INSTANCE], rest=request.app[REST],
+                             http=request.app[HTTP])
     except ValueError as e:  # a persona for a provider this build does not have
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
         return ws
-    call_id = started.call_sid or started.stream_sid
-    recording = None
-    if persona.record if persona.record is not None else config.recording.enabled:
-        from .recording import CallRecording, recordings_dir
-        try:
-            recording = CallRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
-        except OSError as e:
-            clog.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
-    call = Call(config=config, persona=persona, phone=stream, started=started, provider=provider, log=clog,
-                renew=lambda context: make_provider(persona, config, clog, context),
-                recorder=CallRecorder(request.app[STORE], call_id), instance=request.app[INSTANCE],
-                recording=recording, rest=request.app[REST], speak_first=speak_first)
     calls = request.app[CALLS]
     calls[call.call_id] = call
     try:
@@ -364,6 +394,7 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
         raise
     for sock in socks:
         await web.SockSite(runner, sock).start()
+
     def url(address: str, bound_port: int) -> str:
         return f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
 

@@ -9,6 +9,7 @@ overrides listed in design.md win over the file.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import types
@@ -19,6 +20,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+
+from .persona import BUILTIN_TOOLS, DtmfConfig, HttpTool, Persona, PersonaAudio, TurnDetection
+from .providers import SPECS
+
+__all__ = ["BUILTIN_TOOLS", "Config", "ConfigError", "DtmfConfig", "HttpTool", "Persona", "PersonaAudio",
+           "TurnDetection", "load_config", "load_persona"]
 
 
 class ConfigError(Exception):
@@ -34,45 +41,18 @@ class ServerConfig:
     # The URL Twilio uses to reach us (https://gw.example.com). Empty: derived from each
     # webhook request's Host header, which is fine on a laptop and wrong behind most proxies.
     public_url: str = ""
-    # Names this gateway in call records; at start-up it closes the records *it* left open (a
-    # crash) without touching other instances' live calls in a shared database. Empty: hostname.
+    # Names this gateway in call records (plus the process id and a random suffix, so that every
+    # process is told apart, see storage.lease_seconds). Empty: hostname.
     instance_id: str = ""
     # On SIGTERM/SIGINT: stop taking calls, let live ones finish for up to this long, then wrap
     # them up (goodbye, hang up). A second signal skips the wait.
     drain_seconds: float = 300.0
 
 
-@dataclass(frozen=True)
-class GlmProviderConfig:
-    url: str = "wss://open.bigmodel.cn/api/paas/v4/realtime"
-    api_key: str = ""
-    auth: Literal["jwt", "key"] = "jwt"  # jwt: signed token per connection; key: raw id.secret
-    jwt_ttl_seconds: int = 3600
-    connect_timeout_seconds: float = 10.0
-    heartbeat_timeout_seconds: float = 75.0  # GLM sends a heartbeat every ~30 s
-    greeting: Literal["greeting_config", "response_create"] = "greeting_config"
-
-
-@dataclass(frozen=True)
-class OpenAIProviderConfig:
-    # Any OpenAI-compatible realtime endpoint. The persona's `model` replaces the URL's `model=`
-    # query parameter (Azure's older `deployment=` URLs are left as they are).
-    url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
-    api_key: str = ""
-    # How the key is presented: `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure).
-    auth: Literal["bearer", "api-key"] = "bearer"
-    connect_timeout_seconds: float = 10.0
-    # OpenAI ends a session after a maximum duration (30-60 min). A call still running after this
-    # many seconds moves to a fresh session, with the conversation so far, at its next quiet moment.
-    session_renew_seconds: float = 1680.0
-    # Caller speech transcription for the call log; empty turns it off.
-    transcription_model: str = "gpt-4o-mini-transcribe"
-
-
-@dataclass(frozen=True)
-class ProvidersConfig:
-    glm: GlmProviderConfig = field(default_factory=GlmProviderConfig)
-    openai: OpenAIProviderConfig = field(default_factory=OpenAIProviderConfig)
+# `providers:` in config.yaml: one section per provider that has settings, typed by its spec.
+ProvidersConfig = dataclasses.make_dataclass(
+    "ProvidersConfig", [(name, spec.settings, field(default_factory=spec.settings))
+                        for name, spec in SPECS.items() if spec.settings is not None], frozen=True)
 
 
 @dataclass(frozen=True)
@@ -108,6 +88,9 @@ class LimitsConfig:
     # A model socket that drops or stops heart-beating is replaced (with the conversation so far)
     # up to this many times in a row, with backoff; then the caller hears the fallback apology.
     model_reconnect_attempts: int = 3
+    # A webhook answered with <Connect><Stream> but no stream this long after is closed in the call
+    # log as `no_stream` (by whichever instance sweeps first; a stream that starts later reopens it).
+    stream_wait_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +103,11 @@ class StorageConfig:
     # sqlite:///PATH (relative to this config file's directory) or postgresql://user:pass@host/db
     url: str = "sqlite:///data/calls.db"
     retention_days: int = 90  # call records older than this are purged; 0 keeps them forever
+    # Each gateway process holds a lease in the call log, renewed every third of this; open calls
+    # of a process whose lease expired (it died) are closed as `crashed` by any live instance. Long
+    # enough to ride out a database hiccup or a stalled loop, short enough that a dead process's
+    # calls stop showing as live within about a minute.
+    lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -166,113 +154,30 @@ class Config:
     def signatures_required(self) -> bool:
         return bool(self.twilio.auth_token) and not self.twilio.insecure_skip_signature
 
+    def provider_settings(self, provider: str) -> Any:
+        """`providers.<provider>` (None for a provider without settings)."""
+        return getattr(self.providers, provider, None)
+
     def provider_ready(self, persona: "Persona") -> bool:
         """True when the persona's provider has what it needs to open a session (an API key)."""
-        if persona.provider == "glm":
-            return bool(self.providers.glm.api_key)
-        if persona.provider == "openai":
-            return bool(self.providers.openai.api_key)
-        return persona.provider == "echo"
+        spec = SPECS.get(persona.provider)
+        return spec is not None and spec.ready(self.provider_settings(persona.provider))
 
     def secrets(self) -> list[str]:
         """Every configured secret, for the log redactor."""
         db_password = urlsplit(self.storage.url).password if "://" in self.storage.url else None
         tool_headers = [v for p in self.bots.values() for t in p.http_tools for k, v in t.headers.items()
                         if any(word in k.lower() for word in ("auth", "key", "token", "secret"))]
-        return [s for s in (self.providers.glm.api_key, self.providers.openai.api_key,
-                            self.twilio.auth_token, self.operator.token, db_password, *tool_headers) if s]
+        provider_secrets = [getattr(self.provider_settings(name), f) for name, spec in SPECS.items()
+                            for f in spec.secret_fields]
+        return [s for s in (*provider_secrets, self.twilio.auth_token, self.operator.token, db_password,
+                            *tool_headers) if s]
 
     @property
     def base_dir(self) -> Path:
         """Relative paths in the config (bots, SQLite file, recordings) are relative to this."""
         return Path(self.path).resolve().parent if self.path else Path.cwd()
 
-
-# ---------------------------------------------------------------- schema: bots/<name>.yaml
-
-@dataclass(frozen=True)
-class TurnDetection:
-    # glm: server_vad | client_vad; openai: server_vad | semantic_vad; echo: always its own VAD.
-    type: Literal["server_vad", "semantic_vad", "client_vad"] = "server_vad"
-    # Energy threshold of the echo bot's local VAD (GLM's server VAD has no tunables in its spec).
-    threshold: int = 400
-    silence_ms: int = 600  # end of turn after this much silence (echo; OpenAI server_vad)
-    prefix_padding_ms: int = 300  # OpenAI server_vad: audio kept before detected speech
-    eagerness: Literal["auto", "low", "medium", "high"] = "auto"  # OpenAI semantic_vad
-
-
-@dataclass(frozen=True)
-class PersonaAudio:
-    # What the model is sent; empty = the provider's default (resolved at load time).
-    #   glm: wav (default; one complete 16 kHz WAV file per chunk) | pcm16 (16 kHz) | pcm24 (24 kHz)
-    #   openai: pcmu (default; the phone's mu-law passes through untouched) | pcm (24 kHz PCM16)
-    input_format: Literal["", "wav", "pcm16", "pcm24", "pcmu", "pcm"] = ""
-    # What the model sends back; empty = default. glm/echo: pcm; openai: pcmu (default) | pcm.
-    output_format: Literal["", "pcmu", "pcm"] = ""
-    output_rate: int = 24000  # PCM output rate of glm/echo (OpenAI's pcm is always 24 kHz)
-
-
-@dataclass(frozen=True)
-class HttpTool:
-    """A business-system call the model may make: JSON-Schema-checked arguments -> HTTP request ->
-    the response (or a clear error) back to the model as the function's output."""
-    name: str
-    description: str
-    url: str
-    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"  # GET sends arguments as the query
-    headers: dict[str, str] = field(default_factory=dict)  # values may be ${ENV} secrets
-    timeout_seconds: float = 5.0
-
-
-@dataclass(frozen=True)
-class DtmfConfig:
-    inter_digit_ms: int = 1500  # digits pressed closer than this reach the model together
-    # Digit -> action taken without the model: "transfer", "transfer:<target name>", "end_call".
-    shortcuts: dict[str, str] = field(default_factory=dict)
-
-
-BUILTIN_TOOLS = ("end_call", "transfer_call")
-
-
-@dataclass(frozen=True)
-class Persona:
-    provider: Literal["glm", "openai", "echo"]
-    description: str = ""
-    model: str = ""
-    voice: str = ""
-    instructions: str = ""
-    greeting: str = ""
-    language: str = "en-US"
-    temperature: float | None = None
-    max_response_output_tokens: str = "inf"
-    turn_detection: TurnDetection = field(default_factory=TurnDetection)
-    audio: PersonaAudio = field(default_factory=PersonaAudio)
-    max_call_seconds: int | None = None
-    record: bool | None = None  # record this bot's calls (None: the config's recording.enabled)
-    tools: list[str] = field(default_factory=list)  # built-in tools to enable: end_call, transfer_call
-    transfer_to: str = ""  # E.164 number transfer_call dials when no named target is asked for
-    transfer_targets: dict[str, str] = field(default_factory=dict)  # name -> E.164 (e.g. billing: "+1…")
-    transfer_caller_id: str = ""  # caller ID shown to the transfer target; empty: the caller's number
-    transfer_timeout_seconds: int = 30
-    http_tools: list[HttpTool] = field(default_factory=list)
-    dtmf: DtmfConfig = field(default_factory=DtmfConfig)
-    # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
-    fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
-    name: str = field(default="", metadata={"internal": True})
-    path: str = field(default="", metadata={"internal": True})
-
-
-PROVIDER_DEFAULT_MODEL = {"glm": "glm-realtime-flash", "openai": "gpt-realtime", "echo": "echo"}
-# Per provider: allowed (input formats, output formats, turn detection types); the first is the default.
-PROVIDER_AUDIO = {
-    "glm": (("wav", "pcm16", "pcm24"), ("pcm",), ("server_vad", "client_vad")),
-    "openai": (("pcmu", "pcm"), ("pcmu", "pcm"), ("server_vad", "semantic_vad")),
-    "echo": (("pcm16",), ("pcm",), ("server_vad",)),
-}
-OPENAI_VOICES = {"alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse"}
-GLM_VOICES = {"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying",
-              "lovely_girl", "female-shaonv"}
 
 # ---------------------------------------------------------------- generic builder
 
@@ -392,10 +297,7 @@ def _walk_env(node: Any, where: str, env: typing.Mapping[str, str]) -> Any:
 # ---------------------------------------------------------------- loading
 
 _ENV_OVERRIDES = {
-    "ZHIPU_API_KEY": ("providers", "glm", "api_key"),
-    "GLM_REALTIME_URL": ("providers", "glm", "url"),
-    "OPENAI_API_KEY": ("providers", "openai", "api_key"),
-    "OPENAI_REALTIME_URL": ("providers", "openai", "url"),
+    **{var: ("providers", name, key) for name, spec in SPECS.items() for var, key in spec.env.items()},
     "TWILIO_ACCOUNT_SID": ("twilio", "account_sid"),
     "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
     "TWILIO_API_BASE": ("twilio", "api_base"),
@@ -422,26 +324,21 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
     data = _load_yaml(path, os.environ if env is None else env)
     persona = _build(Persona, data, f"{path}: ")
     where = f"{path}: "
-    if persona.provider == "glm":
-        if persona.voice and persona.voice not in GLM_VOICES:
-            raise ConfigError(f"{where}voice: GLM has no voice {persona.voice!r} "
-                              f"(one of {', '.join(sorted(GLM_VOICES))})")
-        tokens = persona.max_response_output_tokens
-        if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 1024):
-            raise ConfigError(f"{where}max_response_output_tokens: expected 1..1024 or \"inf\", got {tokens!r}")
-    if persona.provider == "openai":
-        if persona.voice and persona.voice not in OPENAI_VOICES:
-            raise ConfigError(f"{where}voice: OpenAI has no voice {persona.voice!r} "
-                              f"(one of {', '.join(sorted(OPENAI_VOICES))})")
-        tokens = persona.max_response_output_tokens
-        if tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= 4096):
-            raise ConfigError(f"{where}max_response_output_tokens: expected 1..4096 or \"inf\", got {tokens!r}")
-    inputs, outputs, vads = PROVIDER_AUDIO[persona.provider]
-    audio = dataclasses.replace(persona.audio, input_format=persona.audio.input_format or inputs[0],
-                                output_format=persona.audio.output_format or outputs[0])
-    for name, value, allowed in (("audio.input_format", audio.input_format, inputs),
-                                 ("audio.output_format", audio.output_format, outputs),
-                                 ("turn_detection.type", persona.turn_detection.type, vads)):
+    spec = SPECS.get(persona.provider)
+    if spec is None:
+        raise ConfigError(f"{where}provider: expected one of {', '.join(map(repr, SPECS))}, got {persona.provider!r}")
+    if persona.voice and spec.voices and persona.voice not in spec.voices:
+        raise ConfigError(f"{where}voice: {spec.label} has no voice {persona.voice!r} "
+                          f"(one of {', '.join(sorted(spec.voices))})")
+    tokens = persona.max_response_output_tokens
+    if spec.max_output_tokens and tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= spec.max_output_tokens):
+        raise ConfigError(f"{where}max_response_output_tokens: expected 1..{spec.max_output_tokens} or \"inf\", "
+                          f"got {tokens!r}")
+    audio = dataclasses.replace(persona.audio, input_format=persona.audio.input_format or spec.input_formats[0],
+                                output_format=persona.audio.output_format or spec.output_formats[0])
+    for name, value, allowed in (("audio.input_format", audio.input_format, spec.input_formats),
+                                 ("audio.output_format", audio.output_format, spec.output_formats),
+                                 ("turn_detection.type", persona.turn_detection.type, spec.turn_detection)):
         if value not in allowed:
             raise ConfigError(f"{where}{name}: provider {persona.provider} takes "
                               f"{' or '.join(allowed)}, got {value!r}")
@@ -453,7 +350,7 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
     if persona.max_call_seconds is not None and persona.max_call_seconds <= 0:
         raise ConfigError(f"{where}max_call_seconds: must be positive")
     return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio,
-                               model=persona.model or PROVIDER_DEFAULT_MODEL[persona.provider])
+                               model=persona.model or spec.default_model)
 
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -482,6 +379,9 @@ def _check_phone_actions(p: Persona, where: str) -> None:
             raise ConfigError(f"{at}.url: expected an http(s):// URL")
         if tool.parameters.get("type") != "object":
             raise ConfigError(f"{at}.parameters: expected a JSON Schema with type: object")
+        from .httptools import schema_problem  # here: httptools imports this module
+        if problem := schema_problem(tool.parameters):
+            raise ConfigError(f"{at}.parameters{problem}")
         if not 0 < tool.timeout_seconds <= 60:
             raise ConfigError(f"{at}.timeout_seconds: expected 0..60")
     if not 100 <= p.dtmf.inter_digit_ms <= 10000:
@@ -531,16 +431,18 @@ def _check_ranges(cfg: Config, path: Path) -> None:
         ("audio.playout_lead_ms", 40 <= cfg.audio.playout_lead_ms <= 2000, "40..2000"),
         ("limits.max_message_bytes", 1024 <= cfg.limits.max_message_bytes <= 16 << 20, "1 KiB..16 MiB"),
         ("limits.max_call_seconds", cfg.limits.max_call_seconds > 0, "positive"),
-        ("providers.glm.url", re.match(r"^wss?://", cfg.providers.glm.url), "a ws:// or wss:// URL"),
         ("storage.url", re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", cfg.storage.url),
          "sqlite:///PATH or postgresql://…"),
         ("storage.retention_days", cfg.storage.retention_days >= 0, ">= 0"),
+        ("storage.lease_seconds", cfg.storage.lease_seconds >= 1, ">= 1"),
+        ("limits.stream_wait_seconds", cfg.limits.stream_wait_seconds >= 1, ">= 1"),
         ("recording.retention_days", cfg.recording.retention_days >= 0, ">= 0"),
-        ("providers.openai.url", re.match(r"^wss?://", cfg.providers.openai.url), "a ws:// or wss:// URL"),
-        ("providers.openai.session_renew_seconds", cfg.providers.openai.session_renew_seconds >= 1, ">= 1"),
-        ("providers.glm.api_key", not cfg.providers.glm.api_key or cfg.providers.glm.auth == "key"
-         or cfg.providers.glm.api_key.count(".") == 1, "an id.secret key for auth: jwt"),
     ]
+    checks += [(f"providers.{name}.{key}", ok(cfg.provider_settings(name)), want)
+               for name, spec in SPECS.items() for key, ok, want in spec.checks]
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"{path}: {name}: expected {want}")
+    if cfg.storage.url.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError(f"{path}: storage.url: PostgreSQL needs asyncpg, which is not installed: "
+                          "pip install 'voicebot-gateway[postgres]'")

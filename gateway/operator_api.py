@@ -17,9 +17,11 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from .call import entry_json
 from .calllog import CallQuery, views
 from .calllog.views import call_json, iso, transcript
 from .calllog.store import END_REASONS
+from .web_state import CALLS, CONFIG, REST, STORE
 
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -27,7 +29,6 @@ MAX_PAGE = 200
 
 
 def add_operator_routes(app: web.Application) -> None:
-    from .app import CONFIG
     operator = app[CONFIG].operator
     app[LIMITER] = RateLimiter(operator.rate_limit_per_second, operator.rate_limit_burst)
     r = app.router
@@ -82,7 +83,6 @@ LIMITER = web.AppKey("operator_rate_limiter", RateLimiter)
 
 def _guard(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        from .app import CONFIG
         operator = request.app[CONFIG].operator
         wait = request.app[LIMITER].allow(request.remote or "?")
         if wait:
@@ -122,7 +122,6 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
 
 # ------------------------------------------------------------------ handlers
 async def list_calls(request: web.Request) -> web.Response:
-    from .app import STORE
     q = request.query
     end_reason = q.get("end_reason") or None
     if end_reason and end_reason not in END_REASONS:
@@ -142,7 +141,6 @@ async def list_calls(request: web.Request) -> web.Response:
 
 async def place_call(request: web.Request) -> web.Response:
     """Outbound call: {"to", "bot", "from"?, "context"?} -> Twilio dials; 201 with its CallSid."""
-    from .app import CONFIG, REST, STORE
     from .outbound import OutboundError, plan_call
     from .telephony.twilio_rest import TwilioRestError
     try:
@@ -169,7 +167,6 @@ async def place_call(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
-    from .app import STORE
     row = await request.app[STORE].get_call(request.match_info["call_id"])
     if row is None:
         return _error(404, "no such call")
@@ -177,7 +174,6 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    from .app import CONFIG, STORE
     from .recording import recordings_dir
     row = await request.app[STORE].get_call(request.match_info["call_id"])
     if row is None:
@@ -191,21 +187,17 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
 
 
 async def live_calls(request: web.Request) -> web.Response:
-    from .app import CALLS
-    now = time.monotonic()
     calls = []
     for call in list(request.app[CALLS].values()):
-        params = call.started.custom_parameters
-        calls.append({"call_id": call.call_id, "bot": call.persona.name, "from": params.get("from"),
-                      "to": params.get("to"), "started_at": iso(call._started_wall),
-                      "duration_s": round(now - call._t0, 1), "barge_ins": call.summary.barge_ins,
-                      "turns": sum(1 for e in call.summary.transcript if e["role"] == "bot"),
-                      "last": (call.summary.transcript[-1] if call.summary.transcript else None)})
+        st = call.status()
+        calls.append({"call_id": st.call_id, "bot": st.bot, "network": st.network, "from": st.caller,
+                      "to": st.dialed, "started_at": iso(st.started_at), "duration_s": st.duration_s,
+                      "barge_ins": st.barge_ins, "turns": st.turns,
+                      "last": entry_json(st.last) if st.last is not None else None})
     return web.json_response({"calls": calls})
 
 
 async def hang_up(request: web.Request) -> web.Response:
-    from .app import CALLS
     call = request.app[CALLS].get(request.match_info["call_id"])
     if call is None:
         return _error(404, "no live call with that id on this gateway")
@@ -223,7 +215,6 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 async def bot_summary(request: web.Request) -> web.Response:
-    from .app import STORE
     since = parse_time(request.query["since"], "since") if request.query.get("since") else None
     rows = await request.app[STORE].bot_latencies(since)
     by_bot: dict[str, list[dict]] = defaultdict(list)

@@ -134,12 +134,14 @@ class SimulatedPhone:
             text = await resp.text()
             if resp.status != 200:
                 raise DialError(f"webhook answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
+            refused = resp.headers.get("X-Gateway-Refused")  # why, for us (Twilio ignores it)
         self.result.twiml = text
         root = ET.fromstring(text)
         stream = root.find("./Connect/Stream")
         if stream is None:
             say = root.find("./Say")
-            raise DialError(f"no <Connect><Stream> in TwiML (says: {say.text if say is not None else '-'})")
+            says = f"the caller hears: {say.text if say is not None else '-'}"
+            raise DialError(f"refused: {refused} ({says})" if refused else f"no <Connect><Stream> in TwiML ({says})")
         self.result.stream_url = stream.get("url", "")
         self.result.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
         return self.result

@@ -6,7 +6,7 @@ import json
 
 import aiohttp
 
-from gateway.app import STORE
+from gateway.web_state import STORE
 from tests.phone_helpers import dial, ended, ulaw_tone
 
 TOKEN = "op-token-0123456789abcdef"

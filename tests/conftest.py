@@ -144,6 +144,8 @@ async def fake_glm():
     await server.start()
     yield server
     await server.stop()
+    from gateway.providers.glm import LEARNED_EXP_UNITS
+    LEARNED_EXP_UNITS.clear()  # what a gateway learned about this fake's port must not outlive it
     _no_barge_in_protocol_errors(server)
 
 

@@ -14,7 +14,7 @@ import logging
 import aiohttp
 import pytest
 
-from gateway.app import CALLS
+from gateway.web_state import CALLS
 from gateway.phone_sim import SimulatedPhone
 from tests.phone_helpers import dial, logged, new_phone, ulaw_tone, wait_for
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from gateway.app import CALLS, RECENT
+from gateway.web_state import CALLS, RECENT
 from gateway.audio import PHONE_RATE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
@@ -62,8 +62,8 @@ async def test_greeting_first_and_model_tone_reaches_caller_clean(make_gateway, 
     assert not phone.result.violations
     summary = await ended(gw, phone)
     greeting = summary.transcript[0]
-    assert greeting["role"] == "bot" and greeting["text"] == "Hello, thanks for calling Northwind."
-    assert not greeting["interrupted"]
+    assert greeting.role == "bot" and greeting.text == "Hello, thanks for calling Northwind."
+    assert not greeting.interrupted
     assert not model.fake.sessions[0].errors_sent
 
 
@@ -89,14 +89,14 @@ async def test_barge_in_clears_within_a_frame_cancels_and_cuts_transcript(make_g
     await phone.silence(1.5)  # the fake answers the caller's speech
     await phone.hangup()
     summary = await ended(gw, phone)
-    bot = [e for e in summary.transcript if e["role"] == "bot"]
+    bot = [e for e in summary.transcript if e.role == "bot"]
     cut = bot[0]
-    assert cut["interrupted"] and cut["text"] == "Hello, thanks for calling Northwind."
-    assert cut["heard"] and cut["text"].startswith(cut["heard"]) and len(cut["heard"]) < len(cut["text"])
-    assert 700 <= cut["heard_ms"] <= 1400  # ~1.2 s after connect, minus set-up and the lead
+    assert cut.interrupted and cut.text == "Hello, thanks for calling Northwind."
+    assert cut.heard and cut.text.startswith(cut.heard) and len(cut.heard) < len(cut.text)
+    assert 700 <= cut.heard_ms <= 1400  # ~1.2 s after connect, minus set-up and the lead
     assert summary.barge_ins == 1
-    assert any(e["role"] == "caller" for e in summary.transcript)
-    assert len(bot) == 2 and not bot[1]["interrupted"]  # the reply to the caller, played whole
+    assert any(e.role == "caller" for e in summary.transcript)
+    assert len(bot) == 2 and not bot[1].interrupted  # the reply to the caller, played whole
     assert not phone.result.violations
     assert not s.errors_sent, s.errors_sent  # no cancel of an idle response, no truncate overshoot
 
@@ -129,7 +129,7 @@ async def test_talking_again_after_the_reply_played_is_not_a_barge_in(make_gatew
     assert not getattr(s, "truncates", None)
     summary = await ended(gw, phone)
     assert summary.barge_ins == 0
-    assert [e["role"] for e in summary.transcript][:3] == ["caller", "bot", "caller"]
+    assert [e.role for e in summary.transcript][:3] == ["caller", "bot", "caller"]
 
 
 async def test_caller_hangup_closes_upstream_within_a_second(make_gateway, model):
@@ -167,7 +167,7 @@ async def test_upstream_drop_mid_sentence_reconnects_with_the_conversation(make_
     assert summary.end_reason == "caller_hangup" and summary.sessions == 2
     assert logged(caplog, "model_session_renewed", "why=model:upstream_closed")
     assert gap < 1.0, f"{gap:.2f} s without a model"
-    assert any(e["role"] == "caller" for e in summary.transcript)
+    assert any(e.role == "caller" for e in summary.transcript)
     assert not first.errors_sent and not second.errors_sent
 
 
@@ -269,5 +269,5 @@ async def test_garbage_from_the_model_is_dropped_and_the_call_goes_on(make_gatew
         await phone.hangup()
         summary = await ended(gw, phone)
     assert summary.end_reason == "caller_hangup"
-    assert [e["role"] for e in summary.transcript][:2] == ["caller", "bot"]
+    assert [e.role for e in summary.transcript][:2] == ["caller", "bot"]
     assert logged(caplog, "model_bad_event", f"call={phone.call_sid}")

@@ -127,7 +127,7 @@ async def test_barge_in_truncates_to_what_the_marks_say_was_played(make_gateway,
     assert truncate["audio_end_ms"] == pytest.approx(played_ms, abs=40)  # marks are 20 ms apart, plus transit
     summary = await ended(gw, phone)
     cut = summary.transcript[0]
-    assert cut["interrupted"] and cut["heard_ms"] == truncate["audio_end_ms"]
+    assert cut.interrupted and cut.heard_ms == truncate["audio_end_ms"]
     assert not s.errors_sent, s.errors_sent
     assert not s.deletes
 
@@ -151,7 +151,7 @@ async def test_barge_in_before_anything_was_heard_deletes_the_reply(make_gateway
     assert not s.errors_sent, s.errors_sent
     summary = await ended(gw, phone)
     cut = summary.transcript[0]
-    assert cut["interrupted"] and cut["heard"] == "" and cut["heard_ms"] == 0
+    assert cut.interrupted and cut.heard == "" and cut.heard_ms == 0
 
 
 async def test_azure_style_endpoint_and_api_key_header(make_gateway, fake_openai):
@@ -212,7 +212,7 @@ async def test_session_renewed_at_a_quiet_moment_keeps_the_conversation(make_gat
     assert sent - got <= 2 * 160, (sent, got)
     # (by the hang-up the new session was 2 s old too, so a third may have taken over)
     assert summary.sessions == len(fake_openai.sessions) >= 2 and summary.end_reason == "caller_hangup"
-    assert [e["role"] for e in summary.transcript] == ["bot", "caller", "bot", "caller", "bot"]
+    assert [e.role for e in summary.transcript] == ["bot", "caller", "bot", "caller", "bot"]
     assert logged(caplog, "model_session_renewed", "why=session_age", "context_turns=3")
     assert not any(s.errors_sent for s in fake_openai.sessions)
 

@@ -16,7 +16,7 @@ import wave
 import numpy as np
 import pytest
 
-from gateway.app import CALLS
+from gateway.web_state import CALLS
 from tests.audio_check import dominant_hz, voiced_runs
 from tests.conftest import REPO
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
@@ -160,40 +160,48 @@ async def test_recording_is_stereo_and_aligned_as_heard(make_gateway, fake_glm):
     assert (await api(gw.url, f"/api/calls/{phone.call_sid}"))[1]["has_recording"]
 
 
-async def test_sigkill_mid_call_keeps_the_record_and_restart_marks_it_crashed(config_dir, store_url):
+async def test_sigkill_mid_call_keeps_the_record_and_another_instance_closes_it_once_the_lease_expires(
+        config_dir, store_url):
+    """Two gateway processes on one machine, one database, the same instance name: the one that
+    is SIGKILLed mid-call has its call closed as `crashed` by the other, and only after its lease
+    (3 s here) expired, never while it was alive."""
     from tests.conftest import write_config
-    config_path = write_config(config_dir)
+    config_path = write_config(config_dir, "storage:\n  lease_seconds: 3\nserver:\n  instance_id: gw\n")
     env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
     env.update(GATEWAY_DATABASE_URL=store_url, GATEWAY_OPERATOR_TOKEN=TOKEN)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    port, other_port = free_port(), free_port()
+    url, other_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{other_port}"
+    other = serve(other_port, env, config_path)
     server = serve(port, env, config_path)
     try:
         phone = await dial(url, bot="echo")
         await phone.silence(1.2)  # the chime greeting
         await phone.say(ulaw_tone(440, 0.8))
         await wait_for(lambda: phone.result.media_frames > 75, 5, "the echo of what was said")
-        await phone.silence(0.3)
+        await phone.silence(3.0)  # a lease period with both alive: the other instance sweeps and leaves it
+        status, call = await api(other_url, f"/api/calls/{phone.call_sid}")
+        assert status == 200 and call["live"] and call["instance"].startswith("gw:"), call
         server.send_signal(signal.SIGKILL)
         server.wait(5)
-    finally:
-        stop(server, signal.SIGKILL)
-    killed_at = time.time()
-    restarted = serve(port, env, config_path)
-    try:
-        status, call = await api(url, f"/api/calls/{phone.call_sid}")
-        assert status == 200
-        assert call["end_reason"] == "crashed" and call["bot"] == "echo" and call["from"] == "+15550001111"
+        killed_at = time.monotonic()
+
+        async def closed() -> bool:
+            return (await api(other_url, f"/api/calls/{phone.call_sid}"))[1]["end_reason"] == "crashed"
+        while not await closed():
+            assert time.monotonic() - killed_at < 10, "the other instance never closed the dead one's call"
+            await asyncio.sleep(0.2)
+        assert time.monotonic() - killed_at > 1.5  # not before its lease (3 s, renewed every 1 s) ran out
+        status, call = await api(other_url, f"/api/calls/{phone.call_sid}")
+        assert call["bot"] == "echo" and call["from"] == "+15550001111"
         kinds = [e["kind"] for e in call["timeline"]]
         assert kinds[:3] == ["bot", "caller", "bot"], kinds  # everything up to the kill is there
         assert call["timeline"][1]["text"].endswith("s of audio]")
         last_t = max(e["t"] for e in call["timeline"])
-        assert call["duration_s"] == pytest.approx(last_t, abs=0.01) and 2.0 < last_t < 6.0  # the last thing recorded
-        started = time.mktime(time.strptime(call["started_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-        assert started < killed_at
+        assert call["duration_s"] == pytest.approx(last_t, abs=0.01) and 2.0 < last_t < 9.0  # the last thing recorded
     finally:
-        log = stop(restarted, signal.SIGTERM)
-    assert "crashed_calls_closed=1" in log
+        stop(server, signal.SIGKILL)
+        log = stop(other, signal.SIGTERM)
+    assert "event=calllog_swept crashed_calls_closed=1" in log
 
 
 async def test_operator_api_is_rate_limited_per_client(make_gateway, fake_glm):

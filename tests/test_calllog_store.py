@@ -1,4 +1,5 @@
-"""The call-log store on its own: migrations, incremental writes, queries, crash marking, purge.
+"""The call-log store on its own: migrations, incremental writes, queries, instance leases and the
+sweeps that close crashed and never-connected calls, purge.
 
 Runs against every engine the `store_url` fixture provides (SQLite always; PostgreSQL when the
 test set-up could start a server, see conftest)."""
@@ -67,22 +68,74 @@ async def test_incremental_writes_queries_and_filters(store_url, tmp_path):
     await store.close()
 
 
-async def test_open_calls_of_this_instance_are_marked_crashed(store_url, tmp_path):
+async def test_a_call_is_closed_as_crashed_only_once_its_instance_lease_expired(store_url, tmp_path):
+    a, b = await started(store_url, tmp_path), await started(store_url, tmp_path)  # two processes, one database
+    now = time.time()
+    await a.acquire_lease("gw:100:aa", 30, now)
+    await b.acquire_lease("gw:200:bb", 30, now)  # same host name: only the lease tells them apart
+    a.enqueue("upsert_call", "CAa", {"started_at": now - 50, "instance": "gw:100:aa"})
+    a.enqueue("add_event", "CAa", 1, 12.5, "caller", "hello", {"text": "hello"})
+    b.enqueue("upsert_call", "CAb", {"started_at": now - 50, "instance": "gw:200:bb"})
+    b.enqueue("upsert_call", "CAdead", {"started_at": now - 50, "instance": "gw:300:cc"})  # no lease at all
+    await a.flush()
+    await b.flush()
+    assert await b.sweep(30, now) == (1, 0)
+    assert (await b.get_call("CAdead"))["end_reason"] == "crashed"
+    assert await b.sweep(30, now + 29) == (0, 0)  # A's lease still lives (A stopped renewing at `now`)
+    assert (await b.get_call("CAa"))["ended_at"] is None
+    assert await b.renew_lease("gw:200:bb", 30, now + 29)
+    assert await b.sweep(30, now + 31) == (1, 0)  # A's lease expired at now + 30: A is dead
+    mine = await b.get_call("CAa")
+    assert mine["end_reason"] == "crashed" and mine["duration_s"] == 12.5
+    assert mine["ended_at"] == pytest.approx(now - 50 + 12.5)  # the last thing recorded
+    assert (await b.get_call("CAb"))["ended_at"] is None  # B renewed
+    leases = await b._fetch("SELECT instance FROM instance_leases")
+    assert [r["instance"] for r in leases] == ["gw:200:bb"]  # the expired lease is gone
+    assert not await a.renew_lease("gw:100:aa", 30, now + 32)  # A was only stalled: it learns it lapsed...
+    assert await a.renew_lease("gw:100:aa", 30, now + 33)  # ...and holds a lease again
+    a.enqueue("upsert_call", "CAa", {"ended_at": now + 33, "end_reason": "caller_hangup", "duration_s": 83.0})
+    await a.flush()
+    assert (await b.get_call("CAa"))["end_reason"] == "caller_hangup"  # its record is put right
+    await a.close()
+    await b.close()
+
+
+async def test_a_clean_shutdown_releases_the_lease(store_url, tmp_path):
+    a, b = await started(store_url, tmp_path), await started(store_url, tmp_path)
+    assert await a.hold_lease("gw:100:aa", 30, 30) == (0, 0)
+    assert await b.hold_lease("gw:200:bb", 30, 30) == (0, 0)
+    a.enqueue("upsert_call", "CAa", {"started_at": time.time(), "instance": "gw:100:aa"})
+    await a.flush()
+    assert await b.sweep(30) == (0, 0)
+    await a.close()  # its call was left open (a failed write): with no lease, it is not live
+    assert [r["instance"] for r in await b._fetch("SELECT instance FROM instance_leases")] == ["gw:200:bb"]
+    assert await b.sweep(30) == (1, 0)
+    assert (await b.get_call("CAa"))["end_reason"] == "crashed"
+    await b.close()
+
+
+async def test_webhooks_with_no_stream_are_closed_and_a_late_stream_reopens_them(store_url, tmp_path):
     store = await started(store_url, tmp_path)
     now = time.time()
-    store.enqueue("upsert_call", "CAmine", {"started_at": now - 50, "instance": "gw1"})
-    store.enqueue("add_event", "CAmine", 1, 12.5, "caller", "hello", {"text": "hello"})
-    store.enqueue("upsert_call", "CAother", {"started_at": now - 50, "instance": "gw2"})  # another live gateway
-    store.enqueue("upsert_call", "CAring", {"webhook_at": now - 3600})  # webhook, never a stream
+    await store.acquire_lease("gw:1:aa", 30, now)
+    store.enqueue("upsert_call", "CAring", {"webhook_at": now - 3600, "bot": "support"})
     store.enqueue("upsert_call", "CAfresh", {"webhook_at": now - 5})  # may still connect
     await store.flush()
-    assert await store.mark_crashed("gw1", now) == 1
-    mine = await store.get_call("CAmine")
-    assert mine["end_reason"] == "crashed" and mine["duration_s"] == 12.5
-    assert mine["ended_at"] == pytest.approx(now - 50 + 12.5)
-    assert (await store.get_call("CAother"))["ended_at"] is None
-    assert (await store.get_call("CAring"))["end_reason"] == "no_stream"
+    assert await store.sweep(30, now) == (0, 1)
+    ring = await store.get_call("CAring")
+    assert ring["end_reason"] == "no_stream" and ring["ended_at"] == now - 3600 and ring["duration_s"] == 0
     assert (await store.get_call("CAfresh"))["end_reason"] is None
+    assert await store.sweep(30, now + 26) == (0, 1)  # 31 s after its webhook
+    # Twilio opens the stream after all: the record is live again, then ends as calls do.
+    store.enqueue("upsert_call", "CAfresh", {"started_at": now + 27, "instance": "gw:1:aa", "bot": "support"})
+    await store.flush()
+    late = await store.get_call("CAfresh")
+    assert (late["ended_at"], late["end_reason"], late["duration_s"]) == (None, None, None)
+    assert await store.sweep(30, now + 28) == (0, 0)
+    store.enqueue("upsert_call", "CAfresh", {"ended_at": now + 40, "duration_s": 13.0, "end_reason": "caller_hangup"})
+    store.enqueue("upsert_call", "CAfresh", {"started_at": now + 27})  # a repeated start does not reopen it
+    await store.flush()
+    assert (await store.get_call("CAfresh"))["end_reason"] == "caller_hangup"
     await store.close()
 
 

@@ -77,7 +77,7 @@ def test_config_errors_name_file_and_field(config_dir, extra, message):
     ("voice: tongtong\n", r"bad.yaml: provider: required"),
     ("provider: gpt\n", r"bad.yaml: provider: expected one of 'glm', 'openai', 'echo'"),
     ("provider: glm\nvoice: alloy\n", r"bad.yaml: voice: GLM has no voice 'alloy'"),
-    ("provider: glm\nturn_detection:\n  type: push_to_talk\n", r"bad.yaml: turn_detection.type: expected one of"),
+    ("provider: glm\nturn_detection:\n  type: push_to_talk\n", r"bad.yaml: turn_detection.type: provider glm takes server_vad or client_vad, got 'push_to_talk'"),
     ("provider: glm\ntemperature: 3\n", r"bad.yaml: temperature: expected 0..1"),
     ("provider: glm\nmax_response_output_tokens: '5000'\n", r"bad.yaml: max_response_output_tokens"),
     ("provider: glm\naudio:\n  output_rate: 44100\n", r"bad.yaml: audio.output_rate"),

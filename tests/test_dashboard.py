@@ -7,9 +7,15 @@ Screenshots go to build/test-artifacts/ (kept by CI logs' neighbours, ignored by
 from __future__ import annotations
 
 import os
+import re
+import time
+from datetime import datetime, timezone
 
 import pytest
 
+from gateway.app import STORE
+from gateway.calllog.recorder import CallRecorder
+from gateway.calllog.store import END_REASONS
 from tests.calllog_helpers import TOKEN, three_calls
 from tests.cdp import Browser, chromium_path
 from tests.conftest import REPO
@@ -48,7 +54,36 @@ async def test_dashboard_after_three_calls(make_gateway, fake_glm, fake_openai, 
     assert await page.eval("document.querySelectorAll('#history .reason-caller_hangup').length") == 2
     bots = await page.text("#bots")
     assert "glm-greeter\t2" in bots and "openai-greeter\t1" in bots and "model_error 1" in bots
+
+    # Each history row shows its call id, linking to the call's page.
+    links = await page.eval("[...document.querySelectorAll('#history tbody tr td:first-child a')]"
+                            ".map(a => [a.innerText, a.getAttribute('href')])")
+    assert [cut.call_sid, f"/?call={cut.call_sid}"] in links and len(links) == 4
+    assert await page.eval("[...document.querySelectorAll('#history th')].slice(0, 2).map(t => t.innerText)") \
+        == ["Call", "Started (UTC)"]
+    # UTC everywhere: the header's clock says so, like the table's column.
+    assert re.fullmatch(r"updated \d\d:\d\d:\d\d UTC", await page.text("#status"))
+    # One page of calls: both paging buttons are disabled, and look it.
+    assert await page.eval("document.querySelector('#prev').disabled && document.querySelector('#next').disabled")
+    assert await page.eval("[...document.querySelectorAll('.pager button')].map(b => getComputedStyle(b).opacity)") \
+        == ["0.4", "0.4"]
+    assert await page.eval("getComputedStyle(document.querySelector('#filters button')).opacity") == "1"
+    # Every filter has a visible label; the date ones say they are UTC days, both included.
+    labels = await page.eval("[...document.querySelectorAll('#filters input, #filters select')]"
+                             ".map(i => i.closest('label')?.firstChild.textContent.trim())")
+    assert labels == ["Bot", "Number", "Started from", "through", "Ended", "Said"]
+    assert "UTC days, both included" in await page.text("#filters")
+    assert await page.eval("[...document.querySelectorAll('#filters select option')].slice(1).map(o => o.value)") \
+        == list(END_REASONS)  # every end reason the API filters on, silence_timeout too
     await page.screenshot(ARTIFACTS / f"dashboard-home-{store_url.split(':')[0]}.png")
+
+    # "through" today includes today's calls (the API's `until` alone would exclude them).
+    today = datetime.now(timezone.utc).date().isoformat()
+    await page.eval(f"document.querySelector('#filters [name=since]').value = '{today}';"
+                    f"document.querySelector('#filters [name=until]').value = '{today}';"
+                    "document.querySelector('#filters button').click()")
+    await page.wait_for("document.querySelector('#page').innerText === '1–4 of 4'")
+    await page.eval("document.querySelector('#filters').reset(); document.querySelector('#filters button').click()")
 
     # Live calls update by themselves: the caller hangs up, the row goes, nobody reloads.
     await live.hangup()
@@ -79,8 +114,14 @@ async def test_dashboard_after_three_calls(make_gateway, fake_glm, fake_openai, 
     assert "cut after" in await page.eval("document.querySelector('.cut-badge').innerText")
     timeline = await page.text("#timeline")
     assert "caller spoke 0.6 seconds" in timeline and "reply in" in timeline and "barge in" in timeline
+    # The barge-in reads as a sentence, not as the record's raw fields.
+    barge = await page.text("#timeline li[data-kind=barge_in] .event:not(.who)")
+    m = re.fullmatch(r"The caller interrupted the bot (\d+) ms into its line; they had heard \u201c(.+)\u201d\.", barge)
+    assert m and int(m.group(1)) > 0 and m.group(2) == heard.strip(), barge
+    assert "responses=" not in timeline and "cancelled=" not in timeline
     details = await page.text("#call-details")
     assert "openai-greeter" in details and "caller_hangup" in details and "+15550000002" in details
+    assert re.search(r"Started\s\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", details), details
     duration = await page.wait_for("(() => { const a = document.querySelector('#recording');"
                                    " return a && a.readyState >= 1 && a.duration; })()")
     assert 2.0 < duration < 6.0  # a playable WAV of the whole call
@@ -105,4 +146,91 @@ async def test_dashboard_asks_for_the_token_and_refuses_a_wrong_one(make_gateway
     await page.eval("document.querySelector('#token').value = %r; document.querySelector('#login-form button').click()"
                     % TOKEN)
     await page.wait_for("!document.querySelector('#home').hidden && document.querySelector('#page').innerText === 'no calls'")
+    await page.close()
+
+
+async def test_dashboard_says_the_api_is_disabled_and_what_to_set(make_gateway, fake_glm, browser):
+    gw = await make_gateway(glm=fake_glm)  # no operator token configured
+    page = await browser.new_page()
+    await page.goto(f"{gw.url}/")
+    await page.wait_for("!document.querySelector('#login').hidden")
+    await page.wait_for("document.querySelector('#status').innerText === 'operator API disabled'")
+    login = await page.text("#login")
+    assert "Operator API disabled" in login and "GATEWAY_OPERATOR_TOKEN" in login and "operator.token" in login
+    assert "refused" not in login
+    assert await page.eval("document.querySelector('#login-form').hidden")  # no token typed here could work
+    assert await page.eval("document.querySelector('#home').hidden")
+    await page.screenshot(ARTIFACTS / "dashboard-disabled.png")
+    # A token in the address bar changes nothing: still the same explanation, not "refused".
+    await page.goto(f"{gw.url}/?call=CA0#token=guess")
+    await page.wait_for("document.querySelector('#status').innerText === 'operator API disabled'")
+    assert await page.eval("document.querySelector('#call').hidden")
+    await page.close()
+
+
+async def test_dashboard_shows_control_characters_in_a_number_escaped(make_gateway, fake_glm, store_url, browser):
+    """A caller id with a newline, NUL, ESC sequence, bidi override and markup: the store keeps it as
+    received, the dashboard shows it on one line with the invisible characters visible, as text.
+    (Written through the store's recorder: TwiML, being XML 1.0, cannot carry NUL or ESC at all.)"""
+    # PostgreSQL text cannot hold NUL (the write is refused): there the number carries the rest.
+    nul = "" if store_url.startswith("postgresql") else "\x00"
+    caller = f"+1555\n01{nul}\x1b[2J\u202e9"
+    gw = await make_gateway(glm=fake_glm, env={"GATEWAY_DATABASE_URL": store_url, "GATEWAY_OPERATOR_TOKEN": TOKEN})
+    now = time.time()
+    for sid, number in (("CA" + "0" * 32, "+15550000001"), ("CA" + "1" * 32, caller)):
+        rec = CallRecorder(gw.app[STORE], sid)
+        rec.update(webhook_at=now - 5, started_at=now - 5, ended_at=now, duration_s=5.0, end_reason="caller_hangup",
+                   from_number=number, to_number="<b>+1500</b>", bot="glm-quiet", provider="glm", model="m",
+                   turns=1, barge_ins=0)
+        rec.event("caller", 1.0, text="press \x1b[2J <i>one</i>")
+        now += 1
+    await gw.app[STORE].flush()
+    page = await browser.new_page()
+    await page.goto(f"{gw.url}/#token={TOKEN}")
+    await page.wait_for("document.querySelectorAll('#history tbody tr').length === 2")
+    shown = "+1555\\n01" + ("\\x00" if nul else "") + "\\x1b[2J\\u202e9"
+    cell = "#history tbody tr:first-child td:nth-child(4)"
+    assert await page.text(cell) == shown
+    assert await page.text("#history tbody tr:first-child td:nth-child(5)") == "<b>+1500</b>"
+    assert await page.eval(f"[...document.querySelectorAll('{cell} .ctl')].map(s => s.innerText)") \
+        == ["\\n", *(["\\x00"] if nul else []), "\\x1b", "\\u202e"]
+    assert await page.eval("document.querySelectorAll('#history b').length") == 0  # text, not HTML
+    # The row stays one line high, like its neighbour.
+    heights = await page.eval("[...document.querySelectorAll('#history tbody tr')].map(r => r.offsetHeight)")
+    assert heights[0] == heights[1], heights
+    await page.screenshot(ARTIFACTS / f"dashboard-odd-number-{store_url.split(':')[0]}.png")
+    await page.goto(f"{gw.url}/?call=CA{'1' * 32}")
+    await page.wait_for("document.querySelector('#call-details').innerText.includes('caller_hangup')")
+    assert f"{shown} → <b>+1500</b>" in await page.text("#call-details")
+    assert "press \\x1b[2J <i>one</i>" in await page.text("#timeline")
+    assert await page.eval("document.querySelectorAll('#call b, #call i').length") == 0
+    await page.close()
+
+
+async def test_dashboard_tells_each_kind_of_barge_in_as_a_sentence(make_gateway, fake_glm, tmp_path, browser):
+    """Barge-ins by voice or keypad, after part of a line or before any of it was heard."""
+    gw = await make_gateway(glm=fake_glm, env={"GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/calls.db",
+                                               "GATEWAY_OPERATOR_TOKEN": TOKEN})
+    sid, now = "CA" + "2" * 32, time.time()
+    rec = CallRecorder(gw.app[STORE], sid)
+    rec.update(webhook_at=now - 9, started_at=now - 9, ended_at=now, duration_s=9.0, end_reason="caller_hangup",
+               from_number="+15550000001", to_number="+15005550006", bot="glm-quiet", turns=2, barge_ins=3)
+    rec.event("bot", 0.5, text="Hello there, how can I help?", response="r1", heard="Hello there, how can I help?")
+    rec.event("bot_cut", 1.2, response="r1", heard="Hello there,", heard_ms=700)
+    rec.event("barge_in", 1.2, by="keypad", responses=["r1"], cancelled="r1", heard_ms=[700])
+    rec.event("barge_in", 3.0, by="caller", responses=["r2"], cancelled="r2", heard_ms=[0])
+    rec.event("barge_in", 5.0, responses=[], cancelled=None, heard_ms=[])
+    await gw.app[STORE].flush()
+    page = await browser.new_page()
+    await page.goto(f"{gw.url}/?call={sid}#token={TOKEN}")
+    await page.wait_for("document.querySelectorAll('#timeline li[data-kind=barge_in]').length === 3")
+    said = await page.eval("[...document.querySelectorAll('#timeline li[data-kind=barge_in] .event:not(.who)')]"
+                           ".map(s => s.innerText)")
+    assert said == ["The caller interrupted the bot with the keypad 700 ms into its line;"
+                    " they had heard \u201cHello there,\u201d.",
+                    "The caller interrupted before any of the bot's reply was heard.",
+                    "The caller interrupted the bot."]
+    # The record's own fields stay at hand, as the tooltip.
+    assert "heard_ms=[700]" in await page.eval(
+        "document.querySelector('#timeline li[data-kind=barge_in] .event:not(.who)').title")
     await page.close()

@@ -11,7 +11,8 @@ import time
 import aiohttp
 import pytest
 
-from gateway.app import CALLS, drain
+from gateway.app import drain
+from gateway.web_state import CALLS
 from gateway.phone_sim import DialError
 from tests import proc
 from tests.phone_helpers import dial, ended, new_phone, wait_for

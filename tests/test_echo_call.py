@@ -99,7 +99,7 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
 async def test_dtmf_reaches_the_call_log(make_gateway, caplog):
     import logging
 
-    from gateway.app import RECENT
+    from gateway.web_state import RECENT
     from tests.phone_helpers import logged
 
     gw = await make_gateway(None)
@@ -112,7 +112,7 @@ async def test_dtmf_reaches_the_call_log(make_gateway, caplog):
         await phone.hangup()
         await wait_for(lambda: len(gw.app[RECENT]) == 1, 3, "call end")
     assert logged(caplog, "event=dtmf", f"call={phone.call_sid}", "digit=2")
-    digits = [e["text"] for e in gw.app[RECENT][0].transcript if e["role"] == "dtmf"]
+    digits = [e.text for e in gw.app[RECENT][0].transcript if e.role == "dtmf"]
     assert digits == ["2", "#"]
 
 
@@ -121,7 +121,7 @@ async def test_barge_in_truncates_model_memory_to_heard_time(make_gateway, monke
     what it generated; the call code never asks which provider it is."""
     import dataclasses
 
-    import gateway.app as app_module
+    import gateway.call.assembly as assembly
     from gateway.providers.echo import EchoProvider
 
     calls: list[tuple] = []
@@ -137,7 +137,7 @@ async def test_barge_in_truncates_model_memory_to_heard_time(make_gateway, monke
         async def delete_item(self, item_id):
             calls.append(("delete", item_id))
 
-    monkeypatch.setattr(app_module, "make_provider", lambda persona, config, log: TruncatingEcho(persona, log))
+    monkeypatch.setattr(assembly, "make_provider", lambda persona, settings, log, context=(): TruncatingEcho(persona, log))
     gw = await make_gateway(None)
     phone = await dial(gw.url, bot="echo")
     await phone.silence(0.35)  # part of the 0.6 s chime is heard

@@ -53,7 +53,7 @@ async def test_a_slow_upstream_still_makes_a_whole_call(make_gateway, model, pro
     await phone.silence(3.0)  # everything arrives late: give the last messages time to come through
     await phone.hangup()
     summary = await ended(gw, phone)
-    assert summary.end_reason == "caller_hangup" and [e["role"] for e in summary.transcript][:3] == \
+    assert summary.end_reason == "caller_hangup" and [e.role for e in summary.transcript][:3] == \
         ["bot", "caller", "bot"]
     assert proxy.injected["delay"] > 10
 

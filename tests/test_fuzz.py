@@ -16,7 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, GlmProviderConfig, OpenAIProviderConfig, Persona, PersonaAudio, load_config
+from gateway.config import ConfigError, Persona, PersonaAudio, load_config
+from gateway.providers.glm import GlmProviderConfig
+from gateway.providers.openai import OpenAIProviderConfig
 from gateway.logs import CallLog
 from gateway.providers.base import ProviderError
 from gateway.providers.glm import GlmRealtime

@@ -21,7 +21,8 @@ async def order_api():
     seen: list[dict] = []
 
     async def orders(request: web.Request) -> web.Response:
-        seen.append({"headers": dict(request.headers), "body": await request.json()})
+        seen.append({"headers": dict(request.headers), "body": await request.json(),
+                     "peer": request.transport.get_extra_info("peername")})
         return web.json_response({"order_id": seen[-1]["body"].get("order_id"), "status": "shipped",
                                   "eta": "2026-11-27"})
 
@@ -92,15 +93,21 @@ async def test_a_failed_transfer_is_told_to_the_model_and_the_call_goes_on(make_
     assert not s.errors_sent
 
 
+async def agent_call(make_gateway, model, tool_calls: list, env: dict):
+    """A call to the agent persona whose model will make `tool_calls`: (gateway, phone, model session)."""
+    model.fake.tool_calls = tool_calls
+    gw = await model.gateway(make_gateway, env=env)
+    phone = await dial(gw.url, bot=model.agent)
+    await wait_for(lambda: model.fake.sessions, 3, "the model session")
+    return gw, phone, model.fake.sessions[0]
+
+
 async def test_http_tool_checks_arguments_calls_the_system_and_the_model_continues(make_gateway, model, order_api,
                                                                                   gateway_log):
     url, seen = order_api
-    model.fake.tool_calls = [("lookup_order", {"order_id": 5}),  # wrong type: must never reach the URL
-                             ("lookup_order", {"order_id": "A123"})]
-    gw = await model.gateway(make_gateway, env={"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz"})
-    phone = await dial(gw.url, bot=model.agent)
-    await wait_for(lambda: model.fake.sessions, 3, "the model session")
-    s = model.fake.sessions[0]
+    gw, phone, s = await agent_call(make_gateway, model, [
+        ("lookup_order", {"order_id": 5}),  # wrong type: must never reach the URL
+        ("lookup_order", {"order_id": "A123"})], {"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz"})
     await phone.say(ulaw_tone(440, 0.5))
     await wait_for(lambda: s.tool_outputs, 6, "the first tool output")
     bad = json.loads(s.tool_outputs[0]["output"])
@@ -112,13 +119,47 @@ async def test_http_tool_checks_arguments_calls_the_system_and_the_model_continu
     await wait_for(lambda: len(s.tool_outputs) == 2, 6, "the second tool output")
     good = json.loads(s.tool_outputs[1]["output"])
     assert good == {"ok": True, "status": 200, "result": {"order_id": "A123", "status": "shipped", "eta": "2026-11-27"}}
-    assert seen == [{"headers": seen[0]["headers"], "body": {"order_id": "A123"}}]
+    assert seen == [{"headers": seen[0]["headers"], "body": {"order_id": "A123"}, "peer": seen[0]["peer"]}]
     assert seen[0]["headers"]["Authorization"] == "Bearer order-secret-xyz"
     await wait_for(lambda: len(s.responses) >= 4, 4, "the model continues after the result")
     await phone.hangup()
     await ended(gw, phone)
     assert not s.errors_sent
     assert "order-secret-xyz" not in gateway_log.getvalue()  # tool header secrets are redacted
+
+
+async def test_http_tool_calls_share_the_apps_pooled_connection(make_gateway, model, order_api):
+    url, seen = order_api
+    gw, phone, s = await agent_call(make_gateway, model, [
+        ("lookup_order", {"order_id": "A123"}), ("lookup_order", {"order_id": "B456"})], {"ORDER_API_URL": url})
+    for n in (1, 2):
+        await phone.say(ulaw_tone(440, 0.5))
+        await wait_for(lambda: len(s.tool_outputs) == n, 6, f"tool output {n}")
+        await phone.silence(1.8)
+    assert [json.loads(o["output"])["ok"] for o in s.tool_outputs] == [True, True]
+    assert [x["body"]["order_id"] for x in seen] == ["A123", "B456"]
+    assert seen[0]["peer"] == seen[1]["peer"], "the second tool call reused the first one's connection"
+    await phone.hangup()
+    await ended(gw, phone)
+
+
+async def test_a_tool_that_fails_inside_the_gateway_still_answers_the_model(make_gateway, model, order_api):
+    """A header value with a line break (a secret read from a file, newline and all) makes the HTTP
+    client raise before sending: the model is told, and the conversation goes on."""
+    url, seen = order_api
+    gw, phone, s = await agent_call(make_gateway, model, [("lookup_order", {"order_id": "A123"})],
+                                    {"ORDER_API_URL": url, "ORDER_API_TOKEN": "order-secret-xyz\n"})
+    await phone.say(ulaw_tone(440, 0.5))
+    await wait_for(lambda: s.tool_outputs, 6, "the tool's output")
+    out = json.loads(s.tool_outputs[0]["output"])
+    assert out == {"ok": False, "error": "the lookup_order tool failed inside the gateway (ValueError); "
+                                         "tell the caller it is not available right now"}
+    assert not seen
+    await wait_for(lambda: len(s.responses) >= 2 and s.responses[1]["status"] == "completed", 4,
+                   "the model's follow-up (telling the caller)")
+    await phone.hangup()
+    await ended(gw, phone)
+    assert not s.errors_sent
 
 
 async def test_keypad_digits_reach_the_model_as_text(make_gateway, model):

@@ -9,7 +9,9 @@ import logging
 
 import pytest
 
-from gateway.config import GlmProviderConfig, OpenAIProviderConfig, Persona, PersonaAudio
+from gateway.config import Persona, PersonaAudio
+from gateway.providers.glm import GlmProviderConfig
+from gateway.providers.openai import OpenAIProviderConfig
 from gateway.logs import CallLog
 from gateway.providers.base import (AudioDelta, InputTranscript, OutputTranscript, ProviderError,
                                     ResponseDone, ResponseStarted, SpeechStarted, ToolCall)

@@ -28,7 +28,7 @@ def test_default_port_variants_are_accepted_both_ways():
         "https://mycompany.com/myapp.php?foo=1", "https://mycompany.com:443/myapp.php?foo=1"]
     assert url_variants("wss://gw.example:443/twilio/media") == [
         "wss://gw.example:443/twilio/media", "wss://gw.example/twilio/media"]
-    assert url_variants("https://gw.example:8443/x") == ["https://gw.example:8443/x"]
+    assert url_variants("https://gw.example:8443/x") == ["https://gw.example:8443/x", "https://gw.example/x"]
     signed_with_port = compute(TOKEN, "https://mycompany.com:443/myapp.php?foo=1&bar=2", FIELDS)
     assert is_valid(TOKEN, URL, FIELDS, signed_with_port)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .recorder import CallRecorder, NullRecorder
-from .store import END_REASONS, CallQuery, CallStore
+from .store import END_REASONS, CallQuery, CallStore, StoreError
 
 
 def open_store(url: str, base_dir: str | Path = ".") -> CallStore:
@@ -25,4 +25,4 @@ def open_store(url: str, base_dir: str | Path = ".") -> CallStore:
     raise ValueError(f"unsupported call-log URL {url.split(':')[0]!r}: use sqlite:///PATH or postgresql://…")
 
 
-__all__ = ["CallQuery", "CallRecorder", "CallStore", "END_REASONS", "NullRecorder", "open_store"]
+__all__ = ["CallQuery", "CallRecorder", "CallStore", "END_REASONS", "NullRecorder", "StoreError", "open_store"]

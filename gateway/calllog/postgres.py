@@ -12,7 +12,7 @@ import re
 import time
 from urllib.parse import urlsplit
 
-from .store import CallStore
+from .store import CallStore, StoreError
 
 _MIGRATION_LOCK = 0x6761_7465  # any constant shared by every gateway instance
 
@@ -40,7 +40,7 @@ class PostgresStore(CallStore):
         try:
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4, command_timeout=30)
         except (OSError, asyncpg.PostgresError) as e:
-            raise RuntimeError(f"cannot connect to the call-log database {self!r}: {type(e).__name__}") from None
+            raise StoreError(f"cannot connect to the call-log database {self!r}: {type(e).__name__}") from None
 
     async def _close_db(self) -> None:
         if self._pool is not None:

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger("gateway.calllog")
 
+
+class StoreError(RuntimeError):
+    """The call log cannot be used (unreachable, or a schema from a newer gateway); the message says which."""
+
 MAX_PENDING_WRITES = 10000
 MAX_BATCH = 500  # writes committed together at most
 
@@ -66,6 +70,16 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
     ],
     2: ["ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound'"],
+    # Instance leases (see `hold_lease`), and an index of the open calls that the periodic sweeps
+    # look at, so that they never scan the whole history (partial indexes: both engines have them).
+    3: [
+        """CREATE TABLE instance_leases (
+            instance TEXT PRIMARY KEY,
+            acquired_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX calls_unended ON calls (instance) WHERE ended_at IS NULL",
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -73,8 +87,12 @@ CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", 
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
                "barge_ins", "turns", "input_tokens", "output_tokens", "recording")
 END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",
-               "max_duration", "silence_timeout", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream")
-NO_STREAM_AFTER_SECONDS = 600  # a webhook with no media stream this long after is a call that never connected
+               "max_duration", "silence_timeout", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream",
+               "refused")
+# A held lease is renewed this many times per lease period: two heartbeats in a row may fail (a
+# database hiccup, a stalled event loop) before the lease lapses and other instances take this
+# one's calls for crashed.
+HEARTBEATS_PER_LEASE = 3
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,8 @@ class CallStore(abc.ABC):
         self._writer: asyncio.Task | None = None
         self.dropped = 0
         self.failed = 0
+        self._lease: tuple[str, float, float] | None = None  # (instance, seconds, stream_wait_seconds)
+        self._heartbeat: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ engine hooks
     @abc.abstractmethod
@@ -142,6 +162,16 @@ class CallStore(abc.ABC):
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        if self._lease is not None:  # after the flush: this process's last writes closed its calls
+            try:
+                await self.release_lease(self._lease[0])
+            except Exception as e:  # noqa: BLE001 - the lease then simply expires
+                log.error("event=calllog_lease_release_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+            self._lease = None
         await self._close_db()
 
     async def migrate(self) -> int:
@@ -150,7 +180,7 @@ class CallStore(abc.ABC):
         rows = await self._fetch("SELECT version FROM schema_migrations")
         have = {r["version"] for r in rows}
         if have and max(have) > SCHEMA_VERSION:
-            raise RuntimeError(f"call-log database is at schema version {max(have)}, newer than this "
+            raise StoreError(f"call-log database is at schema version {max(have)}, newer than this "
                                f"gateway ({SCHEMA_VERSION}); upgrade the gateway")
         for version in sorted(MIGRATIONS):
             if version not in have:
@@ -197,7 +227,12 @@ class CallStore(abc.ABC):
         cols = [c for c in CALL_FIELDS if c in fields]
         names = ", ".join(["call_id", *cols])
         marks = ", ".join([self.placeholder] * (len(cols) + 1))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols) or "call_id = excluded.call_id"
+        updates = [f"{c} = excluded.{c}" for c in cols] or ["call_id = excluded.call_id"]
+        if "started_at" in fields and "end_reason" not in fields:
+            # A stream that starts after the no_stream sweep closed its webhook's record reopens it.
+            updates += [f"{c} = CASE WHEN calls.end_reason = 'no_stream' THEN NULL ELSE calls.{c} END"
+                        for c in ("ended_at", "duration_s", "end_reason") if c not in cols]
+        updates = ", ".join(updates)
         return (self._sql(f"INSERT INTO calls ({names}) VALUES ({marks}) ON CONFLICT (call_id) DO UPDATE SET {updates}"),
                 (call_id, *(fields[c] for c in cols)))
 
@@ -207,20 +242,75 @@ class CallStore(abc.ABC):
                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (call_id, seq) DO NOTHING"),
                 (call_id, seq, t, kind, text, json.dumps(data, ensure_ascii=False)))
 
-    # ------------------------------------------------------------------ maintenance
-    async def mark_crashed(self, instance: str, now: float | None = None) -> int:
-        """Close the records a previous run of this instance left open: it died mid-call. The end
-        time is the last thing recorded. Webhooks never followed by a stream become `no_stream`."""
+    # ------------------------------------------------------------------ instance leases
+    # Each running gateway process holds a lease row under its own instance id (the one its call
+    # rows carry) and renews it from a heartbeat task; a clean shutdown deletes it. A process that
+    # dies (SIGKILL, power loss) stops renewing, so its lease expires and any live instance's
+    # sweep closes its open calls as `crashed`, while the calls of every live process, on this
+    # machine or another sharing the database, are left alone. Times are each host's clock: hosts
+    # sharing a PostgreSQL database need synchronised clocks (NTP), skew eats into the lease.
+    async def hold_lease(self, instance: str, seconds: float, stream_wait_seconds: float) -> tuple[int, int]:
+        """Take this process's lease, sweep once, and keep renewing and sweeping in the background
+        until `close()`. Returns the first sweep's (crashed, no_stream) counts."""
+        await self.acquire_lease(instance, seconds)
+        self._lease = (instance, seconds, stream_wait_seconds)
+        closed = await self.sweep(stream_wait_seconds)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="calllog-lease")
+        return closed
+
+    async def acquire_lease(self, instance: str, seconds: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        n = await self._execute(self._sql(
-            "UPDATE calls SET end_reason = 'crashed', "
-            "ended_at = started_at + COALESCE((SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id), 0), "
-            "duration_s = COALESCE((SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id), 0) "
-            "WHERE ended_at IS NULL AND started_at IS NOT NULL AND instance = ?"), (instance,))
         await self._execute(self._sql(
+            "INSERT INTO instance_leases (instance, acquired_at, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (instance) DO UPDATE SET expires_at = excluded.expires_at"), (instance, now, now + seconds))
+
+    async def renew_lease(self, instance: str, seconds: float, now: float | None = None) -> bool:
+        """Extend the lease; False (and a new lease) if it had lapsed: meanwhile other instances may
+        have closed this one's live calls as crashed (each record is put right when its call ends)."""
+        now = time.time() if now is None else now
+        if await self._execute(self._sql("UPDATE instance_leases SET expires_at = ? WHERE instance = ? "
+                                         "AND expires_at >= ?"), (now + seconds, instance, now)):
+            return True
+        await self.acquire_lease(instance, seconds, now)
+        return False
+
+    async def release_lease(self, instance: str) -> None:
+        await self._execute(self._sql("DELETE FROM instance_leases WHERE instance = ?"), (instance,))
+
+    async def sweep(self, stream_wait_seconds: float, now: float | None = None) -> tuple[int, int]:
+        """Close what nobody will close: calls whose instance holds no live lease (`crashed`; the
+        end time is the last thing recorded) and webhooks no stream followed within
+        `stream_wait_seconds` (`no_stream`; a stream that starts later reopens the record).
+        Returns the two counts."""
+        now = time.time() if now is None else now
+        last_event = "(SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id)"
+        crashed = await self._execute(self._sql(
+            f"UPDATE calls SET end_reason = 'crashed', ended_at = started_at + COALESCE({last_event}, 0), "
+            f"duration_s = COALESCE({last_event}, 0) "
+            "WHERE ended_at IS NULL AND started_at IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM instance_leases l WHERE l.instance = calls.instance AND l.expires_at >= ?)"),
+            (now,))
+        no_stream = await self._execute(self._sql(
             "UPDATE calls SET end_reason = 'no_stream', ended_at = webhook_at, duration_s = 0 "
-            "WHERE ended_at IS NULL AND started_at IS NULL AND webhook_at < ?"), (now - NO_STREAM_AFTER_SECONDS,))
-        return n
+            "WHERE ended_at IS NULL AND started_at IS NULL AND webhook_at < ?"), (now - stream_wait_seconds,))
+        await self._execute(self._sql("DELETE FROM instance_leases WHERE expires_at < ?"), (now,))
+        return crashed, no_stream
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._lease is not None
+        instance, seconds, stream_wait = self._lease
+        while True:
+            await asyncio.sleep(seconds / HEARTBEATS_PER_LEASE)
+            try:
+                if not await self.renew_lease(instance, seconds):
+                    log.warning("event=calllog_lease_lapsed instance=%s note=\"other instances may have closed "
+                                "this one's live calls as crashed; each record is corrected when its call ends\"",
+                                instance)
+                crashed, no_stream = await self.sweep(stream_wait)
+                if crashed or no_stream:
+                    log.warning("event=calllog_swept crashed_calls_closed=%d no_stream_closed=%d", crashed, no_stream)
+            except Exception as e:  # noqa: BLE001 - the database may be down for a while; keep trying
+                log.error("event=calllog_lease_failed error=%s", f"{type(e).__name__}: {e}"[:300])
 
     async def purge(self, before: float) -> list[str]:
         """Delete calls that ended before `before` with their events; returns their recording paths."""

@@ -1,24 +1,26 @@
-"""Model providers behind one interface (`base.Provider`); `make_provider` picks one by persona."""
+"""Model providers behind one interface (`base.Provider`), each declaring its `ProviderSpec`.
+
+Adding a provider: its module (a Provider subclass, its settings dataclass, a SPEC) and one entry
+in SPECS. Config reads the specs (defaults, formats, voices, env variables, readiness); nothing
+else names a provider.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-from ..config import Config, Persona
 from ..logs import CallLog
-from .base import ContextTurn, Provider
+from ..persona import Persona
+from . import echo, glm, openai
+from .base import ContextTurn, Provider, ProviderSpec
+
+SPECS: dict[str, ProviderSpec] = {spec.name: spec for spec in (glm.SPEC, openai.SPEC, echo.SPEC)}
 
 
-def make_provider(persona: Persona, config: Config, log: CallLog,
-                  context: Sequence[ContextTurn] = ()) -> Provider:
-    """A new, unconnected session for `persona`; `context` continues an existing conversation."""
-    if persona.provider == "glm":
-        from .glm import GlmRealtime
-        return GlmRealtime(persona, config.providers.glm, log, context)
-    if persona.provider == "openai":
-        from .openai import OpenAIRealtime
-        return OpenAIRealtime(persona, config.providers.openai, log, context)
-    if persona.provider == "echo":
-        from .echo import EchoProvider
-        return EchoProvider(persona, log, context=context)
-    raise ValueError(f"provider {persona.provider!r} is not available in this version")
+def make_provider(persona: Persona, settings: Any, log: CallLog, context: Sequence[ContextTurn] = ()) -> Provider:
+    """A new, unconnected session for `persona` with its provider's `settings`
+    (`Config.provider_settings`); `context` continues an existing conversation."""
+    spec = SPECS.get(persona.provider)
+    if spec is None:
+        raise ValueError(f"provider {persona.provider!r} is not available in this version")
+    return spec.factory(persona, settings, log, tuple(context))

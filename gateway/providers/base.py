@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,38 @@ class Capabilities:
         """The phone's 8 kHz mu-law goes to the model and back untouched (no decode, no resampling)."""
         return (self.input_format, self.input_rate, self.output_format, self.output_rate) == \
             ("mulaw", 8000, "mulaw", 8000)
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """What a provider declares about itself, next to its code: config reads it to check personas
+    and settings, fill defaults and know which environment variables and secrets exist. Adding a
+    provider is its module (with a SPEC) and one line in providers/__init__.py."""
+    name: str  # what a persona's `provider:` says
+    label: str  # how messages name it ("GLM")
+    default_model: str
+    # Persona audio formats and turn detection types it takes; the first of each is the default.
+    input_formats: tuple[str, ...]
+    output_formats: tuple[str, ...]
+    turn_detection: tuple[str, ...]
+    # Builds a session: (persona, settings, log, context) -> Provider.
+    factory: Callable[[Any, Any, Any, Sequence["ContextTurn"]], "Provider"]
+    voices: frozenset[str] = frozenset()  # empty: any voice name is passed through
+    max_output_tokens: int | None = None  # upper bound of a persona's max_response_output_tokens
+    settings: type | None = None  # dataclass of `providers.<name>` in config.yaml (None: no settings)
+    env: Mapping[str, str] = field(default_factory=dict)  # environment variable -> settings field
+    secret_fields: tuple[str, ...] = ()  # settings fields to keep out of every log line
+    needs_key: bool = True  # unusable until `api_key` is set
+    # Settings checks beyond their types: (field, ok(settings), what is expected).
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = ()
+
+    def ready(self, settings: Any) -> bool:
+        """It can open a session with these settings (its API key is set, where it needs one)."""
+        return not self.needs_key or bool(getattr(settings, "api_key", ""))
+
+    def key_variable(self) -> str | None:
+        """The environment variable that sets the API key, to name in messages."""
+        return next((var for var, name in self.env.items() if name == "api_key"), None)
 
 
 @dataclass(frozen=True)
@@ -106,6 +138,10 @@ ProviderEvent = (SessionReady | ResponseStarted | AudioDelta | SpeechStarted | S
 
 class ProviderConnectError(Exception):
     """The session could not be opened (refused, timed out, rejected configuration)."""
+
+    def __init__(self, message: str, *, auth_refused: bool = False):
+        super().__init__(message)
+        self.auth_refused = auth_refused  # the service said the credentials are not valid
 
 
 class Provider(abc.ABC):

@@ -14,10 +14,10 @@ import itertools
 from typing import AsyncIterator, Sequence
 
 from ..audio import EnergyVAD, fade, pcm_ms, tone
-from ..config import Persona
+from ..persona import Persona
 from ..logs import CallLog
 from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript, Provider,
-                   ProviderEvent, ResponseDone, ResponseStarted, SessionReady, SpeechStarted,
+                   ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, SpeechStarted,
                    SpeechStopped)
 
 DELTA_MS = 200
@@ -118,3 +118,11 @@ class EchoProvider(Provider):
             except asyncio.CancelledError:
                 pass
         self._queue.put_nowait(_END)
+
+
+SPEC = ProviderSpec(
+    name="echo", label="echo", default_model="echo",
+    input_formats=("pcm16",), output_formats=("pcm",), turn_detection=("server_vad",),
+    factory=lambda persona, settings, log, context: EchoProvider(persona, log, context=context),
+    needs_key=False,
+)

@@ -3,7 +3,8 @@
 Wire facts this module relies on (see shared/protocols.md and Zhipu's AsyncAPI spec):
 - Auth is the upgrade's `Authorization: Bearer <token>`: a fresh HS256 JWT per connection built
   from the `id.secret` key (header `sign_type: SIGN`, claims api_key/exp/timestamp), or the raw
-  key itself (`auth: key`).
+  key itself (`auth: key`). Zhipu's SDKs put `exp` in ms, its older examples in s; a refused token
+  is HTTP 401 on the upgrade (or an `error` event with an authentication code, 1000-1004).
 - `session.update` must carry `turn_detection` every time (omitting it can fall back to client
   VAD) and `beta_fields.chat_mode` *inside* `session`.
 - Input is appended as base64; in "wav" format every append is a complete WAV file. We batch
@@ -16,37 +17,62 @@ Wire facts this module relies on (see shared/protocols.md and Zhipu's AsyncAPI s
 from __future__ import annotations
 
 import base64
+import re
 import time
 import warnings
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import jwt
 
 from ..audio import wav_bytes
-from ..config import GlmProviderConfig, Persona
+from ..persona import Persona
 from ..logs import CallLog
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderConnectError, ProviderError,
-                   ProviderEvent, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
+                   ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
 
 APPEND_MS = 100
 # Errors after which the session cannot continue. Everything else is logged and survived.
-FATAL_CODES = {"1113", "1001", "1002", "1003", "1004", "1112", "downstream_reconnect_exceeded",
+FATAL_CODES = {"1113", "1000", "1001", "1002", "1003", "1004", "1112", "downstream_reconnect_exceeded",
                "authentication_error", "session_expired"}
+# Zhipu's authentication error codes (docs.bigmodel.cn error codes: 1000 authentication failed,
+# 1001 no Authentication header, 1002 invalid token, 1003 token expired, 1004 token not verified).
+AUTH_CODES = {"1000", "1001", "1002", "1003", "1004", "authentication_error"}
+# The `exp` unit that worked, per (url, key id), for the rest of the process's connections.
+LEARNED_EXP_UNITS: dict[tuple[str, str], str] = {}
 _INPUT_RATES = {"wav": 16000, "pcm16": 16000, "pcm24": 24000}
 
 
-def make_jwt(api_key: str, ttl_seconds: int = 3600, now: float | None = None) -> str:
+@dataclass(frozen=True)
+class GlmProviderConfig:
+    """`providers.glm` in config.yaml."""
+    url: str = "wss://open.bigmodel.cn/api/paas/v4/realtime"
+    api_key: str = ""
+    auth: Literal["jwt", "key"] = "jwt"  # jwt: signed token per connection; key: raw id.secret
+    jwt_ttl_seconds: int = 3600
+    # The JWT's `exp` claim: ms as Zhipu's Python SDKs build it, or s as older examples do. If GLM
+    # refuses the token at connect, the other unit is tried once and kept for the process.
+    jwt_exp_unit: Literal["ms", "s"] = "ms"
+    connect_timeout_seconds: float = 10.0
+    heartbeat_timeout_seconds: float = 75.0  # GLM sends a heartbeat every ~30 s
+    greeting: Literal["greeting_config", "response_create"] = "greeting_config"
+
+
+def make_jwt(api_key: str, ttl_seconds: int = 3600, now: float | None = None, exp_unit: str = "ms") -> str:
     """The token Zhipu's own SDKs build: HS256 over {api_key: id, exp, timestamp(ms)} with the secret.
 
-    `exp` is in seconds (sources disagree; the service has accepted seconds). A new token is
-    made for every connection, so a long-lived process never presents an expired one.
+    `exp` is in milliseconds like the SDKs (zhipuai, zai-sdk) make it, or in seconds (`exp_unit="s"`)
+    like the older examples. A new token is made for every connection, so a long-lived process
+    never presents an expired one.
     """
     key_id, _, secret = api_key.partition(".")
     if not key_id or not secret:
         raise ProviderConnectError("GLM api_key must look like <id>.<secret> for auth: jwt")
     now = time.time() if now is None else now
-    payload = {"api_key": key_id, "exp": int(now + ttl_seconds), "timestamp": int(now * 1000)}
+    now_ms = int(round(now * 1000))
+    exp = now_ms + ttl_seconds * 1000 if exp_unit == "ms" else int(now) + ttl_seconds
+    payload = {"api_key": key_id, "exp": exp, "timestamp": now_ms}
     with warnings.catch_warnings():
         # Zhipu's secrets are shorter than RFC 7518 recommends for HS256; that is the provider's
         # key format, and a warning per call would only bury real ones.
@@ -70,12 +96,14 @@ class GlmRealtime(JsonWsProvider):
                                          output_format="pcm16", output_rate=persona.audio.output_rate)
         self._pending = bytearray()
         self._append_bytes = self.capabilities.input_rate * 2 * APPEND_MS // 1000
+        self._exp_unit = settings.jwt_exp_unit
+        self._auth_refused = False  # set when an `error` event refuses the token during set-up
 
     # ------------------------------------------------------------------ session
     def _auth_header(self) -> str:
         if self.settings.auth == "key":
             return f"Bearer {self.settings.api_key}"
-        return f"Bearer {make_jwt(self.settings.api_key, self.settings.jwt_ttl_seconds)}"
+        return f"Bearer {make_jwt(self.settings.api_key, self.settings.jwt_ttl_seconds, exp_unit=self._exp_unit)}"
 
     def session_config(self) -> dict:
         p = self.persona
@@ -97,10 +125,43 @@ class GlmRealtime(JsonWsProvider):
         return session
 
     async def connect(self) -> None:
+        """Opens and configures the session. With `auth: jwt`, a token refused before any unit has
+        worked for this key is tried once more with `exp` in the other unit; the unit that works
+        is kept for the rest of the process."""
+        learned_as = (self.settings.url, self.settings.api_key.partition(".")[0])
+        known = LEARNED_EXP_UNITS.get(learned_as)
+        self._exp_unit = known or self.settings.jwt_exp_unit
+        try:
+            await self._connect_once()
+        except ProviderConnectError as e:
+            if not e.auth_refused or known or self.settings.auth != "jwt":
+                raise
+            tried, self._exp_unit = self._exp_unit, "s" if self._exp_unit == "ms" else "ms"
+            self.log.warning("model_auth_refused", exp_unit=tried, retry_exp_unit=self._exp_unit, error=str(e)[:200])
+            JsonWsProvider.__init__(self, self.log)  # a fresh socket, queue and set-up state
+            self._auth_refused = False
+            try:
+                await self._connect_once()
+            except ProviderConnectError as again:
+                if again.auth_refused:
+                    raise ProviderConnectError(f"{again} (refused with exp in ms and in s: check providers.glm.api_key)",
+                                               auth_refused=True) from None
+                raise
+            self.log.warning("glm_jwt_exp_unit", exp_unit=self._exp_unit, configured=self.settings.jwt_exp_unit,
+                             note=f"GLM accepts exp in {self._exp_unit}; set providers.glm.jwt_exp_unit: {self._exp_unit}")
+        if self.settings.auth == "jwt":
+            LEARNED_EXP_UNITS[learned_as] = self._exp_unit
+
+    async def _connect_once(self) -> None:
         timeout = self.settings.connect_timeout_seconds
         await self._open(self.settings.url, {"Authorization": self._auth_header()}, timeout)
         await self._send({"type": "session.update", "session": self.session_config()})
-        await self._wait_ready(timeout, "session.update")
+        try:
+            await self._wait_ready(timeout, "session.update")
+        except ProviderConnectError as e:
+            if self._auth_refused:
+                raise ProviderConnectError(f"GLM refused the token: {self._setup_error}", auth_refused=True) from None
+            raise
         if self.persona.greeting and not self.context and self.settings.greeting == "response_create":
             await self._add_item(self._text_item(
                 f"(The phone call has just connected. Greet the caller with exactly: {self.persona.greeting})"), True)
@@ -153,6 +214,9 @@ class GlmRealtime(JsonWsProvider):
             err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
             code = str(err.get("code") or err.get("type") or "unknown")
             fatal = code in FATAL_CODES
+            if not self._ready.is_set() and (code in AUTH_CODES or err.get("type") == "authentication_error"):
+                self._auth_refused = True  # connect() reports it as a refused token
+                self._setup_error = f"{code}: {str(err.get('message', ''))[:200]}"
             self.log.warning("model_error", code=code, type=err.get("type"), message=str(err.get("message", ""))[:300],
                              fatal=fatal)
             return [ProviderError(code, str(err.get("message", "")), fatal=fatal)]
@@ -200,3 +264,17 @@ def context_note(context: Sequence[ContextTurn], max_chars: int = 6000) -> str:
     return ("\n\nThis phone call is already in progress (the connection to you was renewed). "
             "The conversation so far:\n" + "\n".join(reversed(lines)) +
             "\nContinue from there. Do not greet the caller again.")
+
+
+SPEC = ProviderSpec(
+    name="glm", label="GLM", default_model="glm-realtime-flash",
+    input_formats=("wav", "pcm16", "pcm24"), output_formats=("pcm",), turn_detection=("server_vad", "client_vad"),
+    factory=GlmRealtime,
+    voices=frozenset({"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying", "lovely_girl",
+                      "female-shaonv"}),
+    max_output_tokens=1024, settings=GlmProviderConfig,
+    env={"ZHIPU_API_KEY": "api_key", "GLM_REALTIME_URL": "url"}, secret_fields=("api_key",),
+    checks=(("url", lambda s: bool(re.match(r"^wss?://", s.url)), "a ws:// or wss:// URL"),
+            ("api_key", lambda s: not s.api_key or s.auth == "key" or s.api_key.count(".") == 1,
+             "an id.secret key for auth: jwt")),
+)

@@ -23,13 +23,15 @@ Wire facts this module relies on (shared/protocols.md, OpenAI's realtime referen
 from __future__ import annotations
 
 import base64
-from typing import Sequence
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..config import OpenAIProviderConfig, Persona
+from ..persona import Persona
 from ..logs import CallLog
-from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ResponseDone,
-                   ResponseStarted, SessionReady, ToolCall, persona_tools)
+from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ProviderSpec,
+                   ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
 from .wsbase import JsonWsProvider
 
 # Errors after which the session cannot go on. Everything else is logged and survived.
@@ -49,6 +51,23 @@ _QUIET_EVENTS = {
     "response.output_audio.done", "response.audio.done", "response.function_call_arguments.delta",
     "output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared",
 }
+
+
+@dataclass(frozen=True)
+class OpenAIProviderConfig:
+    """`providers.openai` in config.yaml."""
+    # Any OpenAI-compatible realtime endpoint. The persona's `model` replaces the URL's `model=`
+    # query parameter (Azure's older `deployment=` URLs are left as they are).
+    url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    api_key: str = ""
+    # How the key is presented: `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure).
+    auth: Literal["bearer", "api-key"] = "bearer"
+    connect_timeout_seconds: float = 10.0
+    # OpenAI ends a session after a maximum duration (30-60 min). A call still running after this
+    # many seconds moves to a fresh session, with the conversation so far, at its next quiet moment.
+    session_renew_seconds: float = 1680.0
+    # Caller speech transcription for the call log; empty turns it off.
+    transcription_model: str = "gpt-4o-mini-transcribe"
 
 
 def session_url(url: str, model: str) -> str:
@@ -196,3 +215,15 @@ class OpenAIRealtime(JsonWsProvider):
         self.log.warning("model_error", code=code, type=err.get("type"), message=text[:300], fatal=fatal,
                          client_event=err.get("event_id"))
         return [ProviderError(code, text, fatal=fatal, renewable=code in RENEWABLE_CODES)]
+
+
+SPEC = ProviderSpec(
+    name="openai", label="OpenAI", default_model="gpt-realtime",
+    input_formats=("pcmu", "pcm"), output_formats=("pcmu", "pcm"), turn_detection=("server_vad", "semantic_vad"),
+    factory=OpenAIRealtime,
+    voices=frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse"}),
+    max_output_tokens=4096, settings=OpenAIProviderConfig,
+    env={"OPENAI_API_KEY": "api_key", "OPENAI_REALTIME_URL": "url"}, secret_fields=("api_key",),
+    checks=(("url", lambda s: bool(re.match(r"^wss?://", s.url)), "a ws:// or wss:// URL"),
+            ("session_renew_seconds", lambda s: s.session_renew_seconds >= 1, ">= 1")),
+)

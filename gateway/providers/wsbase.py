@@ -87,7 +87,9 @@ class JsonWsProvider(Provider):
                 open_timeout=timeout, close_timeout=timeout, ping_interval=20, ping_timeout=20,
             ), timeout)
         except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as e:
-            raise ProviderConnectError(f"cannot open {self.label} session: {_describe_connect_error(e)}") from None
+            raise ProviderConnectError(f"cannot open {self.label} session: {_describe_connect_error(e)}",
+                                       auth_refused=isinstance(e, websockets.InvalidStatus)
+                                       and e.response.status_code == 401) from None
         self._last_rx = time.monotonic()
         self._reader = asyncio.create_task(self._read_loop(), name=f"{self.task_prefix}-reader")
 

@@ -1,8 +1,10 @@
 """Twilio request signatures (`X-Twilio-Signature`) and our per-call stream token.
 
 Webhook: base64(HMAC-SHA1(auth token, full URL + every POST field sorted by name, name then
-value)). Media-stream WebSocket upgrade: the same over the `wss://` URL, no fields. Twilio's own
-validators accept the URL with the default port added or removed, so we try both forms.
+value)); a name that repeats counts each of its distinct values once, in sorted order (exactly as
+Twilio's own `RequestValidator.compute_signature`). Media-stream WebSocket upgrade: the same over
+the `wss://` URL, no fields. Twilio's validators accept the URL with the default port added, or
+with its port removed, so we try those forms too.
 
 The per-call token closes a gap signatures leave: the stream's `start` frame carries custom
 parameters from our own TwiML, so we put an HMAC of the CallSid there and refuse a `start` that
@@ -21,13 +23,15 @@ _DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
 
 
 def compute(token: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> str:
-    items = sorted(params.items() if isinstance(params, Mapping) else (params or []), key=lambda kv: kv[0])
-    data = url + "".join(f"{k}{v}" for k, v in items)
+    values: dict[str, set[str]] = {}
+    for k, v in (params.items() if isinstance(params, Mapping) else (params or [])):  # a MultiDict: every pair
+        values.setdefault(k, set()).add(v)
+    data = url + "".join(k + v for k in sorted(values) for v in sorted(values[k]))
     return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
 
 
 def url_variants(url: str) -> list[str]:
-    """The URL as given, plus the same with the scheme's default port added or removed."""
+    """The URL as given, plus the same with the scheme's default port added, or its port removed."""
     parts = urlsplit(url)
     default = _DEFAULT_PORTS.get(parts.scheme)
     variants = [url]
@@ -38,7 +42,7 @@ def url_variants(url: str) -> list[str]:
     prefix = f"{userinfo}@" if userinfo else ""
     if parts.port is None:
         variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
-    elif parts.port == default:
+    else:  # Twilio's validators drop any port, not only the default one
         variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
     return variants
 

@@ -3,7 +3,11 @@
 What it imitates (shared/protocols.md, Zhipu's AsyncAPI spec):
 - the upgrade needs `Authorization: Bearer <token>`: an HS256 JWT with header `sign_type: SIGN`
   and claims api_key/exp/timestamp signed with the key's secret, or the raw `id.secret` key;
-  anything else is an HTTP 401 before the WebSocket exists;
+  `exp` is read in `jwt_exp_unit` (ms like Zhipu's SDKs, or s): in the past is expired, and more
+  than `max_token_ttl_seconds` ahead is refused too (a strict issuer check, so a token in the other
+  unit is refused either way); anything wrong is an HTTP 401 before the WebSocket exists with
+  Zhipu's error body, or (`auth_refusal = "event"`) an `error` event with the authentication code
+  (1001-1004) and a close, the other documented form;
 - a heartbeat first, `session.created`, then a heartbeat every `heartbeat_interval`;
 - `session.update` is validated like the service does (required formats, turn_detection, nested
   beta_fields.chat_mode) and answered with `session.updated`; `greeting_config` makes it speak first;
@@ -162,12 +166,17 @@ class FakeGLM(FakeModelServer):
                  greeting_tone_hz: float = 660.0,
                  reply_text: str = "Thanks for calling, how can I help you today?",
                  delta_seconds: float = 0.5, delta_interval: float = 0.05, vad_threshold: int = 500,
-                 vad_silence_ms: int = 500, cancel_settle: float = 0.1):
+                 vad_silence_ms: int = 500, cancel_settle: float = 0.1, jwt_exp_unit: str = "ms",
+                 max_token_ttl_seconds: float = 86400.0):
         super().__init__(api_key=api_key, auth=auth, reply_tone_hz=reply_tone_hz, reply_seconds=reply_seconds,
                          greeting_tone_hz=greeting_tone_hz, reply_text=reply_text, delta_seconds=delta_seconds,
                          delta_interval=delta_interval, vad_threshold=vad_threshold, cancel_settle=cancel_settle)
         self.heartbeat_interval = heartbeat_interval
         self.vad_silence_ms = vad_silence_ms
+        self.jwt_exp_unit = jwt_exp_unit
+        self.max_token_ttl_seconds = max_token_ttl_seconds
+        self.auth_refusal = "http"  # or "event"
+        self._refused: dict[ServerConnection, str] = {}
 
     # ------------------------------------------------------------------ auth
     def _auth_problem(self, header: str) -> str | None:
@@ -191,20 +200,46 @@ class FakeGLM(FakeModelServer):
         ts, exp = claims.get("timestamp"), claims.get("exp")
         if not isinstance(ts, int) or abs(ts / 1000 - time.time()) > 300:
             return "jwt timestamp must be now, in ms"
-        if not isinstance(exp, int) or (exp / 1000 if exp > 10**11 else exp) < time.time():
+        if not isinstance(exp, int):
+            return "jwt exp must be an integer"
+        expires_at = exp / 1000 if self.jwt_exp_unit == "ms" else exp
+        if expires_at < time.time():
             return "jwt expired"
+        if expires_at - time.time() > self.max_token_ttl_seconds:
+            return "jwt exp is beyond the longest token lifetime"
         return None
+
+    @staticmethod
+    def _auth_code(problem: str) -> str:
+        """Zhipu's authentication error code for a refusal (docs.bigmodel.cn error codes)."""
+        if problem == "no bearer token":
+            return "1001"  # no Authentication header
+        if "expired" in problem or "lifetime" in problem or "timestamp" in problem:
+            return "1003"  # token expired
+        if problem.startswith("bad jwt: InvalidSignature") or "does not match" in problem:
+            return "1004"  # token did not verify
+        return "1002"  # token not valid
 
     def _check_auth(self, connection: ServerConnection, request):
         header = request.headers.get("Authorization", "")
         problem = self._auth_problem(header)
         if problem:
             self.rejected.append(problem)
-            return connection.respond(401, f"unauthorized: {problem}\n")
+            if self.auth_refusal == "event":  # the upgrade succeeds; the refusal is the first event
+                self._refused[connection] = problem
+                return None
+            body = json.dumps({"error": {"code": self._auth_code(problem), "message": problem}})
+            return connection.respond(401, body + "\n")
         return None
 
     # ------------------------------------------------------------------ connection
     async def _handle(self, ws: ServerConnection) -> None:
+        problem = self._refused.pop(ws, None)
+        if problem is not None:
+            await ws.send(json.dumps({"event_id": f"evt_{next(self._ids)}", "type": "error", "error": {
+                "type": "authentication_error", "code": self._auth_code(problem), "message": problem}}))
+            await ws.close(1008, "authentication failed")
+            return
         header = ws.request.headers.get("Authorization", "")
         s = FakeSession(auth_header=header)
         token = header[len("Bearer "):]

@@ -1,0 +1,117 @@
+"""What the gateway does *to* a phone call besides relaying audio: hang up, transfer to a person,
+have the bot say something, and wait until the caller has heard it. Used by the bot's tools, the
+keypad shortcuts, the limits, the drain at shutdown and the operator API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from ..config import Persona
+from ..playback import Playout
+from ..telephony import Started
+from ..telephony.twilio import dial_twiml
+from ..telephony.twilio_rest import TwilioRest, TwilioRestError
+from .conversation import Conversation
+from .journal import Journal
+from .model_link import ModelLink
+
+
+class PhoneActions:
+    def __init__(self, *, phone, playout: Playout, conversation: Conversation, model: ModelLink,
+                 journal: Journal, persona: Persona, started: Started, rest: TwilioRest | None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.phone = phone
+        self.playout = playout
+        self.conversation = conversation
+        self.model = model
+        self.journal = journal
+        self.persona = persona
+        self.started = started
+        self.rest = rest
+        self.clock = clock
+        self.ended_by: str | None = None  # set when we end the call (the call's end reason)
+        self.wrapping = False  # a goodbye is under way: limits and drain leave the call alone
+
+    # -------------------------------------------------------------- waiting
+    async def wait_response_done(self, response_id: str | None, timeout: float = 30.0) -> None:
+        """Until that response (None: whichever is active) is done; a new request for speech
+        while one is active is an error on every model."""
+        deadline = self.clock() + timeout
+        while True:
+            event = self.conversation.done_event(response_id)
+            if event is None or event.is_set():
+                return
+            try:
+                await asyncio.wait_for(event.wait(), max(0.0, deadline - self.clock()))
+            except asyncio.TimeoutError:
+                self.journal.log.warning("response_done_wait_timeout", response=response_id)
+                return
+
+    async def wait_played(self, timeout: float) -> bool:
+        """Until every bot frame sent has been confirmed played by its mark (or `timeout`)."""
+        deadline = self.clock() + timeout
+        while self.playout.busy():
+            if self.clock() > deadline:
+                self.journal.log.warning("played_wait_timeout", queued_ms=round(self.playout.queued_ms))
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    # -------------------------------------------------------------- speaking
+    async def say(self, instruction: str) -> None:
+        """Have the model say something (an instruction as text), and wait until it was heard."""
+        await self.wait_response_done(None)
+        before = self.conversation.responses_seen
+        await self.model.send_text(instruction)
+        deadline = self.clock() + 5
+        while self.conversation.responses_seen == before and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+        await self.wait_response_done(None)
+        await self.wait_played(30)
+
+    async def goodbye(self, reason: str, instruction: str, why: str, timeout: float | None = None) -> None:
+        """The bot says a last thing (once per call), then we hang up."""
+        if not self.wrapping and self.model.ready:
+            self.wrapping = True
+            try:
+                await asyncio.wait_for(self.say(instruction), timeout)
+            except asyncio.TimeoutError:
+                self.journal.log.warning("goodbye_slow", timeout_s=timeout)
+        await self.hang_up(reason, why=why)
+
+    # -------------------------------------------------------------- the line
+    async def hang_up(self, reason: str, why: str = "") -> None:
+        """End the call from our side: Twilio's REST API completes it (no fallback message is
+        spoken); without credentials, closing the stream is the only way (Twilio then runs the
+        TwiML after </Connect>, i.e. the fallback message)."""
+        self.ended_by = reason
+        self.journal.event("hang_up", reason=reason, why=why or None)
+        if self.rest is not None and self.rest.configured and self.started.call_sid:
+            try:
+                await self.rest.hang_up(self.started.call_sid)
+            except TwilioRestError as e:
+                self.journal.log.error("hang_up_failed", error=str(e)[:300])
+        else:
+            self.journal.log.warning("hang_up_without_rest",
+                                     note="twilio credentials not configured: closing the stream")
+        await self.phone.close()
+
+    async def transfer(self, number: str, target: str, why: str = "") -> None:
+        """Move the caller to `number` with a <Dial> (Twilio REST call update). Raises
+        TwilioRestError if Twilio refuses; then the call goes on with the bot."""
+        if self.rest is None or not self.rest.configured or not self.started.call_sid:
+            raise TwilioRestError(0, None, "transfers need twilio.account_sid and twilio.auth_token")
+        caller_id = self.persona.transfer_caller_id or self.started.custom_parameters.get("to", "")
+        twiml = dial_twiml(number, caller_id=caller_id, timeout=self.persona.transfer_timeout_seconds)
+        try:
+            await self.rest.redirect(self.started.call_sid, twiml)
+        except TwilioRestError as e:
+            self.journal.event("transfer_failed", level="warning", target=target, number=number, error=str(e)[:300])
+            raise
+        self.ended_by = "transferred"
+        self.journal.event("transferred", target=target, number=number, why=why or None)
+        self.journal.update(error=None)
+        await self.phone.close()

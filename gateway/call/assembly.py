@@ -1,0 +1,46 @@
+"""Putting a call together once its stream has started: the persona as this call needs it
+(outbound calls speak first, with their context), the first model session and how to make the
+next, the recording and the call-log writer."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import aiohttp
+
+from ..calllog import CallRecorder, CallStore
+from ..config import Config, Persona
+from ..logs import CallLog
+from ..outbound import outbound_persona
+from ..providers import make_provider
+from ..recording import CallRecording, recordings_dir
+from ..telephony import Started
+from ..telephony.twilio_rest import TwilioRest
+from .coordinator import Call
+
+
+def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLog, store: CallStore,
+                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
+    """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
+    params = started.custom_parameters
+    speak_first = params.get("direction") == "outbound"
+    if speak_first:
+        try:
+            context = json.loads(params.get("context") or "{}")
+        except ValueError:
+            context = {}
+        persona = outbound_persona(persona, params.get("to", ""), context if isinstance(context, dict) else {})
+    settings = config.provider_settings(persona.provider)
+    session = make_provider(persona, settings, log)
+    call_id = started.call_sid or started.stream_sid
+    recording = None
+    if persona.record if persona.record is not None else config.recording.enabled:
+        try:
+            recording = CallRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
+        except OSError as e:
+            log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
+    return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
+                new_session=lambda context: make_provider(persona, settings, log, context),
+                record=CallRecorder(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
+                speak_first=speak_first)

@@ -1,0 +1,363 @@
+"""One phone call: the coordinator that owns the call's tasks and the order of things.
+
+Data path, one direction each:
+  phone Audio --AudioBridge.to_model--> ModelLink --> model session
+  model AudioDelta --AudioBridge.to_phone--> Playout (paced 20 ms frames + marks) --> phone
+Control: the model hears the caller start speaking while the bot is audible -> barge-in, in this
+order: clear the phone (every ms counts), cancel the reply, cut the transcript and the model's
+memory to what the marks say was heard. Echoed marks tell the Playout what was heard.
+
+The parts (each owns its state; they reach each other only through the references given here):
+Conversation (turns, transcript, context), Journal (log line + record + summary, written once),
+AudioBridge (formats), ModelLink (sessions, renewal, reconnect), Playout (pacing, marks),
+PhoneActions (hang up, transfer, say, wait until heard), ToolRunner, CallLimits.
+
+Tasks per call: phone reader, model reader, playout, limits, and a renewer when the model's
+sessions have a maximum age. When any of them ends, the call ends: the others are cancelled, the
+model session is closed within a bounded time, the phone stream is closed (so Twilio runs the
+TwiML after </Connect>), and one `call_ended` line says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import aiohttp
+
+from ..calllog import CallRecorder, NullRecorder
+from ..config import Config, Persona
+from ..logs import CallLog
+from ..outbound import SPEAK_FIRST
+from ..playback import Playout
+from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider, ProviderConnectError,
+                              ProviderError, ResponseDone, ResponseStarted, SpeechStarted, SpeechStopped, ToolCall)
+from ..telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
+from ..telephony.twilio_rest import TwilioRest
+from .actions import PhoneActions
+from .audio_bridge import AudioBridge
+from .conversation import Conversation, TranscriptEntry
+from .journal import CallSummary, Journal
+from .limits import CallLimits
+from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
+from .tools import ToolRunner
+
+RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
+              "and say goodbye.)")
+
+
+@dataclass(frozen=True)
+class CallStatus:
+    """A live call as operators see it."""
+    call_id: str
+    bot: str
+    network: str
+    caller: str | None
+    dialed: str | None
+    started_at: float  # UNIX time
+    duration_s: float
+    barge_ins: int
+    turns: int
+    last: TranscriptEntry | None
+
+
+class Call:
+    def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
+                 log: CallLog, new_session: SessionFactory | None = None, record: CallRecorder | None = None,
+                 recording=None, rest: TwilioRest | None = None, http: aiohttp.ClientSession | None = None,
+                 speak_first: bool = False, instance: str = "", clock: Callable[[], float] = time.monotonic):
+        """`session`: the first (unconnected) model session; `new_session(context)` makes the next
+        one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
+        log; `recording` (a recording.CallRecording) gets both sides' audio; `rest` (Twilio's REST
+        API) hangs up and transfers; `http`: the app's client session (HTTP tools); `speak_first`: an
+        outbound call, the bot opens."""
+        self.config = config
+        self.persona = persona
+        self.phone = phone
+        self.started = started
+        self.call_id = started.call_sid or started.stream_sid
+        self.instance = instance
+        self.speak_first = speak_first
+        self.recording = recording
+        self.clock = clock
+        self._t0 = clock()
+        self._started_wall = time.time()
+        self.conversation = Conversation(clock, self._t0)
+        self.summary = CallSummary(self.call_id, persona.name, transcript=self.conversation.transcript)
+        self.journal = Journal(log, record or NullRecorder(self.call_id), self.summary, self.conversation.offset)
+        self.audio = AudioBridge(session.capabilities)
+        self.playout = Playout(phone, config.audio.playout_lead_ms, clock=clock, on_first_audio=self._first_audio,
+                               on_frame=recording.bot if recording is not None else None)
+        self.model = ModelLink(session, new_session=new_session, context=self.conversation.context,
+                               quiet=self.quiet, limits=config.limits, journal=self.journal, clock=clock)
+        self.actions = PhoneActions(phone=phone, playout=self.playout, conversation=self.conversation,
+                                    model=self.model, journal=self.journal, persona=persona, started=started,
+                                    rest=rest, clock=clock)
+        self.tools = ToolRunner(persona=persona, actions=self.actions, model=self.model,
+                                conversation=self.conversation, journal=self.journal, stop_bot=self.stop_bot,
+                                http=http, name=self.call_id)
+        self.limits = CallLimits(limits=config.limits,
+                                 max_call_seconds=persona.max_call_seconds or config.limits.max_call_seconds,
+                                 actions=self.actions, model=self.model, journal=self.journal, quiet=self.quiet,
+                                 caller_speaking=lambda: self.conversation.caller_speaking,
+                                 started_at=self._t0, clock=clock)
+        self._model_errors = 0
+
+    # ------------------------------------------------------------------ public surface
+    def status(self) -> CallStatus:
+        params = self.started.custom_parameters
+        transcript = self.conversation.transcript
+        return CallStatus(self.call_id, self.persona.name, getattr(self.phone, "network", "twilio"),
+                          params.get("from"), params.get("to"), self._started_wall,
+                          round(self.clock() - self._t0, 1), self.summary.barge_ins,
+                          self.conversation.bot_turns(), transcript[-1] if transcript else None)
+
+    def quiet(self) -> bool:
+        """Nobody is talking: no caller speech, no reply being generated, no bot audio pending."""
+        return not (self.conversation.caller_speaking or self.conversation.active_response or self.playout.busy())
+
+    async def hang_up(self, reason: str, why: str = "") -> None:
+        await self.actions.hang_up(reason, why)
+
+    async def wrap_up(self, reason: str, timeout: float = 12.0) -> None:
+        """The gateway is going away: the bot apologises and says goodbye, then the call ends."""
+        await self.actions.goodbye(reason, RESTARTING, why="gateway stopping", timeout=timeout)
+
+    async def end(self, reason: str) -> None:
+        """End the call now from outside (server shutdown): closes the phone stream, so the call's
+        tasks finish and `run` returns with this reason."""
+        self.actions.ended_by = reason
+        await self.phone.close(1001 if reason == "shutdown" else 1000)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> CallSummary:
+        """Runs the call to its end; never raises (a failure is an end reason and a log line)."""
+        params = self.started.custom_parameters
+        self.journal.log.info("call_started", stream=self.started.stream_sid, caller=params.get("from"),
+                              dialed=params.get("to"), provider=self.persona.provider, model=self.persona.model)
+        self.journal.update(stream_id=self.started.stream_sid, network=getattr(self.phone, "network", "twilio"),
+                            direction="outbound" if self.speak_first else "inbound", from_number=params.get("from"),
+                            to_number=params.get("to"), bot=self.persona.name, provider=self.persona.provider,
+                            model=self.persona.model, instance=self.instance, started_at=self._started_wall)
+        tasks = [asyncio.create_task(self._phone_loop(), name=f"phone:{self.call_id}"),
+                 asyncio.create_task(self._model_loop(), name=f"model:{self.call_id}"),
+                 asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}"),
+                 asyncio.create_task(self.limits.run(), name=f"limits:{self.call_id}")]
+        if self.model.capabilities.max_session_seconds:
+            tasks.append(asyncio.create_task(self.model.run_renewals(), name=f"renew:{self.call_id}"))
+        reason = "max_duration"
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=self.limits.max_call_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.cancelled():
+                    continue
+                exc = t.exception()
+                task = t.get_name().split(":")[0]
+                if exc is not None:
+                    self.journal.log.error("call_task_crashed", task=task, error=f"{type(exc).__name__}: {exc}"[:300])
+                    self.journal.error("internal_error", f"{type(exc).__name__} in the {task} task")
+                    reason = "internal_error"
+                else:
+                    reason = t.result()
+                break
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            # Bounded: a cancellation swallowed somewhere below (asyncio.wait_for can do that when
+            # its inner task finishes at the same moment) must not keep the call open forever.
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for t in stuck:
+                self.journal.log.error("call_task_stuck", task=t.get_name().split(":")[0])
+                t.cancel()
+            await self._close(self.actions.ended_by or reason)
+        return self.summary
+
+    async def _close(self, reason: str) -> None:
+        self.summary.end_reason = reason
+        self.summary.sessions = self.model.sessions
+        await self.tools.close()
+        await self.model.close_session()
+        if reason != "caller_hangup":
+            await self.phone.close()
+        for turn in self.conversation.unfinished():
+            self.journal.line(self.conversation.finish(turn), generated_ms=turn.generated_ms)
+        duration = round(self.clock() - self._t0, 3)
+        if self.recording is not None:
+            try:
+                self.recording.close()
+                self.journal.update(recording=self.recording.path.name)
+            except OSError as e:
+                self.journal.log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
+        s = self.summary
+        self.journal.event("call_ended", reason=reason, error=s.error or None, duration_s=round(duration, 2),
+                           barge_ins=s.barge_ins, frames_in=getattr(self.phone, "media_frames_in", None),
+                           frames_out=self.playout.frames_sent, marks_played=self.playout.marks_played,
+                           frames_dropped=self.playout.frames_dropped or None,
+                           protocol_errors=getattr(self.phone, "protocol_errors", None),
+                           model_sessions=s.sessions if s.sessions > 1 else None)
+        self.journal.update(ended_at=self._started_wall + duration, duration_s=duration, end_reason=reason,
+                            error=s.error or None, barge_ins=s.barge_ins, turns=self.conversation.bot_turns(),
+                            input_tokens=s.input_tokens, output_tokens=s.output_tokens)
+
+    # ------------------------------------------------------------------ phone -> model
+    async def _phone_loop(self) -> str:
+        async for ev in self.phone.events():
+            if isinstance(ev, Audio):
+                if self.recording is not None:
+                    self.recording.caller(ev.payload)
+                await self.model.send_audio(self.audio.to_model(ev.payload))
+            elif isinstance(ev, MarkPlayed):
+                self.playout.on_mark(ev.name)
+            elif isinstance(ev, Dtmf):
+                self.journal.line(self.conversation.keypad(ev.digit))
+                if self.model.ready:
+                    self.tools.dtmf(ev.digit)
+            elif isinstance(ev, Stopped):
+                if ev.reason == "protocol_errors":
+                    return "protocol_error"
+                self.journal.log.info("caller_hangup", how=ev.reason)
+                return "caller_hangup"
+        return "caller_hangup"
+
+    # ------------------------------------------------------------------ model -> phone
+    async def _model_loop(self) -> str:
+        try:
+            await self.model.open()
+        except ProviderConnectError as e:
+            self.journal.log.error("model_connect_failed", error=str(e)[:300])
+            self.journal.error("model_connect_failed", str(e))
+            return "model_error"
+        self.journal.log.info("model_session_ready", provider=self.persona.provider)
+        if self.speak_first:
+            await self.model.send_text(SPEAK_FIRST)
+        async for ev in self.model.events():
+            if isinstance(ev, AudioDelta):
+                self._bot_audio(ev)
+            elif isinstance(ev, SpeechStarted):
+                self.conversation.speech_started()
+                if self.playout.busy() or self.conversation.active_response is not None:
+                    await self._barge_in(by="caller")
+                else:
+                    self.journal.log.debug("caller_speech_started")
+            elif isinstance(ev, SpeechStopped):
+                self.conversation.speech_stopped()
+                self.journal.log.debug("caller_speech_stopped")
+            elif isinstance(ev, ResponseStarted):
+                self.conversation.response_started(ev.response_id)
+            elif isinstance(ev, OutputTranscript):
+                self.conversation.output_text(ev.response_id, ev.text, ev.final)
+            elif isinstance(ev, InputTranscript):
+                self.journal.line(self.conversation.caller_said(ev.text))
+            elif isinstance(ev, ResponseDone):
+                self._response_done(ev)
+            elif isinstance(ev, ToolCall):
+                self.tools.handle(ev)
+            elif isinstance(ev, (SessionLost, SessionReplaced)):
+                active = self.conversation.active_response
+                if active is not None:  # a reply the old session will never finish
+                    self._response_done(ResponseDone(active, "incomplete"))
+            elif isinstance(ev, ProviderError):
+                if ev.fatal:
+                    self.journal.log.error("model_failed", code=ev.code, message=ev.message[:300])
+                    self.journal.error(ev.code, ev.message)
+                    return "model_error"
+                if self._model_error(ev):
+                    return "model_error"
+        return "model_closed"
+
+    def _model_error(self, ev: ProviderError) -> bool:
+        """A recoverable model error; True when there have been too many in a row."""
+        if ev.code == "response_cancel_not_active":  # a benign race, not worth a record
+            return False
+        self.journal.event("model_error", level="debug", code=ev.code, message=ev.message[:300])
+        self._model_errors += 1
+        if self._model_errors < self.config.limits.max_model_errors:
+            return False
+        self.journal.log.error("model_failed", code="too_many_errors", errors=self._model_errors)
+        self.journal.error("too_many_errors", f"{self._model_errors} model errors in a row, last: {ev.code}: {ev.message}")
+        return True
+
+    def _bot_audio(self, ev: AudioDelta) -> None:
+        if self.conversation.audio_generated(ev.response_id, ev.item_id, self.audio.model_ms(ev.audio)):
+            self.playout.enqueue(self.audio.to_phone(ev.audio), ev.response_id)
+        # else: a late delta of a reply the caller talked over
+
+    def _response_done(self, ev: ResponseDone) -> None:
+        if ev.status == "completed":
+            self._model_errors = 0
+        turn = self.conversation.response_done(ev.response_id)
+        if turn is None:
+            return
+        if not turn.interrupted:  # the reply's last audio: what the filters hold, the partial frame
+            self.playout.enqueue(self.audio.end_of_reply(), ev.response_id)
+        if ev.usage:
+            for key in ("input_tokens", "output_tokens"):
+                if isinstance(ev.usage.get(key), int):
+                    setattr(self.summary, key, getattr(self.summary, key) + ev.usage[key])
+            self.journal.log.info("model_usage", response=ev.response_id,
+                                  **{k: v for k, v in ev.usage.items() if isinstance(v, (int, float))})
+        self.journal.line(self.conversation.finish(turn), status=ev.status, generated_ms=turn.generated_ms)
+
+    async def _first_audio(self, response_id: str, at: float) -> None:
+        turn = self.conversation.find_turn(response_id)
+        if turn is not None:
+            turn.first_audio_at = at
+        if self.playout.frames_sent <= 1:  # the call's first bot audio (usually the greeting)
+            self.journal.update(first_audio_at=self._started_wall + (at - self._t0))
+        stopped = self.conversation.speech_stopped_at
+        if stopped is not None:
+            self.conversation.speech_stopped_at = None
+            latency = round((at - stopped) * 1000, 1)
+            self.summary.turn_latencies_ms.append(latency)
+            self.journal.event("latency", log_as="turn_latency", response=response_id, ms=round(latency))
+
+    # ------------------------------------------------------------------ barge-in
+    async def stop_bot(self) -> None:
+        """Silence the bot now (a keypad shortcut acts at once): the same as a barge-in."""
+        if self.playout.busy() or self.conversation.active_response is not None:
+            await self._barge_in(by="keypad")
+
+    async def _barge_in(self, by: str) -> None:
+        """Clear first (the caller is talking over us), then cancel, then cut what was not heard."""
+        cut = await self.playout.clear()
+        if self.recording is not None:
+            self.recording.cut_bot(self.clock())
+        self.audio.drop_bot_audio()
+        active = self.conversation.cancel_active()
+        if active is not None:
+            await self.model.cancel_response(active)
+            cut.setdefault(active, self.playout.heard_ms.get(active, 0.0))
+        self.summary.barge_ins += 1
+        for rid, heard in cut.items():
+            turn = self.conversation.cut(rid, heard)
+            if turn is None:
+                continue
+            await self._forget_unheard(turn.item_id, heard, turn.item_ms)
+            if turn.line is not None:
+                self.journal.bot_line_cut(turn.line)
+        self.journal.event("barge_in", by=by, responses=list(cut), cancelled=active,
+                           heard_ms=[round(v) for v in cut.values()])
+
+    async def _forget_unheard(self, item_id: str, heard_ms: float, item_ms: float) -> None:
+        """Where the model can, make its memory match the caller's ears: truncate the reply to the
+        played time (never past what was generated: models reject that), or delete it if none
+        of it was heard. GLM cannot (capabilities.truncate is False): only our transcript is cut."""
+        if not self.model.capabilities.truncate or not item_id:
+            return
+        played = int(min(heard_ms, item_ms))
+        if played > 0:
+            await self.model.truncate(item_id, played)
+        else:
+            await self.model.delete_item(item_id)
+        self.journal.log.info("model_memory_cut", item=item_id, audio_end_ms=played if played > 0 else None,
+                              deleted=played <= 0)
+
+    async def _playout_loop(self) -> str:
+        await self.playout.run()
+        return "caller_hangup"  # the phone stopped accepting audio: it is gone
