@@ -38,7 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not config.server.public_url:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
-    asyncio.run(serve(config, host, port, socks))
+    try:
+        asyncio.run(serve(config, host, port, socks))
+    except ListenError as e:  # another gateway took the port in the same instant
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -350,9 +350,17 @@ class ListenError(Exception):
     """The listening address cannot be bound (in use, not allowed, not on this machine)."""
 
 
+def _listen_error(host: str, port: int, e: OSError) -> ListenError:
+    why = {errno.EADDRINUSE: "address already in use (is another gateway running?)",
+           errno.EACCES: "permission denied (ports below 1024 need privileges)",
+           errno.EADDRNOTAVAIL: "address not available on this machine"}.get(e.errno, e.strerror or str(e))
+    return ListenError(f"cannot listen on {host}:{port}: {why}")
+
+
 def listen(host: str, port: int) -> list[socket.socket]:
-    """Bind and listen on every address `host` resolves to (all interfaces for "" or "0.0.0.0"
-    and "::"), before anything else starts: a busy port must not get as far as the call log."""
+    """Bind every address `host` resolves to (all interfaces for "" or "0.0.0.0" and "::") before
+    anything else starts: a busy port must not get as far as the call log. Connections are
+    accepted (listen) only once the app has started, by `serve`."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -366,15 +374,11 @@ def listen(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(128)
             sock.setblocking(False)
     except OSError as e:
         for sock in socks:
             sock.close()
-        why = {errno.EADDRINUSE: "address already in use (is another gateway running?)",
-               errno.EACCES: "permission denied (ports below 1024 need privileges)",
-               errno.EADDRNOTAVAIL: "address not available on this machine"}.get(e.errno, e.strerror or str(e))
-        raise ListenError(f"cannot listen on {host}:{port}: {why}") from None
+        raise _listen_error(host, port, e) from None
     return socks
 
 
@@ -392,8 +396,12 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
         for sock in socks:
             sock.close()
         raise
-    for sock in socks:
-        await web.SockSite(runner, sock).start()
+    try:
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
+    except OSError as e:  # another gateway bound the same port in the same instant and listened first
+        await runner.cleanup()
+        raise _listen_error(host, port, e) from None
 
     def url(address: str, bound_port: int) -> str:
         return f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
