@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import hmac
 import itertools
 import json
@@ -345,14 +346,76 @@ async def drain(app: web.Application, seconds: float) -> None:
     log.info("event=drain_done left=%d", len(calls))
 
 
-async def serve(config: Config, host: str, port: int) -> None:
-    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit."""
+class ListenError(Exception):
+    """The listening address cannot be bound (in use, not allowed, not on this machine)."""
+
+
+def _listen_error(host: str, port: int, e: OSError) -> ListenError:
+    why = {errno.EADDRINUSE: "address already in use (is another gateway running?)",
+           errno.EACCES: "permission denied (ports below 1024 need privileges)",
+           errno.EADDRNOTAVAIL: "address not available on this machine"}.get(e.errno, e.strerror or str(e))
+    return ListenError(f"cannot listen on {host}:{port}: {why}")
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bind every address `host` resolves to (all interfaces for "" or "0.0.0.0" and "::") before
+    anything else starts: a busy port must not get as far as the call log. Connections are
+    accepted (listen) only once the app has started, by `serve`."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise _listen_error(host, port, e) from None
+    return socks
+
+
+async def serve(config: Config, host: str, port: int, socks: list[socket.socket] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit. The address
+    is bound first (`listen`, or `socks` already bound): only then does the app open the call log."""
     import signal
 
+    socks = socks if socks is not None else listen(host, port)
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await runner.setup()
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    try:
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
+    except OSError as e:  # another gateway bound the same port in the same instant and listened first
+        await runner.cleanup()
+        raise _listen_error(host, port, e) from None
+
+    def url(address: str, bound_port: int) -> str:
+        return f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
+
+    bound = [sock.getsockname()[:2] for sock in socks]
+    log.info("listening on %s (webhook POST /twilio/voice, media WS /twilio/media)",
+             ", ".join(url(*b) for b in bound))
+    address, bound_port = bound[0]
+    shown = config.server.public_url.rstrip("/") or url(
+        {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address), bound_port)  # a wildcard: this machine
+    if config.operator.token:
+        log.info("dashboard %s/ (operator API on: GATEWAY_OPERATOR_TOKEN is set; the page asks for it)", shown)
+    else:
+        log.info("dashboard %s/ (operator API off: set GATEWAY_OPERATOR_TOKEN to turn it and the dashboard on)", shown)
     stop = asyncio.Event()
 
     def on_signal(sig: int) -> None:
