@@ -104,10 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = Path(getattr(args, "config", None) or "config.yaml")
-    if hasattr(args, "config") and not config.exists() and not (config.resolve().parent / "bots").is_dir():
-        # Without a config file the defaults want ./bots: say what is really missing.
-        print(f"error: no {config.name} in {config.resolve().parent}; pass --config PATH", file=sys.stderr)
-        return 2
+    if hasattr(args, "config") and not config.exists():
+        if str(config) != "config.yaml":  # a path the user typed: a typo must not mean "defaults"
+            print(f"error: config file {config} not found", file=sys.stderr)
+            return 2
+        if not (config.resolve().parent / "bots").is_dir():
+            # Without a config file the defaults want ./bots: say what is really missing.
+            print(f"error: no {config.name} in {config.resolve().parent}; pass --config PATH", file=sys.stderr)
+            return 2
     try:
         status = args.func(args)
         sys.stdout.flush()  # a reader that left early (`| head`) shows here, not at interpreter exit

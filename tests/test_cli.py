@@ -188,6 +188,10 @@ def test_options_where_a_new_user_puts_them_and_help_that_says_the_defaults(tmp_
                           env=_env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db"), capture_output=True,
                           text=True, timeout=20)
     assert done.returncode == 0 and done.stdout.endswith("(0 of 0)\n"), done.stderr
+    for command in (["serve"], ["check-config"], ["calls", "list"]):  # a typo is not "run on defaults"
+        done = subprocess.run(CLI + command + ["--config", "prod.yaml"], cwd=REPO, env=_env(), capture_output=True,
+                              text=True, timeout=20)
+        assert (done.returncode, done.stderr) == (2, "error: config file prod.yaml not found\n")
     helps = {name: subprocess.run(CLI + [name, "--help"], env=_env(), capture_output=True, text=True).stdout
              for name in ("serve", "check-config", "call")}
     assert "(default: config.yaml)" in " ".join(helps["serve"].split())
