@@ -160,17 +160,23 @@ def stream_url(config: Config, request: web.Request) -> str:
 
 
 def public_request_url(config: Config, request: web.Request, websocket: bool = False) -> str:
-    """The URL Twilio used for this request, as it signed it: the configured public URL's scheme
-    and host (a proxy's view of them is not to be trusted) plus the path and query we received."""
+    """The URL Twilio used for this request, as it signed it: the configured public URL's scheme,
+    host and path prefix (a proxy's view of them is not to be trusted) plus the path and query we
+    received — with the prefix put back when a proxy stripped it (public URL https://x/gw, request
+    /twilio/voice: Twilio signed https://x/gw/twilio/voice)."""
+    path_qs = request.path_qs
     if config.server.public_url:
         parts = urlsplit(config.server.public_url)
         scheme, host = parts.scheme, parts.netloc
+        prefix = parts.path.rstrip("/")
+        if prefix and not (request.path == prefix or request.path.startswith(prefix + "/")):
+            path_qs = prefix + path_qs
     else:
         host = request.headers.get("X-Forwarded-Host") or request.host
         scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
     if websocket:
         scheme = "ws" if scheme in ("http", "ws") else "wss"
-    return f"{scheme}://{host}{request.path_qs}"
+    return f"{scheme}://{host}{path_qs}"
 
 
 async def voice_webhook(request: web.Request) -> web.Response:
