@@ -22,8 +22,12 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level, config.logging.format, config.secrets())
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        socks = listen(host, port)  # before anything else: a second gateway stops here
+        # Before anything else: a second gateway stops here. Workers share the port (SO_REUSEPORT).
+        socks = listen(host, port, reuse_port=args.workers > 1 or args.reuse_port)
     except ListenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -38,6 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
     if not config.server.public_url:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
+    if args.workers > 1:
+        from .workers import supervise
+        return supervise(args.workers, args.config, host, socks)
     try:
         asyncio.run(serve(config, host, port, socks))
     except ListenError as e:  # another gateway took the port in the same instant
@@ -82,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default: the config's server.host, else 127.0.0.1; "
                                   "0.0.0.0 for every interface)")
     s.add_argument("--port", type=int, help="port to listen on (default: the config's server.port, else 8080)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="gateway processes sharing the port, one per core is a good start (default: %(default)s)")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("check-config", help="validate config.yaml and bots/*.yaml",

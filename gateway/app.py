@@ -28,7 +28,7 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLogger
-from .operator_api import add_operator_routes
+from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
@@ -67,6 +67,7 @@ def create_app(config: Config) -> web.Application:
     add_operator_routes(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
+    app.cleanup_ctx.append(remote_commands)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
@@ -363,10 +364,11 @@ def _listen_error(host: str, port: int, e: OSError) -> ListenError:
     return ListenError(f"cannot listen on {host}:{port}: {why}")
 
 
-def listen(host: str, port: int) -> list[socket.socket]:
+def listen(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
     """Bind every address `host` resolves to (all interfaces for "" or "0.0.0.0" and "::") before
     anything else starts: a busy port must not get as far as the call log. Connections are
-    accepted (listen) only once the app has started, by `serve`."""
+    accepted (listen) only once the app has started, by `serve`. `reuse_port`: SO_REUSEPORT, for
+    the workers of `serve --workers N` (the kernel spreads connections over them)."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -377,6 +379,8 @@ def listen(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
