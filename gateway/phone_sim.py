@@ -88,6 +88,9 @@ class PhoneResult:
         }
 
 
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
@@ -160,8 +163,13 @@ class SimulatedPhone:
 
     def reach(self, url: str) -> str:
         """Where to send what Twilio sends to `url` (the public webhook, the TwiML's wss:// stream URL):
-        the gateway at base_url, keeping the path below the public URL's own."""
+        the gateway at base_url, keeping the path below the public URL's own. A URL on another host
+        than the public one (a stream sent to another instance) is dialled as it is, like Twilio."""
         u, base = urlsplit(url), urlsplit(self.base_url)
+        public = urlsplit(self.public_url or self.base_url)
+        if (u.hostname, u.port or _DEFAULT_PORTS.get(u.scheme)) != \
+                (public.hostname, public.port or _DEFAULT_PORTS.get(public.scheme)):
+            return url
         prefix = urlsplit(self.public_url).path
         path = u.path[len(prefix):] if prefix and u.path.startswith(prefix + "/") else u.path
         scheme = base.scheme if u.scheme in ("http", "https") else ("wss" if base.scheme == "https" else "ws")

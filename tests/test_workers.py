@@ -63,3 +63,40 @@ async def test_workers_on_a_busy_port_say_so_in_one_line(config_dir):
                               text=True, timeout=30)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == \
         f"error: cannot listen on 127.0.0.1:{port}: address already in use (is another gateway running?)"
+
+
+async def test_two_instances_on_one_database_webhook_on_one_stream_on_the_other(config_dir, store_url):
+    """Instance A answers the webhook (its public URL sends the stream to B); the call runs on B.
+    A's API lists it and hangs it up through B; starting A while B has a live call leaves it live."""
+    from tests.conftest import write_config
+    env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
+    env.update(GATEWAY_DATABASE_URL=store_url, GATEWAY_OPERATOR_TOKEN=TOKEN)
+    port_a, port_b = free_port(), free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    config_b = write_config(config_dir, "server:\n  instance_id: gw\n")
+    b = serve(port_b, env, config_b)
+    a = None
+    try:
+        first = await dial(url_b, bot="echo")  # already live on B when A starts
+        await asyncio.sleep(0.5)
+        config_a = config_dir / "config-a.yaml"
+        config_a.write_text(config_b.read_text() + f"  public_url: {url_b}\n")  # same instance name too
+        a = serve(port_a, env, config_a)
+        phone = await dial(url_a, bot="echo")
+        assert phone.result.stream_url == f"ws://127.0.0.1:{port_b}/twilio/media"
+        await asyncio.sleep(1.0)
+        for url in (url_a, url_b):
+            status, live = await api(url, "/api/live")
+            owners = {c["call_id"]: c["instance"] for c in live["calls"]}
+            assert sorted(owners) == sorted([first.call_sid, phone.call_sid]) and len(set(owners.values())) == 1
+        status, body = await api(url_a, f"/api/calls/{phone.call_sid}/hangup", method="POST")
+        assert status == 202 and body["instance"] == owners[phone.call_sid]
+        await wait_for(lambda: phone.closed.is_set(), 5, "the call on B to be hung up via A")
+        await first.hangup()
+        await asyncio.sleep(0.5)
+        reasons = {p.call_sid: (await api(url_a, f"/api/calls/{p.call_sid}"))[1]["end_reason"] for p in (first, phone)}
+        assert reasons == {first.call_sid: "caller_hangup", phone.call_sid: "operator_hangup"}
+    finally:
+        out_a = stop(a, signal.SIGTERM) if a is not None else ""
+        out_b = stop(b, signal.SIGTERM)
+    assert "crashed_calls_closed=1" not in out_a + out_b
