@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import wave
 import warnings
 
 with warnings.catch_warnings():  # stdlib audioop warns about its 3.13 removal; audioop-lts replaces it
@@ -247,3 +248,21 @@ def tone(hz: float, seconds: float, rate: int, amplitude: int = 8000, phase: flo
     n = int(seconds * rate)
     w = 2 * math.pi * hz / rate
     return struct.pack(f"<{n}h", *(int(amplitude * math.sin(phase + w * i)) for i in range(n)))
+
+
+def hold_tones() -> bytes:
+    """Soft hold tones (mu-law, 8 kHz): a three-note rising chime, then a pause, 1.6 s a cycle.
+    Quiet (about -24 dBFS) and clearly a machine's "please wait", not speech or a ringback tone."""
+    notes = b"".join(fade(tone(hz, 0.14, PHONE_RATE, 2000), PHONE_RATE, 20) for hz in (523.25, 659.25, 783.99))
+    return pcm16_to_ulaw(notes + b"\x00\x00" * int(PHONE_RATE * 1.18))
+
+
+def load_phone_sound(path) -> bytes:
+    """A WAV file (8 kHz mono 16-bit PCM) as phone audio (mu-law). Raises ValueError if it is not one."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (PHONE_RATE, 1, 2):
+                raise ValueError(f"{path}: expected an 8 kHz mono 16-bit WAV")
+            return pcm16_to_ulaw(w.readframes(w.getnframes()))
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"{path}: not a WAV file ({e})") from None

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .audio import load_phone_sound
 from .httptools import schema_problem
 from .persona import BUILTIN_TOOLS, DtmfConfig, HttpTool, Persona, PersonaAudio, TurnDetection
 from .providers import SPECS
@@ -344,6 +345,7 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
             raise ConfigError(f"{where}{name}: provider {persona.provider} takes "
                               f"{' or '.join(allowed)}, got {value!r}")
     _check_phone_actions(persona, where)
+    _check_conversation(persona, path, where)
     if persona.temperature is not None and not 0 <= persona.temperature <= 1:
         raise ConfigError(f"{where}temperature: expected 0..1, got {persona.temperature}")
     if persona.audio.output_rate not in (8000, 16000, 24000, 48000):
@@ -352,6 +354,25 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         raise ConfigError(f"{where}max_call_seconds: must be positive")
     return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio,
                                model=persona.model or spec.default_model)
+
+
+def _check_conversation(p: Persona, path: Path, where: str) -> None:
+    """Barge-in policy and hold sound: catch at load what would misbehave mid-call."""
+    b = p.barge_in
+    if not 40 <= b.min_speech_ms <= 3000:
+        raise ConfigError(f"{where}barge_in.min_speech_ms: expected 40..3000")
+    if not b.min_speech_ms <= b.confirm_ms <= 5000:
+        raise ConfigError(f"{where}barge_in.confirm_ms: expected min_speech_ms..5000")
+    if not 0 < b.threshold < 32768:
+        raise ConfigError(f"{where}barge_in.threshold: expected 1..32767")
+    if not 0 <= p.hold.after_ms <= 30000:
+        raise ConfigError(f"{where}hold.after_ms: expected 0..30000")
+    if p.hold.sound not in ("tones", "none"):
+        try:
+            load_phone_sound(path.parent / p.hold.sound)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{where}hold.sound: {getattr(e, 'strerror', None) or e} "
+                              "(tones, none, or an 8 kHz mono 16-bit WAV next to the persona)") from None
 
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

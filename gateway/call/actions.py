@@ -15,6 +15,7 @@ from ..telephony import Started
 from ..telephony.twilio import dial_twiml
 from ..telephony.twilio_rest import TwilioRest, TwilioRestError
 from .conversation import Conversation
+from .hold import HoldSound
 from .journal import Journal
 from .model_link import ModelLink
 
@@ -22,7 +23,7 @@ from .model_link import ModelLink
 class PhoneActions:
     def __init__(self, *, phone, playout: Playout, conversation: Conversation, model: ModelLink,
                  journal: Journal, persona: Persona, started: Started, rest: TwilioRest | None,
-                 clock: Callable[[], float] = time.monotonic):
+                 hold: HoldSound | None = None, clock: Callable[[], float] = time.monotonic):
         self.phone = phone
         self.playout = playout
         self.conversation = conversation
@@ -31,6 +32,7 @@ class PhoneActions:
         self.persona = persona
         self.started = started
         self.rest = rest
+        self.hold = hold
         self.clock = clock
         self.ended_by: str | None = None  # set when we end the call (the call's end reason)
         self.wrapping = False  # a goodbye is under way: limits and drain leave the call alone
@@ -106,9 +108,13 @@ class PhoneActions:
             raise TwilioRestError(0, None, "transfers need twilio.account_sid and twilio.auth_token")
         caller_id = self.persona.transfer_caller_id or self.started.custom_parameters.get("to", "")
         twiml = dial_twiml(number, caller_id=caller_id, timeout=self.persona.transfer_timeout_seconds)
+        if self.hold is not None:
+            self.hold.begin("transfer")  # not silence while the transfer is being set up
         try:
             await self.rest.redirect(self.started.call_sid, twiml)
         except TwilioRestError as e:
+            if self.hold is not None:
+                self.hold.end("transfer")
             self.journal.event("transfer_failed", level="warning", target=target, number=number, error=str(e)[:300])
             raise
         self.ended_by = "transferred"

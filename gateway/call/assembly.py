@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import aiohttp
 
@@ -18,6 +19,7 @@ from ..recording import AudioRecording, recordings_dir
 from ..telephony import Started
 from ..telephony.twilio_rest import TwilioRest
 from .coordinator import Call
+from .hold import load_hold_sound
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
@@ -40,7 +42,12 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
             recording = AudioRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
         except OSError as e:
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
+    try:
+        hold_sound = load_hold_sound(persona.hold, Path(persona.path).parent if persona.path else config.base_dir)
+    except (OSError, ValueError, EOFError) as e:  # checked at load; the file may have gone since
+        log.error("hold_sound_unavailable", error=f"{type(e).__name__}: {e}"[:200])
+        hold_sound = None
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
                 record=RecordWriter(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
-                speak_first=speak_first)
+                speak_first=speak_first, hold_sound=hold_sound)
