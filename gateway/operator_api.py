@@ -41,11 +41,18 @@ def add_operator_routes(app: web.Application) -> None:
     r.add_post("/api/calls/{call_id}/hangup", _guard(hang_up))
     r.add_get("/api/live", _guard(live_calls))
     r.add_get("/api/bots", _guard(bot_summary))
+    r.add_get("/api/openapi.json", _guard(openapi))
     r.add_get("/", dashboard)
     r.add_get("/ui", dashboard)
 
 
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+# The OpenAPI 3.1 description of every /api/ route above (tests/test_openapi.py keeps them in step).
+OPENAPI = Path(__file__).with_name("static") / "openapi.json"
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
 
 async def dashboard(request: web.Request) -> web.Response:

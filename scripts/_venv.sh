@@ -1,6 +1,7 @@
 # Sourced by scripts/serve and scripts/test: makes (or reuses) a venv under .venv/ for $PYTHON
-# (default python3) and installs the project into it. A stamp of pyproject.toml's hash per extras
-# set (.installed-base, .installed-test) skips the pip step when nothing changed, so the second run
+# (default python3) and installs the project into it, with the pinned versions of constraints.txt
+# (scripts/lock makes it). A stamp of pyproject.toml's and constraints.txt's hash per extras set
+# (.installed-base, .installed-test) skips the pip step when nothing changed, so the second run
 # starts in about a second; any extras install also covers the plain one (serve after test).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +14,7 @@ VENV="$ROOT/.venv/py$PYVER"
 EXTRAS="${VENV_EXTRAS:-}"
 NAME="$(echo "${EXTRAS:-base}" | tr -dc 'A-Za-z0-9,_-')"
 STAMP="$VENV/.installed-$NAME"
-WANT="$(sha256sum < "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating venv $VENV" >&2
   "$PYTHON" -m venv "$VENV"
@@ -25,7 +26,8 @@ done
 if [ "$INSTALLED" = no ]; then
   echo "==> installing dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT$EXTRAS" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -c "$ROOT/constraints.txt" -e "$ROOT$EXTRAS" >&2
   echo "$WANT" > "$STAMP"
 fi
 VPY="$VENV/bin/python"
