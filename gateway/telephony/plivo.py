@@ -24,8 +24,6 @@ import logging
 from typing import Iterable
 from urllib.parse import parse_qs, quote, urlsplit
 
-import aiohttp
-
 from . import Audio, Dtmf, MarkPlayed, PhoneActionError, PhoneControl, PhoneEvent, Started, Stopped
 from .network import Network, Webhook, media_url, public_request_url, rest_request, stream_ticket, ticket_ok
 from .telnyx import phone_format
@@ -110,7 +108,8 @@ class PlivoControl(PhoneControl):
     async def hang_up(self) -> None:
         status, body = await rest_request(
             self.http, "DELETE", f"{self.base}/v1/Account/{quote(self.auth_id)}/Call/{quote(self.call_uuid)}/",
-            what="plivo hangup", auth=aiohttp.BasicAuth(self.auth_id, self.auth_token))
+            what="plivo hangup", headers={"Authorization": "Basic " + base64.b64encode(
+                f"{self.auth_id}:{self.auth_token}".encode()).decode("ascii")})
         if status >= 300 and status != 404:  # 404: the call is already over
             error = body.get("error") if isinstance(body, dict) else None
             raise PhoneActionError(f"Plivo hangup HTTP {status}: {_str(error)[:200]}", status)
