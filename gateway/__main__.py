@@ -30,7 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not config.server.public_url:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
-    log.info("listening on http://%s:%d (webhook POST /twilio/voice, media WS /twilio/media)", host, port)
+    log.info("listening on http://%s:%d (webhooks POST /twilio/voice, /telnyx/voice, /plivo/voice; media WS "
+             "/twilio/media, /telnyx/media, /plivo/media)", host, port)
     asyncio.run(serve(config, host, port))
     return 0
 

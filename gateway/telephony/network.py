@@ -61,18 +61,31 @@ class Network:
         raise NotImplementedError
 
     def hangup_document(self) -> str:
-        raise NotImplementedError
+        return '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
 
     def upgrade_refused(self, config, request: web.Request) -> str | None:
         """Why the WebSocket upgrade is refused (closed with 1008), None when it is fine."""
         return None
 
+    stream_class: type | None = None  # made with (ws, log, max_protocol_errors, query)
+
     def stream(self, ws: web.WebSocketResponse, log, max_protocol_errors: int, query: Mapping[str, str]):
-        raise NotImplementedError
+        return self.stream_class(ws, log, max_protocol_errors, query)
+
+    def secret(self, config) -> str:
+        """The network's secret that signs our media URL's ticket ("" = streams are not checked)."""
+        return ""
 
     def start_refused(self, config, started: Started) -> str | None:
-        """Why the stream's `start` is refused (closed with 1008), None when it is fine."""
-        return None
+        """Why the stream's `start` is refused (closed with 1008), None when it is fine: for
+        networks with a secret, the media URL's ticket must name the bot; the audio must be 8 kHz
+        mu-law (phase 1)."""
+        params, secret = started.custom_parameters, self.secret(config)
+        if secret and not ticket_ok(secret, self.name, params.get("bot", ""), params.get("ticket", "")):
+            return "missing, wrong or expired ticket in the media URL"
+        if started.encoding == "audio/x-mulaw" and started.sample_rate == 8000:
+            return None
+        return f"audio {started.encoding or '?'} at {started.sample_rate} Hz is not supported: ask for 8 kHz mu-law (PCMU)"
 
     def control(self, config, http: aiohttp.ClientSession, started: Started) -> PhoneControl:
         """The call's hang-up and transfer; `http` is the app's client session (connection pool)."""

@@ -17,17 +17,15 @@ told so, and the call goes on).
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import logging
 from typing import Iterable
 from urllib.parse import parse_qs, quote, urlsplit
 
-from . import Audio, Dtmf, MarkPlayed, PhoneActionError, PhoneControl, PhoneEvent, Started, Stopped
-from .network import Network, Webhook, media_url, public_request_url, rest_request, stream_ticket, ticket_ok
-from .telnyx import phone_format
-from .twilio import FrameError, TwilioMediaStream, _attr, _str, _text
+from . import MarkPlayed, PhoneActionError, PhoneControl, PhoneEvent, Started
+from .network import Network, Webhook, media_url, public_request_url, rest_request, stream_ticket
+from .twilio import FrameError, TwilioMediaStream, _attr, _str, _text, decode_event
 
 log = logging.getLogger("gateway")
 
@@ -57,33 +55,14 @@ class PlivoMediaStream(TwilioMediaStream):
             return Started(stream_sid=sid, call_sid=_str(start.get("callId")), account_sid=_str(start.get("accountId")),
                            custom_parameters=params, encoding=_str(fmt.get("encoding")),
                            sample_rate=int(rate) if rate.isdigit() else 0)
-        if event == "media":
-            media = msg.get("media")
-            if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
-                raise FrameError("media without a payload")
-            try:
-                payload = base64.b64decode(media["payload"], validate=True)
-            except (binascii.Error, ValueError):
-                raise FrameError("media payload is not valid base64") from None
-            ts = _str(media.get("timestamp"))
-            return Audio(payload=payload, track=_str(media.get("track") or "inbound"),
-                         timestamp_ms=int(ts) if ts.isdigit() else None)
-        if event == "dtmf":
-            dtmf = msg.get("dtmf")
-            digit = _str(dtmf.get("digit")) if isinstance(dtmf, dict) else ""
-            if not digit:
-                raise FrameError("dtmf without a digit")
-            return Dtmf(digit=digit[:8])
         if event in ("playedStream", "played"):  # an older article names the acknowledgement `played`
             name = _str(msg.get("name"))
             if not name:
                 raise FrameError(f"{event} without a name")
             return MarkPlayed(name=name)
-        if event == "clearedAudio":
+        if event in ("clearedAudio", "connected"):
             return None
-        if event == "stop":
-            return Stopped(reason="stop")
-        raise FrameError(f"unknown event {event[:40]!r}")
+        return decode_event(msg)  # media, dtmf, stop: Twilio's shapes
 
     async def play(self, ulaw: bytes) -> bool:
         return await self._send({"event": "playAudio", "media": {
@@ -193,18 +172,10 @@ class Plivo(Network):
         return (f'<?xml version="1.0" encoding="UTF-8"?><Response><Speak{self._lang(language)}>{_text(text)}</Speak>'
                 "<Hangup/></Response>")
 
-    def hangup_document(self) -> str:
-        return '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+    stream_class = PlivoMediaStream
 
-    def stream(self, ws, log, max_protocol_errors, query):
-        return PlivoMediaStream(ws, log, max_protocol_errors, query)
-
-    def start_refused(self, config, started: Started) -> str | None:
-        params = started.custom_parameters
-        if config.plivo.auth_token and not ticket_ok(config.plivo.auth_token, self.name, params.get("bot", ""),
-                                                     params.get("ticket", "")):
-            return "missing, wrong or expired ticket in the media URL"
-        return phone_format(started.encoding, started.sample_rate)
+    def secret(self, config) -> str:
+        return config.plivo.auth_token
 
     def control(self, config, http, started: Started) -> PhoneControl:
         return PlivoControl(http, config.plivo.auth_id, config.plivo.auth_token, config.plivo.api_base,

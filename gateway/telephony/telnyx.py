@@ -23,21 +23,14 @@ import logging
 import time
 from urllib.parse import parse_qsl, quote
 
-from . import Audio, Dtmf, MarkPlayed, PhoneActionError, PhoneControl, PhoneEvent, Started, Stopped
-from .network import Network, Webhook, media_url, rest_request, stream_ticket, ticket_ok
-from .twilio import FrameError, TwilioMediaStream, _attr, _str, connect_twiml, say_and_hangup_twiml
+from . import PhoneActionError, PhoneControl, PhoneEvent, Started
+from .network import Network, Webhook, media_url, rest_request, stream_ticket
+from .twilio import FrameError, TwilioMediaStream, _attr, _str, connect_twiml, decode_event, say_and_hangup_twiml
 
 log = logging.getLogger("gateway")
 MULAW_NAMES = ("PCMU", "audio/x-mulaw", "mulaw", "audio/PCMU")
 SIGNATURE_TOLERANCE_S = 300  # a webhook signed longer ago (or ahead) than this is a replay
 ALREADY_OVER = "90018"  # Telnyx: "Call has already ended"
-
-
-def phone_format(encoding: str, rate: int) -> str | None:
-    """Why a stream's audio format cannot be served now (phase 1: 8 kHz mu-law only), or None."""
-    if encoding == "audio/x-mulaw" and rate == 8000:
-        return None
-    return f"audio {encoding or '?'} at {rate} Hz is not supported: ask for 8 kHz mu-law (PCMU)"
 
 
 class TelnyxMediaStream(TwilioMediaStream):
@@ -76,42 +69,18 @@ class TelnyxMediaStream(TwilioMediaStream):
                            sample_rate=int(rate) if rate.isdigit() else 0,
                            channels=int(_str(fmt.get("channels") or 1)) if _str(fmt.get("channels") or 1).isdigit() else 1)
         if event == "media":
-            media = msg.get("media")
-            if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
-                raise FrameError("media without a payload")
-            try:
-                payload = base64.b64decode(media["payload"], validate=True)
-            except (binascii.Error, ValueError):
-                raise FrameError("media payload is not valid base64") from None
             seq = _str(msg.get("sequence_number"))
             if seq.isdigit():
                 if int(seq) < self._last_seq:
                     self.frames_out_of_order += 1
                 self._last_seq = max(self._last_seq, int(seq))
-            ts = _str(media.get("timestamp"))
-            return Audio(payload=payload, track=_str(media.get("track") or "inbound"),
-                         timestamp_ms=int(ts) if ts.isdigit() else None)
-        if event == "dtmf":
-            dtmf = msg.get("dtmf")
-            digit = _str(dtmf.get("digit")) if isinstance(dtmf, dict) else ""
-            if not digit:
-                raise FrameError("dtmf without a digit")
-            return Dtmf(digit=digit[:8])
-        if event == "mark":
-            mark = msg.get("mark")
-            name = _str(mark.get("name")) if isinstance(mark, dict) else ""
-            if not name:
-                raise FrameError("mark without a name")
-            return MarkPlayed(name=name)
-        if event == "stop":
-            return Stopped(reason="stop")
         if event == "error":  # Telnyx tells us about a frame of ours it could not use
             err = msg.get("error") or msg.get("payload") or {}
             err = err if isinstance(err, dict) else {"detail": _str(err)}
             self.log.warning("phone_network_error", code=_str(err.get("code"))[:20],
                              title=_str(err.get("title"))[:80], detail=_str(err.get("detail"))[:200])
             return None
-        raise FrameError(f"unknown event {event[:40]!r}")
+        return decode_event(msg)  # media, dtmf, mark, stop: Twilio's shapes
 
     async def play(self, ulaw: bytes) -> bool:
         return await self._send({"event": "media", "media": {"payload": base64.b64encode(ulaw).decode("ascii")}})
@@ -217,21 +186,13 @@ class Telnyx(Network):
         return twiml.replace(f"<Stream url={_attr(url)}>", f"<Stream url={_attr(url)} bidirectionalMode=\"rtp\" "
                              "bidirectionalCodec=\"PCMU\" bidirectionalSamplingRate=\"8000\" codec=\"PCMU\">", 1)
 
+    stream_class = TelnyxMediaStream
+
     def refusal(self, text: str, language: str = "") -> str:
         return say_and_hangup_twiml(text, language)
 
-    def hangup_document(self) -> str:
-        return '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
-
-    def stream(self, ws, log, max_protocol_errors, query):
-        return TelnyxMediaStream(ws, log, max_protocol_errors, query)
-
-    def start_refused(self, config, started: Started) -> str | None:
-        params = started.custom_parameters
-        if config.telnyx.api_key and not ticket_ok(config.telnyx.api_key, self.name, params.get("bot", ""),
-                                                   params.get("ticket", "")):
-            return "missing, wrong or expired ticket in the media URL"
-        return phone_format(started.encoding, started.sample_rate)
+    def secret(self, config) -> str:
+        return config.telnyx.api_key
 
     def control(self, config, http, started: Started) -> PhoneControl:
         return TelnyxControl(http, config.telnyx.api_key, config.telnyx.api_base, started.call_sid)

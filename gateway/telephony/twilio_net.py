@@ -75,9 +75,6 @@ class Twilio(Network):
     def refusal(self, text: str, language: str = "") -> str:
         return say_and_hangup_twiml(text, language)
 
-    def hangup_document(self) -> str:
-        return '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
-
     def upgrade_refused(self, config, request) -> str | None:
         if config.signatures_required and not is_valid(
                 config.twilio.auth_token, public_request_url(config, request, websocket=True), None,
@@ -89,6 +86,7 @@ class Twilio(Network):
         return TwilioMediaStream(ws, log, max_protocol_errors)
 
     def start_refused(self, config, started: Started) -> str | None:
+        """Our per-call token, which the TwiML's <Parameter>s carried, must come back in `start`."""
         if config.signatures_required and not hmac.compare_digest(
                 started.custom_parameters.get("token", ""), call_token(config.twilio.auth_token, started.call_sid or "")):
             return "missing or wrong call token in start"
