@@ -68,6 +68,20 @@ class TwilioConfig:
 
 
 @dataclass(frozen=True)
+class TelnyxConfig:
+    api_key: str = ""  # REST (hang-up, transfer) and the media URL's ticket
+    public_key: str = ""  # the account's Ed25519 public key (base64): webhooks must be signed with it
+    api_base: str = "https://api.telnyx.com"
+
+
+@dataclass(frozen=True)
+class PlivoConfig:
+    auth_id: str = ""
+    auth_token: str = ""  # REST (hang-up), webhook signatures (V3) and the media URL's ticket
+    api_base: str = "https://api.plivo.com"
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     default_bot: str = "support"
     fallback_bot: str = "echo"  # answers when the default bot's provider has no API key
@@ -140,6 +154,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
+    plivo: PlivoConfig = field(default_factory=PlivoConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -172,7 +188,8 @@ class Config:
                         if any(word in k.lower() for word in ("auth", "key", "token", "secret"))]
         provider_secrets = [getattr(self.provider_settings(name), f) for name, spec in SPECS.items()
                             for f in spec.secret_fields]
-        return [s for s in (*provider_secrets, self.twilio.auth_token, self.operator.token, db_password,
+        return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
+                                 self.plivo.auth_token, self.operator.token, db_password,
                             *tool_headers) if s]
 
     @property
@@ -303,6 +320,12 @@ _ENV_OVERRIDES = {
     "TWILIO_ACCOUNT_SID": ("twilio", "account_sid"),
     "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
     "TWILIO_API_BASE": ("twilio", "api_base"),
+    "TELNYX_API_KEY": ("telnyx", "api_key"),
+    "TELNYX_PUBLIC_KEY": ("telnyx", "public_key"),
+    "TELNYX_API_BASE": ("telnyx", "api_base"),
+    "PLIVO_AUTH_ID": ("plivo", "auth_id"),
+    "PLIVO_AUTH_TOKEN": ("plivo", "auth_token"),
+    "PLIVO_API_BASE": ("plivo", "api_base"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),

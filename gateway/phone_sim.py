@@ -1,13 +1,16 @@
-"""The simulated phone: calls the gateway exactly as Twilio would, in real time.
+"""The simulated phone: calls the gateway exactly as Twilio, Telnyx or Plivo would, in real time.
 
-It POSTs the incoming-call webhook, reads the TwiML, opens the `<Stream>` URL, sends
-`connected` and `start` (with the TwiML's `<Parameter>`s), speaks 20 ms mu-law frames on a
-real-time clock, and emulates Twilio's playback buffer: received audio plays at 8 kHz real time,
-a mark is echoed when the audio before it has played, `clear` drops the buffer and echoes every
-pending mark at once. It checks every frame the gateway sends against Twilio's documented shapes
-(`violations`), records what was heard as a timeline, and reports latencies.
+It POSTs the network's incoming-call webhook, reads the answer (TwiML, TeXML, Plivo XML), opens
+the stream URL, sends what the network sends first (Twilio and Telnyx: `connected` and `start`,
+Twilio with the TwiML's `<Parameter>`s; Plivo: `start`), speaks 20 ms mu-law frames on a
+real-time clock, and emulates the network's playback buffer (one player for all): received audio
+plays at 8 kHz real time, a mark (Plivo: checkpoint) is echoed when the audio before it has
+played, a clear drops the buffer (Twilio then echoes every pending mark at once; for the others
+that is unconfirmed, so `marks_on_clear` chooses). It checks every frame the gateway sends
+against the network's documented shapes (`violations`), records what was heard as a timeline,
+and reports latencies.
 
-The same class is the tests' fake Twilio caller; `python -m gateway call` wraps it.
+The same class is the tests' fake caller; `python -m gateway call [--network NAME]` wraps it.
 """
 
 from __future__ import annotations
@@ -26,15 +29,29 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from .telephony.plivo import v3_signature
 from .telephony.signature import compute as compute_signature
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
 FRAME_S = 0.02
+NETWORKS = ("twilio", "telnyx", "plivo")
+# What each network accepts from us: event -> (fields required, fields allowed); where frames name
+# the stream; our event names as the player knows them (media, mark, clear).
+SHAPES = {
+    "twilio": ({"media": ({"event", "streamSid", "media"},) * 2, "mark": ({"event", "streamSid", "mark"},) * 2,
+                "clear": ({"event", "streamSid"},) * 2}, "streamSid", {}),
+    "telnyx": ({"media": ({"event", "media"}, {"event", "media", "stream_id"}),
+                "mark": ({"event", "mark"}, {"event", "mark", "stream_id"}),
+                "clear": ({"event"}, {"event", "stream_id"})}, "stream_id", {}),
+    "plivo": ({"playAudio": ({"event", "media"}, {"event", "media", "streamId"}),
+               "checkpoint": ({"event", "streamId", "name"},) * 2, "clearAudio": ({"event", "streamId"},) * 2},
+              "streamId", {"playAudio": "media", "clearAudio": "clear"}),
+}
 
 
 class DialError(Exception):
@@ -95,16 +112,24 @@ class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
-                 auth_token: str = "", public_url: str = ""):
+                 auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None):
+        """`auth_token`: sign like Twilio (network twilio) or Plivo (signature V3); `signing_key`: an
+        Ed25519 private key (cryptography) to sign Telnyx webhooks with; `public_url`: what the
+        network dials (the gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url)."""
+        if network not in NETWORKS:
+            raise ValueError(f"network: one of {', '.join(NETWORKS)}, got {network!r}")
+        self.network = network
+        self.signing_key = signing_key
+        self.marks_on_clear = network == "twilio"  # pending marks echoed at a clear (unconfirmed but Twilio)
         self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
-        # What Twilio dials (the gateway's GATEWAY_PUBLIC_URL), hence what it signs; "": base_url.
         self.public_url = public_url.rstrip("/")
         self.bot = bot
         self.caller = caller
         self.dialed = dialed
-        self.call_sid = call_sid or "CA" + uuid.uuid4().hex
+        self.call_sid = call_sid or {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex,
+                                     "plivo": str(uuid.uuid4())}[network]
         self.account_sid = account_sid
-        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.stream_sid = "MZ" + uuid.uuid4().hex if network == "twilio" else str(uuid.uuid4())
         self.extra_form = extra_form or {}
         self.result = PhoneResult()
         self._session: aiohttp.ClientSession | None = None
@@ -131,31 +156,61 @@ class SimulatedPhone:
         form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.caller,
                 "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
-        url = self.webhook_url or f"{self.public_url or self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
-        headers = {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)} if self.auth_token else {}
-        async with self._session.post(self.reach(url), data=form, headers=headers) as resp:
+        if self.network == "plivo":
+            form = {"CallUUID": self.call_sid, "From": self.caller, "To": self.dialed, "Direction": "inbound",
+                    "CallStatus": "ringing", "Event": "StartApp", **self.extra_form}
+        url = self.webhook_url or f"{self.public_url or self.base_url}/{self.network}/voice" + \
+            (f"?bot={self.bot}" if self.bot else "")
+        body = urlencode(form).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **self._webhook_signature(url, form, body)}
+        async with self._session.post(self.reach(url), data=body, headers=headers) as resp:
             text = await resp.text()
             if resp.status != 200:
                 raise DialError(f"webhook answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
             refused = resp.headers.get("X-Gateway-Refused")  # why, for us (Twilio ignores it)
         self.result.twiml = text
         root = ET.fromstring(text)
-        stream = root.find("./Connect/Stream")
+        stream = root.find("./Stream" if self.network == "plivo" else "./Connect/Stream")
         if stream is None:
-            say = root.find("./Say")
+            say = root.find("./Speak" if self.network == "plivo" else "./Say")
             says = f"the caller hears: {say.text if say is not None else '-'}"
-            raise DialError(f"refused: {refused} ({says})" if refused else f"no <Connect><Stream> in TwiML ({says})")
-        self.result.stream_url = stream.get("url", "")
+            raise DialError(f"refused: {refused} ({says})" if refused else f"no stream in the answer ({says})")
+        if self.network == "plivo":  # the URL is the element's text
+            self.result.stream_url = (stream.text or "").strip()
+            if stream.get("bidirectional") != "true" or stream.get("contentType") != "audio/x-mulaw;rate=8000":
+                self._violation(f"Stream attributes {dict(stream.attrib)}: audio sent back would not play")
+        else:
+            self.result.stream_url = stream.get("url", "")
+        if self.network == "telnyx" and stream.get("bidirectionalMode") != "rtp":
+            self._violation("Stream without bidirectionalMode=\"rtp\": Telnyx drops the audio we send back")
         self.result.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+        self.result.parameters.update(parse_qsl(urlsplit(self.result.stream_url).query))
         return self.result
+
+    def _webhook_signature(self, url: str, form: dict, body: bytes) -> dict:
+        """The network's authentication headers on its webhook, when we hold its secret."""
+        if self.network == "twilio" and self.auth_token:
+            return {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)}
+        if self.network == "plivo" and self.auth_token:
+            nonce = uuid.uuid4().hex[:20]
+            return {"X-Plivo-Signature-V3": v3_signature(self.auth_token, "POST", url, list(form.items()), nonce),
+                    "X-Plivo-Signature-V3-Nonce": nonce}
+        if self.network == "telnyx" and self.signing_key is not None:
+            ts = str(int(time.time()))
+            sig = self.signing_key.sign(ts.encode() + b"|" + body)
+            return {"telnyx-timestamp": ts, "telnyx-signature-ed25519": base64.b64encode(sig).decode()}
+        return {}
 
     async def connect(self, *, send_start: bool = True) -> None:
         """Open the stream and send `connected` and `start`, as Twilio does when the call connects."""
         self._session = self._session or aiohttp.ClientSession()
         headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
-            if self.auth_token else {}
+            if self.auth_token and self.network == "twilio" else {}
         self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0, headers=headers)
-        await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        if self.network == "twilio":
+            await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        elif self.network == "telnyx":
+            await self.send_json({"event": "connected", "version": "1.0.0"})
         self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
         if send_start:
@@ -177,13 +232,25 @@ class SimulatedPhone:
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
         params = self.result.parameters if parameters is None else parameters
-        await self.send_json({
+        await self.send_json(self._start_frame() if self.network != "twilio" else {
             "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
             "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
                       "tracks": ["inbound"], "customParameters": params,
                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
         self.result.start_sent_at = time.monotonic()
         self._start_mic()
+
+    def _start_frame(self) -> dict:
+        if self.network == "telnyx":  # stream_id top-level only; counters as strings
+            return {"event": "start", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
+                    "start": {"user_id": str(uuid.uuid4()), "call_control_id": self.call_sid,
+                              "call_session_id": str(uuid.uuid4()), "client_state": None, "from": self.caller,
+                              "to": self.dialed, "media_format": {"encoding": "PCMU", "sample_rate": 8000,
+                                                                  "channels": 1}}}
+        return {"event": "start", "sequenceNumber": int(self._next_seq()),  # Plivo: numbers
+                "start": {"callId": self.call_sid, "streamId": self.stream_sid, "accountId": "MA" + "X" * 18,
+                          "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}},
+                "extra_headers": ""}
 
     def _next_seq(self) -> str:
         self._seq += 1
@@ -220,10 +287,9 @@ class SimulatedPhone:
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
             self._chunk += 1
-            await self.send_json({"event": "media", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                                  "media": {"track": "inbound", "chunk": str(self._chunk),
-                                            "timestamp": str(self._ts_ms),
-                                            "payload": base64.b64encode(frame).decode("ascii")}})
+            await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
+                                                       "timestamp": str(self._ts_ms),
+                                                       "payload": base64.b64encode(frame).decode("ascii")}))
             self._ts_ms += 20
             self._mic_sent += len(frame)
             tick += 1
@@ -245,14 +311,26 @@ class SimulatedPhone:
         await self.speak(MULAW_SILENCE * int(seconds * PHONE_RATE))
 
     async def dtmf(self, digit: str) -> None:
-        await self.send_json({"event": "dtmf", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                              "dtmf": {"track": "inbound_track", "digit": digit}})
+        await self.send_json(self._frame("dtmf", {"track": "inbound_track", "digit": digit}))
 
     async def hangup(self) -> None:
-        """Twilio's `stop` followed by closing the socket."""
-        await self.send_json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                              "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        """The network's `stop` followed by closing the socket (Plivo: closing only)."""
+        if self.network == "twilio":
+            await self.send_json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
+                                  "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        elif self.network == "telnyx":
+            await self.send_json(self._frame("stop", {"user_id": "", "call_control_id": self.call_sid}))
         await self.close()
+
+    def _frame(self, event: str, body: dict) -> dict:
+        """One of our frames (media, dtmf, stop) in the network's spelling."""
+        if self.network == "telnyx":
+            return {"event": event, "sequence_number": self._next_seq(), event: body, "stream_id": self.stream_sid}
+        if self.network == "plivo":
+            if event == "media":
+                body = {**body, "chunk": int(body["chunk"])}
+            return {"event": event, "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid, event: body}
+        return {"event": event, "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, event: body}
 
     async def close(self) -> None:
         if self.ws is not None and not self.ws.closed:
@@ -297,17 +375,24 @@ class SimulatedPhone:
             self._violation(f"not JSON: {text[:60]}")
             return
         event = frame.get("event") if isinstance(frame, dict) else None
-        shapes = {"media": {"event", "streamSid", "media"}, "mark": {"event", "streamSid", "mark"},
-                  "clear": {"event", "streamSid"}}
+        shapes, sid_field, kinds = SHAPES[self.network]
         if event not in shapes:
             self._violation(f"31951 unknown event {event!r}")
             return
-        if set(frame) != shapes[event]:
+        if not shapes[event][0] <= set(frame) <= shapes[event][1]:
             self._violation(f"31951 {event} fields {sorted(frame)}")
-        if frame.get("streamSid") != self.stream_sid:
-            self._violation(f"31951 {event} with streamSid {frame.get('streamSid')!r}")
+        if sid_field in shapes[event][0] | (set(frame) & shapes[event][1]) and frame.get(sid_field) != self.stream_sid:
+            self._violation(f"31951 {event} with {sid_field} {frame.get(sid_field)!r}")
+        event = kinds.get(event, event)
+        if event == "checkpoint":  # Plivo's mark: the name at the top
+            frame = {"mark": {"name": frame.get("name")}}
+            event = "mark"
         if event == "media":
             media = frame.get("media")
+            if self.network == "plivo" and isinstance(media, dict):
+                if (media.get("contentType"), media.get("sampleRate")) != ("audio/x-mulaw", 8000):
+                    self._violation(f"playAudio format {media.get('contentType')!r} {media.get('sampleRate')!r}")
+                media = {k: v for k, v in media.items() if k == "payload"}
             if not isinstance(media, dict) or set(media) != {"payload"}:
                 self._violation(f"31951 media.media {media!r:.80}")
                 return
@@ -335,14 +420,25 @@ class SimulatedPhone:
             self.result.clears.append(time.monotonic())
             pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
             self._buffer.clear()
-            for name in pending:
+            for name in pending if self.marks_on_clear else ():
                 self._echo(name)
+            if self.network == "plivo":
+                asyncio.ensure_future(self.send_json({"event": "clearedAudio", "sequenceNumber": int(self._next_seq()),
+                                                      "streamId": self.stream_sid}))
 
     def _echo(self, name: str) -> None:
         self.result.marks_echoed += 1
         self.result.last_echo_at = time.monotonic()
-        asyncio.ensure_future(self.send_json({"event": "mark", "sequenceNumber": self._next_seq(),
-                                              "streamSid": self.stream_sid, "mark": {"name": name}}))
+        if self.network == "plivo":
+            frame = {"event": "playedStream", "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid,
+                     "name": name}
+        elif self.network == "telnyx":
+            frame = {"event": "mark", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
+                     "mark": {"name": name}}
+        else:
+            frame = {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
+                     "mark": {"name": name}}
+        asyncio.ensure_future(self.send_json(frame))
 
     def _echo_leading_marks(self) -> None:
         while self._buffer and isinstance(self._buffer[0], tuple):
@@ -403,8 +499,9 @@ def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8080", help="where to reach the gateway (default: %(default)s)")
     p.add_argument("--public-url", default=os.environ.get("GATEWAY_PUBLIC_URL", ""), metavar="URL",
-                   help="the gateway's public URL: what Twilio would dial, hence what is signed "
+                   help="the gateway's public URL: what the network would dial, hence what is signed "
                         "(default: $GATEWAY_PUBLIC_URL, else --url)")
+    p.add_argument("--network", choices=NETWORKS, default="twilio", help="which network's phone to be (default: %(default)s)")
     p.add_argument("--bot", help="persona to ask for (?bot=); default: routing by --to")
     p.add_argument("--from", dest="caller", default="+15550001111", help="caller's number (default: %(default)s)")
     p.add_argument("--to", dest="dialed", default="+15005550007",
@@ -416,8 +513,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", type=float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
     p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
-    p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN", ""),
-                   help="sign requests like Twilio (default: $TWILIO_AUTH_TOKEN; needed when the gateway checks)")
+    p.add_argument("--auth-token", default=None,
+                   help="sign requests like Twilio or Plivo (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with "
+                        "--network plivo; needed when the gateway checks)")
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -440,8 +538,11 @@ async def main(args: argparse.Namespace) -> int:
         print(f"error: --out {args.out}: cannot write a file there", file=sys.stderr)
         return 2
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
+    token = args.auth_token if args.auth_token is not None else \
+        os.environ.get({"plivo": "PLIVO_AUTH_TOKEN"}.get(args.network, "TWILIO_AUTH_TOKEN"), "")
     phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
-                           auth_token=args.auth_token, public_url=args.public_url)
+                           auth_token=token if args.network != "telnyx" else "", network=args.network,
+                           public_url=args.public_url)
     try:
         await phone.dial()
     except DialError as e:

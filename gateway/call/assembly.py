@@ -16,14 +16,13 @@ from ..logs import CallLogger
 from ..outbound import outbound_persona
 from ..providers import make_provider
 from ..recording import AudioRecording, recordings_dir
-from ..telephony import Started
-from ..telephony.twilio_rest import TwilioRest
+from ..telephony import PhoneControl, Started
 from .coordinator import Call
 from .hold import load_hold_sound
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
-                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
+                  instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None) -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
@@ -49,5 +48,5 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
         hold_sound = None
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
-                record=RecordWriter(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
+                record=RecordWriter(store, call_id), instance=instance, recording=recording, control=control, http=http,
                 speak_first=speak_first, hold_sound=hold_sound)

@@ -35,8 +35,7 @@ from ..outbound import SPEAK_FIRST
 from ..playout import Playout
 from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider, ProviderConnectError,
                               ProviderError, ResponseDone, ResponseStarted, SpeechStarted, SpeechStopped, ToolCall)
-from ..telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
-from ..telephony.twilio_rest import TwilioRest
+from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, Started, Stopped
 from .actions import PhoneActions
 from .audio_bridge import AudioBridge
 from .conversation import Conversation, TranscriptEntry
@@ -85,15 +84,15 @@ class CallStatus:
 class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
                  log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
-                 recording=None, rest: TwilioRest | None = None, http: aiohttp.ClientSession | None = None,
+                 recording=None, control: PhoneControl | None = None, http: aiohttp.ClientSession | None = None,
                  speak_first: bool = False, instance: str = "", hold_sound: bytes | None = None,
                  clock: Callable[[], float] = time.monotonic):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
-        log; `recording` (a recording.AudioRecording) gets both sides' audio; `rest` (Twilio's REST
-        API) hangs up and transfers; `http`: the app's client session (HTTP tools); `speak_first`: an
-        outbound call, the bot opens; `hold_sound`: what the caller hears while the bot waits
-        (8 kHz mu-law; None: silence)."""
+        log; `recording` (a recording.AudioRecording) gets both sides' audio; `control` (made by the
+        call's network) hangs up and transfers; `http`: the app's client session (HTTP tools);
+        `speak_first`: an outbound call, the bot opens; `hold_sound`: what the caller hears while the
+        bot waits (8 kHz mu-law; None: silence)."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -116,7 +115,7 @@ class Call:
                                quiet=self.quiet, limits=config.limits, journal=self.journal, clock=clock)
         self.actions = PhoneActions(phone=phone, playout=self.playout, conversation=self.conversation,
                                     model=self.model, journal=self.journal, persona=persona, started=started,
-                                    rest=rest, hold=self.hold, clock=clock)
+                                    control=control, hold=self.hold, clock=clock)
         self.tools = ToolRunner(persona=persona, actions=self.actions, model=self.model,
                                 conversation=self.conversation, journal=self.journal, stop_bot=self.stop_bot,
                                 hold=self.hold, http=http, name=self.call_id)

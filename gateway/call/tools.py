@@ -19,7 +19,7 @@ import aiohttp
 from ..config import Persona
 from ..httptools import run_http_tool
 from ..providers.base import ToolCall
-from ..telephony.twilio_rest import TwilioRestError
+from ..telephony import PhoneActionError
 from .actions import PhoneActions
 from .conversation import Conversation
 from .hold import HoldSound
@@ -127,7 +127,7 @@ class ToolRunner:
         await self.actions.wait_played(PLAYED_TIMEOUT)  # "I'm transferring you now" is heard first
         try:
             await self.actions.transfer(number, target=target or "default", why=str(args.get("reason", ""))[:200])
-        except TwilioRestError as e:
+        except PhoneActionError as e:
             await self._reply(ev, {"ok": False, "error": f"the transfer failed ({e.message or e.status}); "
                                    "tell the caller and offer another way to help"})
 
@@ -161,7 +161,7 @@ class ToolRunner:
         number = self.persona.transfer_targets[target] if target else self.persona.transfer_to
         try:
             await self.actions.transfer(number, target=target or "default", why=f"keypad {digit}")
-        except TwilioRestError as e:
+        except PhoneActionError as e:
             self.journal.log.error("transfer_failed", error=str(e)[:300])
             await self.model.send_text(f"(The caller pressed {digit} to reach a person, but the transfer "
                                        f"failed. Apologise and offer another way to help.)")

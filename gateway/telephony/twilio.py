@@ -114,6 +114,7 @@ class TwilioMediaStream:
     """
 
     network = "twilio"
+    sid_field = "streamSid"  # where frames name their stream (other networks' streams subclass this one)
 
     def __init__(self, ws: web.WebSocketResponse, log: CallLogger, max_protocol_errors: int = 50):
         self.ws = ws
@@ -179,7 +180,7 @@ class TwilioMediaStream:
     def _handle_text(self, text: str) -> PhoneEvent | None:
         try:
             msg = parse_frame(text)
-            ev = decode_event(msg)
+            ev = self._decode(msg)
         except FrameError as e:
             self._bad(str(e), size=len(text))
             return None
@@ -197,7 +198,7 @@ class TwilioMediaStream:
         if self.stream_sid is None:
             self._bad(f"{msg['event']} before start dropped")
             return None
-        sid = msg.get("streamSid")
+        sid = msg.get(self.sid_field)
         if sid is not None and sid != self.stream_sid:
             self._bad("frame for another streamSid dropped", stream_sid=_str(sid)[:64])
             return None
@@ -206,6 +207,9 @@ class TwilioMediaStream:
                 return None  # outbound-track echo (tracks="both_tracks"): not the caller
             self.media_frames_in += 1
         return ev
+
+    def _decode(self, msg: dict) -> PhoneEvent | None:
+        return decode_event(msg)
 
     # ---------------------------------------------------------------- outbound
     async def _send(self, frame: dict) -> bool:
