@@ -27,6 +27,7 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLogger
+from .metrics import METRICS, add_metrics
 from .operator_api import add_operator_routes
 from .outbound import read_ticket
 from .providers import SPECS
@@ -35,6 +36,7 @@ from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_t
 from .telephony.signature import call_token, is_valid
 from .telephony.twilio_rest import TwilioRest
 from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
+from .webhooks import WEBHOOKS, webhook_delivery
 
 log = logging.getLogger("gateway")
 PURGE_EVERY_SECONDS = 6 * 3600
@@ -64,8 +66,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_operator_routes(app)
+    add_metrics(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
+    app.cleanup_ctx.append(webhook_delivery)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
@@ -298,7 +302,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     try:
         call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
                              store=request.app[STORE], instance=request.app[INSTANCE], rest=request.app[REST],
-                             http=request.app[HTTP])
+                             http=request.app[HTTP], observers=call_observers(request.app))
     except ValueError as e:  # a persona for a provider this build does not have
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
@@ -310,6 +314,11 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     finally:
         calls.pop(call.call_id, None)
     return ws
+
+
+def call_observers(app: web.Application) -> list:
+    """What follows each call's journal: metrics, and call webhooks when receivers are configured."""
+    return [app[METRICS].call(), *([app[WEBHOOKS].call()] if WEBHOOKS in app else [])]
 
 
 async def healthz(request: web.Request) -> web.Response:

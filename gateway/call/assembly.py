@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Sequence
 
 import aiohttp
 
@@ -18,10 +19,12 @@ from ..recording import AudioRecording, recordings_dir
 from ..telephony import Started
 from ..telephony.twilio_rest import TwilioRest
 from .coordinator import Call
+from .journal import CallObserver
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
-                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
+                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None,
+                  observers: Sequence[CallObserver] = ()) -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
@@ -43,4 +46,4 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
                 record=RecordWriter(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
-                speak_first=speak_first)
+                speak_first=speak_first, observers=observers)

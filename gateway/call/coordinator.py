@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import aiohttp
 
@@ -39,7 +39,7 @@ from ..telephony.twilio_rest import TwilioRest
 from .actions import PhoneActions
 from .audio_bridge import AudioBridge
 from .conversation import Conversation, TranscriptEntry
-from .journal import CallSummary, Journal
+from .journal import CallObserver, CallSummary, Journal
 from .limits import CallLimits
 from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
 from .tools import ToolRunner
@@ -67,12 +67,13 @@ class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
                  log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
                  recording=None, rest: TwilioRest | None = None, http: aiohttp.ClientSession | None = None,
-                 speak_first: bool = False, instance: str = "", clock: Callable[[], float] = time.monotonic):
+                 speak_first: bool = False, instance: str = "", clock: Callable[[], float] = time.monotonic,
+                 observers: Sequence[CallObserver] = ()):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
         log; `recording` (a recording.AudioRecording) gets both sides' audio; `rest` (Twilio's REST
         API) hangs up and transfers; `http`: the app's client session (HTTP tools); `speak_first`: an
-        outbound call, the bot opens."""
+        outbound call, the bot opens; `observers`: follow the journal (metrics, call webhooks)."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -86,7 +87,8 @@ class Call:
         self._started_wall = time.time()
         self.conversation = Conversation(clock, self._t0)
         self.summary = CallSummary(self.call_id, persona.name, transcript=self.conversation.transcript)
-        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset)
+        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset,
+                               observers)
         self.audio = AudioBridge(session.capabilities)
         self.playout = Playout(phone, config.audio.playout_lead_ms, clock=clock, on_first_audio=self._first_audio,
                                on_frame=recording.bot if recording is not None else None)
