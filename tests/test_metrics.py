@@ -110,3 +110,16 @@ async def test_two_apps_in_one_process_count_apart(make_gateway):
     await ended(a, phone)
     assert value(await scrape(a.url, None), "gateway_calls_ended_total", bot="echo", end_reason="caller_hangup") == 1
     assert value(await scrape(b.url, None), "gateway_calls_ended_total", bot="echo", end_reason="caller_hangup") is None
+
+
+async def test_the_grafana_dashboard_uses_only_metrics_that_exist(make_gateway):
+    import json
+    import re
+    from tests.conftest import REPO
+    gw = await make_gateway(extra="metrics:\n  public: true\n")
+    body = (await api(gw.url, "/metrics", token=None))[1].decode()
+    names = {f.name + suffix for f in text_string_to_metric_families(body)
+             for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gateway_\w+", t["expr"])}
+    assert len(used) >= 12 and used <= names, used - names
