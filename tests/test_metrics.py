@@ -123,3 +123,36 @@ async def test_the_grafana_dashboard_uses_only_metrics_that_exist(make_gateway):
     dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
     used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gateway_\w+", t["expr"])}
     assert len(used) >= 12 and used <= names, used - names
+
+
+def test_an_observer_that_fails_never_fails_the_call(caplog):
+    import logging
+    from gateway.call.journal import CallSummary, Journal
+    from gateway.calllog import NullRecordWriter
+    from gateway.logs import CallLogger
+
+    class Broken:
+        def updated(self, fields, summary):
+            raise KeyError("boom")
+
+        def event(self, kind, fields, summary):
+            raise ValueError("bang")
+
+    seen = []
+
+    class Fine:
+        def updated(self, fields, summary):
+            seen.append(("updated", fields))
+
+        def event(self, kind, fields, summary):
+            seen.append((kind, fields))
+
+    journal = Journal(CallLogger(logging.getLogger("gateway"), call="CA1"), NullRecordWriter("CA1"),
+                      CallSummary("CA1", "echo"), lambda: 0.0, [Broken(), Fine()])
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        journal.update(started_at=1.0)
+        journal.event("barge_in", by="caller")
+        journal.error("model_connect_failed", "refused")
+    assert seen == [("updated", {"started_at": 1.0}), ("barge_in", {"by": "caller"}),
+                    ("error", {"code": "model_connect_failed"})]
+    assert sum("call_observer_failed" in r.getMessage() and "Broken" in r.getMessage() for r in caplog.records) == 3

@@ -58,8 +58,7 @@ class Journal:
         """One moment of the call: a log line (`log_as` or `kind`) and a timeline event."""
         getattr(self.log, level)(log_as or kind, **fields)
         self.record.event(kind, self.offset(), **fields)
-        for observer in self.observers:
-            observer.event(kind, fields, self.summary)
+        self._tell("event", kind, fields)
 
     def line(self, entry: TranscriptEntry, *, status: str = "", generated_ms: float | None = None) -> None:
         """A transcript line was added (by the conversation): log it and record it."""
@@ -89,10 +88,17 @@ class Journal:
         it says where it happened)."""
         self.summary.error = f"{code}: {message}"[:500]
         self.record.event("error", self.offset(), code=code, message=message[:500])
-        for observer in self.observers:
-            observer.event("error", {"code": code}, self.summary)
+        self._tell("event", "error", {"code": code})
 
     def update(self, **fields: Any) -> None:
         self.record.update(**fields)
+        self._tell("updated", fields)
+
+    def _tell(self, method: str, *args: Any) -> None:
+        """Pass it on to each observer; one that fails is logged, never the call's problem."""
         for observer in self.observers:
-            observer.updated(fields, self.summary)
+            try:
+                getattr(observer, method)(*args, self.summary)
+            except Exception as e:  # noqa: BLE001 - metrics or webhooks must not end a call
+                self.log.error("call_observer_failed", observer=type(observer).__name__,
+                               error=f"{type(e).__name__}: {e}"[:300])
