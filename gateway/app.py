@@ -27,6 +27,7 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLogger
+from .metrics import METRICS, add_metrics
 from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
@@ -37,6 +38,7 @@ from .telephony.telnyx import Telnyx
 from .telephony.twilio_net import Twilio
 from .telephony.twilio_rest import TwilioRest
 from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
+from .webhooks import WEBHOOKS, webhook_delivery
 
 log = logging.getLogger("gateway")
 PURGE_EVERY_SECONDS = 6 * 3600
@@ -64,9 +66,11 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_operator_routes(app)
+    add_metrics(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
     app.cleanup_ctx.append(remote_commands)
+    app.cleanup_ctx.append(webhook_delivery)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
@@ -261,7 +265,8 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
     try:
         call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
                              store=request.app[STORE], instance=request.app[INSTANCE],
-                             control=network.control(config, request.app[HTTP], started), http=request.app[HTTP])
+                             control=network.control(config, request.app[HTTP], started), http=request.app[HTTP],
+                             observers=call_observers(request.app))
     except ValueError as e:  # a persona for a provider this build does not have
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
@@ -273,6 +278,11 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
     finally:
         calls.pop(call.call_id, None)
     return ws
+
+
+def call_observers(app: web.Application) -> list:
+    """What follows each call's journal: metrics, and call webhooks when receivers are configured."""
+    return [app[METRICS].call(), *([app[WEBHOOKS].call()] if WEBHOOKS in app else [])]
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -144,6 +144,21 @@ class OperatorConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    public: bool = False  # true: /metrics answers without the operator token (a private network only)
+
+
+WEBHOOK_EVENTS = ("call.started", "call.ended")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str  # http(s)://… that receives the JSON events (POST)
+    secret: str  # signs each delivery (X-Gateway-Signature); the receiver checks it
+    events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -163,6 +178,8 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    webhooks: list[WebhookConfig] = field(default_factory=list)
     bots_dir: str = "bots"
     # Filled by load_config, not by YAML:
     bots: dict[str, "Persona"] = field(default_factory=dict, metadata={"internal": True})
@@ -189,8 +206,8 @@ class Config:
         provider_secrets = [getattr(self.provider_settings(name), f) for name, spec in SPECS.items()
                             for f in spec.secret_fields]
         return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
-                                 self.plivo.auth_token, self.operator.token, db_password,
-                            *tool_headers) if s]
+                            self.plivo.auth_token, self.operator.token, db_password,
+                            *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
     def base_dir(self) -> Path:
@@ -450,6 +467,11 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
     if path.exists() and data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     data = _apply_env_overrides(dict(data or {}), env)
+    if env.get("GATEWAY_WEBHOOK_URL"):  # one more receiver, next to any in the file
+        hooks = data.get("webhooks") or []
+        if isinstance(hooks, list):  # else the schema check below names the mistake
+            data["webhooks"] = [*hooks, {"url": env["GATEWAY_WEBHOOK_URL"],
+                                         "secret": env.get("GATEWAY_WEBHOOK_SECRET", "")}]
     cfg = _build(Config, data, f"{path}: ")
     _check_ranges(cfg, path)
     bots_dir = Path(cfg.bots_dir)
@@ -484,6 +506,12 @@ def _check_ranges(cfg: Config, path: Path) -> None:
     ]
     checks += [(f"providers.{name}.{key}", ok(cfg.provider_settings(name)), want)
                for name, spec in SPECS.items() for key, ok, want in spec.checks]
+    for i, hook in enumerate(cfg.webhooks):
+        checks += [(f"webhooks[{i}].url", re.match(r"^https?://[^/]+", hook.url), "an http(s):// URL"),
+                   (f"webhooks[{i}].secret", len(hook.secret) >= 16,
+                    "a secret of at least 16 characters (GATEWAY_WEBHOOK_SECRET for GATEWAY_WEBHOOK_URL)"),
+                   *((f"webhooks[{i}].events[{j}]", e in WEBHOOK_EVENTS, " or ".join(WEBHOOK_EVENTS))
+                     for j, e in enumerate(hook.events))]
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"{path}: {name}: expected {want}")

@@ -110,6 +110,9 @@ def _guard(handler: Handler) -> Handler:
     return guarded
 
 
+require_operator = _guard  # for routes registered elsewhere (/metrics)
+
+
 # ------------------------------------------------------------------ helpers
 def parse_time(value: str, name: str) -> float:
     try:

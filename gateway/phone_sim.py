@@ -547,7 +547,7 @@ async def main(args: argparse.Namespace) -> int:
         await phone.dial()
     except DialError as e:
         hint = "" if e.status != 403 else (
-            " (the gateway checks Twilio signatures: pass --auth-token, its TWILIO_AUTH_TOKEN)" if not args.auth_token
+            " (the gateway checks Twilio signatures: pass --auth-token, its TWILIO_AUTH_TOKEN)" if not token
             else f" (signed for {args.public_url or args.url}: --public-url must be the gateway's GATEWAY_PUBLIC_URL "
                  "and --auth-token its TWILIO_AUTH_TOKEN)")
         print(f"call not connected: {e}{hint}")

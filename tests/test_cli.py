@@ -206,6 +206,7 @@ def test_serve_and_test_scripts_do_not_reinstall_when_run_in_turn(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "_venv.sh", tmp_path / "scripts")
     shutil.copy(REPO / "pyproject.toml", tmp_path)
+    shutil.copy(REPO / "constraints.txt", tmp_path)
     pip_log = tmp_path / "pip.log"
     venv_python = tmp_path / ".venv" / f"py{sys.version_info[0]}.{sys.version_info[1]}" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
@@ -217,7 +218,7 @@ def test_serve_and_test_scripts_do_not_reinstall_when_run_in_turn(tmp_path):
         for extras in runs:
             subprocess.run(["bash", "-c", f'VENV_EXTRAS="{extras}"; source scripts/_venv.sh'], cwd=tmp_path,
                            env={**_env(), "PYTHON": sys.executable}, check=True, capture_output=True)
-        return [line.split()[-1] for line in pip_log.read_text().splitlines() if " -e " in line]
+        return [line.split()[-1] for line in pip_log.read_text().splitlines() if " -e " in line]  # last: the target
 
     root = str(tmp_path)
     assert installs_after("[test]", "", "[test]", "", "") == [root + "[test]"]

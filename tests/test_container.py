@@ -148,7 +148,7 @@ def test_constraints_pin_every_requirement_and_this_venv_has_exactly_those_versi
     README's command, CI's) holds the pinned versions; a requirement added to pyproject.toml
     without `scripts/lock` fails here."""
     venv_sh = (REPO / "scripts" / "_venv.sh").read_text()
-    assert '-c "$ROOT/constraints.txt"' in venv_sh and '"$ROOT/constraints.txt"; echo' in venv_sh
+    assert '-c "$ROOT/constraints.txt"' in venv_sh and '"$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum' in venv_sh
     pinned = pins()
     meta = project()
     wanted = meta["dependencies"] + [r for extra in meta["optional-dependencies"].values() for r in extra]

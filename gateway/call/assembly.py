@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Sequence
 
 import aiohttp
 
@@ -19,10 +20,12 @@ from ..recording import AudioRecording, recordings_dir
 from ..telephony import PhoneControl, Started
 from .coordinator import Call
 from .hold import load_hold_sound
+from .journal import CallObserver
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
-                  instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None) -> Call:
+                  instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None,
+                  observers: Sequence[CallObserver] = ()) -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
@@ -49,4 +52,4 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
                 record=RecordWriter(store, call_id), instance=instance, recording=recording, control=control, http=http,
-                speak_first=speak_first, hold_sound=hold_sound)
+                speak_first=speak_first, hold_sound=hold_sound, observers=observers)

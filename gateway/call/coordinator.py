@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import aiohttp
 
@@ -40,7 +40,7 @@ from .actions import PhoneActions
 from .audio_bridge import AudioBridge
 from .conversation import Conversation, TranscriptEntry
 from .hold import HOLD, HoldSound
-from .journal import CallSummary, Journal
+from .journal import CallObserver, CallSummary, Journal
 from .limits import CallLimits
 from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
 from .tools import ToolRunner
@@ -86,13 +86,14 @@ class Call:
                  log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
                  recording=None, control: PhoneControl | None = None, http: aiohttp.ClientSession | None = None,
                  speak_first: bool = False, instance: str = "", hold_sound: bytes | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, observers: Sequence[CallObserver] = ()):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
         log; `recording` (a recording.AudioRecording) gets both sides' audio; `control` (made by the
         call's network) hangs up and transfers; `http`: the app's client session (HTTP tools);
         `speak_first`: an outbound call, the bot opens; `hold_sound`: what the caller hears while the
-        bot waits (8 kHz mu-law; None: silence)."""
+        bot waits (8 kHz mu-law; None: silence); `observers`: follow the journal (metrics, call
+        webhooks)."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -106,7 +107,8 @@ class Call:
         self._started_wall = time.time()
         self.conversation = Conversation(clock, self._t0)
         self.summary = CallSummary(self.call_id, persona.name, transcript=self.conversation.transcript)
-        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset)
+        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset,
+                               observers)
         self.audio = AudioBridge(session.capabilities)
         self.playout = Playout(phone, config.audio.playout_lead_ms, clock=clock, on_first_audio=self._first_audio,
                                on_frame=recording.bot if recording is not None else None)
