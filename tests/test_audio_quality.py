@@ -158,3 +158,22 @@ def test_phone_simulator_reads_a_wav_to_its_last_sample(tmp_path):
     out = ulaw_samples(read_wav_as_ulaw(path))
     assert abs(len(out) - 4000) <= 2
     assert db(rms_as_peak(out[-160:-8]), AMP) >= -1.0
+
+
+def test_the_call_bridge_delivers_a_whole_reply_and_drops_a_cut_one():
+    """What the call does with a GLM reply (24 kHz deltas): every 20 ms of it reaches the phone
+    once the reply ends, the last frame at full level; after a barge-in nothing of it leaks into
+    the next reply."""
+    from gateway.call.audio_bridge import AudioBridge
+    from gateway.providers.base import Capabilities
+    from tests.audio_check import ulaw_samples
+
+    bridge = AudioBridge(Capabilities("pcm16", 16000, "pcm16", 24000))
+    reply = tone(1000, 0.3, 24000, AMP)
+    frames = [f for i in range(0, len(reply), 4800) for f in bridge.to_phone(reply[i:i + 4800])]
+    frames += bridge.end_of_reply()
+    assert len(frames) == 15 and all(len(f) == 160 for f in frames)
+    assert db(rms_as_peak(ulaw_samples(frames[-1])[:-8]), AMP) >= -1.0
+    bridge.to_phone(reply)
+    bridge.drop_bot_audio()
+    assert not ulaw_samples(b"".join(bridge.to_phone(bytes(4800)) + bridge.end_of_reply())).any()
