@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .httptools import schema_problem
 from .persona import BUILTIN_TOOLS, DtmfConfig, HttpTool, Persona, PersonaAudio, TurnDetection
 from .providers import SPECS
 
@@ -379,7 +380,6 @@ def _check_phone_actions(p: Persona, where: str) -> None:
             raise ConfigError(f"{at}.url: expected an http(s):// URL")
         if tool.parameters.get("type") != "object":
             raise ConfigError(f"{at}.parameters: expected a JSON Schema with type: object")
-        from .httptools import schema_problem  # here: httptools imports this module
         if problem := schema_problem(tool.parameters):
             raise ConfigError(f"{at}.parameters{problem}")
         if not 0 < tool.timeout_seconds <= 60:
