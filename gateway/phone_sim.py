@@ -485,7 +485,8 @@ def read_wav_as_ulaw(path: str | Path) -> bytes:
         data = audioop.tomono(data, 2, 0.5, 0.5)
     elif channels != 1:
         raise ValueError(f"{channels} channels (mono or stereo only)")
-    return pcm16_to_ulaw(Resampler(rate, PHONE_RATE).process(data))
+    resampler = Resampler(rate, PHONE_RATE)
+    return pcm16_to_ulaw(resampler.process(data) + resampler.flush())
 
 
 def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
