@@ -21,7 +21,7 @@ from .call import entry_json
 from .calllog import CallQuery, views
 from .calllog.views import call_json, iso, transcript
 from .calllog.store import END_REASONS
-from .web_state import CALLS, CONFIG, REST, STORE
+from .web_state import CALLS, CAPACITY, CONFIG, REST, STORE
 
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +39,7 @@ def add_operator_routes(app: web.Application) -> None:
     r.add_post("/api/calls/{call_id}/hangup", _guard(hang_up))
     r.add_get("/api/live", _guard(live_calls))
     r.add_get("/api/bots", _guard(bot_summary))
+    r.add_get("/api/capacity", _guard(capacity))
     r.add_get("/", dashboard)
     r.add_get("/ui", dashboard)
 
@@ -204,6 +205,12 @@ async def hang_up(request: web.Request) -> web.Response:
     log.info("event=operator_hangup call=%s", call.call_id)
     await call.hang_up("operator_hangup", why="operator")  # Twilio REST when configured: no fallback message
     return web.json_response({"call_id": call.call_id, "status": "ending"}, status=202)
+
+
+async def capacity(request: web.Request) -> web.Response:
+    """Model session slots used per provider and key (keys by fingerprint), across every process
+    sharing the call log; `limit` 0 means no cap (then `used` counts this process's calls)."""
+    return web.json_response({"slots": await request.app[CAPACITY].report()})
 
 
 def percentile(values: list[float], p: float) -> float | None:

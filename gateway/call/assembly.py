@@ -4,12 +4,14 @@ next, the recording and the call-log writer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import aiohttp
 
 from ..calllog import RecordWriter, CallStore
+from ..capacity import fingerprint
 from ..config import Config, Persona
 from ..logs import CallLogger
 from ..outbound import outbound_persona
@@ -21,8 +23,11 @@ from .coordinator import Call
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
-                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
-    """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
+                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None,
+                  api_key: str = "") -> Call:
+    """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks.
+    `api_key`: the pool key whose slot the call holds; every session of the call (renewals and
+    reconnects too) uses it."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
     if speak_first:
@@ -32,6 +37,8 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
             context = {}
         persona = outbound_persona(persona, params.get("to", ""), context if isinstance(context, dict) else {})
     settings = config.provider_settings(persona.provider)
+    if api_key:
+        settings = dataclasses.replace(settings, api_key=api_key)
     session = make_provider(persona, settings, log)
     call_id = started.call_sid or started.stream_sid
     recording = None
@@ -40,7 +47,10 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
             recording = AudioRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
         except OSError as e:
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
-    return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
+    call = Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
                 record=RecordWriter(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
                 speak_first=speak_first)
+    if api_key:
+        call.journal.update(model_key=fingerprint(api_key))
+    return call
