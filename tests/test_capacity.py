@@ -135,7 +135,7 @@ async def test_a_full_bot_overflows_to_its_overflow_bot_with_no_session_on_the_f
         await ended(gw, phone)
 
 
-async def test_a_key_pool_spreads_calls_over_its_keys_and_renewals_keep_the_key(make_gateway, fake_openai):
+async def test_a_key_pool_spreads_calls_over_its_keys_and_each_key_has_its_cap(make_gateway, fake_openai):
     other = "sk-fake-openai-second-key-987654"
     fake_openai.extra_keys = {other}
     gw = await make_gateway(openai=fake_openai, extra=CAP1,
@@ -188,3 +188,46 @@ async def test_two_instances_share_the_cap_and_a_killed_ones_slot_comes_back_wit
     finally:
         stop(a, signal.SIGKILL)
         stop(b, signal.SIGTERM)
+
+
+async def test_renewals_and_reconnects_keep_the_calls_one_slot_and_key(make_gateway, fake_openai):
+    other = "sk-fake-openai-second-key-987654"
+    fake_openai.extra_keys = {other}
+    gw = await make_gateway(openai=fake_openai, env={"OPENAI_API_KEYS": other, "GATEWAY_OPERATOR_TOKEN": TOKEN},
+                            extra=CAP1 + "    session_renew_seconds: 1\n")
+    phone = await dial(gw.url, bot="openai-quiet")
+    await _talk(phone)
+    key = fake_openai.sessions[0].auth_header
+    await wait_for(lambda: len(fake_openai.sessions) >= 2, 4, "a renewal")  # after 1 s, at a quiet moment
+    fake_openai.fail_after_deltas, fake_openai.fail_first_session_only = 1, False
+    await phone.say(ulaw_tone(440, 0.5))  # the reply's socket drops: a reconnect
+    await wait_for(lambda: len(fake_openai.sessions) >= 3, 5, "a reconnect")
+    fake_openai.fail_after_deltas = None
+    assert {s.auth_header for s in fake_openai.sessions} == {key}  # the whole call on its one key
+    slots = (await api(gw.url, "/api/capacity"))[1]["slots"]
+    assert sorted(s["used"] for s in slots) == [0, 1]  # one slot, however many sessions
+    await phone.hangup()
+    await ended(gw, phone)
+
+
+async def test_a_stream_after_its_hold_lapsed_takes_a_free_slot_or_is_closed_without_a_model_session(
+        make_gateway, fake_glm):
+    gw = await make_gateway(glm=fake_glm, extra=CAP1 + "limits:\n  stream_wait_seconds: 1\n")
+    late = new_phone(gw.url, bot="glm-quiet")
+    await late.dial()  # Twilio is slow to open the stream: the hold lapses after 1 s
+    await asyncio.sleep(1.2)
+    on_time = await dial(gw.url, bot="glm-quiet", caller="+15550002222")  # takes the only slot
+    await _talk(on_time)
+    await late.connect()
+    await asyncio.wait_for(late.closed.wait(), 3)  # the gateway closes the late stream
+    assert len(fake_glm.sessions) == 1  # no session for it: Twilio speaks the TwiML's fallback instead
+    await on_time.hangup()
+    await ended(gw, on_time)
+    again = new_phone(gw.url, bot="glm-quiet", caller="+15550003333")
+    await again.dial()
+    await asyncio.sleep(1.2)
+    await again.connect()  # its hold lapsed too, but a slot is free: it takes one at the stream's start
+    await _talk(again)
+    assert len(fake_glm.sessions) == 2
+    await again.hangup()
+    await ended(gw, again)
