@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import hmac
 import itertools
 import json
@@ -28,7 +29,7 @@ from .calllog import open_store
 from .capacity import Capacity, Grant
 from .config import Config, Persona
 from .logs import CallLogger
-from .operator_api import add_operator_routes
+from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
@@ -67,6 +68,7 @@ def create_app(config: Config) -> web.Application:
     add_operator_routes(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
+    app.cleanup_ctx.append(remote_commands)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
@@ -161,17 +163,23 @@ def stream_url(config: Config, request: web.Request) -> str:
 
 
 def public_request_url(config: Config, request: web.Request, websocket: bool = False) -> str:
-    """The URL Twilio used for this request, as it signed it: the configured public URL's scheme
-    and host (a proxy's view of them is not to be trusted) plus the path and query we received."""
+    """The URL Twilio used for this request, as it signed it: the configured public URL's scheme,
+    host and path prefix (a proxy's view of them is not to be trusted) plus the path and query we
+    received — with the prefix put back when a proxy stripped it (public URL https://x/gw, request
+    /twilio/voice: Twilio signed https://x/gw/twilio/voice)."""
+    path_qs = request.path_qs
     if config.server.public_url:
         parts = urlsplit(config.server.public_url)
         scheme, host = parts.scheme, parts.netloc
+        prefix = parts.path.rstrip("/")
+        if prefix and not (request.path == prefix or request.path.startswith(prefix + "/")):
+            path_qs = prefix + path_qs
     else:
         host = request.headers.get("X-Forwarded-Host") or request.host
         scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
     if websocket:
         scheme = "ws" if scheme in ("http", "ws") else "wss"
-    return f"{scheme}://{host}{request.path_qs}"
+    return f"{scheme}://{host}{path_qs}"
 
 
 async def voice_webhook(request: web.Request) -> web.Response:
@@ -388,14 +396,79 @@ async def drain(app: web.Application, seconds: float) -> None:
     log.info("event=drain_done left=%d", len(calls))
 
 
-async def serve(config: Config, host: str, port: int) -> None:
-    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit."""
+class ListenError(Exception):
+    """The listening address cannot be bound (in use, not allowed, not on this machine)."""
+
+
+def _listen_error(host: str, port: int, e: OSError) -> ListenError:
+    why = {errno.EADDRINUSE: "address already in use (is another gateway running?)",
+           errno.EACCES: "permission denied (ports below 1024 need privileges)",
+           errno.EADDRNOTAVAIL: "address not available on this machine"}.get(e.errno, e.strerror or str(e))
+    return ListenError(f"cannot listen on {host}:{port}: {why}")
+
+
+def listen(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind every address `host` resolves to (all interfaces for "" or "0.0.0.0" and "::") before
+    anything else starts: a busy port must not get as far as the call log. Connections are
+    accepted (listen) only once the app has started, by `serve`. `reuse_port`: SO_REUSEPORT, for
+    the workers of `serve --workers N` (the kernel spreads connections over them)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise _listen_error(host, port, e) from None
+    return socks
+
+
+async def serve(config: Config, host: str, port: int, socks: list[socket.socket] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit. The address
+    is bound first (`listen`, or `socks` already bound): only then does the app open the call log."""
     import signal
 
+    socks = socks if socks is not None else listen(host, port)
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await runner.setup()
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    try:
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
+    except OSError as e:  # another gateway bound the same port in the same instant and listened first
+        await runner.cleanup()
+        raise _listen_error(host, port, e) from None
+
+    def url(address: str, bound_port: int) -> str:
+        return f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
+
+    bound = [sock.getsockname()[:2] for sock in socks]
+    log.info("listening on %s (webhook POST /twilio/voice, media WS /twilio/media)",
+             ", ".join(url(*b) for b in bound))
+    address, bound_port = bound[0]
+    shown = config.server.public_url.rstrip("/") or url(
+        {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address), bound_port)  # a wildcard: this machine
+    if config.operator.token:
+        log.info("dashboard %s/ (operator API on: GATEWAY_OPERATOR_TOKEN is set; the page asks for it)", shown)
+    else:
+        log.info("dashboard %s/ (operator API off: set GATEWAY_OPERATOR_TOKEN to turn it and the dashboard on)", shown)
     stop = asyncio.Event()
 
     def on_signal(sig: int) -> None:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import os
+import sys
 import time
 import uuid
 import wave
@@ -25,6 +26,7 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -37,6 +39,10 @@ FRAME_S = 0.02
 
 class DialError(Exception):
     """The webhook did not connect us to a stream (e.g. TwiML that says sorry and hangs up)."""
+
+    def __init__(self, message: str, status: int = 200):
+        super().__init__(message)
+        self.status = status  # the webhook's HTTP status
 
 
 @dataclass
@@ -82,12 +88,17 @@ class PhoneResult:
         }
 
 
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
-                 auth_token: str = ""):
-        self.base_url = base_url.rstrip("/")
+                 auth_token: str = "", public_url: str = ""):
+        self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
+        # What Twilio dials (the gateway's GATEWAY_PUBLIC_URL), hence what it signs; "": base_url.
+        self.public_url = public_url.rstrip("/")
         self.bot = bot
         self.caller = caller
         self.dialed = dialed
@@ -120,12 +131,12 @@ class SimulatedPhone:
         form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.caller,
                 "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
-        url = self.webhook_url or f"{self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
+        url = self.webhook_url or f"{self.public_url or self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
         headers = {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)} if self.auth_token else {}
-        async with self._session.post(url, data=form, headers=headers) as resp:
+        async with self._session.post(self.reach(url), data=form, headers=headers) as resp:
             text = await resp.text()
             if resp.status != 200:
-                raise DialError(f"webhook answered HTTP {resp.status}: {text[:200]}")
+                raise DialError(f"webhook answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
             refused = resp.headers.get("X-Gateway-Refused")  # why, for us (Twilio ignores it)
         self.result.twiml = text
         root = ET.fromstring(text)
@@ -143,12 +154,26 @@ class SimulatedPhone:
         self._session = self._session or aiohttp.ClientSession()
         headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
             if self.auth_token else {}
-        self.ws = await self._session.ws_connect(self.result.stream_url, max_msg_size=0, headers=headers)
+        self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0, headers=headers)
         await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
         if send_start:
             await self.send_start()
+
+    def reach(self, url: str) -> str:
+        """Where to send what Twilio sends to `url` (the public webhook, the TwiML's wss:// stream URL):
+        the gateway at base_url, keeping the path below the public URL's own. A URL on another host
+        than the public one (a stream sent to another instance) is dialled as it is, like Twilio."""
+        u, base = urlsplit(url), urlsplit(self.base_url)
+        public = urlsplit(self.public_url or self.base_url)
+        if (u.hostname, u.port or _DEFAULT_PORTS.get(u.scheme)) != \
+                (public.hostname, public.port or _DEFAULT_PORTS.get(public.scheme)):
+            return url
+        prefix = urlsplit(self.public_url).path
+        path = u.path[len(prefix):] if prefix and u.path.startswith(prefix + "/") else u.path
+        scheme = base.scheme if u.scheme in ("http", "https") else ("wss" if base.scheme == "https" else "ws")
+        return urlunsplit((scheme, base.netloc, base.path + path, u.query, ""))
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
         params = self.result.parameters if parameters is None else parameters
@@ -363,7 +388,7 @@ def read_wav_as_ulaw(path: str | Path) -> bytes:
     if channels == 2:
         data = audioop.tomono(data, 2, 0.5, 0.5)
     elif channels != 1:
-        raise ValueError(f"{path}: {channels} channels not supported")
+        raise ValueError(f"{channels} channels (mono or stereo only)")
     return pcm16_to_ulaw(Resampler(rate, PHONE_RATE).process(data))
 
 
@@ -376,29 +401,55 @@ def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="where to reach the gateway (default: %(default)s)")
+    p.add_argument("--public-url", default=os.environ.get("GATEWAY_PUBLIC_URL", ""), metavar="URL",
+                   help="the gateway's public URL: what Twilio would dial, hence what is signed "
+                        "(default: $GATEWAY_PUBLIC_URL, else --url)")
     p.add_argument("--bot", help="persona to ask for (?bot=); default: routing by --to")
-    p.add_argument("--from", dest="caller", default="+15550001111")
-    p.add_argument("--to", dest="dialed", default="+15005550007")
+    p.add_argument("--from", dest="caller", default="+15550001111", help="caller's number (default: %(default)s)")
+    p.add_argument("--to", dest="dialed", default="+15005550007",
+                   help="number dialed, routed to a bot by routing.numbers (default: %(default)s)")
     p.add_argument("--wav", help="what the caller says (any PCM WAV); default: a 1.2 s 440 Hz tone")
-    p.add_argument("--out", default="heard.wav", help="where to write what the caller heard")
-    p.add_argument("--wait", type=float, default=2.0, help="seconds of silence before speaking (greeting)")
+    p.add_argument("--out", default="heard.wav", help="where to write what the caller heard (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=2.0,
+                   help="seconds of silence before speaking, to hear the greeting (default: %(default)s)")
     p.add_argument("--hold", type=float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
     p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN", ""),
                    help="sign requests like Twilio (default: $TWILIO_AUTH_TOKEN; needed when the gateway checks)")
 
 
 async def main(args: argparse.Namespace) -> int:
-    speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
+    try:
+        speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
+    except FileNotFoundError:
+        print(f"error: --wav {args.wav}: no such file", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: --wav {args.wav}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (wave.Error, EOFError) as e:  # not RIFF/WAVE, cut short, or not integer PCM
+        print(f"error: --wav {args.wav}: not a PCM WAV file ({str(e) or 'cut short'})", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: --wav {args.wav}: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out).resolve().parent
+    if Path(args.out).is_dir() or not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        print(f"error: --out {args.out}: cannot write a file there", file=sys.stderr)
+        return 2
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
     phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
-                           auth_token=args.auth_token)
+                           auth_token=args.auth_token, public_url=args.public_url)
     try:
         await phone.dial()
     except DialError as e:
-        print(f"call not connected: {e}")
+        hint = "" if e.status != 403 else (
+            " (the gateway checks Twilio signatures: pass --auth-token, its TWILIO_AUTH_TOKEN)" if not args.auth_token
+            else f" (signed for {args.public_url or args.url}: --public-url must be the gateway's GATEWAY_PUBLIC_URL "
+                 "and --auth-token its TWILIO_AUTH_TOKEN)")
+        print(f"call not connected: {e}{hint}")
         return 1
     except aiohttp.ClientError as e:
         print(f"cannot reach the gateway at {args.url}: {e}")
@@ -407,7 +458,11 @@ async def main(args: argparse.Namespace) -> int:
         if phone.result.stream_url == "" and phone._session is not None:
             await phone._session.close()
     try:
-        await phone.connect()
+        try:
+            await phone.connect()
+        except aiohttp.ClientError as e:
+            print(f"call not connected: cannot open the stream {phone.result.stream_url}: {e}")
+            return 1
         await phone.silence(args.wait)
         await phone.say(speech)
         await phone.silence(hold)
@@ -416,7 +471,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await phone.close()
     write_ulaw_as_wav(args.out, bytes(phone.result.heard))
-    summary = phone.result.summary()
+    summary = {"call_id": phone.call_sid, **phone.result.summary()}
     summary["heard_wav"] = args.out
     summary["spoke_seconds"] = round(len(speech) / PHONE_RATE, 2)
     if args.json:
@@ -424,8 +479,12 @@ async def main(args: argparse.Namespace) -> int:
     else:
         print(f"call {phone.call_sid} -> bot {summary['bot']} via {summary['stream_url']}")
         for k, v in summary.items():
-            if k not in ("stream_url", "bot"):
+            if k not in ("call_id", "stream_url", "bot"):
                 print(f"  {k:24} {v}")
         for v in phone.result.violations[:10]:
             print(f"  VIOLATION {v}")
+    if phone.result.close_code == 1008:  # WSCloseCode.POLICY_VIOLATION
+        print("the gateway refused the stream (close code 1008: signature, call token or no start; see its log)",
+              file=sys.stderr)
+        return 1
     return 0 if not phone.result.violations else 1

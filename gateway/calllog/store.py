@@ -96,6 +96,19 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE calls ADD COLUMN model_key TEXT",
         "ALTER TABLE calls ADD COLUMN overflow TEXT",
     ],
+    # Commands for a call that runs on another instance or worker (an operator's hang-up arrived
+    # elsewhere): the owner polls for its own (see calllog/instances.py).
+    6: [
+        """CREATE TABLE call_commands (
+            id TEXT PRIMARY KEY,  -- random, made by the sender (portable: no serials)
+            instance TEXT NOT NULL,
+            call_id TEXT NOT NULL,
+            command TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            taken_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX call_commands_open ON call_commands (instance) WHERE taken_at IS NULL",
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
