@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .call.assembly import assemble_call
 from .calllog import open_store
+from .capacity import Capacity, Grant
 from .config import Config, Persona
 from .logs import CallLogger
 from .metrics import METRICS, add_metrics
@@ -37,7 +38,7 @@ from .telephony.plivo import Plivo
 from .telephony.telnyx import Telnyx
 from .telephony.twilio_net import Twilio
 from .telephony.twilio_rest import TwilioRest
-from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
+from .web_state import CALLS, CAPACITY, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
 from .webhooks import WEBHOOKS, webhook_delivery
 
 log = logging.getLogger("gateway")
@@ -105,6 +106,7 @@ async def _call_log(app: web.Application):
     app[STORE] = store
     crashed, no_stream = await store.hold_lease(app[INSTANCE], config.storage.lease_seconds,
                                                 config.limits.stream_wait_seconds)
+    app[CAPACITY] = Capacity(config, store, app[INSTANCE])
     log.log(logging.WARNING if crashed or no_stream else logging.INFO, "event=calllog_open store=%s instance=%s "
             "crashed_calls_closed=%d no_stream_closed=%d", store, app[INSTANCE], crashed, no_stream)
     yield
@@ -188,18 +190,50 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
             clog.warning("webhook_rejected", reason="invalid or expired outbound ticket", bot=persona.name)
             return _refused(request, network, network.hangup_document(),
                             "invalid or expired outbound ticket", record)
+    wanted = persona
+    grant, persona, overflow = await _reserve_model(request.app, persona, call_sid or f"nosid-{secrets.token_hex(8)}")
+    if grant is None:
+        clog.warning("webhook_refused", reason="busy", bot=wanted.name, why=overflow, caller=caller)
+        return _refused(request, network, network.refusal(wanted.busy_message, wanted.language),
+                        f"busy: no model capacity: {overflow}", record | {"overflow": overflow})
+    if overflow:
+        clog.warning("webhook_overflow", wanted=wanted.name, bot=persona.name, why=overflow)
     clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed,
-              direction="outbound" if outbound else None)
+              direction="outbound" if outbound else None, model_key=grant.fingerprint or None)
     if call_sid and STORE in request.app:
         request.app[STORE].enqueue("upsert_call", call_sid, {
             "webhook_at": time.time(), "from_number": caller, "to_number": dialed, "bot": persona.name,
             "network": network.name, "provider": persona.provider, "model": persona.model,
-            "direction": "outbound" if outbound else "inbound"})
+            "direction": "outbound" if outbound else "inbound", "model_key": grant.fingerprint or None,
+            "overflow": overflow or None})
     params = {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid}
     if outbound:
         params.update(direction="outbound", context=json.dumps(outbound["ctx"], ensure_ascii=False))
     return web.Response(text=network.answer(config, request, persona, hook, params),
                         content_type=network.document_type)
+
+
+async def _reserve_model(app: web.Application, persona: Persona, call_id: str) -> tuple[Grant | None, Persona, str]:
+    """A model session slot for the call, held until its stream starts: on the persona's provider,
+    else on its `overflow` bot's (and that one's overflow, each bot at most once). Returns the grant
+    (None: busy), the persona that got it and, if it overflowed, why ("" if not)."""
+    if CAPACITY not in app:
+        return Grant(persona.provider, call_id), persona, ""
+    config, capacity = app[CONFIG], app[CAPACITY]
+    why, seen, current = [], set(), persona
+    while True:
+        seen.add(current.name)
+        grant = await capacity.reserve(current, call_id)
+        if grant is not None:
+            return grant, current, "; ".join(why)
+        why.append(f"bot {current.name!r} full ({capacity.describe(current.provider, await capacity.report())})")
+        following = config.bots.get(current.overflow)
+        if following is None or following.name in seen:
+            return None, persona, "; ".join(why)
+        if not config.provider_ready(following):
+            why.append(f"overflow bot {following.name!r} has no API key")
+            return None, persona, "; ".join(why)
+        current = following
 
 
 def _unavailable(config: Config, bot: str) -> str:
@@ -262,12 +296,20 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
         clog.warning("stream_rejected", reason="unknown bot" if bot not in config.bots else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
         return ws
+    capacity = request.app[CAPACITY]
+    grant = await capacity.claim(persona, started.call_sid or started.stream_sid)
+    if grant is None:  # its webhook's hold lapsed (or there was no webhook) and every key is full
+        clog.warning("stream_rejected", reason="no model capacity",
+                     why=capacity.describe(persona.provider, await capacity.report()))
+        await stream.close(1000)  # Twilio speaks the fallback: no model session was opened
+        return ws
     try:
         call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
                              store=request.app[STORE], instance=request.app[INSTANCE],
                              control=network.control(config, request.app[HTTP], started), http=request.app[HTTP],
-                             observers=call_observers(request.app))
+                             observers=call_observers(request.app), api_key=grant.key)
     except ValueError as e:  # a persona for a provider this build does not have
+        await capacity.release(grant)
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
         return ws
@@ -277,6 +319,7 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
         request.app[RECENT].append(await call.run())
     finally:
         calls.pop(call.call_id, None)
+        await capacity.release(grant)
     return ws
 
 

@@ -203,8 +203,8 @@ class Config:
         db_password = urlsplit(self.storage.url).password if "://" in self.storage.url else None
         tool_headers = [v for p in self.bots.values() for t in p.http_tools for k, v in t.headers.items()
                         if any(word in k.lower() for word in ("auth", "key", "token", "secret"))]
-        provider_secrets = [getattr(self.provider_settings(name), f) for name, spec in SPECS.items()
-                            for f in spec.secret_fields]
+        provider_secrets = [secret for name, spec in SPECS.items() for f in spec.secret_fields
+                            for secret in _as_list(getattr(self.provider_settings(name), f, ""))]
         return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
                             self.plivo.auth_token, self.operator.token, db_password,
                             *tool_headers, *(w.secret for w in self.webhooks)) if s]
@@ -213,6 +213,10 @@ class Config:
     def base_dir(self) -> Path:
         """Relative paths in the config (bots, SQLite file, recordings) are relative to this."""
         return Path(self.path).resolve().parent if self.path else Path.cwd()
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 # ---------------------------------------------------------------- generic builder
@@ -358,8 +362,18 @@ def _apply_env_overrides(data: dict, env: typing.Mapping[str, str]) -> dict:
                 if not isinstance(child, dict):
                     child = node[key] = {}
                 node = child
-            node[path[-1]] = env[var]
+            node[path[-1]] = _env_value(path, env[var])
     return data
+
+
+def _env_value(path: tuple[str, ...], value: str) -> Any:
+    """An environment override as its field wants it: a list field takes comma-separated items."""
+    tp: Any = Config
+    for key in path:
+        tp = typing.get_type_hints(tp).get(key) if dataclasses.is_dataclass(tp) else None
+    if typing.get_origin(tp) is list:
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Persona:
@@ -486,6 +500,10 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
         if bot not in bots:
             raise ConfigError(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
                               f"(have: {', '.join(sorted(bots)) or 'none'})")
+    for name, persona in bots.items():
+        if persona.overflow != "busy" and (persona.overflow not in bots or persona.overflow == name):
+            raise ConfigError(f"{persona.path}: overflow: expected busy or another bot, got {persona.overflow!r} "
+                              f"(bots: {', '.join(sorted(set(bots) - {name}))})")
     return dataclasses.replace(cfg, bots=bots, path=str(path))
 
 

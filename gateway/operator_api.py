@@ -22,7 +22,7 @@ from .call import entry_json
 from .calllog import CallQuery, instances, views
 from .calllog.views import call_json, iso, transcript
 from .calllog.store import END_REASONS
-from .web_state import CALLS, CONFIG, INSTANCE, REST, STORE
+from .web_state import CALLS, CAPACITY, CONFIG, INSTANCE, REST, STORE
 
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,6 +42,7 @@ def add_operator_routes(app: web.Application) -> None:
     r.add_get("/api/live", _guard(live_calls))
     r.add_get("/api/bots", _guard(bot_summary))
     r.add_get("/api/openapi.json", _guard(openapi))
+    r.add_get("/api/capacity", _guard(capacity))
     r.add_get("/", dashboard)
     r.add_get("/ui", dashboard)
 
@@ -263,6 +264,12 @@ async def remote_commands(app: web.Application):
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def capacity(request: web.Request) -> web.Response:
+    """Model session slots used per provider and key (keys by fingerprint), across every process
+    sharing the call log; `limit` 0 means no cap (then `used` counts this process's calls)."""
+    return web.json_response({"slots": await request.app[CAPACITY].report()})
 
 
 def percentile(values: list[float], p: float) -> float | None:

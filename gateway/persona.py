@@ -104,5 +104,9 @@ class Persona:
     hold: HoldAudio = field(default_factory=HoldAudio)
     # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
     fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
+    # When no key of the provider has a free session (providers.<name>.max_sessions): `busy` (the
+    # caller hears busy_message, no model session is opened) or another bot's name (it takes the call).
+    overflow: str = "busy"
+    busy_message: str = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
     name: str = field(default="", metadata={"internal": True})
     path: str = field(default="", metadata={"internal": True})

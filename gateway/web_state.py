@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from .calllog import CallStore
+from .capacity import Capacity
 from .config import Config
 from .telephony.twilio_rest import TwilioRest
 
@@ -22,4 +23,5 @@ STORE = web.AppKey("store", CallStore)  # the call log
 INSTANCE = web.AppKey("instance", str)  # this gateway's name in call records
 REST = web.AppKey("rest", TwilioRest)  # Twilio's REST API (hang up, transfer, outbound)
 HTTP = web.AppKey("http", aiohttp.ClientSession)  # one client session (connection pool) for the app
+CAPACITY = web.AppKey("capacity", Capacity)  # model session slots per provider key (shared via the call log)
 DRAINING = web.AppKey("draining", dict)  # {"since": monotonic} once a drain has started

@@ -16,9 +16,10 @@ import pytest
 from gateway.app import STORE
 from gateway.calllog.recorder import RecordWriter
 from gateway.calllog.store import END_REASONS
+from gateway.capacity import fingerprint
 from tests.calllog_helpers import TOKEN, three_calls
 from tests.cdp import Browser, chromium_path
-from tests.conftest import REPO
+from tests.conftest import GLM_KEY, REPO
 from tests.phone_helpers import dial, ended
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
@@ -52,6 +53,10 @@ async def test_dashboard_after_three_calls(make_gateway, fake_glm, fake_openai, 
     assert history.count("glm-greeter") == 2 and "openai-greeter" in history
     assert await page.eval("document.querySelector('#history .reason-model_error')?.innerText") == "model_error"
     assert await page.eval("document.querySelectorAll('#history .reason-caller_hangup').length") == 2
+    # Model sessions per key, the key only as its fingerprint: the live GLM call holds one.
+    await page.wait_for("document.querySelector('#capacity').innerText.includes('glm\\t' + %r + '\\t1\\tno cap')"
+                        % fingerprint(GLM_KEY))
+    assert GLM_KEY.split(".")[1] not in await page.text("#capacity")
     bots = await page.text("#bots")
     assert "glm-greeter\t2" in bots and "openai-greeter\t1" in bots and "model_error 1" in bots
 

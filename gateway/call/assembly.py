@@ -4,6 +4,7 @@ next, the recording and the call-log writer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Sequence
 import aiohttp
 
 from ..calllog import RecordWriter, CallStore
+from ..capacity import fingerprint
 from ..config import Config, Persona
 from ..logs import CallLogger
 from ..outbound import outbound_persona
@@ -25,8 +27,10 @@ from .journal import CallObserver
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
                   instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None,
-                  observers: Sequence[CallObserver] = ()) -> Call:
-    """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
+                  observers: Sequence[CallObserver] = (), api_key: str = "") -> Call:
+    """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks.
+    `api_key`: the pool key whose slot the call holds; every session of the call (renewals and
+    reconnects too) uses it."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
     if speak_first:
@@ -36,6 +40,8 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
             context = {}
         persona = outbound_persona(persona, params.get("to", ""), context if isinstance(context, dict) else {})
     settings = config.provider_settings(persona.provider)
+    if api_key:
+        settings = dataclasses.replace(settings, api_key=api_key)
     session = make_provider(persona, settings, log)
     call_id = started.call_sid or started.stream_sid
     recording = None
@@ -49,7 +55,10 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
     except (OSError, ValueError, EOFError) as e:  # checked at load; the file may have gone since
         log.error("hold_sound_unavailable", error=f"{type(e).__name__}: {e}"[:200])
         hold_sound = None
-    return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
+    call = Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
                 record=RecordWriter(store, call_id), instance=instance, recording=recording, control=control, http=http,
                 speak_first=speak_first, hold_sound=hold_sound, observers=observers)
+    if api_key:
+        call.journal.update(model_key=fingerprint(api_key))
+    return call

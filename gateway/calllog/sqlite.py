@@ -77,6 +77,9 @@ class SqliteStore(CallStore):
             assert self._db is not None
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if self._db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                    self._db.execute("COMMIT")
+                    return  # another process (a worker starting at the same moment) applied it first
                 for stmt in statements:
                     self._db.execute(stmt)
                 self._db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",

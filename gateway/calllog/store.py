@@ -80,6 +80,22 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX calls_unended ON calls (instance) WHERE ended_at IS NULL",
     ],
+    # Model session slots (see `take_slot`), and which key served a call / why it overflowed.
+    4: [
+        """CREATE TABLE model_slots (
+            provider TEXT NOT NULL,
+            key_fp TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            call_id TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            taken_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION,
+            PRIMARY KEY (provider, key_fp, slot)
+        )""",
+        "CREATE INDEX model_slots_call ON model_slots (call_id)",
+        "ALTER TABLE calls ADD COLUMN model_key TEXT",
+        "ALTER TABLE calls ADD COLUMN overflow TEXT",
+    ],
     # Call webhooks waiting for (or done with) delivery: see gateway/webhooks.py. A row is claimed
     # by one instance at a time (claimed_by/claimed_until) so two never deliver it together.
     5: [
@@ -119,7 +135,7 @@ SCHEMA_VERSION = max(MIGRATIONS)
 
 CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", "bot", "provider", "model", "instance",
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
-               "barge_ins", "turns", "input_tokens", "output_tokens", "recording")
+               "barge_ins", "turns", "input_tokens", "output_tokens", "recording", "model_key", "overflow")
 END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",
                "max_duration", "silence_timeout", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream",
                "refused")
@@ -372,6 +388,7 @@ class CallStore(abc.ABC):
         no_stream = await self._execute(self._sql(
             "UPDATE calls SET end_reason = 'no_stream', ended_at = webhook_at, duration_s = 0 "
             "WHERE ended_at IS NULL AND started_at IS NULL AND webhook_at < ?"), (now - stream_wait_seconds,))
+        await self._execute(self._sql(f"DELETE FROM model_slots WHERE NOT {self._SLOT_HELD}"), (now, now))
         await self._execute(self._sql("DELETE FROM instance_leases WHERE expires_at < ?"), (now,))
         return crashed, no_stream
 
@@ -390,6 +407,49 @@ class CallStore(abc.ABC):
                     log.warning("event=calllog_swept crashed_calls_closed=%d no_stream_closed=%d", crashed, no_stream)
             except Exception as e:  # noqa: BLE001 - the database may be down for a while; keep trying
                 log.error("event=calllog_lease_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+
+    # ------------------------------------------------------------------ model session slots
+    # A key with `max_sessions` N has slot rows 0..N-1 per (provider, key fingerprint); a call holds
+    # at most one. A row is taken by one atomic upsert that only overwrites a row nobody holds, so
+    # two processes (or instances on one PostgreSQL) can never hold the same slot. A row is held
+    # while `expires_at` is ahead (a webhook's hold until the stream starts) or, once a stream
+    # claimed it (`expires_at` NULL), while its instance's lease is live: a killed instance's
+    # slots are free again as soon as its lease lapsed.
+    _SLOT_HELD = ("(COALESCE(model_slots.expires_at >= ?, FALSE) OR (model_slots.expires_at IS NULL AND EXISTS (SELECT 1 FROM "
+                  "instance_leases l WHERE l.instance = model_slots.instance AND l.expires_at >= ?)))")
+
+    async def slots_held(self, now: float | None = None) -> list[dict]:
+        """Held slots: provider, key_fp, slot, call_id, instance."""
+        now = time.time() if now is None else now
+        return await self._fetch(self._sql(f"SELECT provider, key_fp, slot, call_id, instance FROM model_slots "
+                                           f"WHERE {self._SLOT_HELD} ORDER BY provider, key_fp, slot"), (now, now))
+
+    async def take_slot(self, provider: str, key_fp: str, slot: int, call_id: str, instance: str,
+                        hold_until: float | None, now: float | None = None) -> bool:
+        """Take slot number `slot` of a key for `call_id` unless someone holds it; True if taken.
+        `hold_until`: held until then (a webhook waiting for its stream); None: while `instance` lives."""
+        now = time.time() if now is None else now
+        return bool(await self._execute(self._sql(
+            "INSERT INTO model_slots (provider, key_fp, slot, call_id, instance, taken_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, key_fp, slot) DO UPDATE SET "
+            "call_id = excluded.call_id, instance = excluded.instance, taken_at = excluded.taken_at, "
+            f"expires_at = excluded.expires_at WHERE NOT {self._SLOT_HELD}"),
+            (provider, key_fp, slot, call_id, instance, now, hold_until, now, now)))
+
+    async def claim_slot(self, provider: str, call_id: str, instance: str, now: float | None = None) -> str | None:
+        """The stream of `call_id` started here: its webhook's hold (if still held) becomes this
+        instance's for as long as it lives. The key fingerprint, or None if there is no such hold."""
+        now = time.time() if now is None else now
+        if not await self._execute(self._sql(
+                "UPDATE model_slots SET instance = ?, expires_at = NULL WHERE provider = ? AND call_id = ? "
+                f"AND {self._SLOT_HELD}"), (instance, provider, call_id, now, now)):
+            return None
+        rows = await self._fetch(self._sql("SELECT key_fp FROM model_slots WHERE provider = ? AND call_id = ?"),
+                                 (provider, call_id))
+        return rows[0]["key_fp"] if rows else None
+
+    async def release_slot(self, provider: str, call_id: str) -> None:
+        await self._execute(self._sql("DELETE FROM model_slots WHERE provider = ? AND call_id = ?"), (provider, call_id))
 
     async def purge(self, before: float) -> list[str]:
         """Delete calls that ended before `before` with their events; returns their recording paths."""

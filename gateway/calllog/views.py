@@ -34,6 +34,7 @@ def call_json(row: dict) -> dict:
         "barge_ins": row.get("barge_ins"), "turns": row.get("turns"),
         "usage": {"input_tokens": row.get("input_tokens"), "output_tokens": row.get("output_tokens")},
         "has_recording": bool(row.get("recording")),
+        "model_key": row.get("model_key"), "overflow": row.get("overflow"),
     }
 
 

@@ -55,7 +55,12 @@ class ProviderSpec:
 
     def ready(self, settings: Any) -> bool:
         """It can open a session with these settings (its API key is set, where it needs one)."""
-        return not self.needs_key or bool(getattr(settings, "api_key", ""))
+        return not self.needs_key or bool(self.keys(settings))
+
+    def keys(self, settings: Any) -> list[str]:
+        """Its key pool: `api_key` then `api_keys`, each once, in that order (empty: no key)."""
+        keys = [getattr(settings, "api_key", ""), *getattr(settings, "api_keys", ())]
+        return list(dict.fromkeys(k for k in keys if k))
 
     def key_variable(self) -> str | None:
         """The environment variable that sets the API key, to name in messages."""

@@ -20,7 +20,7 @@ import base64
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import jwt
@@ -49,6 +49,8 @@ class GlmProviderConfig:
     """`providers.glm` in config.yaml."""
     url: str = "wss://open.bigmodel.cn/api/paas/v4/realtime"
     api_key: str = ""
+    api_keys: list[str] = field(default_factory=list)  # a pool: each call takes a key with room
+    max_sessions: int = 0  # concurrent sessions per key (the account's tier: 5, 10, 15, 20); 0 = no cap
     auth: Literal["jwt", "key"] = "jwt"  # jwt: signed token per connection; key: raw id.secret
     jwt_ttl_seconds: int = 3600
     # The JWT's `exp` claim: ms as Zhipu's Python SDKs build it, or s as older examples do. If GLM
@@ -273,8 +275,12 @@ SPEC = ProviderSpec(
     voices=frozenset({"tongtong", "female-tianmei", "male-qn-daxuesheng", "male-qn-jingying", "lovely_girl",
                       "female-shaonv"}),
     max_output_tokens=1024, settings=GlmProviderConfig,
-    env={"ZHIPU_API_KEY": "api_key", "GLM_REALTIME_URL": "url"}, secret_fields=("api_key",),
+    env={"ZHIPU_API_KEY": "api_key", "ZHIPU_API_KEYS": "api_keys", "GLM_REALTIME_URL": "url"},
+    secret_fields=("api_key", "api_keys"),
     checks=(("url", lambda s: bool(re.match(r"^wss?://", s.url)), "a ws:// or wss:// URL"),
             ("api_key", lambda s: not s.api_key or s.auth == "key" or s.api_key.count(".") == 1,
-             "an id.secret key for auth: jwt")),
+             "an id.secret key for auth: jwt"),
+            ("api_keys", lambda s: s.auth == "key" or all(k.count(".") == 1 for k in s.api_keys),
+             "id.secret keys for auth: jwt"),
+            ("max_sessions", lambda s: s.max_sessions >= 0, ">= 0 (0: no cap)")),
 )

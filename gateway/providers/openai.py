@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -60,6 +60,8 @@ class OpenAIProviderConfig:
     # query parameter (Azure's older `deployment=` URLs are left as they are).
     url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
     api_key: str = ""
+    api_keys: list[str] = field(default_factory=list)  # a pool: each call takes a key with room
+    max_sessions: int = 0  # concurrent sessions per key (the deployment's quota); 0 = no cap
     # How the key is presented: `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure).
     auth: Literal["bearer", "api-key"] = "bearer"
     connect_timeout_seconds: float = 10.0
@@ -223,7 +225,9 @@ SPEC = ProviderSpec(
     factory=OpenAIRealtime,
     voices=frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse"}),
     max_output_tokens=4096, settings=OpenAIProviderConfig,
-    env={"OPENAI_API_KEY": "api_key", "OPENAI_REALTIME_URL": "url"}, secret_fields=("api_key",),
+    env={"OPENAI_API_KEY": "api_key", "OPENAI_API_KEYS": "api_keys", "OPENAI_REALTIME_URL": "url"},
+    secret_fields=("api_key", "api_keys"),
     checks=(("url", lambda s: bool(re.match(r"^wss?://", s.url)), "a ws:// or wss:// URL"),
+            ("max_sessions", lambda s: s.max_sessions >= 0, ">= 0 (0: no cap)"),
             ("session_renew_seconds", lambda s: s.session_renew_seconds >= 1, ">= 1")),
 )

@@ -85,6 +85,7 @@ class FakeOpenAI(FakeModelServer):
                          delta_interval=delta_interval, vad_threshold=vad_threshold, cancel_settle=cancel_settle)
         self.echo = False
         self.max_session_seconds: float | None = None
+        self.extra_keys: set[str] = set()  # more keys it accepts (a deployment with several keys)
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):06d}"
@@ -94,10 +95,11 @@ class FakeOpenAI(FakeModelServer):
         if headers.get("OpenAI-Beta"):
             self.rejected.append("beta header")
             return connection.respond(400, "the OpenAI-Beta header selects the retired beta protocol\n")
+        keys = {self.api_key, *self.extra_keys}
         if self.auth == "api-key":
-            ok = headers.get("api-key") == self.api_key
+            ok = headers.get("api-key") in keys
         else:
-            ok = headers.get("Authorization") == f"Bearer {self.api_key}"
+            ok = headers.get("Authorization") in {f"Bearer {k}" for k in keys}
         if not ok:
             self.rejected.append("bad key")
             return connection.respond(401, '{"error": {"code": "invalid_api_key"}}\n')
