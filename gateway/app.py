@@ -28,6 +28,7 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLogger
+from .machine_detection import amd_callback
 from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
@@ -61,6 +62,7 @@ def create_app(config: Config) -> web.Application:
         log.warning("event=signatures_unchecked note=\"no twilio.auth_token: webhook and media stream are "
                     "unauthenticated (fine on a laptop, not on the internet)\"")
     app.router.add_post("/twilio/voice", voice_webhook)
+    app.router.add_post("/twilio/amd", amd_callback)
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

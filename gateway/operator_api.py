@@ -154,7 +154,7 @@ async def place_call(request: web.Request) -> web.Response:
     except OutboundError as e:
         return _error(e.status, str(e))
     try:
-        created = await request.app[REST].create_call(plan["to"], plan["from"], plan["url"])
+        created = await request.app[REST].create_call(plan["to"], plan["from"], plan["url"], **plan["amd"])
     except TwilioRestError as e:
         log.warning("event=outbound_failed to=%s error=%s", plan["to"], str(e)[:300])
         return _error(502, f"Twilio refused the call: {e.message or e.status}")

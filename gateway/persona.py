@@ -79,5 +79,8 @@ class Persona:
     dtmf: DtmfConfig = field(default_factory=DtmfConfig)
     # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
     fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
+    # Outbound calls answered by a machine: left after the beep (Twilio <Say>), then the call ends.
+    # Empty: a machine is hung up on without a message.
+    voicemail_message: str = ""
     name: str = field(default="", metadata={"internal": True})
     path: str = field(default="", metadata={"internal": True})

@@ -93,15 +93,17 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX call_commands_open ON call_commands (instance) WHERE taken_at IS NULL",
     ],
+    # Outbound calls: who answered, as Twilio's answering-machine detection says (human, machine_end_beep, ...).
+    7: ["ALTER TABLE calls ADD COLUMN answered_by TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
 CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", "bot", "provider", "model", "instance",
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
-               "barge_ins", "turns", "input_tokens", "output_tokens", "recording")
+               "barge_ins", "turns", "input_tokens", "output_tokens", "recording", "answered_by")
 END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",
                "max_duration", "silence_timeout", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream",
-               "refused")
+               "refused", "answering_machine")
 # A held lease is renewed this many times per lease period: two heartbeats in a row may fail (a
 # database hiccup, a stalled event loop) before the lease lapses and other instances take this
 # one's calls for crashed.

@@ -24,7 +24,7 @@ def call_json(row: dict) -> dict:
     first = row.get("first_audio_at")
     return {
         "call_id": row["call_id"], "stream_id": row.get("stream_id"), "network": row.get("network"),
-        "direction": row.get("direction", "inbound"),
+        "direction": row.get("direction", "inbound"), "answered_by": row.get("answered_by"),
         "from": row.get("from_number"), "to": row.get("to_number"), "bot": row.get("bot"),
         "provider": row.get("provider"), "model": row.get("model"), "instance": row.get("instance"),
         "webhook_at": iso(row.get("webhook_at")), "started_at": iso(started), "first_audio_at": iso(first),
