@@ -104,6 +104,7 @@ class Call:
                                  caller_speaking=lambda: self.conversation.caller_speaking,
                                  started_at=self._t0, clock=clock)
         self._model_errors = 0
+        self._speech_from: float | None = None  # when the caller's current speech began (offset, s)
 
     # ------------------------------------------------------------------ public surface
     def status(self) -> CallStatus:
@@ -241,6 +242,7 @@ class Call:
                 self._bot_audio(ev)
             elif isinstance(ev, SpeechStarted):
                 self.conversation.speech_started()
+                self._speech_from = self.conversation.offset()
                 if self.playout.busy() or self.conversation.active_response is not None:
                     await self._barge_in(by="caller")
                 else:
@@ -248,6 +250,10 @@ class Call:
             elif isinstance(ev, SpeechStopped):
                 self.conversation.speech_stopped()
                 self.journal.log.debug("caller_speech_stopped")
+                if self._speech_from is not None:  # a caller speech segment, for the call's timeline
+                    ms = round((self.conversation.offset() - self._speech_from) * 1000)
+                    self.journal.record.event("speech", self._speech_from, ms=ms)
+                    self._speech_from = None
             elif isinstance(ev, ResponseStarted):
                 self.conversation.response_started(ev.response_id)
             elif isinstance(ev, OutputTranscript):

@@ -389,3 +389,17 @@ class CallStore(abc.ABC):
             else ("WHERE ended_at IS NOT NULL", ())
         return await self._fetch(self._sql(
             f"SELECT bot, duration_s, end_reason, started_at, first_audio_at FROM calls {where}"), args)
+
+    async def activity_since(self, since: float) -> tuple[list[dict], list[dict]]:
+        """For the per-hour trend: the calls started since then (bot, started_at) and their turn
+        latencies (bot, when, ms). The caller bounds `since` (a window of hours, not all history)."""
+        calls = await self._fetch(self._sql("SELECT bot, started_at FROM calls WHERE started_at >= ?"), (since,))
+        events = await self._fetch(self._sql(
+            "SELECT c.bot, c.started_at, e.t, e.data FROM calls c JOIN call_events e ON e.call_id = c.call_id "
+            "WHERE c.started_at >= ? AND e.kind = 'latency'"), (since,))
+        latencies = []
+        for e in events:
+            ms = json.loads(e["data"]).get("ms")
+            if isinstance(ms, (int, float)):
+                latencies.append({"bot": e["bot"], "at": e["started_at"] + e["t"], "ms": ms})
+        return calls, latencies
