@@ -62,7 +62,7 @@ def create_app(config: Config) -> web.Application:
         log.warning("event=signatures_unchecked note=\"no twilio.auth_token: webhook and media stream are "
                     "unauthenticated (fine on a laptop, not on the internet)\"")
     app.router.add_post("/twilio/voice", voice_webhook)
-    app.router.add_post("/twilio/amd", amd_callback)
+    app.router.add_post("/twilio/amd", amd_callback(public_request_url))
     app.router.add_get("/twilio/media", media_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -20,6 +20,7 @@ and the form fields when an auth token is set (403 otherwise).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from aiohttp import web
 
@@ -41,9 +42,15 @@ def is_machine(answered_by: str) -> bool:
     return answered_by.startswith("machine_") or answered_by == "fax"
 
 
-async def amd_callback(request: web.Request) -> web.Response:
-    from .app import public_request_url  # app imports this module: import at call time
+def amd_callback(public_request_url: Callable[[Config, web.Request], str]):
+    """The /twilio/amd handler; `public_request_url`: the URL Twilio signed (app.public_request_url)."""
 
+    async def handler(request: web.Request) -> web.Response:
+        return await _verdict(request, public_request_url(request.app[CONFIG], request))
+    return handler
+
+
+async def _verdict(request: web.Request, signed_url: str) -> web.Response:
     config: Config = request.app[CONFIG]
     try:
         form = await request.post()
@@ -52,7 +59,7 @@ async def amd_callback(request: web.Request) -> web.Response:
     if config.signatures_required:
         signature = request.headers.get("X-Twilio-Signature", "")
         fields = [(k, v) for k, v in form.items() if isinstance(v, str)]
-        if not is_valid(config.twilio.auth_token, public_request_url(config, request), fields, signature):
+        if not is_valid(config.twilio.auth_token, signed_url, fields, signature):
             log.warning("event=amd_signature_invalid remote=%s had_signature=%s", request.remote, bool(signature))
             return web.Response(status=403, text="invalid X-Twilio-Signature\n")
     call_sid = str(form.get("CallSid", ""))[:64]
