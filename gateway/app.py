@@ -28,12 +28,13 @@ from .calllog import open_store
 from .capacity import Capacity, Grant
 from .config import Config, Persona
 from .logs import CallLogger
+from .machine_detection import amd_callback
 from .metrics import METRICS, add_metrics
 from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
-from .telephony.network import Network
+from .telephony.network import Network, public_request_url
 from .telephony.plivo import Plivo
 from .telephony.telnyx import Telnyx
 from .telephony.twilio_net import Twilio
@@ -64,6 +65,7 @@ def create_app(config: Config) -> web.Application:
             log.warning("%s network=%s", warning, network.name)
         app.router.add_post(network.webhook_path, functools.partial(voice_webhook, network=network))
         app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
+    app.router.add_post("/twilio/amd", amd_callback(public_request_url))  # outbound calls' machine detection
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_operator_routes(app)

@@ -165,7 +165,7 @@ async def place_call(request: web.Request) -> web.Response:
     except OutboundError as e:
         return _error(e.status, str(e))
     try:
-        created = await request.app[REST].create_call(plan["to"], plan["from"], plan["url"])
+        created = await request.app[REST].create_call(plan["to"], plan["from"], plan["url"], **plan["amd"])
     except TwilioRestError as e:
         log.warning("event=outbound_failed to=%s error=%s", plan["to"], str(e)[:300])
         return _error(502, f"Twilio refused the call: {e.message or e.status}")
@@ -296,7 +296,35 @@ async def bot_summary(request: web.Request) -> web.Response:
                      "first_audio_ms_p50": _round(percentile(firsts, 50)),
                      "first_audio_ms_p95": _round(percentile(firsts, 95)),
                      "end_reasons": dict(Counter(c["end_reason"] for c in calls))})
-    return web.json_response({"bots": bots})
+    hours = _int(request, "hours", 24, 1, MAX_TREND_HOURS)
+    return web.json_response({"bots": bots, "trend": await _trend(request.app[STORE], hours)})
+
+
+MAX_TREND_HOURS = 7 * 24  # the trend reads every turn latency of its window: keep the window bounded
+
+
+async def _trend(store, hours: int, now: float | None = None) -> dict:
+    """Per hour of the last `hours` (whole UTC hours, the current one last): calls started and the
+    turn latency (end of caller speech -> first bot audio) p50/p95, for all bots and per bot."""
+    now = time.time() if now is None else now
+    first = (int(now) // 3600 - hours + 1) * 3600
+    calls, latencies = await store.activity_since(first)
+
+    def buckets(bot: str | None) -> list[dict]:
+        counts, lat = [0] * hours, [[] for _ in range(hours)]
+        for c in calls:
+            if bot is None or (c["bot"] or "?") == bot:
+                counts[min(hours - 1, int(c["started_at"] - first) // 3600)] += 1
+        for e in latencies:
+            i = int(e["at"] - first) // 3600
+            if (bot is None or (e["bot"] or "?") == bot) and 0 <= i < hours:
+                lat[i].append(e["ms"])
+        return [{"start": iso(first + i * 3600), "calls": counts[i], "turns": len(lat[i]),
+                 "turn_latency_ms_p50": _round(percentile(lat[i], 50)),
+                 "turn_latency_ms_p95": _round(percentile(lat[i], 95))} for i in range(hours)]
+
+    names = sorted({c["bot"] or "?" for c in calls})
+    return {"hours": hours, "all": buckets(None), "by_bot": {b: buckets(b) for b in names}}
 
 
 def _round(v: float | None) -> float | None:

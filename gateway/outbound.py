@@ -8,7 +8,9 @@ request and the answer (any gateway instance can take the webhook) and nobody ca
 stream starts with `direction=outbound` and the context, and the bot is told it placed the call
 and should speak first.
 
-Answering machines are not detected yet: the bot talks to a voicemail greeting like to a person.
+Answering machines: every call is placed with Twilio's asynchronous machine detection
+(`amd_params`): the callee is connected at once (a person hears the bot without delay) while
+Twilio listens in the background and posts its verdict to /twilio/amd (machine_detection.py).
 """
 
 from __future__ import annotations
@@ -89,7 +91,22 @@ def plan_call(config: Config, body: object) -> dict:
         raise OutboundError(503, "outbound calls need GATEWAY_PUBLIC_URL: Twilio must be able to reach the webhook")
     ticket = make_ticket(config.twilio.auth_token, bot, to, context)
     url = f"{config.server.public_url.rstrip('/')}/twilio/voice?" + urlencode({"bot": bot, "outbound": ticket})
-    return {"to": to, "from": from_, "url": url, "bot": bot, "context": context}
+    return {"to": to, "from": from_, "url": url, "bot": bot, "context": context, "amd": amd_params(config, bot)}
+
+
+def amd_params(config: Config, bot: str) -> dict[str, str]:
+    """Twilio's asynchronous answering-machine detection for a call we place.
+
+    `DetectMessageEnd` rather than `Enable`: a person is reported as soon as recognised either
+    way, but `Enable` reports a machine at the start of its greeting (`machine_start`), when a
+    message would be spoken over the greeting and lost before the beep; `DetectMessageEnd`
+    waits for the end of the greeting (`machine_end_beep`/`_silence`/`_other`), the moment to
+    leave one. Asynchronous: the call is connected to the bot at once (no silence for a person
+    while Twilio listens), the verdict comes to /twilio/amd, signed like our other webhooks; the
+    bot is named in its URL (covered by the signature) for the persona's voicemail message."""
+    callback = f"{config.server.public_url.rstrip('/')}/twilio/amd?" + urlencode({"bot": bot})
+    return {"MachineDetection": "DetectMessageEnd", "AsyncAmd": "true", "AsyncAmdStatusCallback": callback,
+            "AsyncAmdStatusCallbackMethod": "POST"}
 
 
 def outbound_persona(persona: Persona, to: str, context: dict) -> Persona:

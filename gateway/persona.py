@@ -108,5 +108,8 @@ class Persona:
     # caller hears busy_message, no model session is opened) or another bot's name (it takes the call).
     overflow: str = "busy"
     busy_message: str = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
+    # Outbound calls answered by a machine: left after the beep (Twilio <Say>), then the call ends.
+    # Empty: a machine is hung up on without a message.
+    voicemail_message: str = ""
     name: str = field(default="", metadata={"internal": True})
     path: str = field(default="", metadata={"internal": True})

@@ -22,7 +22,7 @@ import websockets
 
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--mute-audio", "--window-size=1280,1700", "--remote-debugging-port=0"]
+         "--disable-default-apps", "--mute-audio", "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1700", "--remote-debugging-port=0"]
 
 
 def chromium_path() -> str | None:

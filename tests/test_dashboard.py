@@ -17,7 +17,7 @@ from gateway.app import STORE
 from gateway.calllog.recorder import RecordWriter
 from gateway.calllog.store import END_REASONS
 from gateway.capacity import fingerprint
-from tests.calllog_helpers import TOKEN, three_calls
+from tests.calllog_helpers import TOKEN, api, three_calls
 from tests.cdp import Browser, chromium_path
 from tests.conftest import GLM_KEY, REPO
 from tests.phone_helpers import dial, ended
@@ -130,6 +130,32 @@ async def test_dashboard_after_three_calls(make_gateway, fake_glm, fake_openai, 
     duration = await page.wait_for("(() => { const a = document.querySelector('#recording');"
                                    " return a && a.readyState >= 1 && a.duration; })()")
     assert 2.0 < duration < 6.0  # a playable WAV of the whole call
+
+    # The same call on a time axis: the caller's speech, the bot's audio (the cut rest dashed), the
+    # barge-in where the caller spoke over it, the reply latency.
+    axis = "document.querySelector('#call-axis')"
+    speech = await page.eval(f"[...{axis}.querySelectorAll('rect.speech')].map(r => r.querySelector('title').textContent)")
+    assert speech and all(s.startswith("Caller speaking") for s in speech), speech
+    assert await page.eval(f"{axis}.querySelectorAll('rect.bot-audio').length") >= 2  # greeting and reply
+    assert await page.eval(f"{axis}.querySelectorAll('rect.unheard-audio').length") == 1
+    cut_x, speech_x = await page.eval(f"[+{axis}.querySelector('line.cut').getAttribute('x1'), "
+                                      f"+{axis}.querySelector('rect.speech').getAttribute('x')]")
+    assert abs(cut_x - speech_x) < 40, (cut_x, speech_x)  # the barge-in is where the caller started speaking
+    assert "they had heard" in await page.eval(f"{axis}.querySelector('line.cut title').textContent")
+    assert re.fullmatch(r"\d+ ms", await page.eval(f"{axis}.querySelector('text.latency-label').textContent"))
+    # The cursor follows the recording as it plays; a click on the axis seeks it.
+    await page.eval("document.querySelector('#recording').play()")
+    await page.wait_for("+document.querySelector('#cursor').dataset.t > 0.4", 5)
+    await page.eval("document.querySelector('#recording').pause()")
+    end = await page.eval(f"+{axis}.dataset.end")
+    await page.eval(f"(() => {{ const b = {axis}.getBoundingClientRect(), W = {axis}.viewBox.baseVal.width;"
+                    f" const px = 64 + 0.75 * (W - 64 - 14);"  # 3/4 along the axis
+                    f" {axis}.dispatchEvent(new MouseEvent('click', {{clientX: b.left + px * b.width / W,"
+                    f" clientY: b.top + 50, bubbles: true}})); }})()")
+    await page.wait_for("document.querySelector('#recording').seeking === false")
+    at = await page.eval("document.querySelector('#recording').currentTime")
+    assert abs(at - min(0.75 * end, duration)) < 0.1, (at, end)
+    assert abs(float(await page.eval("document.querySelector('#cursor').dataset.t")) - at) < 0.05
     await page.screenshot(ARTIFACTS / f"dashboard-call-{store_url.split(':')[0]}.png")
 
     # The failed call says what went wrong.
@@ -238,4 +264,108 @@ async def test_dashboard_tells_each_kind_of_barge_in_as_a_sentence(make_gateway,
     # The record's own fields stay at hand, as the tooltip.
     assert "heard_ms=[700]" in await page.eval(
         "document.querySelector('#timeline li[data-kind=barge_in] .event:not(.who)').title")
+    await page.close()
+
+
+def _record(store, sid: str, started: float, duration: float, events: list[tuple], **fields) -> None:
+    rec = RecordWriter(store, sid)
+    rec.update(webhook_at=started, started_at=started, ended_at=started + duration, duration_s=duration,
+               end_reason="caller_hangup", from_number="+15550000001", to_number="+15005550006", **fields)
+    for kind, t, data in events:
+        rec.event(kind, t, **data)
+
+
+async def test_call_axis_draws_every_kind_of_moment_and_the_bots_view_plots_the_last_hours(
+        make_gateway, fake_glm, tmp_path, browser):
+    gw = await make_gateway(glm=fake_glm, env={"GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/calls.db",
+                                               "GATEWAY_OPERATOR_TOKEN": TOKEN})
+    store, now = gw.app[STORE], time.time()
+    hour = int(now) // 3600 * 3600
+    sid = "CA" + "3" * 32
+    _record(store, sid, hour - 2 * 3600 + 60, 14.0, [
+        ("bot", 0.2, dict(text="Hi, this is Northwind. How can I help?", response="r1", heard="Hi, this is Northwind. How can I help?",
+                          generated_ms=2100)),
+        ("speech", 2.6, dict(ms=1800)),
+        ("caller", 4.5, dict(text="Where is my order A123?")),
+        ("tool_call", 4.8, dict(name="lookup_order", arguments={"order_id": "A123"}, call_id="c1")),
+        ("tool_result", 6.0, dict(name="lookup_order", call_id="c1", ok=True)),
+        ("latency", 5.1, dict(response="r2", ms=700)),
+        ("bot", 4.6, dict(text="Your order A123 left our warehouse this morning and arrives tomorrow before noon.",
+                          response="r2", heard="Your order A123 left our warehouse this morning and arrives tomorrow before noon.",
+                          generated_ms=4800)),
+        ("speech", 7.9, dict(ms=1400)),
+        ("bot_cut", 8.1, dict(response="r2", heard="Your order A123 left our warehouse", heard_ms=3000)),
+        ("barge_in", 8.1, dict(by="caller", responses=["r2"], cancelled="r2", heard_ms=[3000])),
+        ("caller", 9.4, dict(text="Can I change the delivery slot?")),
+        ("latency", 10.0, dict(response="r3", ms=600)),
+        ("bot", 9.5, dict(text="Press 5 to pick a new slot.", response="r3", heard="Press 5 to pick a new slot.",
+                          generated_ms=1600)),
+        ("dtmf", 12.2, dict(digit="5")),
+        ("hang_up", 13.9, dict(reason="caller_hangup")),
+    ], bot="glm-agent", provider="glm", model="glm-realtime-flash", direction="outbound", answered_by="human",
+       turns=3, barge_ins=1)
+    _record(store, "CA" + "4" * 32, hour - 2 * 3600 + 120, 5.0, [("latency", 2.0, dict(response="a", ms=400)),
+                                                                 ("latency", 4.0, dict(response="b", ms=900))],
+            bot="glm-quiet")
+    _record(store, "CA" + "5" * 32, hour + min(60, int(now - hour)), 3.0,
+            [("latency", 1.0, dict(response="a", ms=1500))], bot="glm-quiet")
+    await store.flush()
+
+    # The API: per hour, calls started and turn latency p50/p95 (nearest rank), for all and per bot.
+    status, body = await api(gw.url, "/api/bots?hours=3")
+    trend = body["trend"]
+    assert status == 200 and trend["hours"] == 3 and len(trend["all"]) == 3
+    assert [(b["calls"], b["turns"], b["turn_latency_ms_p50"], b["turn_latency_ms_p95"]) for b in trend["all"]] == \
+        [(2, 4, 600, 900), (0, 0, None, None), (1, 1, 1500, 1500)]
+    assert [b["calls"] for b in trend["by_bot"]["glm-quiet"]] == [1, 0, 1]
+    assert trend["all"][-1]["start"].startswith(time.strftime("%Y-%m-%dT%H:00:00", time.gmtime(hour)))
+    for bad in ("0", "169", "x"):
+        assert (await api(gw.url, f"/api/bots?hours={bad}"))[0] == 400
+
+    # The bots view: the last 24 hours as bars (calls) and lines (p50, p95).
+    page = await browser.new_page()
+    await page.goto(f"{gw.url}/#token={TOKEN}")
+    await page.wait_for("document.querySelectorAll('#trend-chart rect.calls-bar').length === 2")
+    assert await page.eval("document.querySelectorAll('#trend-chart circle.p50-dot').length") == 2
+    tips = await page.eval("[...document.querySelectorAll('#trend-chart circle.p95-dot title')].map(t => t.textContent)")
+    assert [t.split(": ", 1)[1] for t in tips] == ["turn latency p95 900 ms over 4 turns",
+                                                   "turn latency p95 1500 ms over 1 turn"]
+    await page.eval("{ const s = document.querySelector('#trend-bot'); s.value = 'glm-agent'; s.onchange(); }")
+    await page.wait_for("document.querySelectorAll('#trend-chart rect.calls-bar').length === 1")
+    assert await page.eval("document.querySelectorAll('#trend-chart circle.p50-dot').length") == 1
+    await page.eval("{ const s = document.querySelector('#trend-bot'); s.value = ''; s.onchange(); }")
+    await page.screenshot(ARTIFACTS / "dashboard-bots-trend.png")
+
+    # The call page: lanes, the cut, latencies, the tool call as long as it ran, the key pressed.
+    await page.goto(f"{gw.url}/?call={sid}")
+    await page.wait_for("document.querySelector('#call-axis') !== null")
+    axis = "document.querySelector('#call-axis')"
+    W = await page.eval(f"{axis}.viewBox.baseVal.width")
+
+    def x(t: float) -> float:
+        return 64 + t / 14.0 * (W - 64 - 14)
+
+    speech = await page.eval(f"[...{axis}.querySelectorAll('rect.speech')].map(r => [+r.getAttribute('x'), "
+                             "+r.getAttribute('width'), r.querySelector('title').textContent])")
+    assert [(round(a), round(w)) for a, w, _ in speech] == [(round(x(2.6)), round(x(4.4) - x(2.6))),
+                                                           (round(x(7.9)), round(x(9.3) - x(7.9)))]
+    assert speech[0][2] == "Caller speaking 2.60–4.40 s: \u201cWhere is my order A123?\u201d"
+    bots = await page.eval(f"[...{axis}.querySelectorAll('rect.bot-audio')].map(r => [+r.getAttribute('x'), "
+                           "+r.getAttribute('width')])")
+    # r2's audio starts at its first frame (5.1 s, 700 ms after the caller stopped), 3 s of it heard.
+    assert [round(v) for v in bots[1]] == [round(x(5.1)), round(x(8.1) - x(5.1))]
+    unheard = await page.eval(f"{axis}.querySelector('rect.unheard-audio title').textContent")
+    assert unheard == "Generated but never heard: \u201cthis morning and arrives tomorrow before noon.\u201d"
+    assert await page.eval(f"[...{axis}.querySelectorAll('text.latency-label')].map(t => t.textContent)") \
+        == ["700 ms", "600 ms"]
+    tool = await page.eval(f"(r => [+r.getAttribute('x'), +r.getAttribute('width'), r.querySelector('title').textContent])"
+                           f"({axis}.querySelector('rect.tool'))")
+    assert round(tool[0]) == round(x(4.8)) and round(tool[1]) == round(x(6.0) - x(4.8))
+    assert tool[2] == 'Tool lookup_order {"order_id":"A123"} — 1200 ms'
+    assert await page.eval(f"{axis}.querySelector('text.key-label').textContent") == "5"
+    assert round(await page.eval(f"+{axis}.querySelector('line.cut').getAttribute('x1')")) == round(x(8.1))
+    assert "Answered by\nhuman" in await page.text("#call-details")
+    assert await page.eval("document.querySelectorAll('#timeline li[data-kind=speech]').length") == 0
+    await page.screenshot(ARTIFACTS / "dashboard-call-axis.png")
+    assert not [c for c in page.console if c.startswith("exception")], page.console
     await page.close()

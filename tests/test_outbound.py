@@ -10,8 +10,9 @@ import aiohttp
 from gateway.outbound import SPEAK_FIRST, make_ticket, read_ticket
 from gateway.telephony.signature import compute
 from tests.calllog_helpers import TOKEN, api
-from tests.conftest import TWILIO_TOKEN
-from tests.phone_helpers import ended, new_phone, wait_for
+from gateway.web_state import STORE
+from tests.conftest import TWILIO_SID, TWILIO_TOKEN
+from tests.phone_helpers import ended, new_phone, ulaw_tone, wait_for
 from tests.proc import free_port
 
 
@@ -98,3 +99,88 @@ async def test_a_forged_or_expired_ticket_gets_no_bot(make_gateway, fake_glm, fa
         async with s.post(url, data=form, headers={"X-Twilio-Signature": compute(TWILIO_TOKEN, url, form)}) as r:
             twiml = await r.text()
     assert "<Hangup/>" in twiml and "<Stream" not in twiml
+
+
+VOICEMAIL = "Hi, this is Northwind calling about your router delivery. Please call us back at 555 0100."
+
+
+async def amd_gateway(make_gateway, fake_glm, fake_rest, config_dir):
+    """A gateway placing calls for `glm-caller`, a persona with a voicemail message."""
+    (config_dir / "bots" / "glm-caller.yaml").write_text(
+        f"provider: glm\nlanguage: en-US\ninstructions: You are a test bot.\nvoicemail_message: {VOICEMAIL}\n")
+    port = free_port()
+    return await make_gateway(glm=fake_glm, rest=fake_rest, port=port, env={
+        "GATEWAY_OPERATOR_TOKEN": TOKEN, "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"})
+
+
+async def answered(gw, fake_rest, bot: str):
+    """Place a call and let the callee answer: the stream runs, the bot has spoken first."""
+    status, placed = await post(gw.url, {"to": "+15551230000", "bot": bot, "from": "+15005550006"})
+    assert status == 201, placed
+    sid = placed["call_id"]
+    phone = new_phone(gw.url, caller="+15005550006", dialed="+15551230000", call_sid=sid)
+    phone.webhook_url = fake_rest.created[sid]["Url"]
+    await phone.dial()
+    await phone.connect()
+    await wait_for(lambda: phone.result.first_audio_at is not None, 4, "the bot speaking first")
+    return sid, phone
+
+
+async def test_a_machine_gets_the_voicemail_message_after_the_beep_then_the_call_ends(
+        make_gateway, fake_glm, fake_rest, config_dir):
+    gw = await amd_gateway(make_gateway, fake_glm, fake_rest, config_dir)
+    sid, phone = await answered(gw, fake_rest, "glm-caller")
+    create = fake_rest.created[sid]  # accepted by the fake's checks of the AMD parameters, as Twilio's
+    assert {k: create[k] for k in ("MachineDetection", "AsyncAmd", "AsyncAmdStatusCallback",
+                                   "AsyncAmdStatusCallbackMethod")} == {
+        "MachineDetection": "DetectMessageEnd", "AsyncAmd": "true",
+        "AsyncAmdStatusCallback": f"{gw.url}/twilio/amd?bot=glm-caller", "AsyncAmdStatusCallbackMethod": "POST"}
+
+    assert await fake_rest.detect(sid, "machine_end_beep", 3100) == 204
+    update = fake_rest.requests[-1]
+    assert update.call_sid == sid and update.form == {"Twiml": (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Say language="en-US">' + VOICEMAIL + "</Say><Hangup/></Response>")}
+    assert await phone.wait_closed(3)  # the stream ends with the redirect
+    assert (await ended(gw, phone)).end_reason == "answering_machine"
+    await gw.app[STORE].flush()
+    record = (await api(gw.url, f"/api/calls/{sid}"))[1]
+    assert record["answered_by"] == "machine_end_beep" and record["end_reason"] == "answering_machine"
+    kinds = {e["kind"]: e for e in record["timeline"]}
+    assert kinds["answered_by"]["detection_ms"] == 3100 and kinds["voicemail_left"]["message"] == VOICEMAIL
+
+
+async def test_a_machine_without_a_voicemail_message_is_hung_up_on(make_gateway, fake_glm, fake_rest, config_dir):
+    gw = await amd_gateway(make_gateway, fake_glm, fake_rest, config_dir)
+    sid, phone = await answered(gw, fake_rest, "glm-quiet")
+    assert await fake_rest.detect(sid, "machine_end_silence") == 204
+    assert fake_rest.requests[-1].form == {"Status": "completed"}
+    assert await phone.wait_closed(3)
+    assert (await ended(gw, phone)).end_reason == "answering_machine"
+
+
+async def test_a_person_who_answers_gets_the_bot_as_before(make_gateway, fake_glm, fake_rest, config_dir):
+    gw = await amd_gateway(make_gateway, fake_glm, fake_rest, config_dir)
+    sid, phone = await answered(gw, fake_rest, "glm-caller")
+    before = len(fake_rest.requests)
+    assert await fake_rest.detect(sid, "human", 1200) == 204
+    await phone.say(ulaw_tone(440, 0.5))  # the conversation goes on: the bot answers
+    await wait_for(lambda: len(fake_glm.sessions[0].responses) >= 2, 5, "the bot's reply to the person")
+    assert len(fake_rest.requests) == before  # nothing was done to the call
+    await phone.hangup()
+    assert (await ended(gw, phone)).end_reason == "caller_hangup"
+    await gw.app[STORE].flush()
+    assert (await api(gw.url, f"/api/calls/{sid}"))[1]["answered_by"] == "human"
+
+
+async def test_an_unsigned_or_forged_verdict_does_nothing(make_gateway, fake_glm, fake_rest, config_dir):
+    gw = await amd_gateway(make_gateway, fake_glm, fake_rest, config_dir)
+    sid, phone = await answered(gw, fake_rest, "glm-caller")
+    before = len(fake_rest.requests)
+    url = f"{gw.url}/twilio/amd?bot=glm-caller"
+    form = {"AccountSid": TWILIO_SID, "CallSid": sid, "AnsweredBy": "machine_end_beep"}
+    async with aiohttp.ClientSession() as s:
+        for headers in ({}, {"X-Twilio-Signature": compute("not-the-token", url, form)},
+                        {"X-Twilio-Signature": compute(TWILIO_TOKEN, url.replace("glm-caller", "glm-quiet"), form)}):
+            async with s.post(url, data=form, headers=headers) as r:
+                assert r.status == 403
+    assert len(fake_rest.requests) == before and not phone.closed.is_set()

@@ -128,6 +128,7 @@ class Call:
                                  started_at=self._t0, clock=clock)
         self._model_errors = 0
         self._barge_check: BargeInCheck | None = None  # a barge-in waiting to be confirmed (policy confirm)
+        self._speech_from: float | None = None  # when the caller's current speech began (offset, s)
 
     # ------------------------------------------------------------------ public surface
     def status(self) -> CallStatus:
@@ -270,10 +271,15 @@ class Call:
                 self._bot_audio(ev)
             elif isinstance(ev, SpeechStarted):
                 self.conversation.speech_started()
+                self._speech_from = self.conversation.offset()
                 await self._caller_started_speaking()
             elif isinstance(ev, SpeechStopped):
                 self.conversation.speech_stopped()
                 self.journal.log.debug("caller_speech_stopped")
+                if self._speech_from is not None:  # a caller speech segment, for the call's timeline
+                    ms = round((self.conversation.offset() - self._speech_from) * 1000)
+                    self.journal.record.event("speech", self._speech_from, ms=ms)
+                    self._speech_from = None
                 if self._barge_check is not None:
                     self._dismiss_barge_in("speech ended")
             elif isinstance(ev, ResponseStarted):

@@ -130,15 +130,18 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX call_commands_open ON call_commands (instance) WHERE taken_at IS NULL",
     ],
+    # Outbound calls: who answered, as Twilio's answering-machine detection says (human, machine_end_beep, ...).
+    7: ["ALTER TABLE calls ADD COLUMN answered_by TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
 CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", "bot", "provider", "model", "instance",
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
-               "barge_ins", "turns", "input_tokens", "output_tokens", "recording", "model_key", "overflow")
+               "barge_ins", "turns", "input_tokens", "output_tokens", "recording", "model_key", "overflow",
+               "answered_by")
 END_REASONS = ("caller_hangup", "bot_hangup", "transferred", "operator_hangup", "model_error", "model_closed",
                "max_duration", "silence_timeout", "protocol_error", "internal_error", "shutdown", "crashed", "no_stream",
-               "refused")
+               "refused", "answering_machine")
 # A held lease is renewed this many times per lease period: two heartbeats in a row may fail (a
 # database hiccup, a stalled event loop) before the lease lapses and other instances take this
 # one's calls for crashed.
@@ -513,3 +516,17 @@ class CallStore(abc.ABC):
             else ("WHERE ended_at IS NOT NULL", ())
         return await self._fetch(self._sql(
             f"SELECT bot, duration_s, end_reason, started_at, first_audio_at FROM calls {where}"), args)
+
+    async def activity_since(self, since: float) -> tuple[list[dict], list[dict]]:
+        """For the per-hour trend: the calls started since then (bot, started_at) and their turn
+        latencies (bot, when, ms). The caller bounds `since` (a window of hours, not all history)."""
+        calls = await self._fetch(self._sql("SELECT bot, started_at FROM calls WHERE started_at >= ?"), (since,))
+        events = await self._fetch(self._sql(
+            "SELECT c.bot, c.started_at, e.t, e.data FROM calls c JOIN call_events e ON e.call_id = c.call_id "
+            "WHERE c.started_at >= ? AND e.kind = 'latency'"), (since,))
+        latencies = []
+        for e in events:
+            ms = json.loads(e["data"]).get("ms")
+            if isinstance(ms, (int, float)):
+                latencies.append({"bot": e["bot"], "at": e["started_at"] + e["t"], "ms": ms})
+        return calls, latencies

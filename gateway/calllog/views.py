@@ -24,7 +24,7 @@ def call_json(row: dict) -> dict:
     first = row.get("first_audio_at")
     return {
         "call_id": row["call_id"], "stream_id": row.get("stream_id"), "network": row.get("network"),
-        "direction": row.get("direction", "inbound"),
+        "direction": row.get("direction", "inbound"), "answered_by": row.get("answered_by"),
         "from": row.get("from_number"), "to": row.get("to_number"), "bot": row.get("bot"),
         "provider": row.get("provider"), "model": row.get("model"), "instance": row.get("instance"),
         "webhook_at": iso(row.get("webhook_at")), "started_at": iso(started), "first_audio_at": iso(first),
@@ -40,23 +40,24 @@ def call_json(row: dict) -> dict:
 
 def transcript(events: list[dict]) -> list[dict]:
     """The call's timeline as an operator reads it: caller and bot lines (bot lines with what was
-    heard, amended by later cuts, and their reply latency), DTMF, barge-ins, tools, errors."""
+    heard, amended by later cuts, their reply latency and `audio_t`, when their first audio went to
+    the phone), caller speech segments (`speech`: start and `ms`), DTMF, barge-ins, tools, errors."""
     out: list[dict] = []
     bots: dict[str, dict] = {}
     latency: dict[str, float] = {}
     for e in events:
         kind = e["kind"]
-        if kind == "latency":
-            latency[e.get("response", "")] = e.get("ms")
+        if kind == "latency":  # recorded when the reply's first audio went to the phone
+            latency[e.get("response", "")] = (e.get("ms"), e["t"])
             if e.get("response") in bots:
-                bots[e["response"]]["latency_ms"] = e.get("ms")
+                bots[e["response"]].update(latency_ms=e.get("ms"), audio_t=e["t"])
             continue
         if kind == "bot_cut" and e.get("response") in bots:
             bots[e["response"]].update(interrupted=True, heard=e.get("heard", ""), heard_ms=e.get("heard_ms"))
             continue
         line = {k: v for k, v in e.items() if k != "seq"}
         if kind == "bot":
-            line["latency_ms"] = latency.get(e.get("response", ""))
+            line["latency_ms"], line["audio_t"] = latency.get(e.get("response", ""), (None, None))
             bots[e.get("response", "")] = line
         out.append(line)
     # In order of when things happened (a bot line is written when its reply ends but belongs

@@ -6,6 +6,12 @@ Twilio's. Switches: `fail_next` (statuses to answer first, e.g. [503] to test re
 `Retry-After: retry_after`), `stall` (seconds to sit on each request after recording it, as a slow
 Twilio would) and `gone` (call SIDs that are already over: 404 with code 20404). `connections`
 counts the TCP connections requests came on (distinct client addresses).
+
+Answering-machine detection: a create asking for it is checked like Twilio checks it
+(`MachineDetection` Enable|DetectMessageEnd, `AsyncAmd` true|false, `AsyncAmdStatusCallbackMethod`
+POST|GET; 400 otherwise); `detect(call_sid, answered_by)` then does what Twilio does when it has
+decided: a signed POST of AccountSid, CallSid, AnsweredBy and MachineDetectionDuration to the
+call's `AsyncAmdStatusCallback`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
+
+from gateway.telephony.signature import compute
 
 
 @dataclass
@@ -40,6 +49,7 @@ class FakeTwilioRest:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
+        self.created: dict[str, dict] = {}  # call SID -> the create request's form
 
     async def start(self, port: int = 0) -> None:
         app = web.Application(middlewares=[self._count_connections])
@@ -88,7 +98,11 @@ class FakeTwilioRest:
         if missing:
             return web.json_response({"code": 21201, "message": f"No '{missing[0]}' number is specified",
                                       "status": 400}, status=400)
+        amd_error = self._amd_error(form)
+        if amd_error:
+            return web.json_response({"code": 21200, "message": amd_error, "status": 400}, status=400)
         sid = f"CA{next(self._ids):032x}"
+        self.created[sid] = form
         return web.json_response({"sid": sid, "status": "queued", "to": form["To"], "from": form["From"],
                                   "account_sid": self.account_sid}, status=201)
 
@@ -105,3 +119,28 @@ class FakeTwilioRest:
         if form.get("Status") == "completed":
             self.gone.add(call)
         return web.json_response({"sid": call, "status": "completed" if form.get("Status") else "in-progress"})
+
+    @staticmethod
+    def _amd_error(form: dict) -> str | None:
+        detection = form.get("MachineDetection")
+        if detection is not None and detection not in ("Enable", "DetectMessageEnd"):
+            return f"MachineDetection must be Enable or DetectMessageEnd, not {detection!r}"
+        if form.get("AsyncAmd", "false") not in ("true", "false"):
+            return "AsyncAmd must be true or false"
+        if form.get("AsyncAmdStatusCallbackMethod", "POST") not in ("POST", "GET"):
+            return "AsyncAmdStatusCallbackMethod must be POST or GET"
+        if form.get("AsyncAmd") == "true" and not detection:
+            return "AsyncAmd needs MachineDetection"
+        return None
+
+    async def detect(self, call_sid: str, answered_by: str, duration_ms: int = 2400) -> int:
+        """Twilio has decided who answered: post it, signed, to the call's AsyncAmdStatusCallback.
+        Returns the HTTP status the callback answered with."""
+        create = self.created[call_sid]
+        url = create["AsyncAmdStatusCallback"]
+        form = {"AccountSid": self.account_sid, "CallSid": call_sid, "AnsweredBy": answered_by,
+                "MachineDetectionDuration": str(duration_ms)}
+        headers = {"X-Twilio-Signature": compute(self.auth_token, url, form)}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, data=form, headers=headers) as r:
+                return r.status
