@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from . import speedups
 from .calllog.store import StoreError
 from .config import ConfigError, load_config
 from .logs import setup_logging
@@ -31,7 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
     log.info("listening on http://%s:%d (webhook POST /twilio/voice, media WS /twilio/media)", host, port)
-    asyncio.run(serve(config, host, port))
+    log.info("event loop: %s, JSON: %s", "uvloop" if speedups.loop_factory() else "asyncio", speedups.JSON_LIBRARY)
+    speedups.run(serve(config, host, port))
     return 0
 
 
