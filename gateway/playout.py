@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Protocol
 
 from .audio import FRAME_MS
 
-# Marks still unechoed after this many frames (~20 s) are forgotten oldest-first: a phone that
+# Marks still unechoed after this many chunks (~100 s at 100 ms) are forgotten oldest-first: a phone that
 # never echoes marks must not grow memory for the whole call. Such audio counts as not heard.
 MAX_OUTSTANDING_MARKS = 1000
 # Bot audio waiting here to be paced out: 3 minutes. A reply longer than that in one go is not a
