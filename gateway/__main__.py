@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import speedups
 from .calllog.store import StoreError
 from .config import ConfigError, load_config
 from .logs import setup_logging
@@ -45,8 +46,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from .workers import supervise
         return supervise(args.workers, args.config, host, socks)
+    log.info("event loop: %s, JSON: %s", "uvloop" if speedups.loop_factory() else "asyncio", speedups.JSON_LIBRARY)
     try:
-        asyncio.run(serve(config, host, port, socks))
+        speedups.run(serve(config, host, port, socks))
     except ListenError as e:  # another gateway took the port in the same instant
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -112,6 +112,9 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class AudioConfig:
     playout_lead_ms: int = 200  # audio queued at Twilio ahead of the caller's ear
+    # Bot audio per media message (one mark each): a multiple of 20 ms, at most the lead. Larger
+    # means fewer messages both ways; heard time (barge-in cuts) is known to within one chunk.
+    chunk_ms: int = 100
 
 
 @dataclass(frozen=True)
@@ -513,6 +516,8 @@ def _check_ranges(cfg: Config, path: Path) -> None:
         ("server.public_url", not cfg.server.public_url or re.match(r"^https?://[^/]+", cfg.server.public_url),
          "an http(s):// URL"),
         ("audio.playout_lead_ms", 40 <= cfg.audio.playout_lead_ms <= 2000, "40..2000"),
+        ("audio.chunk_ms", 20 <= cfg.audio.chunk_ms <= cfg.audio.playout_lead_ms and cfg.audio.chunk_ms % 20 == 0,
+         f"a multiple of 20 from 20 to audio.playout_lead_ms ({cfg.audio.playout_lead_ms})"),
         ("limits.max_message_bytes", 1024 <= cfg.limits.max_message_bytes <= 16 << 20, "1 KiB..16 MiB"),
         ("limits.max_call_seconds", cfg.limits.max_call_seconds > 0, "positive"),
         ("storage.url", re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", cfg.storage.url),

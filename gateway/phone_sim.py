@@ -74,7 +74,8 @@ class PhoneResult:
     marks_echoed: int = 0
     last_echo_at: float | None = None  # when the last mark was echoed (its audio had played)
     clears: list[float] = field(default_factory=list)
-    media_times: list[float] = field(default_factory=list)  # arrival time of each media frame
+    media_times: list[float] = field(default_factory=list)  # arrival time of each media message
+    media_sizes: list[int] = field(default_factory=list)  # its audio bytes (8 per ms)
     violations: list[str] = field(default_factory=list)
     start_sent_at: float | None = None
     first_audio_at: float | None = None
@@ -405,6 +406,7 @@ class SimulatedPhone:
             if self.result.first_audio_at is None:
                 self.result.first_audio_at = now
             self.result.media_times.append(now)
+            self.result.media_sizes.append(len(audio))
             self.result.media_frames += 1
             self.result.media_bytes += len(audio)
             self._buffer.append(audio)

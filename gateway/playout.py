@@ -1,11 +1,16 @@
-"""Outbound playout: paced 20 ms frames to the phone, a mark after each, and what was heard.
+"""Outbound playout: paced audio to the phone in chunks, a mark after each, and what was heard.
 
 Models hand us audio in bursts (GLM: ~1.5 s deltas, faster than real time). If we forwarded it
 as it came, Twilio would hold seconds of speech and a barge-in `clear` would arrive after the
 caller had already heard far more than our records say. So frames wait here and only a short
 lead (`lead_ms`) sits at Twilio; the rest stays in our queue where a barge-in can simply drop it.
 
-Every frame is followed by a mark named `<generation>:<seq>`. Twilio echoes a mark once the
+Frames (20 ms) go out joined in chunks of up to `chunk_ms` (frames of one response only), one
+media message and one mark per chunk: fewer messages both ways (each mark is echoed), and heard
+time known to within one chunk. A chunk goes out whenever less than `lead_ms` is at the phone, so
+at most `lead_ms` plus one chunk is ever there; `clear` drops it all at once either way.
+
+Every chunk is followed by a mark named `<generation>:<seq>`. Twilio echoes a mark once the
 audio before it has played, so echoed marks are the ground truth of what the caller heard. A
 `clear` starts a new generation: Twilio echoes all pending marks at once after a clear, and
 those echoes mean "dropped", not "played", so marks of old generations are ignored.
@@ -21,7 +26,7 @@ from typing import Awaitable, Callable, Protocol
 
 from .audio import FRAME_MS
 
-# Marks still unechoed after this many frames (~20 s) are forgotten oldest-first: a phone that
+# Marks still unechoed after this many chunks (~100 s at 100 ms) are forgotten oldest-first: a phone that
 # never echoes marks must not grow memory for the whole call. Such audio counts as not heard.
 MAX_OUTSTANDING_MARKS = 1000
 # Bot audio waiting here to be paced out: 3 minutes. A reply longer than that in one go is not a
@@ -42,15 +47,16 @@ class _Mark:
 
 
 class Playout:
-    def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS,
+    def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS, chunk_ms: int = FRAME_MS,
                  clock: Callable[[], float] = time.monotonic,
                  on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None,
                  on_frame: Callable[[bytes, float], None] | None = None):
         """`on_first_audio(response_id, sent_at)`: a response's first frame went out.
-        `on_frame(frame, starts_at)`: every frame sent, with when it starts playing (recording)."""
+        `on_frame(audio, starts_at)`: every chunk sent, with when it starts playing (recording)."""
         self.phone = phone
         self.lead = lead_ms / 1000
         self.frame = frame_ms / 1000
+        self.chunk_frames = max(1, chunk_ms // frame_ms)
         self.clock = clock
         self.on_first_audio = on_first_audio
         self.on_frame = on_frame
@@ -64,7 +70,8 @@ class Playout:
         self._play_until = 0.0  # when Twilio's buffer will have run dry, by our clock
         self.sent_ms: dict[str, float] = {}   # per response: audio sent to the phone
         self.heard_ms: dict[str, float] = {}  # per response: audio confirmed played by marks
-        self.frames_sent = 0
+        self.frames_sent = 0  # 20 ms frames
+        self.chunks_sent = 0  # media messages
         self.frames_dropped = 0
         self.marks_sent = 0
         self.marks_played = 0
@@ -155,25 +162,38 @@ class Playout:
             if lead >= self.lead:
                 await asyncio.sleep(lead - self.lead + self.frame / 2)
                 continue
-            frame, rid = self._frames.popleft()
-            if not await self._send(frame, rid):
+            if not await self._send(*self._next_chunk()):
                 return
 
-    async def _send(self, frame: bytes, rid: str) -> bool:
+    def _next_chunk(self) -> tuple[bytes, str, int]:
+        """Up to `chunk_frames` queued frames of the first queued response, joined."""
+        frames = self._frames
+        audio, rid = frames.popleft()
+        n = 1
+        if self.chunk_frames > 1 and frames:
+            parts = [audio]
+            while n < self.chunk_frames and frames and frames[0][1] == rid:
+                parts.append(frames.popleft()[0])
+                n += 1
+            audio = b"".join(parts)
+        return audio, rid, n
+
+    async def _send(self, audio: bytes, rid: str, frames: int) -> bool:
         gen = self.generation
         first = rid not in self.sent_ms
-        if not await self.phone.play(frame):
+        if not await self.phone.play(audio):
             return False
         if gen != self.generation:
-            return True  # a clear overtook this frame while it was being written: not heard
+            return True  # a clear overtook this chunk while it was being written: not heard
         now = self.clock()
-        self.frames_sent += 1
+        self.frames_sent += frames
+        self.chunks_sent += 1
         self.last_response = rid
-        ms = len(frame) / 8  # 8 bytes of mu-law per ms
+        ms = len(audio) / 8  # 8 bytes of mu-law per ms
         starts_at = max(self._play_until, now)
         self._play_until = starts_at + ms / 1000
         if self.on_frame is not None:
-            self.on_frame(frame, starts_at)
+            self.on_frame(audio, starts_at)
         self.sent_ms[rid] = self.sent_ms.get(rid, 0.0) + ms
         self._seq += 1
         name = f"{self.generation}:{self._seq}"

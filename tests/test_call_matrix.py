@@ -53,11 +53,12 @@ async def test_greeting_first_and_model_tone_reaches_caller_clean(make_gateway, 
     assert (stop - start) / PHONE_RATE == pytest.approx(1.5, abs=0.05)
     assert dominant_hz(heard[start:stop], PHONE_RATE) == pytest.approx(1000, rel=0.005)
     assert max_discontinuity(heard[start + 80:stop - 80], PHONE_RATE, 1000) < 0.15
-    # Pacing: the model sent 1.5 s in ~0.2 s, but at no time was more than the lead (200 ms)
-    # plus a little scheduling slack ahead of real time at the phone.
+    # Pacing: the model sent 1.5 s in ~0.2 s, but at no time was more than the lead (200 ms) plus
+    # one chunk (100 ms) plus a little scheduling slack ahead of real time at the phone.
     t = np.array(phone.result.media_times) - phone.result.media_times[0]
-    ahead = (np.arange(1, len(t) + 1) * 0.02) - t
-    assert ahead.max() < 0.2 + 0.06, ahead.max()
+    ahead = np.cumsum(phone.result.media_sizes) / 8000 - t
+    assert ahead.max() < 0.2 + 0.1 + 0.06, ahead.max()
+    assert max(phone.result.media_sizes) == 800 and len(t) <= 1.5 / 0.1 + 1  # 100 ms chunks
     assert phone.result.first_audio_at - phone.result.start_sent_at < 1.0
     assert not phone.result.violations
     summary = await ended(gw, phone)
@@ -269,7 +270,7 @@ async def test_garbage_from_the_model_is_dropped_and_the_call_goes_on(make_gatew
                     '{"type": "response.output_audio.delta", "delta": 5}', '{"no": "type"}']:
             await model.fake.broadcast(raw)
         await phone.say(ulaw_tone(440, 0.5))
-        await wait_for(lambda: phone.result.media_frames > 50, 4, "1 s of the reply")
+        await wait_for(lambda: phone.result.media_bytes > 50 * 160, 4, "1 s of the reply")
         await phone.hangup()
         summary = await ended(gw, phone)
     assert summary.end_reason == "caller_hangup"

@@ -49,7 +49,7 @@ async def test_second_serve_on_a_busy_port_says_so_in_one_line_and_leaves_the_ca
     try:
         phone = await dial(url, bot="echo")
         await phone.say(ulaw_tone(440, 0.4))
-        await wait_for(lambda: phone.result.media_frames > 10, 5, "the call to be up")
+        await wait_for(lambda: phone.result.media_bytes > 10 * 160, 5, "the call to be up")
         serve = CLI + ["serve", "--port", str(port), "--config", str(config_path)]
         rc, _, err = await run(serve, {**env, "GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/second.db"})
         assert rc == 1

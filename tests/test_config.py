@@ -65,6 +65,9 @@ def test_env_substitution(config_dir):
     ("logging:\n  level: LOUD\n", r"config.yaml: logging.level: expected one of"),
     ("routing:\n  numbers:\n    '+1555': nobody\n", r"config.yaml: routing.numbers.\+1555: no bot 'nobody'"),
     ("audio:\n  playout_lead_ms: 5\n", r"config.yaml: audio.playout_lead_ms: expected 40..2000"),
+    ("audio:\n  chunk_ms: 50\n", r"config.yaml: audio.chunk_ms: expected a multiple of 20 from 20 to audio.playout_lead_ms \(200\)"),
+    ("audio:\n  chunk_ms: 400\n", r"config.yaml: audio.chunk_ms: expected a multiple of 20 from 20"),
+    ("providers:\n  openai:\n    append_ms: 30\n", r"config.yaml: providers.openai.append_ms: expected a multiple of 20"),
     ("bogus: 1\n", r"config.yaml: bogus: unknown key"),
 ])
 def test_config_errors_name_file_and_field(config_dir, extra, message):

@@ -67,3 +67,54 @@ def test_playout_queue_is_bounded_and_counts_what_it_drops():
     p.enqueue([b"\xff" * 160] * (MAX_QUEUED_FRAMES + 500), "r1")
     p.enqueue([b"\xff" * 160] * 10, "r2")
     assert p.queued_ms == MAX_QUEUED_FRAMES * 20 and p.frames_dropped == 510
+
+
+async def test_chunks_join_frames_of_one_response_with_one_mark_each():
+    sink = Sink()
+    p = Playout(sink, lead_ms=1000, chunk_ms=100)
+    p.enqueue([bytes([i]) * 160 for i in range(12)], "r1")  # 240 ms
+    p.enqueue([b"\x7f" * 160] * 2, "r2")
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    # media, mark, media, mark...: 100 + 100 + 40 ms of r1 (never mixed with r2), then 40 ms of r2
+    assert [kind for kind, _ in sink.sent] == ["media", "mark"] * 4
+    assert [n for kind, n in sink.sent if kind == "media"] == [800, 800, 320, 320]
+    assert p.frames_sent == 14 and p.chunks_sent == 4 and p.marks_sent == 4
+    marks = [n for kind, n in sink.sent if kind == "mark"]
+    p.on_mark(marks[0])
+    assert p.heard_ms == {"r1": 100}  # heard time to within one chunk
+    p.on_mark(marks[2])
+    p.on_mark(marks[3])
+    assert p.heard_ms == {"r1": 240, "r2": 40}
+
+
+class RecordingSink(Sink):
+    def __init__(self):
+        super().__init__()
+        self.times: list[tuple[float, int]] = []
+
+    async def play(self, audio):
+        self.times.append((asyncio.get_running_loop().time(), len(audio)))
+        return await super().play(audio)
+
+
+async def test_chunked_pacing_keeps_at_most_one_chunk_beyond_the_lead_and_clear_is_immediate():
+    sink = RecordingSink()
+    p = Playout(sink, lead_ms=200, chunk_ms=100)
+    p.enqueue([b"\xff" * 160] * 50, "r1")  # 1 s, all at once (a model ahead of real time)
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.5)
+    t0 = sink.times[0][0]
+    sent = 0.0
+    for t, size in sink.times:
+        sent += size / 8000
+        assert sent - (t - t0) <= 0.2 + 0.1 + 0.03  # never more than lead + one chunk at the phone
+    assert all(size == 800 for _, size in sink.times)
+    assert 0.55 <= sent <= 0.85  # ~0.5 s played plus the lead and at most one chunk
+    before = len(sink.sent)
+    cut = await p.clear()  # barge-in: `clear` goes out at once, nothing of the queue after it
+    assert sink.sent[before:] == [("clear", None)] and set(cut) == {"r1"}
+    await asyncio.sleep(0.1)
+    assert sink.sent[-1] == ("clear", None) and not p.busy()
+    task.cancel()

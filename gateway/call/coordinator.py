@@ -2,7 +2,7 @@
 
 Data path, one direction each:
   phone Audio --AudioBridge.to_model--> ModelLink --> model session
-  model AudioDelta --AudioBridge.to_phone--> Playout (paced 20 ms frames + marks) --> phone
+  model AudioDelta --AudioBridge.to_phone--> Playout (paced chunks of 20 ms frames + marks) --> phone
 Control: the model hears the caller start speaking while the bot is audible -> barge-in, in this
 order: clear the phone (every ms counts), cancel the reply, cut the transcript and the model's
 memory to what the marks say was heard. Echoed marks tell the Playout what was heard.
@@ -110,7 +110,8 @@ class Call:
         self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset,
                                observers)
         self.audio = AudioBridge(session.capabilities)
-        self.playout = Playout(phone, config.audio.playout_lead_ms, clock=clock, on_first_audio=self._first_audio,
+        self.playout = Playout(phone, config.audio.playout_lead_ms, chunk_ms=config.audio.chunk_ms, clock=clock,
+                               on_first_audio=self._first_audio,
                                on_frame=recording.bot if recording is not None else None)
         self.hold = HoldSound(hold_sound, persona.hold.after_ms, self.playout, self.journal, clock)
         self.model = ModelLink(session, new_session=new_session, context=self.conversation.context,
@@ -351,7 +352,7 @@ class Call:
         turn = self.conversation.find_turn(response_id)
         if turn is not None:
             turn.first_audio_at = at
-        if self.playout.frames_sent <= 1:  # the call's first bot audio (usually the greeting)
+        if self.playout.chunks_sent <= 1:  # the call's first bot audio (usually the greeting)
             self.journal.update(first_audio_at=self._started_wall + (at - self._t0))
         stopped = self.conversation.speech_stopped_at
         if stopped is not None:

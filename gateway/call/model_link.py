@@ -79,6 +79,12 @@ class ModelLink:
         else:
             self._buffer.append(audio)
 
+    def _hand_over(self, old: Provider) -> None:
+        """Caller audio the old session held back for its next append goes to the next one first."""
+        pending = old.take_pending_audio()
+        if pending:
+            self._buffer.appendleft(pending)
+
     async def _now_ready(self) -> None:
         self._session_started = self._clock()
         while self._buffer:  # audio arriving while this flushes joins the buffer, keeping order
@@ -156,6 +162,7 @@ class ModelLink:
                     log.error("model_reconnect_gave_up", why=why, reason="keeps failing", drops=self._quick_deaths)
                     return False
                 self.ready = False
+                self._hand_over(old)
                 await self.close_session(old)
             t0 = self._clock()
             context = self._context()
@@ -180,6 +187,8 @@ class ModelLink:
                 log.error("model_reconnect_gave_up", why=why, attempts=len(delays))
                 return False
             self.session = new
+            if failed is None:
+                self._hand_over(old)
             await self._now_ready()
             if failed is None:  # shielded: a call ending right now must still close it fully
                 await asyncio.shield(self.close_session(old))

@@ -173,6 +173,10 @@ class Provider(abc.ABC):
     async def send_audio(self, audio: bytes) -> None:
         """Caller audio in `capabilities.input_format` at `capabilities.input_rate`."""
 
+    def take_pending_audio(self) -> bytes:
+        """Caller audio held for the next append (batching), handed over to a session's successor."""
+        return b""
+
     @abc.abstractmethod
     async def cancel_response(self, response_id: str) -> None:
         """Stop generating the given response (only called while it is active)."""

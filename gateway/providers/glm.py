@@ -96,7 +96,6 @@ class GlmRealtime(JsonWsProvider):
         fmt = persona.audio.input_format
         self.capabilities = Capabilities(input_format="pcm16", input_rate=_INPUT_RATES[fmt],
                                          output_format="pcm16", output_rate=persona.audio.output_rate)
-        self._pending = bytearray()
         self._append_bytes = self.capabilities.input_rate * 2 * APPEND_MS // 1000
         self._exp_unit = settings.jwt_exp_unit
         self._auth_refused = False  # set when an `error` event refuses the token during set-up
@@ -174,10 +173,7 @@ class GlmRealtime(JsonWsProvider):
 
     # ------------------------------------------------------------------ intents
     async def send_audio(self, audio: bytes) -> None:
-        self._pending += audio
-        while len(self._pending) >= self._append_bytes:
-            chunk = bytes(self._pending[:self._append_bytes])
-            del self._pending[:self._append_bytes]
+        for chunk in self._batch(audio):
             payload = wav_bytes(chunk, self.capabilities.input_rate) \
                 if self.persona.audio.input_format == "wav" else chunk
             await self._send({"type": "input_audio_buffer.append",

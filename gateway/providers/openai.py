@@ -68,6 +68,9 @@ class OpenAIProviderConfig:
     # OpenAI ends a session after a maximum duration (30-60 min). A call still running after this
     # many seconds moves to a fresh session, with the conversation so far, at its next quiet moment.
     session_renew_seconds: float = 1680.0
+    # Caller audio per `input_audio_buffer.append` (a multiple of 20 ms): fewer messages, at most
+    # this minus 20 ms later at the model's VAD.
+    append_ms: int = 60
     # Caller speech transcription for the call log; empty turns it off.
     transcription_model: str = "gpt-4o-mini-transcribe"
 
@@ -98,6 +101,8 @@ class OpenAIRealtime(JsonWsProvider):
                                          output_rate=out_rate, truncate=True,
                                          max_session_seconds=settings.session_renew_seconds)
         self._tool_names: dict[str, str] = {}  # call_id -> function name (from output_item.added)
+        bytes_per_ms = 8 if in_fmt == "mulaw" else in_rate * 2 // 1000
+        self._append_bytes = bytes_per_ms * settings.append_ms
 
     # ------------------------------------------------------------------ session
     def _headers(self) -> dict[str, str]:
@@ -144,8 +149,8 @@ class OpenAIRealtime(JsonWsProvider):
 
     # ------------------------------------------------------------------ intents
     async def send_audio(self, audio: bytes) -> None:
-        # One append per phone frame (20 ms): OpenAI takes any size, and batching would only add delay.
-        await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")})
+        for chunk in self._batch(audio):  # OpenAI takes appends of any size
+            await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode("ascii")})
 
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel", "response_id": response_id})
@@ -229,5 +234,6 @@ SPEC = ProviderSpec(
     secret_fields=("api_key", "api_keys"),
     checks=(("url", lambda s: bool(re.match(r"^wss?://", s.url)), "a ws:// or wss:// URL"),
             ("max_sessions", lambda s: s.max_sessions >= 0, ">= 0 (0: no cap)"),
-            ("session_renew_seconds", lambda s: s.session_renew_seconds >= 1, ">= 1")),
+            ("session_renew_seconds", lambda s: s.session_renew_seconds >= 1, ">= 1"),
+            ("append_ms", lambda s: 20 <= s.append_ms <= 200 and s.append_ms % 20 == 0, "a multiple of 20 from 20 to 200")),
 )

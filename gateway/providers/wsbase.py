@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import time
 from typing import AsyncIterator
 
@@ -22,6 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..logs import CallLogger
+from ..speedups import dumps, loads
 from .base import (AudioDelta, InputTranscript, Provider, ProviderConnectError, ProviderError, ProviderEvent,
                    SpeechStarted, SpeechStopped)
 
@@ -47,6 +47,8 @@ class JsonWsProvider(Provider):
         self._closed = False
         self._ready = asyncio.Event()  # set by the subclass when the session is configured
         self._setup_error: str | None = None  # set with _ready when set-up was refused
+        self._append_bytes = 0  # caller audio per append (subclasses set it; 0: as it comes)
+        self._pending = bytearray()
 
     # ------------------------------------------------------------------ subclass hooks
     @abc.abstractmethod
@@ -75,6 +77,26 @@ class JsonWsProvider(Provider):
             return []
         return [AudioDelta(rid, str(msg.get("item_id", "")), audio)]
 
+    def _batch(self, audio: bytes) -> list[bytes]:
+        """Caller audio in appends of `_append_bytes` each: the remainder waits for the next frame
+        (fewer messages; the model hears it at most one append later)."""
+        if not self._append_bytes:
+            return [audio]
+        pending = self._pending
+        pending += audio
+        size = self._append_bytes
+        if len(pending) < size:
+            return []
+        n = len(pending) // size * size
+        out = [bytes(pending[i:i + size]) for i in range(0, n, size)]
+        del pending[:n]
+        return out
+
+    def take_pending_audio(self) -> bytes:
+        pending = bytes(self._pending)
+        self._pending.clear()
+        return pending
+
     def _stamp(self, event: dict) -> dict:
         event.setdefault("event_id", f"gw_{next(self._ids)}")
         return event
@@ -83,7 +105,9 @@ class JsonWsProvider(Provider):
     async def _open(self, url: str, headers: dict[str, str], timeout: float) -> None:
         try:
             self._ws = await asyncio.wait_for(connect(
-                url, additional_headers=headers, max_size=MAX_EVENT_BYTES,
+                # No permessage-deflate: base64 audio barely compresses, and deflating every
+                # append and inflating every delta was the largest cost on the model socket.
+                url, additional_headers=headers, max_size=MAX_EVENT_BYTES, compression=None,
                 open_timeout=timeout, close_timeout=timeout, ping_interval=20, ping_timeout=20,
             ), timeout)
         except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as e:
@@ -109,7 +133,7 @@ class JsonWsProvider(Provider):
         if self._ws is None or self._closed:
             return
         try:
-            await self._ws.send(json.dumps(self._stamp(event), ensure_ascii=False))
+            await self._ws.send(dumps(self._stamp(event)), text=True)
         except websockets.ConnectionClosed:
             pass  # the reader reports the close; a send racing it is not a second error
 
@@ -175,7 +199,7 @@ class JsonWsProvider(Provider):
             self.log.warning("model_bad_event", reason=f"binary frame from {self.label}", size=len(raw))
             return []
         try:
-            msg = json.loads(raw)
+            msg = loads(raw)
             if not isinstance(msg, dict):
                 raise ValueError("not an object")
         except ValueError:

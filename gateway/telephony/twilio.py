@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import re
 from typing import AsyncIterator
 from xml.sax.saxutils import quoteattr, escape
@@ -22,6 +21,7 @@ from xml.sax.saxutils import quoteattr, escape
 from aiohttp import WSMsgType, web
 
 from ..logs import CallLogger
+from ..speedups import dumps, loads
 from . import Audio, Dtmf, MarkPlayed, PhoneEvent, Started, Stopped
 
 
@@ -44,7 +44,7 @@ def _int(v: object, default: int) -> int:
 def parse_frame(text: str) -> dict:
     """Parse and shape-check one Twilio frame; returns the JSON object or raises FrameError."""
     try:
-        msg = json.loads(text)
+        msg = loads(text)
     except ValueError:
         raise FrameError("not JSON") from None
     if not isinstance(msg, dict):
@@ -120,6 +120,7 @@ class TwilioMediaStream:
         self.ws = ws
         self.log = log
         self.stream_sid: str | None = None
+        self._sid_json = b""  # the stream's sid as a JSON string, for frames built from parts
         self.protocol_errors = 0
         self.max_protocol_errors = max_protocol_errors
         self._send_lock = asyncio.Lock()
@@ -194,6 +195,7 @@ class TwilioMediaStream:
                 self._bad("second start ignored", stream_sid=ev.stream_sid)
                 return None
             self.stream_sid = ev.stream_sid
+            self._sid_json = dumps(ev.stream_sid)
             return ev
         if self.stream_sid is None:
             self._bad(f"{msg['event']} before start dropped")
@@ -212,25 +214,31 @@ class TwilioMediaStream:
         return decode_event(msg)
 
     # ---------------------------------------------------------------- outbound
-    async def _send(self, frame: dict) -> bool:
+    # Per message, only the payload or the mark's name changes: frames are put together from
+    # bytes (the same JSON a serializer would write, field for field) and sent as text frames.
+    async def _send(self, frame: bytes | dict) -> bool:
+        """One text frame: bytes already put together (Twilio's hot path), or a dict to serialise
+        (networks whose frames are built as dicts)."""
         if self.ws.closed or self.stream_sid is None:
             return False
+        if isinstance(frame, dict):
+            frame = dumps(frame)
         async with self._send_lock:
             try:
-                await self.ws.send_str(json.dumps(frame, separators=(",", ":")))
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
                 return True
             except (ConnectionError, RuntimeError):
                 return False
 
     async def play(self, ulaw: bytes) -> bool:
-        return await self._send({"event": "media", "streamSid": self.stream_sid,
-                                 "media": {"payload": base64.b64encode(ulaw).decode("ascii")}})
+        return await self._send(b'{"event":"media","streamSid":%b,"media":{"payload":"%b"}}'
+                                % (self._sid_json, base64.b64encode(ulaw)))
 
     async def mark(self, name: str) -> bool:
-        return await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        return await self._send(b'{"event":"mark","streamSid":%b,"mark":{"name":%b}}' % (self._sid_json, dumps(name)))
 
     async def clear(self) -> bool:
-        return await self._send({"event": "clear", "streamSid": self.stream_sid})
+        return await self._send(b'{"event":"clear","streamSid":%b}' % self._sid_json)
 
     async def close(self, code: int = 1000, message: bytes = b"") -> None:
         """Closing is how we hand the call to the TwiML after </Connect> (or end it)."""
