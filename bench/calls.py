@@ -619,8 +619,18 @@ COLUMNS = [("path", "path"), ("n", "N"), ("target", "target"), ("cpu_s_per_call_
            ("ratio", "gw/relay"), ("calls_per_core", "calls/core"), ("rss_kib_per_call", "RSS KiB/call"),
            ("delivered_pct", "delivered %"), ("longest_gap_ms", "longest gap ms"),
            ("p2m", "phone→model p50/p95/p99 ms"), ("m2p", "model→phone p50/p95/p99 ms"),
-           ("bargein", "barge-in p50/p95/p99 ms"), ("calls_failed", "failed"), ("loadgen_cpu_pct", "loadgen CPU %"),
-           ("model_cpu_pct", "model CPU %")]
+           ("bargein", "barge-in p50/p95/p99 ms"), ("calls_failed", "failed"), ("target_cpu_pct", "target CPU %"),
+           ("loadgen_cpu_pct", "loadgen CPU %"), ("model_cpu_pct", "model CPU %"), ("caveat", "caveat")]
+
+
+def caveat(r: dict) -> str:
+    """Why a row's CPU figure may not be comparable: a starved target does (and costs) less work."""
+    out = []
+    if (r["delivered_pct"] is not None and r["delivered_pct"] < 99) or (r["p2m_p50_ms"] or 0) > 150:
+        out.append("target starved")  # the relay plays out unpaced: its lag shows in phone→model
+    if r["loadgen_late_max_ms"] > 100 or r["loadgen_cpu_pct"] > 80:
+        out.append("callers late")
+    return ", ".join(out)
 
 
 def table(rows: list[dict]) -> str:
@@ -635,6 +645,8 @@ def table(rows: list[dict]) -> str:
                 base = relay.get((r["path"], r["n"]))
                 v = f"{r['cpu_s_per_call_min'] / base['cpu_s_per_call_min']:.2f}" \
                     if r["target"] == "gateway" and base and base["cpu_s_per_call_min"] else ""
+            elif key == "caveat":
+                v = caveat(r)
             else:
                 v = r.get(key)
             cells.append("-" if v is None else str(v))
