@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
+from pathlib import Path
 
 from .calllog.store import StoreError
 from .config import ConfigError, load_config
@@ -13,12 +16,21 @@ from .logs import setup_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve
+    from .app import ListenError, listen, serve
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.format, config.secrets())
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        # Before anything else: a second gateway stops here. Workers share the port (SO_REUSEPORT).
+        socks = listen(host, port, reuse_port=args.workers > 1 or args.reuse_port)
+    except ListenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     log = logging.getLogger("gateway")
     default = config.bots[config.routing.default_bot]
     if not config.provider_ready(default):
@@ -30,8 +42,14 @@ def _serve(args: argparse.Namespace) -> int:
     if not config.server.public_url:
         log.warning("server.public_url / GATEWAY_PUBLIC_URL not set: stream URLs are derived from the "
                     "webhook's Host header")
-    log.info("listening on http://%s:%d (webhook POST /twilio/voice, media WS /twilio/media)", host, port)
-    asyncio.run(serve(config, host, port))
+    if args.workers > 1:
+        from .workers import supervise
+        return supervise(args.workers, args.config, host, socks)
+    try:
+        asyncio.run(serve(config, host, port, socks))
+    except ListenError as e:  # another gateway took the port in the same instant
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -65,14 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--config", default="config.yaml")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    config_help = "the gateway's config file; personas are in its bots_dir (default: %(default)s)"
+    s = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM/SIGINT.")
+    s.add_argument("--config", default="config.yaml", metavar="PATH", help=config_help)
+    s.add_argument("--host", help="address to listen on (default: the config's server.host, else 127.0.0.1; "
+                                  "0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, help="port to listen on (default: the config's server.port, else 8080)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="gateway processes sharing the port, one per core is a good start (default: %(default)s)")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers
     s.set_defaults(func=_serve)
 
-    c = sub.add_parser("check-config", help="validate config.yaml and bots/*.yaml")
-    c.add_argument("--config", default="config.yaml")
+    c = sub.add_parser("check-config", help="validate config.yaml and bots/*.yaml",
+                       description="Validate the config and every persona; exit 2 naming the first problem.")
+    c.add_argument("--config", default="config.yaml", metavar="PATH", help=config_help)
     c.set_defaults(func=_check_config)
 
     from .phone_sim import add_arguments
@@ -89,8 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = Path(getattr(args, "config", None) or "config.yaml")
+    if hasattr(args, "config") and not config.exists():
+        if str(config) != "config.yaml":  # a path the user typed: a typo must not mean "defaults"
+            print(f"error: config file {config} not found", file=sys.stderr)
+            return 2
+        if not (config.resolve().parent / "bots").is_dir():
+            # Without a config file the defaults want ./bots: say what is really missing.
+            print(f"error: no {config.name} in {config.resolve().parent}; pass --config PATH", file=sys.stderr)
+            return 2
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a reader that left early (`| head`) shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # Like other Unix tools: stop quietly. Standard output goes to /dev/null so that the
+        # interpreter's last flush has nowhere to fail ("Exception ignored ... BrokenPipeError").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
-"""aiohttp application: the Twilio webhook, the media-stream WebSocket, health checks.
+"""aiohttp application: each phone network's webhook and media-stream WebSocket, health checks.
 
-The webhook only decides *which bot* and answers TwiML; everything else happens on the media
-stream, where `start` tells us the call and its parameters and a `Call` takes over.
+The webhook only decides *which bot* and answers the network's document (TwiML, TeXML, Plivo
+XML); everything else happens on the media stream, where `start` tells us the call and its
+parameters and a `Call` takes over. Networks are registered from NETWORKS, all alike.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hmac
+import errno
+import functools
 import itertools
 import json
 import logging
@@ -18,8 +20,6 @@ import re
 import secrets
 import socket
 import time
-from urllib.parse import urlsplit
-
 import aiohttp
 from aiohttp import web
 
@@ -27,14 +27,18 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .config import Config, Persona
 from .logs import CallLogger
-from .operator_api import add_operator_routes
+from .metrics import METRICS, add_metrics
+from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
-from .telephony.twilio import TwilioMediaStream, connect_twiml, say_and_hangup_twiml
-from .telephony.signature import call_token, is_valid
+from .telephony.network import Network
+from .telephony.plivo import Plivo
+from .telephony.telnyx import Telnyx
+from .telephony.twilio_net import Twilio
 from .telephony.twilio_rest import TwilioRest
 from .web_state import CALLS, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
+from .webhooks import WEBHOOKS, webhook_delivery
 
 log = logging.getLogger("gateway")
 PURGE_EVERY_SECONDS = 6 * 3600
@@ -44,6 +48,7 @@ SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
 REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
+NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo())  # a new network: its module and a line here
 
 
 def create_app(config: Config) -> web.Application:
@@ -53,19 +58,19 @@ def create_app(config: Config) -> web.Application:
     app[RECENT] = collections.deque(maxlen=200)
     app[INSTANCE] = process_instance_id(config)
     app[DRAINING] = {}
-    if config.twilio.auth_token and config.twilio.insecure_skip_signature:
-        log.warning("event=signatures_disabled note=\"twilio.insecure_skip_signature is true: anyone who can "
-                    "reach the webhook and media stream can open calls and model sessions\"")
-    elif not config.twilio.auth_token:
-        log.warning("event=signatures_unchecked note=\"no twilio.auth_token: webhook and media stream are "
-                    "unauthenticated (fine on a laptop, not on the internet)\"")
-    app.router.add_post("/twilio/voice", voice_webhook)
-    app.router.add_get("/twilio/media", media_stream)
+    for network in NETWORKS:
+        for warning in network.startup_warnings(config):
+            log.warning("%s network=%s", warning, network.name)
+        app.router.add_post(network.webhook_path, functools.partial(voice_webhook, network=network))
+        app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_operator_routes(app)
+    add_metrics(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
+    app.cleanup_ctx.append(remote_commands)
+    app.cleanup_ctx.append(webhook_delivery)
     app.cleanup_ctx.append(_purge_old_records)
     app.on_shutdown.append(_hang_up_all)
     return app
@@ -146,65 +151,30 @@ def choose_bot(config: Config, requested: str | None, dialed: str) -> tuple[Pers
     return config.bots[config.routing.fallback_bot], "fallback"
 
 
-def stream_url(config: Config, request: web.Request) -> str:
-    """wss://<public host>/twilio/media (ws:// only when the public URL itself is plain http)."""
-    base = config.server.public_url
-    if base:
-        parts = urlsplit(base)
-        scheme = "ws" if parts.scheme == "http" else "wss"
-        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/twilio/media"
-    host = request.headers.get("X-Forwarded-Host") or request.host
-    proto = request.headers.get("X-Forwarded-Proto") or request.scheme
-    return f"{'ws' if proto == 'http' else 'wss'}://{host}/twilio/media"
-
-
-def public_request_url(config: Config, request: web.Request, websocket: bool = False) -> str:
-    """The URL Twilio used for this request, as it signed it: the configured public URL's scheme
-    and host (a proxy's view of them is not to be trusted) plus the path and query we received."""
-    if config.server.public_url:
-        parts = urlsplit(config.server.public_url)
-        scheme, host = parts.scheme, parts.netloc
-    else:
-        host = request.headers.get("X-Forwarded-Host") or request.host
-        scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
-    if websocket:
-        scheme = "ws" if scheme in ("http", "ws") else "wss"
-    return f"{scheme}://{host}{request.path_qs}"
-
-
-async def voice_webhook(request: web.Request) -> web.Response:
+async def voice_webhook(request: web.Request, network: Network) -> web.Response:
     config = request.app[CONFIG]
-    try:
-        form = await request.post()
-    except Exception:  # noqa: BLE001 - a malformed body still gets TwiML, never a 500
-        form = {}
-    if config.signatures_required:
-        signature = request.headers.get("X-Twilio-Signature", "")
-        fields = [(k, v) for k, v in form.items() if isinstance(v, str)] if hasattr(form, "items") else []
-        if not is_valid(config.twilio.auth_token, public_request_url(config, request), fields, signature):
-            log.warning("event=webhook_signature_invalid remote=%s had_signature=%s path=%s",
-                        request.remote, bool(signature), request.path)
-            return web.Response(status=403, text="invalid X-Twilio-Signature\n")
-    call_sid = str(form.get("CallSid", ""))[:64]
-    caller, dialed = str(form.get("From", ""))[:64], str(form.get("To", ""))[:64]
+    hook = await network.read_webhook(config, request)
+    if isinstance(hook, str):  # not authentic: logged by the network
+        return web.Response(status=403, text=f"{hook}\n")
+    call_sid, caller, dialed = hook.call_id, hook.caller, hook.dialed
     requested = request.query.get("bot")
     clog = CallLogger(log, call=call_sid or None)
     record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": requested and requested[:64],
-              "direction": "outbound" if "outbound" in request.query else "inbound"}
+              "direction": "outbound" if "outbound" in request.query else "inbound", "network": network.name}
     if request.app[DRAINING]:
         clog.info("webhook_refused", reason="draining", caller=caller)
-        return _refused(request, say_and_hangup_twiml(SORRY_RESTARTING), "draining: this instance is shutting down",
+        return _refused(request, network, network.refusal(SORRY_RESTARTING), "draining: this instance is shutting down",
                         record)
     if len(request.app[CALLS]) >= config.limits.max_concurrent_calls:
         clog.warning("webhook_refused", reason="busy", live_calls=len(request.app[CALLS]), caller=caller)
-        return _refused(request, say_and_hangup_twiml(SORRY_BUSY), f"busy: {len(request.app[CALLS])} live calls "
+        return _refused(request, network, network.refusal(SORRY_BUSY), f"busy: {len(request.app[CALLS])} live calls "
                         "(limits.max_concurrent_calls)", record)
     persona, how = choose_bot(config, requested, dialed)
     if persona is None:
         wanted = requested or config.routing.numbers.get(dialed)
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
         clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
-        return _refused(request, say_and_hangup_twiml(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
+        return _refused(request, network, network.refusal(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
                         record | {"bot": str(wanted)[:64]})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
@@ -216,23 +186,20 @@ async def voice_webhook(request: web.Request) -> web.Response:
             if config.twilio.auth_token else None
         if outbound is None:
             clog.warning("webhook_rejected", reason="invalid or expired outbound ticket", bot=persona.name)
-            return _refused(request, '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>',
+            return _refused(request, network, network.hangup_document(),
                             "invalid or expired outbound ticket", record)
     clog.info("webhook", bot=persona.name, chosen_by=how, caller=caller, dialed=dialed,
               direction="outbound" if outbound else None)
     if call_sid and STORE in request.app:
         request.app[STORE].enqueue("upsert_call", call_sid, {
             "webhook_at": time.time(), "from_number": caller, "to_number": dialed, "bot": persona.name,
-            "network": "twilio", "provider": persona.provider, "model": persona.model,
+            "network": network.name, "provider": persona.provider, "model": persona.model,
             "direction": "outbound" if outbound else "inbound"})
     params = {"bot": persona.name, "from": caller, "to": dialed, "call_sid": call_sid}
-    if config.signatures_required and call_sid:
-        params["token"] = call_token(config.twilio.auth_token, call_sid)
     if outbound:
         params.update(direction="outbound", context=json.dumps(outbound["ctx"], ensure_ascii=False))
-    twiml = connect_twiml(stream_url(config, request), params,
-                          after=persona.fallback_message, language=persona.language)
-    return web.Response(text=twiml, content_type="text/xml")
+    return web.Response(text=network.answer(config, request, persona, hook, params),
+                        content_type=network.document_type)
 
 
 def _unavailable(config: Config, bot: str) -> str:
@@ -245,7 +212,7 @@ def _unavailable(config: Config, bot: str) -> str:
             f"{variable + ' or ' if variable else ''}providers.{persona.provider}.api_key")
 
 
-def _refused(request: web.Request, twiml: str, why: str, record: dict) -> web.Response:
+def _refused(request: web.Request, network: Network, twiml: str, why: str, record: dict) -> web.Response:
     """A call the webhook turns away. The caller hears `twiml` (generic: no config details); the
     call log gets a `refused` record saying why, and so does the X-Gateway-Refused header (for the
     simulated phone and curl; Twilio ignores headers it does not know)."""
@@ -253,25 +220,23 @@ def _refused(request: web.Request, twiml: str, why: str, record: dict) -> web.Re
     if call_sid and STORE in request.app:
         now = time.time()
         request.app[STORE].enqueue("upsert_call", call_sid, {
-            **record, "network": "twilio", "instance": request.app[INSTANCE], "webhook_at": now, "ended_at": now,
+            **record, "instance": request.app[INSTANCE], "webhook_at": now, "ended_at": now,
             "duration_s": 0.0, "end_reason": "refused", "error": why})
-    return web.Response(text=twiml, content_type="text/xml",
+    return web.Response(text=twiml, content_type=network.document_type,
                         headers={REFUSED_HEADER: re.sub(r"[^\x20-\x7e]", "?", why)})
 
 
-async def media_stream(request: web.Request) -> web.WebSocketResponse:
+async def media_stream(request: web.Request, network: Network) -> web.WebSocketResponse:
     config = request.app[CONFIG]
     ws = web.WebSocketResponse(max_msg_size=config.limits.max_message_bytes, autoping=True, heartbeat=None)
-    signed_ok = not config.signatures_required or is_valid(
-        config.twilio.auth_token, public_request_url(config, request, websocket=True), None,
-        request.headers.get("X-Twilio-Signature", ""))
+    refused = network.upgrade_refused(config, request)
     await ws.prepare(request)
     clog = CallLogger(log, conn=f"ws{next(_conn_ids)}")
-    if not signed_ok:
-        clog.warning("stream_rejected", reason="invalid X-Twilio-Signature", remote=request.remote)
+    if refused:
+        clog.warning("stream_rejected", reason=refused, remote=request.remote, network=network.name)
         await ws.close(code=1008, message=b"invalid signature")
         return ws
-    stream = TwilioMediaStream(ws, clog, config.limits.max_protocol_errors)
+    stream = network.stream(ws, clog, config.limits.max_protocol_errors, request.query)
     try:
         started = await asyncio.wait_for(stream.wait_started(), config.limits.start_timeout_seconds)
     except asyncio.TimeoutError:
@@ -282,23 +247,26 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     if started is None:
         clog.info("stream_ended_before_start")
         return ws
+    # The bot: as the media URL or the stream's parameters name it, else the dialed number's route,
+    # else the default (networks that pass neither a query nor parameters).
     bot = started.custom_parameters.get("bot", "")
-    persona = config.bots.get(bot)
-    clog = CallLogger(log, call=started.call_sid or started.stream_sid, bot=bot or None)
+    persona, _ = choose_bot(config, bot, started.custom_parameters.get("to", ""))
+    clog = CallLogger(log, call=started.call_sid or started.stream_sid, bot=bot or (persona and persona.name))
     stream.log = clog
-    if config.signatures_required and not hmac.compare_digest(
-            started.custom_parameters.get("token", ""), call_token(config.twilio.auth_token, started.call_sid or "")):
-        clog.warning("stream_rejected", reason="missing or wrong call token in start")
+    refused = network.start_refused(config, started)
+    if refused:
+        clog.warning("stream_rejected", reason=refused)
         await stream.close(1008, b"bad call token")
         return ws
     if persona is None or not config.provider_ready(persona):
-        clog.warning("stream_rejected", reason="unknown bot" if persona is None else "provider has no API key")
+        clog.warning("stream_rejected", reason="unknown bot" if bot not in config.bots else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
         return ws
     try:
         call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
-                             store=request.app[STORE], instance=request.app[INSTANCE], rest=request.app[REST],
-                             http=request.app[HTTP])
+                             store=request.app[STORE], instance=request.app[INSTANCE],
+                             control=network.control(config, request.app[HTTP], started), http=request.app[HTTP],
+                             observers=call_observers(request.app))
     except ValueError as e:  # a persona for a provider this build does not have
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
@@ -310,6 +278,11 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     finally:
         calls.pop(call.call_id, None)
     return ws
+
+
+def call_observers(app: web.Application) -> list:
+    """What follows each call's journal: metrics, and call webhooks when receivers are configured."""
+    return [app[METRICS].call(), *([app[WEBHOOKS].call()] if WEBHOOKS in app else [])]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -345,14 +318,80 @@ async def drain(app: web.Application, seconds: float) -> None:
     log.info("event=drain_done left=%d", len(calls))
 
 
-async def serve(config: Config, host: str, port: int) -> None:
-    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit."""
+class ListenError(Exception):
+    """The listening address cannot be bound (in use, not allowed, not on this machine)."""
+
+
+def _listen_error(host: str, port: int, e: OSError) -> ListenError:
+    why = {errno.EADDRINUSE: "address already in use (is another gateway running?)",
+           errno.EACCES: "permission denied (ports below 1024 need privileges)",
+           errno.EADDRNOTAVAIL: "address not available on this machine"}.get(e.errno, e.strerror or str(e))
+    return ListenError(f"cannot listen on {host}:{port}: {why}")
+
+
+def listen(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind every address `host` resolves to (all interfaces for "" or "0.0.0.0" and "::") before
+    anything else starts: a busy port must not get as far as the call log. Connections are
+    accepted (listen) only once the app has started, by `serve`. `reuse_port`: SO_REUSEPORT, for
+    the workers of `serve --workers N` (the kernel spreads connections over them)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise _listen_error(host, port, e) from None
+    return socks
+
+
+async def serve(config: Config, host: str, port: int, socks: list[socket.socket] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit. The address
+    is bound first (`listen`, or `socks` already bound): only then does the app open the call log."""
     import signal
 
+    socks = socks if socks is not None else listen(host, port)
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await runner.setup()
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    try:
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
+    except OSError as e:  # another gateway bound the same port in the same instant and listened first
+        await runner.cleanup()
+        raise _listen_error(host, port, e) from None
+
+    def url(address: str, bound_port: int) -> str:
+        return f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
+
+    bound = [sock.getsockname()[:2] for sock in socks]
+    log.info("listening on %s (webhooks %s; media WebSockets %s)", ", ".join(url(*b) for b in bound),
+             ", ".join(f"POST {n.webhook_path}" for n in NETWORKS if n.webhook_path),
+             ", ".join(n.media_path for n in NETWORKS if n.media_path))
+    address, bound_port = bound[0]
+    shown = config.server.public_url.rstrip("/") or url(
+        {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address), bound_port)  # a wildcard: this machine
+    if config.operator.token:
+        log.info("dashboard %s/ (operator API on: GATEWAY_OPERATOR_TOKEN is set; the page asks for it)", shown)
+    else:
+        log.info("dashboard %s/ (operator API off: set GATEWAY_OPERATOR_TOKEN to turn it and the dashboard on)", shown)
     stop = asyncio.Event()
 
     def on_signal(sig: int) -> None:

@@ -6,18 +6,22 @@ has state (resampler phase, filter history, partial frames), because treating ea
 as an independent signal is what produces clicks at frame edges.
 
 `audioop` is the stdlib module below Python 3.13 and the `audioop-lts` package from 3.13 on;
-both are imported as `audioop`.
+both are imported as `audioop`. Resampling uses numpy and soxr (python-soxr needs numpy anyway).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import wave
 import warnings
 
 with warnings.catch_warnings():  # stdlib audioop warns about its 3.13 removal; audioop-lts replaces it
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
+
+import numpy as np
+import soxr
 
 PHONE_RATE = 8000
 FRAME_MS = 20
@@ -54,22 +58,6 @@ def wav_bytes(pcm: bytes, rate: int, channels: int = 1) -> bytes:
     return header + pcm
 
 
-def lowpass_taps(cutoff_hz: float, rate: int, ntaps: int) -> list[float]:
-    """Windowed-sinc (Hamming) low-pass FIR taps, normalised to unity gain at DC."""
-    if ntaps % 2 == 0:
-        ntaps += 1
-    fc = cutoff_hz / rate
-    mid = (ntaps - 1) / 2
-    taps = []
-    for n in range(ntaps):
-        x = n - mid
-        sinc = 2 * fc if x == 0 else math.sin(2 * math.pi * fc * x) / (math.pi * x)
-        window = 0.54 - 0.46 * math.cos(2 * math.pi * n / (ntaps - 1))
-        taps.append(sinc * window)
-    total = sum(taps)
-    return [t / total for t in taps]
-
-
 def fade(pcm: bytes, rate: int, ms: float = 5.0) -> bytes:
     """Linear fade-in and fade-out, so a generated sound starts and ends without a click."""
     n = min(len(pcm) // 4, int(rate * ms / 1000))
@@ -83,94 +71,132 @@ def fade(pcm: bytes, rate: int, ms: float = 5.0) -> bytes:
     return struct.pack(f"<{len(samples)}h", *samples)
 
 
-class LowPass:
-    """Streaming FIR low-pass over PCM16, run in C through audioop (one mul+add per tap per block).
+class PhoneUpsampler:
+    """Phone audio up to a model's rate (an integer factor L): a low-latency polyphase FIR.
 
-    Carries the last ntaps-1 samples between blocks so block edges are seamless. audioop.mul
-    floors each product, so a signal picks up a DC offset of about -ntaps/2 LSB (-67 dBFS for 31
-    taps: inaudible, and below mu-law's resolution near zero); digital silence stays exactly 0.
+    Why not soxr here: libsoxr works in blocks and, fed 20 ms frames, holds back 23-63 ms of the
+    caller's audio (LQ..HQ, measured in bench/bench_audio.py) before anything comes out, and
+    that wait adds to every reply's latency. This filter emits L output samples for every input
+    sample at once; its only delay is the linear-phase group delay, ~1.8 ms.
+
+    Why this filter: phone audio carries 300-3400 Hz, so the band's images after zero-stuffing
+    start at src - 3400 Hz (4.6 kHz for 8 kHz). A Kaiser-windowed sinc with its cutoff midway
+    (4 kHz) and a 1.2 kHz transition needs ~30 taps per phase for 70 dB of stopband: flat to
+    3.4 kHz within 0.01 dB, images at or below -64 dB (tests/test_audio_quality.py measures
+    both). Split into its L phases, each output phase is one short dot product, so a whole
+    frame is one (n x K) @ (K x L) matrix product whose rows come out already interleaved
+    (numpy, which soxr needs anyway): ~9 us per 20 ms frame, against ~35-50 us for the
+    audioop FIR it replaces. The last K-1 input samples are carried across calls, so frame
+    edges are seamless whatever the block sizes.
     """
 
-    def __init__(self, cutoff_hz: float, rate: int, ntaps: int = 31):
-        self.taps = lowpass_taps(cutoff_hz, rate, ntaps)
-        self._history = b"\x00\x00" * (len(self.taps) - 1)
+    def __init__(self, src_rate: int, factor: int, stopband_db: float = 70.0):
+        rate = src_rate * factor
+        pass_hz, stop_hz = 0.425 * src_rate, 0.575 * src_rate  # 3400 / 4600 Hz at 8 kHz
+        beta = 0.1102 * (stopband_db - 8.7)  # Kaiser's formulas for the window and the length
+        ntaps = math.ceil((stopband_db - 7.95) / (2.285 * 2 * math.pi * (stop_hz - pass_hz) / rate)) + 1
+        self.taps_per_phase = math.ceil(ntaps / factor)
+        ntaps = self.taps_per_phase * factor
+        fc = (pass_hz + stop_hz) / 2 / rate
+        h = np.sinc(2 * fc * (np.arange(ntaps) - (ntaps - 1) / 2)) * np.kaiser(ntaps, beta)
+        h *= factor / h.sum()  # gain L: zero-stuffing leaves 1/L of the energy per output sample
+        # bank[k, p] multiplies input x[n - (K-1) + k] for output phase p: oldest sample first
+        self._bank = np.ascontiguousarray(h.reshape(self.taps_per_phase, factor)[::-1], dtype=np.float32)
+        self.factor = factor
+        self.delay_samples = (ntaps - 1) / 2  # group delay, output samples
+        self.reset()
 
     def process(self, pcm: bytes) -> bytes:
-        if not pcm:
+        x = np.frombuffer(pcm, dtype="<i2")
+        n = len(x)
+        if not n:
             return b""
-        x = self._history + pcm
-        n = len(pcm)
-        order = len(self.taps) - 1
-        acc = None
-        for k, c in enumerate(self.taps):
-            start = (order - k) * 2
-            term = audioop.mul(x[start:start + n], 2, c)
-            acc = term if acc is None else audioop.add(acc, term, 2)
-        self._history = x[-order * 2:]
-        return acc
-
-    @property
-    def delay_samples(self) -> int:
-        return len(self.taps) // 2
-
-    def reset(self) -> None:
-        self._history = b"\x00\x00" * (len(self.taps) - 1)
-
-
-class Resampler:
-    """Stateful PCM16 mono rate converter with anti-aliasing.
-
-    audioop.ratecv interpolates linearly and filters nothing, so on its own 24 kHz -> 8 kHz folds
-    everything above 4 kHz back into the phone band (harsh, lispy speech). We low-pass below the
-    lower Nyquist before decimating and after interpolating. The ratecv state and the filter
-    history are carried across calls: feed it a stream in any block sizes and the output is the
-    same continuous signal.
-    """
-
-    def __init__(self, src_rate: int, dst_rate: int, ntaps: int = 31):
-        self.src_rate = src_rate
-        self.dst_rate = dst_rate
-        self._state = None
-        self._pre = self._post = None
-        if dst_rate < src_rate:
-            self._pre = LowPass(0.45 * dst_rate, src_rate, ntaps)
-        elif dst_rate > src_rate:
-            self._post = LowPass(0.45 * src_rate, dst_rate, ntaps)
-
-    def process(self, pcm: bytes) -> bytes:
-        if len(pcm) % 2:
-            pcm = pcm[:-1]
-        if self.src_rate == self.dst_rate or not pcm:
-            return pcm
-        if self._pre is not None:
-            pcm = self._pre.process(pcm)
-        out, self._state = audioop.ratecv(pcm, 2, 1, self.src_rate, self.dst_rate, self._state)
-        if self._post is not None:
-            out = self._post.process(out)
-        return out
+        buf = np.concatenate((self._history, x))  # float32
+        # row i is buf[i:i + K], a view: np.ndarray directly costs a tenth of as_strided's checks
+        windows = np.ndarray((n, self.taps_per_phase), np.float32, buf, 0, (4, 4))
+        y = np.dot(windows, self._bank)
+        self._history = buf[n:].copy()
+        return _to_pcm16(y)
 
     def flush(self) -> bytes:
-        """End of a stream (e.g. one bot reply): push out what the filters still hold, then reset.
-
-        Without this the last few ms of one reply would come out at the start of the next one
-        (a click), because the filters delay the signal by half their length.
-        """
-        tail = b""
-        if self._pre is not None or self._post is not None:
-            n = (self._pre or self._post).delay_samples  # type: ignore[union-attr]
-            if self._pre is not None:
-                tail = self.process(b"\x00\x00" * n)
-            else:
-                tail = self.process(b"\x00\x00" * max(1, n * self.src_rate // self.dst_rate + 1))
+        """The group delay's worth of output still inside the filter, then a clean state."""
+        tail = self.process(bytes(2 * math.ceil(self.delay_samples / self.factor)))
         self.reset()
         return tail
 
     def reset(self) -> None:
+        self._history = np.zeros(self.taps_per_phase - 1, dtype=np.float32)
+
+
+class SoxrStream:
+    """Any rate pair through libsoxr (python-soxr's ResampleStream), 16-bit in and out.
+
+    The model -> phone direction: soxr costs ~3 us per 20 ms frame and is flat to 3.4 kHz
+    with aliases below -80 dB. It holds back ~40-60 ms of audio, which is harmless here:
+    models send audio faster than real time in large deltas and Playout paces it anyway;
+    `flush` delivers the held-back tail at the end of a reply. "MQ" is the lowest quality
+    that is flat to 3.4 kHz (LQ is -7.8 dB there) and holds back the least at 48 kHz.
+    """
+
+    def __init__(self, src_rate: int, dst_rate: int, quality: str = "MQ"):
+        # float32 inside, rounded here: soxr's own 16-bit output is dithered (silence in, +-1 out)
+        self._stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32", quality=quality)
+
+    def process(self, pcm: bytes) -> bytes:
+        return _to_pcm16(self._stream.resample_chunk(np.frombuffer(pcm, dtype="<i2").astype(np.float32)))
+
+    def flush(self) -> bytes:
+        tail = _to_pcm16(self._stream.resample_chunk(_NO_SAMPLES, last=True))
+        self._stream.clear()
+        return tail
+
+    def reset(self) -> None:
+        self._stream.clear()
+
+
+_NO_SAMPLES = np.zeros(0, dtype=np.float32)
+
+
+def _to_pcm16(y: np.ndarray) -> bytes:
+    """Float samples (PCM16 scale) -> PCM16 bytes, rounded and clipped (y is overwritten)."""
+    np.rint(y, out=y)
+    np.maximum(y, -32768, out=y)  # the ufuncs: np.clip's wrapper costs more than the filter
+    np.minimum(y, 32767, out=y)
+    return y.astype("<i2").tobytes()
+
+
+class Resampler:
+    """Stateful PCM16 mono rate converter: feed a stream in any block sizes, get one continuous
+    signal. Phone -> model (up by an integer factor) uses PhoneUpsampler (no hold-back, the
+    caller waits for nothing); everything else, above all model -> phone, uses SoxrStream."""
+
+    def __init__(self, src_rate: int, dst_rate: int):
+        self.src_rate = src_rate
+        self.dst_rate = dst_rate
+        if src_rate == dst_rate:
+            self._engine = None
+        elif dst_rate > src_rate and dst_rate % src_rate == 0:
+            self._engine = PhoneUpsampler(src_rate, dst_rate // src_rate)
+        else:
+            self._engine = SoxrStream(src_rate, dst_rate)
+
+    def process(self, pcm: bytes) -> bytes:
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        return pcm if self._engine is None else self._engine.process(pcm)
+
+    def flush(self) -> bytes:
+        """End of a stream (e.g. one bot reply): what the filter still holds, then a clean state.
+
+        Without this the last ms of one reply (soxr: tens of ms) would be lost or come out at the
+        start of the next one.
+        """
+        return b"" if self._engine is None else self._engine.flush()
+
+    def reset(self) -> None:
         """Forget all state (after a barge-in, the next reply must not inherit the cut one)."""
-        self._state = None
-        for f in (self._pre, self._post):
-            if f is not None:
-                f.reset()
+        if self._engine is not None:
+            self._engine.reset()
 
 
 class Framer:
@@ -247,3 +273,21 @@ def tone(hz: float, seconds: float, rate: int, amplitude: int = 8000, phase: flo
     n = int(seconds * rate)
     w = 2 * math.pi * hz / rate
     return struct.pack(f"<{n}h", *(int(amplitude * math.sin(phase + w * i)) for i in range(n)))
+
+
+def hold_tones() -> bytes:
+    """Soft hold tones (mu-law, 8 kHz): a three-note rising chime, then a pause, 1.6 s a cycle.
+    Quiet (about -24 dBFS) and clearly a machine's "please wait", not speech or a ringback tone."""
+    notes = b"".join(fade(tone(hz, 0.14, PHONE_RATE, 2000), PHONE_RATE, 20) for hz in (523.25, 659.25, 783.99))
+    return pcm16_to_ulaw(notes + b"\x00\x00" * int(PHONE_RATE * 1.18))
+
+
+def load_phone_sound(path) -> bytes:
+    """A WAV file (8 kHz mono 16-bit PCM) as phone audio (mu-law). Raises ValueError if it is not one."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (PHONE_RATE, 1, 2):
+                raise ValueError(f"{path}: expected an 8 kHz mono 16-bit WAV")
+            return pcm16_to_ulaw(w.readframes(w.getnframes()))
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"{path}: not a WAV file ({e})") from None

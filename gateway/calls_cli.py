@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import json
+import re
 import sys
 from typing import TextIO
 
@@ -22,11 +23,15 @@ CSV_FIELDS = ["call_id", "started_at", "ended_at", "duration_s", "from", "to", "
               "end_reason", "error", "turns", "barge_ins", "first_audio_ms", "transcript"]
 
 
+CONFIG_HELP = "the gateway's config.yaml, whose storage the call log is in (default: %(default)s)"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--config", default="config.yaml", metavar="PATH", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="calls_command", required=True)
     for name, help_text in (("list", "recent calls, newest first"), ("export", "calls as JSON lines or CSV")):
         s = sub.add_parser(name, help=help_text)
+        _config_here_too(s)
         s.add_argument("--bot")
         s.add_argument("--number", help="caller or dialed number")
         s.add_argument("--since", help="ISO date or time (UTC)")
@@ -38,8 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             s.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
             s.add_argument("--out", help="file (default: standard output)")
     s = sub.add_parser("show", help="one call in full: details and timeline")
+    _config_here_too(s)
     s.add_argument("call_id")
     s.add_argument("--json", action="store_true")
+
+
+def _config_here_too(p: argparse.ArgumentParser) -> None:
+    """`calls list --config X` as well as `calls --config X list` (SUPPRESS: unset leaves the other)."""
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                   help=CONFIG_HELP % {"default": "config.yaml"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,10 +85,23 @@ async def _run(args: argparse.Namespace) -> int:
         await store.close()
 
 
+# What a terminal would act on rather than show: C0/C1 controls (newline, NUL, ESC sequences),
+# line separators and bidirectional overrides. A caller chooses their From; they do not get to
+# break the table or recolour the operator's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(value):
+    """`value` for a terminal: control characters escaped (\\n, \\x00, \\x1b); the store keeps them."""
+    if not isinstance(value, str):
+        return value
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
 def _print_list(rows: list[dict], total: int, out: TextIO) -> None:
     print(f"{'started (UTC)':20} {'dur s':>6} {'bot':14} {'from':16} {'end':16} {'turns':>5} {'cut':>3}  call", file=out)
     for r in rows:
-        c = call_json(r)
+        c = {k: shown(v) for k, v in call_json(r).items()}
         started = (c["started_at"] or c["webhook_at"] or "")[:19].replace("T", " ")
         duration = f"{c['duration_s']:.1f}" if c["duration_s"] is not None else "live"
         print(f"{started:20} {duration:>6} {(c['bot'] or '-')[:14]:14} {(c['from'] or '-')[:16]:16} "
@@ -96,10 +121,10 @@ async def _show(store, args: argparse.Namespace) -> int:
         return 0
     for key in ("call_id", "bot", "provider", "model", "from", "to", "started_at", "first_audio_ms", "ended_at",
                 "duration_s", "end_reason", "error", "turns", "barge_ins", "usage", "has_recording"):
-        print(f"{key:15} {call[key]}")
+        print(f"{key:15} {shown(call[key])}")
     print("timeline:")
     for e in call["timeline"]:
-        print(f"  {e['t']:7.2f}s  {_line(e)}")
+        print(f"  {e['t']:7.2f}s  {shown(_line(e))}")
     return 0
 
 

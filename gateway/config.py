@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .audio import load_phone_sound
+from .httptools import schema_problem
 from .persona import BUILTIN_TOOLS, DtmfConfig, HttpTool, Persona, PersonaAudio, TurnDetection
 from .providers import SPECS
 
@@ -63,6 +65,20 @@ class TwilioConfig:
     # Webhooks and media streams must carry a valid X-Twilio-Signature whenever auth_token is set.
     # Turning that off is for local experiments only and is logged as a warning at start-up.
     insecure_skip_signature: bool = False
+
+
+@dataclass(frozen=True)
+class TelnyxConfig:
+    api_key: str = ""  # REST (hang-up, transfer) and the media URL's ticket
+    public_key: str = ""  # the account's Ed25519 public key (base64): webhooks must be signed with it
+    api_base: str = "https://api.telnyx.com"
+
+
+@dataclass(frozen=True)
+class PlivoConfig:
+    auth_id: str = ""
+    auth_token: str = ""  # REST (hang-up), webhook signatures (V3) and the media URL's ticket
+    api_base: str = "https://api.plivo.com"
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,21 @@ class OperatorConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    public: bool = False  # true: /metrics answers without the operator token (a private network only)
+
+
+WEBHOOK_EVENTS = ("call.started", "call.ended")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str  # http(s)://… that receives the JSON events (POST)
+    secret: str  # signs each delivery (X-Gateway-Signature); the receiver checks it
+    events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -138,6 +169,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
+    plivo: PlivoConfig = field(default_factory=PlivoConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -145,6 +178,8 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    webhooks: list[WebhookConfig] = field(default_factory=list)
     bots_dir: str = "bots"
     # Filled by load_config, not by YAML:
     bots: dict[str, "Persona"] = field(default_factory=dict, metadata={"internal": True})
@@ -170,8 +205,9 @@ class Config:
                         if any(word in k.lower() for word in ("auth", "key", "token", "secret"))]
         provider_secrets = [getattr(self.provider_settings(name), f) for name, spec in SPECS.items()
                             for f in spec.secret_fields]
-        return [s for s in (*provider_secrets, self.twilio.auth_token, self.operator.token, db_password,
-                            *tool_headers) if s]
+        return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
+                            self.plivo.auth_token, self.operator.token, db_password,
+                            *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
     def base_dir(self) -> Path:
@@ -301,6 +337,12 @@ _ENV_OVERRIDES = {
     "TWILIO_ACCOUNT_SID": ("twilio", "account_sid"),
     "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
     "TWILIO_API_BASE": ("twilio", "api_base"),
+    "TELNYX_API_KEY": ("telnyx", "api_key"),
+    "TELNYX_PUBLIC_KEY": ("telnyx", "public_key"),
+    "TELNYX_API_BASE": ("telnyx", "api_base"),
+    "PLIVO_AUTH_ID": ("plivo", "auth_id"),
+    "PLIVO_AUTH_TOKEN": ("plivo", "auth_token"),
+    "PLIVO_API_BASE": ("plivo", "api_base"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),
@@ -343,6 +385,7 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
             raise ConfigError(f"{where}{name}: provider {persona.provider} takes "
                               f"{' or '.join(allowed)}, got {value!r}")
     _check_phone_actions(persona, where)
+    _check_conversation(persona, path, where)
     if persona.temperature is not None and not 0 <= persona.temperature <= 1:
         raise ConfigError(f"{where}temperature: expected 0..1, got {persona.temperature}")
     if persona.audio.output_rate not in (8000, 16000, 24000, 48000):
@@ -351,6 +394,25 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         raise ConfigError(f"{where}max_call_seconds: must be positive")
     return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio,
                                model=persona.model or spec.default_model)
+
+
+def _check_conversation(p: Persona, path: Path, where: str) -> None:
+    """Barge-in policy and hold sound: catch at load what would misbehave mid-call."""
+    b = p.barge_in
+    if not 40 <= b.min_speech_ms <= 3000:
+        raise ConfigError(f"{where}barge_in.min_speech_ms: expected 40..3000")
+    if not b.min_speech_ms <= b.confirm_ms <= 5000:
+        raise ConfigError(f"{where}barge_in.confirm_ms: expected min_speech_ms..5000")
+    if not 0 < b.threshold < 32768:
+        raise ConfigError(f"{where}barge_in.threshold: expected 1..32767")
+    if not 0 <= p.hold.after_ms <= 30000:
+        raise ConfigError(f"{where}hold.after_ms: expected 0..30000")
+    if p.hold.sound not in ("tones", "none"):
+        try:
+            load_phone_sound(path.parent / p.hold.sound)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{where}hold.sound: {getattr(e, 'strerror', None) or e} "
+                              "(tones, none, or an 8 kHz mono 16-bit WAV next to the persona)") from None
 
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -379,7 +441,6 @@ def _check_phone_actions(p: Persona, where: str) -> None:
             raise ConfigError(f"{at}.url: expected an http(s):// URL")
         if tool.parameters.get("type") != "object":
             raise ConfigError(f"{at}.parameters: expected a JSON Schema with type: object")
-        from .httptools import schema_problem  # here: httptools imports this module
         if problem := schema_problem(tool.parameters):
             raise ConfigError(f"{at}.parameters{problem}")
         if not 0 < tool.timeout_seconds <= 60:
@@ -406,6 +467,11 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
     if path.exists() and data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     data = _apply_env_overrides(dict(data or {}), env)
+    if env.get("GATEWAY_WEBHOOK_URL"):  # one more receiver, next to any in the file
+        hooks = data.get("webhooks") or []
+        if isinstance(hooks, list):  # else the schema check below names the mistake
+            data["webhooks"] = [*hooks, {"url": env["GATEWAY_WEBHOOK_URL"],
+                                         "secret": env.get("GATEWAY_WEBHOOK_SECRET", "")}]
     cfg = _build(Config, data, f"{path}: ")
     _check_ranges(cfg, path)
     bots_dir = Path(cfg.bots_dir)
@@ -440,6 +506,12 @@ def _check_ranges(cfg: Config, path: Path) -> None:
     ]
     checks += [(f"providers.{name}.{key}", ok(cfg.provider_settings(name)), want)
                for name, spec in SPECS.items() for key, ok, want in spec.checks]
+    for i, hook in enumerate(cfg.webhooks):
+        checks += [(f"webhooks[{i}].url", re.match(r"^https?://[^/]+", hook.url), "an http(s):// URL"),
+                   (f"webhooks[{i}].secret", len(hook.secret) >= 16,
+                    "a secret of at least 16 characters (GATEWAY_WEBHOOK_SECRET for GATEWAY_WEBHOOK_URL)"),
+                   *((f"webhooks[{i}].events[{j}]", e in WEBHOOK_EVENTS, " or ".join(WEBHOOK_EVENTS))
+                     for j, e in enumerate(hook.events))]
     for name, ok, want in checks:
         if not ok:
             raise ConfigError(f"{path}: {name}: expected {want}")

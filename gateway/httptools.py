@@ -20,7 +20,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from .config import HttpTool
+from .persona import HttpTool
 from .logs import CallLogger
 
 MAX_RESPONSE_CHARS = 4000  # what the model gets of a response body; more is cut (and said so)

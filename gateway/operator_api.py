@@ -7,6 +7,7 @@ UTC strings; errors are `{"error": "..."}` with a 4xx status. See README "Operat
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -18,14 +19,15 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from .call import entry_json
-from .calllog import CallQuery, views
+from .calllog import CallQuery, instances, views
 from .calllog.views import call_json, iso, transcript
 from .calllog.store import END_REASONS
-from .web_state import CALLS, CONFIG, REST, STORE
+from .web_state import CALLS, CONFIG, INSTANCE, REST, STORE
 
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 200
+COMMAND_POLL_SECONDS = 0.5  # how soon a hang-up asked of another instance is acted on
 
 
 def add_operator_routes(app: web.Application) -> None:
@@ -39,11 +41,18 @@ def add_operator_routes(app: web.Application) -> None:
     r.add_post("/api/calls/{call_id}/hangup", _guard(hang_up))
     r.add_get("/api/live", _guard(live_calls))
     r.add_get("/api/bots", _guard(bot_summary))
+    r.add_get("/api/openapi.json", _guard(openapi))
     r.add_get("/", dashboard)
     r.add_get("/ui", dashboard)
 
 
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+# The OpenAPI 3.1 description of every /api/ route above (tests/test_openapi.py keeps them in step).
+OPENAPI = Path(__file__).with_name("static") / "openapi.json"
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
 
 async def dashboard(request: web.Request) -> web.Response:
@@ -99,6 +108,9 @@ def _guard(handler: Handler) -> Handler:
         return await handler(request)
     guarded.__name__ = handler.__name__
     return guarded
+
+
+require_operator = _guard  # for routes registered elsewhere (/metrics)
 
 
 # ------------------------------------------------------------------ helpers
@@ -187,23 +199,70 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
 
 
 async def live_calls(request: web.Request) -> web.Response:
+    """Live calls of every instance and worker sharing the call log: this process's own in full
+    (the last transcript line included), the others' as their records say."""
+    here = request.app[INSTANCE]
     calls = []
     for call in list(request.app[CALLS].values()):
         st = call.status()
         calls.append({"call_id": st.call_id, "bot": st.bot, "network": st.network, "from": st.caller,
                       "to": st.dialed, "started_at": iso(st.started_at), "duration_s": st.duration_s,
-                      "barge_ins": st.barge_ins, "turns": st.turns,
+                      "barge_ins": st.barge_ins, "turns": st.turns, "instance": here,
                       "last": entry_json(st.last) if st.last is not None else None})
+    local = {c["call_id"] for c in calls}
+    now = time.time()
+    for row in await instances.live_calls(request.app[STORE], now):
+        if row["call_id"] not in local and row["instance"] != here:
+            calls.append({"call_id": row["call_id"], "bot": row["bot"], "network": row["network"],
+                          "from": row["from_number"], "to": row["to_number"], "started_at": iso(row["started_at"]),
+                          "duration_s": round(now - row["started_at"], 1), "barge_ins": row["barge_ins"],
+                          "turns": row["turns"], "instance": row["instance"], "last": None})
     return web.json_response({"calls": calls})
 
 
 async def hang_up(request: web.Request) -> web.Response:
-    call = request.app[CALLS].get(request.match_info["call_id"])
-    if call is None:
-        return _error(404, "no live call with that id on this gateway")
-    log.info("event=operator_hangup call=%s", call.call_id)
-    await call.hang_up("operator_hangup", why="operator")  # Twilio REST when configured: no fallback message
-    return web.json_response({"call_id": call.call_id, "status": "ending"}, status=202)
+    """Hang up a live call: at once when it runs here, else through a command to the instance or
+    worker that runs it (it acts within about half a second)."""
+    call_id = request.match_info["call_id"]
+    call = request.app[CALLS].get(call_id)
+    if call is not None:
+        log.info("event=operator_hangup call=%s", call_id)
+        await call.hang_up("operator_hangup", why="operator")  # Twilio REST when configured: no fallback message
+        return web.json_response({"call_id": call_id, "status": "ending", "instance": request.app[INSTANCE]},
+                                 status=202)
+    owner = next((r["instance"] for r in await instances.live_calls(request.app[STORE]) if r["call_id"] == call_id),
+                 None)
+    if owner is None:
+        return _error(404, "no live call with that id")
+    await instances.send(request.app[STORE], owner, call_id, "hang_up")
+    log.info("event=operator_hangup call=%s via=%s", call_id, owner)
+    return web.json_response({"call_id": call_id, "status": "ending", "instance": owner}, status=202)
+
+
+async def remote_commands(app: web.Application):
+    """Cleanup context: act on commands other instances queued for this one's calls."""
+    acting: set[asyncio.Task] = set()
+
+    async def loop() -> None:
+        store, here = app[STORE], app[INSTANCE]
+        while True:
+            await asyncio.sleep(COMMAND_POLL_SECONDS)
+            try:
+                for cmd in await instances.take(store, here):
+                    call = app[CALLS].get(cmd["call_id"])
+                    if call is not None and cmd["command"] == "hang_up":
+                        log.info("event=operator_hangup call=%s via=command", cmd["call_id"])
+                        task = asyncio.create_task(call.hang_up("operator_hangup", why="operator (another instance)"))
+                        acting.add(task)
+                        task.add_done_callback(acting.discard)
+                await instances.forget_old(store, time.time() - 86400)
+            except Exception as e:  # noqa: BLE001 - the database may be down for a while; keep trying
+                log.error("event=remote_commands_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+
+    task = asyncio.create_task(loop(), name="remote-commands")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def percentile(values: list[float], p: float) -> float | None:

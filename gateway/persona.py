@@ -52,6 +52,29 @@ class DtmfConfig:
     shortcuts: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BargeIn:
+    """What happens when the caller starts talking while the bot is speaking.
+
+    immediate: the bot is cut at once (cleared, cancelled, transcript cut to what was heard).
+    confirm: the bot stops sending audio at once but is only cut once the interruption is confirmed
+    — caller speech of at least `min_speech_ms` by the gateway's own energy measure, or a transcript
+    with words; unconfirmed after `confirm_ms` (a cough, a door, an "mm-hm"), the same reply resumes
+    where it paused, nothing lost and the model not cancelled."""
+    policy: Literal["immediate", "confirm"] = "immediate"
+    min_speech_ms: int = 300
+    confirm_ms: int = 700
+    threshold: int = 500  # RMS of 16-bit PCM above which a 20 ms frame counts as speech (confirm)
+
+
+@dataclass(frozen=True)
+class HoldAudio:
+    """What the caller hears instead of silence while the bot waits on something (a slow HTTP
+    tool, a model session being replaced, a transfer being dialled)."""
+    sound: str = "tones"  # tones: the built-in soft hold tones | none | a WAV file (8 kHz mono PCM16 or mu-law)
+    after_ms: int = 1000  # silence longer than this gets the hold sound
+
+
 BUILTIN_TOOLS = ("end_call", "transfer_call")
 
 
@@ -77,6 +100,8 @@ class Persona:
     transfer_timeout_seconds: int = 30
     http_tools: list[HttpTool] = field(default_factory=list)
     dtmf: DtmfConfig = field(default_factory=DtmfConfig)
+    barge_in: BargeIn = field(default_factory=BargeIn)
+    hold: HoldAudio = field(default_factory=HoldAudio)
     # Spoken by Twilio (<Say>) when the stream ends without a hang-up, e.g. after a model failure.
     fallback_message: str = "Sorry, we are having technical difficulties. Please call again later."
     name: str = field(default="", metadata={"internal": True})

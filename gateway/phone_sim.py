@@ -1,13 +1,16 @@
-"""The simulated phone: calls the gateway exactly as Twilio would, in real time.
+"""The simulated phone: calls the gateway exactly as Twilio, Telnyx or Plivo would, in real time.
 
-It POSTs the incoming-call webhook, reads the TwiML, opens the `<Stream>` URL, sends
-`connected` and `start` (with the TwiML's `<Parameter>`s), speaks 20 ms mu-law frames on a
-real-time clock, and emulates Twilio's playback buffer: received audio plays at 8 kHz real time,
-a mark is echoed when the audio before it has played, `clear` drops the buffer and echoes every
-pending mark at once. It checks every frame the gateway sends against Twilio's documented shapes
-(`violations`), records what was heard as a timeline, and reports latencies.
+It POSTs the network's incoming-call webhook, reads the answer (TwiML, TeXML, Plivo XML), opens
+the stream URL, sends what the network sends first (Twilio and Telnyx: `connected` and `start`,
+Twilio with the TwiML's `<Parameter>`s; Plivo: `start`), speaks 20 ms mu-law frames on a
+real-time clock, and emulates the network's playback buffer (one player for all): received audio
+plays at 8 kHz real time, a mark (Plivo: checkpoint) is echoed when the audio before it has
+played, a clear drops the buffer (Twilio then echoes every pending mark at once; for the others
+that is unconfirmed, so `marks_on_clear` chooses). It checks every frame the gateway sends
+against the network's documented shapes (`violations`), records what was heard as a timeline,
+and reports latencies.
 
-The same class is the tests' fake Twilio caller; `python -m gateway call` wraps it.
+The same class is the tests' fake caller; `python -m gateway call [--network NAME]` wraps it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import base64
 import binascii
 import json
 import os
+import sys
 import time
 import uuid
 import wave
@@ -25,18 +29,37 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from .telephony.plivo import v3_signature
 from .telephony.signature import compute as compute_signature
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
 FRAME_S = 0.02
+NETWORKS = ("twilio", "telnyx", "plivo")
+# What each network accepts from us: event -> (fields required, fields allowed); where frames name
+# the stream; our event names as the player knows them (media, mark, clear).
+SHAPES = {
+    "twilio": ({"media": ({"event", "streamSid", "media"},) * 2, "mark": ({"event", "streamSid", "mark"},) * 2,
+                "clear": ({"event", "streamSid"},) * 2}, "streamSid", {}),
+    "telnyx": ({"media": ({"event", "media"}, {"event", "media", "stream_id"}),
+                "mark": ({"event", "mark"}, {"event", "mark", "stream_id"}),
+                "clear": ({"event"}, {"event", "stream_id"})}, "stream_id", {}),
+    "plivo": ({"playAudio": ({"event", "media"}, {"event", "media", "streamId"}),
+               "checkpoint": ({"event", "streamId", "name"},) * 2, "clearAudio": ({"event", "streamId"},) * 2},
+              "streamId", {"playAudio": "media", "clearAudio": "clear"}),
+}
 
 
 class DialError(Exception):
     """The webhook did not connect us to a stream (e.g. TwiML that says sorry and hangs up)."""
+
+    def __init__(self, message: str, status: int = 200):
+        super().__init__(message)
+        self.status = status  # the webhook's HTTP status
 
 
 @dataclass
@@ -82,18 +105,31 @@ class PhoneResult:
         }
 
 
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
-                 auth_token: str = ""):
-        self.base_url = base_url.rstrip("/")
+                 auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None):
+        """`auth_token`: sign like Twilio (network twilio) or Plivo (signature V3); `signing_key`: an
+        Ed25519 private key (cryptography) to sign Telnyx webhooks with; `public_url`: what the
+        network dials (the gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url)."""
+        if network not in NETWORKS:
+            raise ValueError(f"network: one of {', '.join(NETWORKS)}, got {network!r}")
+        self.network = network
+        self.signing_key = signing_key
+        self.marks_on_clear = network == "twilio"  # pending marks echoed at a clear (unconfirmed but Twilio)
+        self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
+        self.public_url = public_url.rstrip("/")
         self.bot = bot
         self.caller = caller
         self.dialed = dialed
-        self.call_sid = call_sid or "CA" + uuid.uuid4().hex
+        self.call_sid = call_sid or {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex,
+                                     "plivo": str(uuid.uuid4())}[network]
         self.account_sid = account_sid
-        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.stream_sid = "MZ" + uuid.uuid4().hex if network == "twilio" else str(uuid.uuid4())
         self.extra_form = extra_form or {}
         self.result = PhoneResult()
         self._session: aiohttp.ClientSession | None = None
@@ -120,45 +156,101 @@ class SimulatedPhone:
         form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.caller,
                 "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
-        url = self.webhook_url or f"{self.base_url}/twilio/voice" + (f"?bot={self.bot}" if self.bot else "")
-        headers = {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)} if self.auth_token else {}
-        async with self._session.post(url, data=form, headers=headers) as resp:
+        if self.network == "plivo":
+            form = {"CallUUID": self.call_sid, "From": self.caller, "To": self.dialed, "Direction": "inbound",
+                    "CallStatus": "ringing", "Event": "StartApp", **self.extra_form}
+        url = self.webhook_url or f"{self.public_url or self.base_url}/{self.network}/voice" + \
+            (f"?bot={self.bot}" if self.bot else "")
+        body = urlencode(form).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **self._webhook_signature(url, form, body)}
+        async with self._session.post(self.reach(url), data=body, headers=headers) as resp:
             text = await resp.text()
             if resp.status != 200:
-                raise DialError(f"webhook answered HTTP {resp.status}: {text[:200]}")
+                raise DialError(f"webhook answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
             refused = resp.headers.get("X-Gateway-Refused")  # why, for us (Twilio ignores it)
         self.result.twiml = text
         root = ET.fromstring(text)
-        stream = root.find("./Connect/Stream")
+        stream = root.find("./Stream" if self.network == "plivo" else "./Connect/Stream")
         if stream is None:
-            say = root.find("./Say")
+            say = root.find("./Speak" if self.network == "plivo" else "./Say")
             says = f"the caller hears: {say.text if say is not None else '-'}"
-            raise DialError(f"refused: {refused} ({says})" if refused else f"no <Connect><Stream> in TwiML ({says})")
-        self.result.stream_url = stream.get("url", "")
+            raise DialError(f"refused: {refused} ({says})" if refused else f"no stream in the answer ({says})")
+        if self.network == "plivo":  # the URL is the element's text
+            self.result.stream_url = (stream.text or "").strip()
+            if stream.get("bidirectional") != "true" or stream.get("contentType") != "audio/x-mulaw;rate=8000":
+                self._violation(f"Stream attributes {dict(stream.attrib)}: audio sent back would not play")
+        else:
+            self.result.stream_url = stream.get("url", "")
+        if self.network == "telnyx" and stream.get("bidirectionalMode") != "rtp":
+            self._violation("Stream without bidirectionalMode=\"rtp\": Telnyx drops the audio we send back")
         self.result.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+        self.result.parameters.update(parse_qsl(urlsplit(self.result.stream_url).query))
         return self.result
+
+    def _webhook_signature(self, url: str, form: dict, body: bytes) -> dict:
+        """The network's authentication headers on its webhook, when we hold its secret."""
+        if self.network == "twilio" and self.auth_token:
+            return {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)}
+        if self.network == "plivo" and self.auth_token:
+            nonce = uuid.uuid4().hex[:20]
+            return {"X-Plivo-Signature-V3": v3_signature(self.auth_token, "POST", url, list(form.items()), nonce),
+                    "X-Plivo-Signature-V3-Nonce": nonce}
+        if self.network == "telnyx" and self.signing_key is not None:
+            ts = str(int(time.time()))
+            sig = self.signing_key.sign(ts.encode() + b"|" + body)
+            return {"telnyx-timestamp": ts, "telnyx-signature-ed25519": base64.b64encode(sig).decode()}
+        return {}
 
     async def connect(self, *, send_start: bool = True) -> None:
         """Open the stream and send `connected` and `start`, as Twilio does when the call connects."""
         self._session = self._session or aiohttp.ClientSession()
         headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
-            if self.auth_token else {}
-        self.ws = await self._session.ws_connect(self.result.stream_url, max_msg_size=0, headers=headers)
-        await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+            if self.auth_token and self.network == "twilio" else {}
+        self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0, headers=headers)
+        if self.network == "twilio":
+            await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        elif self.network == "telnyx":
+            await self.send_json({"event": "connected", "version": "1.0.0"})
         self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
         if send_start:
             await self.send_start()
 
+    def reach(self, url: str) -> str:
+        """Where to send what Twilio sends to `url` (the public webhook, the TwiML's wss:// stream URL):
+        the gateway at base_url, keeping the path below the public URL's own. A URL on another host
+        than the public one (a stream sent to another instance) is dialled as it is, like Twilio."""
+        u, base = urlsplit(url), urlsplit(self.base_url)
+        public = urlsplit(self.public_url or self.base_url)
+        if (u.hostname, u.port or _DEFAULT_PORTS.get(u.scheme)) != \
+                (public.hostname, public.port or _DEFAULT_PORTS.get(public.scheme)):
+            return url
+        prefix = urlsplit(self.public_url).path
+        path = u.path[len(prefix):] if prefix and u.path.startswith(prefix + "/") else u.path
+        scheme = base.scheme if u.scheme in ("http", "https") else ("wss" if base.scheme == "https" else "ws")
+        return urlunsplit((scheme, base.netloc, base.path + path, u.query, ""))
+
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
         params = self.result.parameters if parameters is None else parameters
-        await self.send_json({
+        await self.send_json(self._start_frame() if self.network != "twilio" else {
             "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
             "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
                       "tracks": ["inbound"], "customParameters": params,
                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
         self.result.start_sent_at = time.monotonic()
         self._start_mic()
+
+    def _start_frame(self) -> dict:
+        if self.network == "telnyx":  # stream_id top-level only; counters as strings
+            return {"event": "start", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
+                    "start": {"user_id": str(uuid.uuid4()), "call_control_id": self.call_sid,
+                              "call_session_id": str(uuid.uuid4()), "client_state": None, "from": self.caller,
+                              "to": self.dialed, "media_format": {"encoding": "PCMU", "sample_rate": 8000,
+                                                                  "channels": 1}}}
+        return {"event": "start", "sequenceNumber": int(self._next_seq()),  # Plivo: numbers
+                "start": {"callId": self.call_sid, "streamId": self.stream_sid, "accountId": "MA" + "X" * 18,
+                          "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}},
+                "extra_headers": ""}
 
     def _next_seq(self) -> str:
         self._seq += 1
@@ -195,10 +287,9 @@ class SimulatedPhone:
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
             self._chunk += 1
-            await self.send_json({"event": "media", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                                  "media": {"track": "inbound", "chunk": str(self._chunk),
-                                            "timestamp": str(self._ts_ms),
-                                            "payload": base64.b64encode(frame).decode("ascii")}})
+            await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
+                                                       "timestamp": str(self._ts_ms),
+                                                       "payload": base64.b64encode(frame).decode("ascii")}))
             self._ts_ms += 20
             self._mic_sent += len(frame)
             tick += 1
@@ -220,14 +311,26 @@ class SimulatedPhone:
         await self.speak(MULAW_SILENCE * int(seconds * PHONE_RATE))
 
     async def dtmf(self, digit: str) -> None:
-        await self.send_json({"event": "dtmf", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                              "dtmf": {"track": "inbound_track", "digit": digit}})
+        await self.send_json(self._frame("dtmf", {"track": "inbound_track", "digit": digit}))
 
     async def hangup(self) -> None:
-        """Twilio's `stop` followed by closing the socket."""
-        await self.send_json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                              "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        """The network's `stop` followed by closing the socket (Plivo: closing only)."""
+        if self.network == "twilio":
+            await self.send_json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
+                                  "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        elif self.network == "telnyx":
+            await self.send_json(self._frame("stop", {"user_id": "", "call_control_id": self.call_sid}))
         await self.close()
+
+    def _frame(self, event: str, body: dict) -> dict:
+        """One of our frames (media, dtmf, stop) in the network's spelling."""
+        if self.network == "telnyx":
+            return {"event": event, "sequence_number": self._next_seq(), event: body, "stream_id": self.stream_sid}
+        if self.network == "plivo":
+            if event == "media":
+                body = {**body, "chunk": int(body["chunk"])}
+            return {"event": event, "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid, event: body}
+        return {"event": event, "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, event: body}
 
     async def close(self) -> None:
         if self.ws is not None and not self.ws.closed:
@@ -272,17 +375,24 @@ class SimulatedPhone:
             self._violation(f"not JSON: {text[:60]}")
             return
         event = frame.get("event") if isinstance(frame, dict) else None
-        shapes = {"media": {"event", "streamSid", "media"}, "mark": {"event", "streamSid", "mark"},
-                  "clear": {"event", "streamSid"}}
+        shapes, sid_field, kinds = SHAPES[self.network]
         if event not in shapes:
             self._violation(f"31951 unknown event {event!r}")
             return
-        if set(frame) != shapes[event]:
+        if not shapes[event][0] <= set(frame) <= shapes[event][1]:
             self._violation(f"31951 {event} fields {sorted(frame)}")
-        if frame.get("streamSid") != self.stream_sid:
-            self._violation(f"31951 {event} with streamSid {frame.get('streamSid')!r}")
+        if sid_field in shapes[event][0] | (set(frame) & shapes[event][1]) and frame.get(sid_field) != self.stream_sid:
+            self._violation(f"31951 {event} with {sid_field} {frame.get(sid_field)!r}")
+        event = kinds.get(event, event)
+        if event == "checkpoint":  # Plivo's mark: the name at the top
+            frame = {"mark": {"name": frame.get("name")}}
+            event = "mark"
         if event == "media":
             media = frame.get("media")
+            if self.network == "plivo" and isinstance(media, dict):
+                if (media.get("contentType"), media.get("sampleRate")) != ("audio/x-mulaw", 8000):
+                    self._violation(f"playAudio format {media.get('contentType')!r} {media.get('sampleRate')!r}")
+                media = {k: v for k, v in media.items() if k == "payload"}
             if not isinstance(media, dict) or set(media) != {"payload"}:
                 self._violation(f"31951 media.media {media!r:.80}")
                 return
@@ -310,14 +420,25 @@ class SimulatedPhone:
             self.result.clears.append(time.monotonic())
             pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
             self._buffer.clear()
-            for name in pending:
+            for name in pending if self.marks_on_clear else ():
                 self._echo(name)
+            if self.network == "plivo":
+                asyncio.ensure_future(self.send_json({"event": "clearedAudio", "sequenceNumber": int(self._next_seq()),
+                                                      "streamId": self.stream_sid}))
 
     def _echo(self, name: str) -> None:
         self.result.marks_echoed += 1
         self.result.last_echo_at = time.monotonic()
-        asyncio.ensure_future(self.send_json({"event": "mark", "sequenceNumber": self._next_seq(),
-                                              "streamSid": self.stream_sid, "mark": {"name": name}}))
+        if self.network == "plivo":
+            frame = {"event": "playedStream", "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid,
+                     "name": name}
+        elif self.network == "telnyx":
+            frame = {"event": "mark", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
+                     "mark": {"name": name}}
+        else:
+            frame = {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
+                     "mark": {"name": name}}
+        asyncio.ensure_future(self.send_json(frame))
 
     def _echo_leading_marks(self) -> None:
         while self._buffer and isinstance(self._buffer[0], tuple):
@@ -363,8 +484,9 @@ def read_wav_as_ulaw(path: str | Path) -> bytes:
     if channels == 2:
         data = audioop.tomono(data, 2, 0.5, 0.5)
     elif channels != 1:
-        raise ValueError(f"{path}: {channels} channels not supported")
-    return pcm16_to_ulaw(Resampler(rate, PHONE_RATE).process(data))
+        raise ValueError(f"{channels} channels (mono or stereo only)")
+    resampler = Resampler(rate, PHONE_RATE)
+    return pcm16_to_ulaw(resampler.process(data) + resampler.flush())
 
 
 def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
@@ -376,29 +498,60 @@ def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's base URL")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="where to reach the gateway (default: %(default)s)")
+    p.add_argument("--public-url", default=os.environ.get("GATEWAY_PUBLIC_URL", ""), metavar="URL",
+                   help="the gateway's public URL: what the network would dial, hence what is signed "
+                        "(default: $GATEWAY_PUBLIC_URL, else --url)")
+    p.add_argument("--network", choices=NETWORKS, default="twilio", help="which network's phone to be (default: %(default)s)")
     p.add_argument("--bot", help="persona to ask for (?bot=); default: routing by --to")
-    p.add_argument("--from", dest="caller", default="+15550001111")
-    p.add_argument("--to", dest="dialed", default="+15005550007")
+    p.add_argument("--from", dest="caller", default="+15550001111", help="caller's number (default: %(default)s)")
+    p.add_argument("--to", dest="dialed", default="+15005550007",
+                   help="number dialed, routed to a bot by routing.numbers (default: %(default)s)")
     p.add_argument("--wav", help="what the caller says (any PCM WAV); default: a 1.2 s 440 Hz tone")
-    p.add_argument("--out", default="heard.wav", help="where to write what the caller heard")
-    p.add_argument("--wait", type=float, default=2.0, help="seconds of silence before speaking (greeting)")
+    p.add_argument("--out", default="heard.wav", help="where to write what the caller heard (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=2.0,
+                   help="seconds of silence before speaking, to hear the greeting (default: %(default)s)")
     p.add_argument("--hold", type=float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN", ""),
-                   help="sign requests like Twilio (default: $TWILIO_AUTH_TOKEN; needed when the gateway checks)")
+    p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
+    p.add_argument("--auth-token", default=None,
+                   help="sign requests like Twilio or Plivo (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with "
+                        "--network plivo; needed when the gateway checks)")
 
 
 async def main(args: argparse.Namespace) -> int:
-    speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
+    try:
+        speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
+    except FileNotFoundError:
+        print(f"error: --wav {args.wav}: no such file", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: --wav {args.wav}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (wave.Error, EOFError) as e:  # not RIFF/WAVE, cut short, or not integer PCM
+        print(f"error: --wav {args.wav}: not a PCM WAV file ({str(e) or 'cut short'})", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: --wav {args.wav}: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out).resolve().parent
+    if Path(args.out).is_dir() or not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        print(f"error: --out {args.out}: cannot write a file there", file=sys.stderr)
+        return 2
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
+    token = args.auth_token if args.auth_token is not None else \
+        os.environ.get({"plivo": "PLIVO_AUTH_TOKEN"}.get(args.network, "TWILIO_AUTH_TOKEN"), "")
     phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
-                           auth_token=args.auth_token)
+                           auth_token=token if args.network != "telnyx" else "", network=args.network,
+                           public_url=args.public_url)
     try:
         await phone.dial()
     except DialError as e:
-        print(f"call not connected: {e}")
+        hint = "" if e.status != 403 else (
+            " (the gateway checks Twilio signatures: pass --auth-token, its TWILIO_AUTH_TOKEN)" if not token
+            else f" (signed for {args.public_url or args.url}: --public-url must be the gateway's GATEWAY_PUBLIC_URL "
+                 "and --auth-token its TWILIO_AUTH_TOKEN)")
+        print(f"call not connected: {e}{hint}")
         return 1
     except aiohttp.ClientError as e:
         print(f"cannot reach the gateway at {args.url}: {e}")
@@ -407,7 +560,11 @@ async def main(args: argparse.Namespace) -> int:
         if phone.result.stream_url == "" and phone._session is not None:
             await phone._session.close()
     try:
-        await phone.connect()
+        try:
+            await phone.connect()
+        except aiohttp.ClientError as e:
+            print(f"call not connected: cannot open the stream {phone.result.stream_url}: {e}")
+            return 1
         await phone.silence(args.wait)
         await phone.say(speech)
         await phone.silence(hold)
@@ -416,7 +573,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await phone.close()
     write_ulaw_as_wav(args.out, bytes(phone.result.heard))
-    summary = phone.result.summary()
+    summary = {"call_id": phone.call_sid, **phone.result.summary()}
     summary["heard_wav"] = args.out
     summary["spoke_seconds"] = round(len(speech) / PHONE_RATE, 2)
     if args.json:
@@ -424,8 +581,12 @@ async def main(args: argparse.Namespace) -> int:
     else:
         print(f"call {phone.call_sid} -> bot {summary['bot']} via {summary['stream_url']}")
         for k, v in summary.items():
-            if k not in ("stream_url", "bot"):
+            if k not in ("call_id", "stream_url", "bot"):
                 print(f"  {k:24} {v}")
         for v in phone.result.violations[:10]:
             print(f"  VIOLATION {v}")
+    if phone.result.close_code == 1008:  # WSCloseCode.POLICY_VIOLATION
+        print("the gateway refused the stream (close code 1008: signature, call token or no start; see its log)",
+              file=sys.stderr)
+        return 1
     return 0 if not phone.result.violations else 1

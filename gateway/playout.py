@@ -58,6 +58,8 @@ class Playout:
         self._seq = 0
         self._frames: deque[tuple[bytes, str]] = deque()
         self._wake = asyncio.Event()
+        self.paused = False  # a barge-in waiting to be confirmed holds the bot back
+        self.last_response = ""  # whose audio went to the phone last
         self._marks: dict[str, _Mark] = {}
         self._play_until = 0.0  # when Twilio's buffer will have run dry, by our clock
         self.sent_ms: dict[str, float] = {}   # per response: audio sent to the phone
@@ -121,12 +123,31 @@ class Playout:
             self.heard_ms[mark.response_id] = mark.played_ms
         return True
 
+    # ------------------------------------------------------------ holding back
+    def pause(self) -> None:
+        """Stop sending (what is at the phone plays out); the queue keeps what it has and grows."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wake.set()
+
+    def drop(self, response_id: str) -> int:
+        """Forget the queued, unsent frames of one response (a hold sound that is no longer needed)."""
+        before = len(self._frames)
+        self._frames = deque(f for f in self._frames if f[1] != response_id)
+        return before - len(self._frames)
+
+    def queued_for(self, response_id: str) -> float:
+        """Unsent ms queued for one response."""
+        return sum(len(f) for f, rid in self._frames if rid == response_id) / 8
+
     # ------------------------------------------------------------ the pacing loop
     async def run(self) -> None:
         """Sends frames while keeping at most `lead` of audio ahead at the phone. Never returns
         on its own unless the phone stops accepting frames."""
         while True:
-            if not self._frames:
+            if not self._frames or self.paused:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -147,6 +168,7 @@ class Playout:
             return True  # a clear overtook this frame while it was being written: not heard
         now = self.clock()
         self.frames_sent += 1
+        self.last_response = rid
         ms = len(frame) / 8  # 8 bytes of mu-law per ms
         starts_at = max(self._play_until, now)
         self._play_until = starts_at + ms / 1000

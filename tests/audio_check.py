@@ -56,3 +56,41 @@ def max_discontinuity(x: np.ndarray, rate: int, hz: float) -> float:
     r = x[2:] + x[:-2] - 2 * np.cos(w) * x[1:-1]
     amp = np.sqrt(2) * np.sqrt(np.mean(x * x))
     return float(np.max(np.abs(r)) / amp)
+
+
+def tone_fit(x: np.ndarray, rate: int, hz: float) -> tuple[float, np.ndarray]:
+    """Least-squares fit of one sine at `hz`: (its amplitude, what is left of x without it)."""
+    t = np.arange(len(x)) * (2 * np.pi * hz / rate)
+    basis = np.stack([np.cos(t), np.sin(t)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, x, rcond=None)
+    return float(np.hypot(*coef)), x - basis @ coef
+
+
+def db(amplitude: float, reference: float) -> float:
+    return 20 * float(np.log10(max(amplitude, 1e-9) / reference))
+
+
+def rms_as_peak(x: np.ndarray) -> float:
+    """RMS scaled to a sine's peak (sqrt 2 x RMS): comparable with a tone's amplitude."""
+    return float(np.sqrt(2 * np.mean(x * x)))
+
+
+def added_latency_ms(resampler, src: int, dst: int, frame_ms: int = 20) -> float:
+    """How late the resampler hands on what it is fed in `frame_ms` frames, in ms: the delay of
+    the signal inside the output stream (a click's position out vs in) plus the hold-back
+    (input fed minus output emitted after each frame, averaged). A linear-phase FIR has only
+    the first, soxr (which trims its delay but waits for whole blocks) only the second."""
+    n = src * frame_ms // 1000
+    at = src // 2 + 3 * n // 4 + 7  # in the middle of nowhere in particular
+    x = np.zeros(src, dtype="<i2")
+    x[at] = 16000
+    out, held, fed = [], [], 0
+    for i in range(0, len(x), n):
+        out.append(resampler.process(x[i:i + n].tobytes()))
+        fed += n
+        emitted = sum(len(o) for o in out) // 2
+        if i >= src // 10:  # past the start-up
+            held.append(fed / src - emitted / dst)
+    y = samples(b"".join(out))
+    shift = int(np.argmax(np.abs(y))) / dst - at / src
+    return 1000 * (shift + float(np.mean(held)))

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 GLM_KEY = "fakeid0123.fakesecret0123456789"
 OPENAI_KEY = "sk-fake-openai-0123456789abcdef"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "twilio-auth-token-fake-0123"
+TELNYX_KEY = "KEYtelnyx-api-key-fake-0123"
+PLIVO_ID, PLIVO_TOKEN = "MAFAKE0123456789ABCD", "plivo-auth-token-fake-0123"
 
 # A persona with phone actions (issue 5): built-in tools, an HTTP tool, keypad shortcuts.
 AGENT = """
@@ -113,18 +115,19 @@ def _no_secret_in_any_gateway_log_line():
     """Across the whole run (every test, every call, every failure path): no line our code logs —
     before any redaction — contains one of the fake secrets the tests use."""
     from tests.calllog_helpers import TOKEN as OPERATOR_TOKEN
-    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, TWILIO_TOKEN, OPERATOR_TOKEN, "order-secret-xyz",
+    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, TWILIO_TOKEN, TELNYX_KEY, PLIVO_TOKEN, OPERATOR_TOKEN, "order-secret-xyz",
                "order-api-secret-123", "wrongsecret123456"]
     logger = logging.getLogger("gateway")
     handler, level = _Collect(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    logger.debug("secret check: collecting")  # proves the collector is wired, whatever tests run
     yield
     logger.removeHandler(handler)
     logger.setLevel(level)
     leaks = [line[:300] for line in handler.lines if any(secret in line for secret in secrets)]
     assert not leaks, f"{len(leaks)} log lines carry a secret, e.g. {leaks[:3]}"
-    assert handler.lines, "the secret check saw no log lines at all"
+    assert handler.lines, "the secret check's collector saw nothing, not even its own line"
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(port: int, env: dict, config_path=None, timeout: float = 20) -> subprocess.Popen:
+def serve(port: int, env: dict, config_path=None, timeout: float = 20, args: tuple = ()) -> subprocess.Popen:
     """Start the gateway and wait until it accepts connections."""
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -177,7 +177,7 @@ async def test_sigkill_mid_call_keeps_the_record_and_another_instance_closes_it_
         phone = await dial(url, bot="echo")
         await phone.silence(1.2)  # the chime greeting
         await phone.say(ulaw_tone(440, 0.8))
-        await wait_for(lambda: phone.result.media_frames > 75, 5, "the echo of what was said")
+        await wait_for(lambda: phone.result.media_frames >= 70, 5, "the echo of what was said")  # 30 greeting + 40
         await phone.silence(3.0)  # a lease period with both alive: the other instance sweeps and leaves it
         status, call = await api(other_url, f"/api/calls/{phone.call_sid}")
         assert status == 200 and call["live"] and call["instance"].startswith("gw:"), call

@@ -186,3 +186,16 @@ def test_recordings_older_than_their_retention_are_deleted(config_dir):
     keep_all = load_config(write_config(config_dir, "recording:\n  retention_days: 0\n"), env={})
     os.utime(new, (month_ago, month_ago))
     assert purge_recordings(keep_all) == 0 and new.exists()
+
+
+async def test_a_nul_in_what_a_caller_sent_does_not_lose_the_record(store_url, tmp_path):
+    """PostgreSQL text cannot hold NUL; the record is kept (NUL as U+FFFD there, as sent in SQLite)."""
+    store = await started(store_url, tmp_path)
+    store.enqueue("upsert_call", "CAnul", {"webhook_at": 1.0, "from_number": "+1555\x00\x1b0001"})
+    store.enqueue("add_event", "CAnul", 1, 0.5, "caller", "hi\x00there", {"text": "hi\x00there"})
+    await store.flush()
+    call = await store.get_call("CAnul")
+    assert call is not None and call["from_number"] in ("+1555\x00\x1b0001", "+1555\ufffd\x1b0001")
+    assert call["events"][0]["text"] in ("hi\x00there", "hi\ufffdthere")
+    assert store.dropped == 0
+    await store.close()

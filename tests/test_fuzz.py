@@ -112,10 +112,7 @@ SERVER_EVENTS = ["session.updated", "error", "response.created", "response.done"
                      "arguments", "name", "call_id", "text", "usage"]), json_value, max_size=6))
 def test_model_event_translators(event_type, fields):
     for provider in _providers():
-        try:
-            events = provider._translate({"type": event_type, **fields})
-        except (AttributeError, KeyError, TypeError, ValueError):
-            continue  # the reader drops such an event with a model_bad_event line (wsbase)
+        events = provider._decode(json.dumps({"type": event_type, **fields}))  # the reader's path: never raises
         assert isinstance(events, list)
         for ev in events:
             assert not isinstance(ev, ProviderError) or isinstance(ev.code, str)

@@ -71,9 +71,16 @@ def test_openai_error_before_session_updated_fails_set_up():
     {},
 ])
 async def test_ill_shaped_events_are_dropped_not_fatal(event):
+    """Through the reader's own decoding: never an exception, never a fatal error; an event that
+    cannot be read is dropped with a `model_bad_event` line."""
     for provider in (openai(), glm()):
-        try:
-            out = provider._translate(json.loads(json.dumps(event)))
-        except (AttributeError, KeyError, TypeError, ValueError):
-            continue  # the reader catches exactly these and drops the event with a log line
+        out = provider._decode(json.dumps(event))
+        assert isinstance(out, list)
         assert all(not (isinstance(e, ProviderError) and e.fatal) for e in out)
+
+
+async def test_an_event_that_does_not_fit_is_dropped_with_a_line(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert openai()._decode(json.dumps({"type": "response.output_audio.delta", "delta": 12})) == []
+        assert glm()._decode(b"\x00binary") == [] and glm()._decode("[1, 2]") == []
+    assert caplog.text.count("model_bad_event") == 3

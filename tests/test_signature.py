@@ -117,3 +117,16 @@ async def test_turning_checks_off_needs_an_explicit_setting(make_gateway, fake_g
     assert any("signatures_disabled" in r.getMessage() for r in caplog.records)
     status, twiml = await post_webhook(gw, None)
     assert status == 200 and "<Stream" in twiml and 'name="token"' not in twiml
+
+
+async def test_a_public_url_with_a_path_prefix_behind_a_prefix_stripping_proxy(make_gateway, fake_glm):
+    """GATEWAY_PUBLIC_URL=https://host/gw and a proxy that strips /gw: Twilio signed the URL with the
+    prefix, so that is what is checked (and the stream URL in the TwiML carries it too)."""
+    gw = await make_gateway(glm=fake_glm, env={
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "TWILIO_ACCOUNT_SID": "AC" + "7" * 32,
+        "GATEWAY_PUBLIC_URL": "https://gw.example.com/gw"})
+    signed = compute(TWILIO_TOKEN, "https://gw.example.com/gw/twilio/voice?bot=glm-quiet", FORM)
+    status, twiml = await post_webhook(gw, signed)
+    assert status == 200 and 'url="wss://gw.example.com/gw/twilio/media"' in twiml
+    status, _ = await post_webhook(gw, compute(TWILIO_TOKEN, PUBLIC + "/twilio/voice?bot=glm-quiet", FORM))
+    assert status == 403  # without the prefix is not what Twilio signed

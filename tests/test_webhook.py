@@ -88,3 +88,10 @@ async def test_health_endpoints(make_gateway):
         for path in ("/healthz", "/readyz"):
             async with s.get(gw.url + path) as r:
                 assert r.status == 200
+
+
+async def test_control_characters_in_a_number_still_give_readable_twiml(make_gateway, fake_glm):
+    """XML cannot carry NUL or ESC even escaped: they become U+FFFD, so Twilio can read the answer."""
+    gw = await make_gateway(fake_glm)
+    _, _, twiml = await post(gw.url, {**FORM, "From": "+1555\x00\x1b[31m\n0001", "To": "+15005550007"})
+    assert stream_of(twiml)[1]["from"] == "+1555\ufffd\ufffd[31m\n0001"

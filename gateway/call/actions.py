@@ -11,18 +11,17 @@ from typing import Callable
 
 from ..config import Persona
 from ..playout import Playout
-from ..telephony import Started
-from ..telephony.twilio import dial_twiml
-from ..telephony.twilio_rest import TwilioRest, TwilioRestError
+from ..telephony import PhoneActionError, PhoneControl, Started
 from .conversation import Conversation
+from .hold import HoldSound
 from .journal import Journal
 from .model_link import ModelLink
 
 
 class PhoneActions:
     def __init__(self, *, phone, playout: Playout, conversation: Conversation, model: ModelLink,
-                 journal: Journal, persona: Persona, started: Started, rest: TwilioRest | None,
-                 clock: Callable[[], float] = time.monotonic):
+                 journal: Journal, persona: Persona, started: Started, control: PhoneControl | None,
+                 hold: HoldSound | None = None, clock: Callable[[], float] = time.monotonic):
         self.phone = phone
         self.playout = playout
         self.conversation = conversation
@@ -30,7 +29,8 @@ class PhoneActions:
         self.journal = journal
         self.persona = persona
         self.started = started
-        self.rest = rest
+        self.control = control or PhoneControl()  # the network's hang-up and transfer
+        self.hold = hold
         self.clock = clock
         self.ended_by: str | None = None  # set when we end the call (the call's end reason)
         self.wrapping = False  # a goodbye is under way: limits and drain leave the call alone
@@ -84,31 +84,31 @@ class PhoneActions:
 
     # -------------------------------------------------------------- the line
     async def hang_up(self, reason: str, why: str = "") -> None:
-        """End the call from our side: Twilio's REST API completes it (no fallback message is
-        spoken); without credentials, closing the stream is the only way (Twilio then runs the
+        """End the call from our side: the network ends it (Twilio: REST, no fallback message is
+        spoken); without that means, closing the stream is the only way (Twilio then runs the
         TwiML after </Connect>, i.e. the fallback message)."""
         self.ended_by = reason
         self.journal.event("hang_up", reason=reason, why=why or None)
-        if self.rest is not None and self.rest.configured and self.started.call_sid:
+        if not self.control.missing:
             try:
-                await self.rest.hang_up(self.started.call_sid)
-            except TwilioRestError as e:
+                await self.control.hang_up()
+            except PhoneActionError as e:
                 self.journal.log.error("hang_up_failed", error=str(e)[:300])
         else:
-            self.journal.log.warning("hang_up_without_rest",
-                                     note="twilio credentials not configured: closing the stream")
+            self.journal.log.warning("hang_up_without_rest", note=self.control.missing)
         await self.phone.close()
 
     async def transfer(self, number: str, target: str, why: str = "") -> None:
-        """Move the caller to `number` with a <Dial> (Twilio REST call update). Raises
-        TwilioRestError if Twilio refuses; then the call goes on with the bot."""
-        if self.rest is None or not self.rest.configured or not self.started.call_sid:
-            raise TwilioRestError(0, None, "transfers need twilio.account_sid and twilio.auth_token")
+        """Move the caller to `number` through the network. Raises PhoneActionError if the
+        network refuses or cannot; then the call goes on with the bot."""
         caller_id = self.persona.transfer_caller_id or self.started.custom_parameters.get("to", "")
-        twiml = dial_twiml(number, caller_id=caller_id, timeout=self.persona.transfer_timeout_seconds)
+        if self.hold is not None:
+            self.hold.begin("transfer")  # not silence while the transfer is being set up
         try:
-            await self.rest.redirect(self.started.call_sid, twiml)
-        except TwilioRestError as e:
+            await self.control.transfer(number, caller_id=caller_id, timeout=self.persona.transfer_timeout_seconds)
+        except PhoneActionError as e:
+            if self.hold is not None:
+                self.hold.end("transfer")
             self.journal.event("transfer_failed", level="warning", target=target, number=number, error=str(e)[:300])
             raise
         self.ended_by = "transferred"

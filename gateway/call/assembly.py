@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Sequence
 
 import aiohttp
 
@@ -15,13 +17,15 @@ from ..logs import CallLogger
 from ..outbound import outbound_persona
 from ..providers import make_provider
 from ..recording import AudioRecording, recordings_dir
-from ..telephony import Started
-from ..telephony.twilio_rest import TwilioRest
+from ..telephony import PhoneControl, Started
 from .coordinator import Call
+from .hold import load_hold_sound
+from .journal import CallObserver
 
 
 def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
-                  instance: str, rest: TwilioRest | None, http: aiohttp.ClientSession | None = None) -> Call:
+                  instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None,
+                  observers: Sequence[CallObserver] = ()) -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
@@ -40,7 +44,12 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
             recording = AudioRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
         except OSError as e:
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
+    try:
+        hold_sound = load_hold_sound(persona.hold, Path(persona.path).parent if persona.path else config.base_dir)
+    except (OSError, ValueError, EOFError) as e:  # checked at load; the file may have gone since
+        log.error("hold_sound_unavailable", error=f"{type(e).__name__}: {e}"[:200])
+        hold_sound = None
     return Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
                 new_session=lambda context: make_provider(persona, settings, log, context),
-                record=RecordWriter(store, call_id), instance=instance, recording=recording, rest=rest, http=http,
-                speak_first=speak_first)
+                record=RecordWriter(store, call_id), instance=instance, recording=recording, control=control, http=http,
+                speak_first=speak_first, hold_sound=hold_sound, observers=observers)

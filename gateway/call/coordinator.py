@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import aiohttp
 
+from ..audio import audioop
 from ..calllog import RecordWriter, NullRecordWriter
 from ..config import Config, Persona
 from ..logs import CallLogger
@@ -34,18 +35,35 @@ from ..outbound import SPEAK_FIRST
 from ..playout import Playout
 from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider, ProviderConnectError,
                               ProviderError, ResponseDone, ResponseStarted, SpeechStarted, SpeechStopped, ToolCall)
-from ..telephony import Audio, Dtmf, MarkPlayed, Started, Stopped
-from ..telephony.twilio_rest import TwilioRest
+from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, Started, Stopped
 from .actions import PhoneActions
 from .audio_bridge import AudioBridge
 from .conversation import Conversation, TranscriptEntry
-from .journal import CallSummary, Journal
+from .hold import HOLD, HoldSound
+from .journal import CallObserver, CallSummary, Journal
 from .limits import CallLimits
 from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
 from .tools import ToolRunner
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
+
+
+@dataclass
+class BargeInCheck:
+    """The caller started talking over the bot (policy confirm): is it a real interruption? Counted
+    in 20 ms phone frames whose energy says speech (cheap: runs only while a check is pending)."""
+    threshold: int
+    min_speech_ms: int
+    since: float
+    deadline: asyncio.Task
+    voiced_ms: int = 0
+
+    def hear(self, ulaw: bytes) -> bool:
+        """One caller frame; True once there has been enough speech to call it an interruption."""
+        if audioop.rms(audioop.ulaw2lin(ulaw, 2), 2) >= self.threshold:
+            self.voiced_ms += len(ulaw) // 8
+        return self.voiced_ms >= self.min_speech_ms
 
 
 @dataclass(frozen=True)
@@ -66,13 +84,16 @@ class CallStatus:
 class Call:
     def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
                  log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
-                 recording=None, rest: TwilioRest | None = None, http: aiohttp.ClientSession | None = None,
-                 speak_first: bool = False, instance: str = "", clock: Callable[[], float] = time.monotonic):
+                 recording=None, control: PhoneControl | None = None, http: aiohttp.ClientSession | None = None,
+                 speak_first: bool = False, instance: str = "", hold_sound: bytes | None = None,
+                 clock: Callable[[], float] = time.monotonic, observers: Sequence[CallObserver] = ()):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
-        log; `recording` (a recording.AudioRecording) gets both sides' audio; `rest` (Twilio's REST
-        API) hangs up and transfers; `http`: the app's client session (HTTP tools); `speak_first`: an
-        outbound call, the bot opens."""
+        log; `recording` (a recording.AudioRecording) gets both sides' audio; `control` (made by the
+        call's network) hangs up and transfers; `http`: the app's client session (HTTP tools);
+        `speak_first`: an outbound call, the bot opens; `hold_sound`: what the caller hears while the
+        bot waits (8 kHz mu-law; None: silence); `observers`: follow the journal (metrics, call
+        webhooks)."""
         self.config = config
         self.persona = persona
         self.phone = phone
@@ -86,24 +107,27 @@ class Call:
         self._started_wall = time.time()
         self.conversation = Conversation(clock, self._t0)
         self.summary = CallSummary(self.call_id, persona.name, transcript=self.conversation.transcript)
-        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset)
+        self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset,
+                               observers)
         self.audio = AudioBridge(session.capabilities)
         self.playout = Playout(phone, config.audio.playout_lead_ms, clock=clock, on_first_audio=self._first_audio,
                                on_frame=recording.bot if recording is not None else None)
+        self.hold = HoldSound(hold_sound, persona.hold.after_ms, self.playout, self.journal, clock)
         self.model = ModelLink(session, new_session=new_session, context=self.conversation.context,
                                quiet=self.quiet, limits=config.limits, journal=self.journal, clock=clock)
         self.actions = PhoneActions(phone=phone, playout=self.playout, conversation=self.conversation,
                                     model=self.model, journal=self.journal, persona=persona, started=started,
-                                    rest=rest, clock=clock)
+                                    control=control, hold=self.hold, clock=clock)
         self.tools = ToolRunner(persona=persona, actions=self.actions, model=self.model,
                                 conversation=self.conversation, journal=self.journal, stop_bot=self.stop_bot,
-                                http=http, name=self.call_id)
+                                hold=self.hold, http=http, name=self.call_id)
         self.limits = CallLimits(limits=config.limits,
                                  max_call_seconds=persona.max_call_seconds or config.limits.max_call_seconds,
                                  actions=self.actions, model=self.model, journal=self.journal, quiet=self.quiet,
                                  caller_speaking=lambda: self.conversation.caller_speaking,
                                  started_at=self._t0, clock=clock)
         self._model_errors = 0
+        self._barge_check: BargeInCheck | None = None  # a barge-in waiting to be confirmed (policy confirm)
 
     # ------------------------------------------------------------------ public surface
     def status(self) -> CallStatus:
@@ -180,6 +204,9 @@ class Call:
 
     async def _close(self, reason: str) -> None:
         self.summary.end_reason = reason
+        self.hold.stop()
+        if self._barge_check is not None:
+            self._barge_check.deadline.cancel()
         self.summary.sessions = self.model.sessions
         await self.tools.close()
         await self.model.close_session()
@@ -212,6 +239,8 @@ class Call:
                 if self.recording is not None:
                     self.recording.caller(ev.payload)
                 await self.model.send_audio(self.audio.to_model(ev.payload))
+                if self._barge_check is not None and self._barge_check.hear(ev.payload):
+                    await self._confirm_barge_in("speech")
             elif isinstance(ev, MarkPlayed):
                 self.playout.on_mark(ev.name)
             elif isinstance(ev, Dtmf):
@@ -241,19 +270,20 @@ class Call:
                 self._bot_audio(ev)
             elif isinstance(ev, SpeechStarted):
                 self.conversation.speech_started()
-                if self.playout.busy() or self.conversation.active_response is not None:
-                    await self._barge_in(by="caller")
-                else:
-                    self.journal.log.debug("caller_speech_started")
+                await self._caller_started_speaking()
             elif isinstance(ev, SpeechStopped):
                 self.conversation.speech_stopped()
                 self.journal.log.debug("caller_speech_stopped")
+                if self._barge_check is not None:
+                    self._dismiss_barge_in("speech ended")
             elif isinstance(ev, ResponseStarted):
                 self.conversation.response_started(ev.response_id)
             elif isinstance(ev, OutputTranscript):
                 self.conversation.output_text(ev.response_id, ev.text, ev.final)
             elif isinstance(ev, InputTranscript):
                 self.journal.line(self.conversation.caller_said(ev.text))
+                if self._barge_check is not None and any(c.isalnum() for c in ev.text):
+                    await self._confirm_barge_in("words")
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
             elif isinstance(ev, ToolCall):
@@ -262,8 +292,13 @@ class Call:
                 active = self.conversation.active_response
                 if active is not None:  # a reply the old session will never finish
                     self._response_done(ResponseDone(active, "incomplete"))
+                if isinstance(ev, SessionLost):
+                    self.hold.begin("reconnect")
+                else:
+                    self.hold.end("reconnect")
             elif isinstance(ev, ProviderError):
                 if ev.fatal:
+                    self.hold.end("reconnect")
                     self.journal.log.error("model_failed", code=ev.code, message=ev.message[:300])
                     self.journal.error(ev.code, ev.message)
                     return "model_error"
@@ -305,6 +340,8 @@ class Call:
         self.journal.line(self.conversation.finish(turn), status=ev.status, generated_ms=turn.generated_ms)
 
     async def _first_audio(self, response_id: str, at: float) -> None:
+        if response_id == HOLD:
+            return  # not the bot's answer: no latency, no first audio
         turn = self.conversation.find_turn(response_id)
         if turn is not None:
             turn.first_audio_at = at
@@ -318,14 +355,54 @@ class Call:
             self.journal.event("latency", log_as="turn_latency", response=response_id, ms=round(latency))
 
     # ------------------------------------------------------------------ barge-in
+    async def _caller_started_speaking(self) -> None:
+        if self.hold.waiting and self.hold.only_hold_audible():
+            self.hold.stop()  # talking over the hold sound: just stop it
+            await self.playout.clear()
+            return
+        if not (self.playout.busy() or self.conversation.active_response is not None):
+            self.journal.log.debug("caller_speech_started")
+            return
+        policy = self.persona.barge_in
+        if policy.policy == "immediate":
+            await self._barge_in(by="caller")
+        elif self._barge_check is None:
+            self.playout.pause()  # not one more frame until we know it is an interruption
+            self._barge_check = BargeInCheck(policy.threshold, policy.min_speech_ms, self.clock(),
+                                             asyncio.create_task(self._barge_in_deadline(policy.confirm_ms / 1000)))
+            self.journal.log.debug("barge_in_pending")
+
+    async def _barge_in_deadline(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._dismiss_barge_in("not confirmed in time")
+
+    async def _confirm_barge_in(self, how: str) -> None:
+        check, self._barge_check = self._barge_check, None
+        if check is None:
+            return
+        check.deadline.cancel()
+        self.playout.resume()  # the clear below empties it
+        await self._barge_in(by="caller", confirmed_by=how, after_ms=round((self.clock() - check.since) * 1000))
+
+    def _dismiss_barge_in(self, why: str) -> None:
+        """Not an interruption (a cough, a click, an "mm-hm"): the reply goes on where it paused."""
+        check, self._barge_check = self._barge_check, None
+        if check is None:
+            return
+        check.deadline.cancel()
+        self.playout.resume()
+        self.journal.event("barge_in_ignored", why=why, voiced_ms=check.voiced_ms,
+                           paused_ms=round((self.clock() - check.since) * 1000))
+
     async def stop_bot(self) -> None:
         """Silence the bot now (a keypad shortcut acts at once): the same as a barge-in."""
         if self.playout.busy() or self.conversation.active_response is not None:
             await self._barge_in(by="keypad")
 
-    async def _barge_in(self, by: str) -> None:
+    async def _barge_in(self, by: str, **why) -> None:
         """Clear first (the caller is talking over us), then cancel, then cut what was not heard."""
         cut = await self.playout.clear()
+        cut.pop(HOLD, None)
         if self.recording is not None:
             self.recording.cut_bot(self.clock())
         self.audio.drop_bot_audio()
@@ -342,7 +419,7 @@ class Call:
             if turn.line is not None:
                 self.journal.bot_line_cut(turn.line)
         self.journal.event("barge_in", by=by, responses=list(cut), cancelled=active,
-                           heard_ms=[round(v) for v in cut.values()])
+                           heard_ms=[round(v) for v in cut.values()], **why)
 
     async def _forget_unheard(self, item_id: str, heard_ms: float, item_ms: float) -> None:
         """Where the model can, make its memory match the caller's ears: truncate the reply to the

@@ -6,12 +6,15 @@ in-memory summary come from the same call here, so they cannot drift apart.
 - `line(entry)`: a transcript line (caller, bot, keypad): the same, plus the summary's transcript
   is the conversation's (shared list), so it is already there.
 - `update(...)`: fields of the call's record row.
+
+Observers (metrics, call webhooks) see the same stream: `updated(fields, summary)` and
+`event(kind, fields, summary)`. They must be quick and must not raise (nothing here waits).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 from ..calllog import RecordWriter
 from ..logs import CallLogger
@@ -33,18 +36,29 @@ class CallSummary:
     error: str = ""  # what ended the call, when something went wrong
 
 
+class CallObserver(Protocol):
+    """Something outside the call that follows it (metrics, call webhooks)."""
+
+    def updated(self, fields: dict[str, Any], summary: CallSummary) -> None: ...
+
+    def event(self, kind: str, fields: dict[str, Any], summary: CallSummary) -> None: ...
+
+
 class Journal:
-    def __init__(self, log: CallLogger, record: RecordWriter, summary: CallSummary, offset: Callable[[], float]):
+    def __init__(self, log: CallLogger, record: RecordWriter, summary: CallSummary, offset: Callable[[], float],
+                 observers: Sequence[CallObserver] = ()):
         """`offset()`: seconds since the call started, the time of every timeline event."""
         self.log = log
         self.record = record
         self.summary = summary
         self.offset = offset
+        self.observers = tuple(observers)
 
     def event(self, kind: str, *, level: str = "info", log_as: str | None = None, **fields: Any) -> None:
         """One moment of the call: a log line (`log_as` or `kind`) and a timeline event."""
         getattr(self.log, level)(log_as or kind, **fields)
         self.record.event(kind, self.offset(), **fields)
+        self._tell("event", kind, fields)
 
     def line(self, entry: TranscriptEntry, *, status: str = "", generated_ms: float | None = None) -> None:
         """A transcript line was added (by the conversation): log it and record it."""
@@ -74,6 +88,17 @@ class Journal:
         it says where it happened)."""
         self.summary.error = f"{code}: {message}"[:500]
         self.record.event("error", self.offset(), code=code, message=message[:500])
+        self._tell("event", "error", {"code": code})
 
     def update(self, **fields: Any) -> None:
         self.record.update(**fields)
+        self._tell("updated", fields)
+
+    def _tell(self, method: str, *args: Any) -> None:
+        """Pass it on to each observer; one that fails is logged, never the call's problem."""
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args, self.summary)
+            except Exception as e:  # noqa: BLE001 - metrics or webhooks must not end a call
+                self.log.error("call_observer_failed", observer=type(observer).__name__,
+                               error=f"{type(e).__name__}: {e}"[:300])

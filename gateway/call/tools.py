@@ -19,9 +19,10 @@ import aiohttp
 from ..config import Persona
 from ..httptools import run_http_tool
 from ..providers.base import ToolCall
-from ..telephony.twilio_rest import TwilioRestError
+from ..telephony import PhoneActionError
 from .actions import PhoneActions
 from .conversation import Conversation
+from .hold import HoldSound
 from .journal import Journal
 from .model_link import ModelLink
 
@@ -31,8 +32,8 @@ SAY_GOODBYE = "(You ended the call without saying goodbye. Say a short, polite g
 
 class ToolRunner:
     def __init__(self, *, persona: Persona, actions: PhoneActions, model: ModelLink, conversation: Conversation,
-                 journal: Journal, stop_bot: Callable[[], Awaitable[None]], http: aiohttp.ClientSession | None = None,
-                 name: str = ""):
+                 journal: Journal, stop_bot: Callable[[], Awaitable[None]], hold: HoldSound | None = None,
+                 http: aiohttp.ClientSession | None = None, name: str = ""):
         """`stop_bot()`: silence the bot now (a keypad shortcut acts at once); `http`: the app's
         shared client session for HTTP tools (None: one per request, for tests)."""
         self.persona = persona
@@ -47,6 +48,7 @@ class ToolRunner:
         self._digit_timer: asyncio.Task | None = None
         self._http = {t.name: t for t in persona.http_tools}
         self.http = http
+        self.hold = hold
         self._ending = False
 
     def _spawn(self, coro) -> None:
@@ -86,7 +88,13 @@ class ToolRunner:
         elif ev.name == "transfer_call" and "transfer_call" in self.persona.tools:
             await self._transfer_by_model(ev, args)
         elif ev.name in self._http:
-            result = await run_http_tool(self._http[ev.name], args, self.journal.log, self.http)
+            if self.hold is not None:
+                self.hold.begin(f"tool:{ev.call_id}")  # a slow business system: hold tones, not silence
+            try:
+                result = await run_http_tool(self._http[ev.name], args, self.journal.log, self.http)
+            finally:
+                if self.hold is not None:
+                    self.hold.end(f"tool:{ev.call_id}")
             await self._reply(ev, result)
         else:
             await self._reply(ev, {"ok": False, "error": f"there is no tool named {ev.name!r}"})
@@ -119,7 +127,7 @@ class ToolRunner:
         await self.actions.wait_played(PLAYED_TIMEOUT)  # "I'm transferring you now" is heard first
         try:
             await self.actions.transfer(number, target=target or "default", why=str(args.get("reason", ""))[:200])
-        except TwilioRestError as e:
+        except PhoneActionError as e:
             await self._reply(ev, {"ok": False, "error": f"the transfer failed ({e.message or e.status}); "
                                    "tell the caller and offer another way to help"})
 
@@ -153,7 +161,7 @@ class ToolRunner:
         number = self.persona.transfer_targets[target] if target else self.persona.transfer_to
         try:
             await self.actions.transfer(number, target=target or "default", why=f"keypad {digit}")
-        except TwilioRestError as e:
+        except PhoneActionError as e:
             self.journal.log.error("transfer_failed", error=str(e)[:300])
             await self.model.send_text(f"(The caller pressed {digit} to reach a person, but the transfer "
                                        f"failed. Apologise and offer another way to help.)")

@@ -17,6 +17,12 @@ from .store import CallStore, StoreError
 _MIGRATION_LOCK = 0x6761_7465  # any constant shared by every gateway instance
 
 
+def _storable(value: object) -> object:
+    """PostgreSQL text cannot hold NUL (SQLite can): a caller's number or words carrying one would
+    lose the whole write. Such a character is stored as U+FFFD, the rest exactly as received."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
 def _numbered(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
@@ -59,7 +65,7 @@ class PostgresStore(CallStore):
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 for sql, args in statements:
-                    await conn.execute(sql, *args)
+                    await conn.execute(sql, *map(_storable, args))
 
     async def _migrate_to(self, version: int, statements: list[str]) -> None:
         async with self._pool.acquire() as conn:

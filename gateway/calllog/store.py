@@ -80,6 +80,40 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX calls_unended ON calls (instance) WHERE ended_at IS NULL",
     ],
+    # Call webhooks waiting for (or done with) delivery: see gateway/webhooks.py. A row is claimed
+    # by one instance at a time (claimed_by/claimed_until) so two never deliver it together.
+    5: [
+        """CREATE TABLE webhook_deliveries (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            event TEXT NOT NULL,
+            call_id TEXT,
+            body TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            next_at DOUBLE PRECISION NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            claimed_by TEXT,
+            claimed_until DOUBLE PRECISION,
+            delivered_at DOUBLE PRECISION,
+            abandoned_at DOUBLE PRECISION,
+            last_error TEXT
+        )""",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at) "
+        "WHERE delivered_at IS NULL AND abandoned_at IS NULL",
+    ],
+    # Commands for a call that runs on another instance or worker (an operator's hang-up arrived
+    # elsewhere): the owner polls for its own (see calllog/instances.py).
+    6: [
+        """CREATE TABLE call_commands (
+            id TEXT PRIMARY KEY,  -- random, made by the sender (portable: no serials)
+            instance TEXT NOT NULL,
+            call_id TEXT NOT NULL,
+            command TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            taken_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX call_commands_open ON call_commands (instance) WHERE taken_at IS NULL",
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -200,6 +234,11 @@ class CallStore(abc.ABC):
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.error("event=calllog_write_dropped dropped=%d reason=queue_full", self.dropped)
 
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet committed."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def flush(self) -> None:
         if self._queue is not None:
             await self._queue.join()
@@ -241,6 +280,46 @@ class CallStore(abc.ABC):
         return (self._sql("INSERT INTO call_events (call_id, seq, t, kind, text, data) "
                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (call_id, seq) DO NOTHING"),
                 (call_id, seq, t, kind, text, json.dumps(data, ensure_ascii=False)))
+
+    def _add_webhook_sql(self, delivery_id: str, url: str, event: str, call_id: str, body: str,
+                         now: float) -> tuple[str, tuple]:
+        return (self._sql("INSERT INTO webhook_deliveries (id, url, event, call_id, body, created_at, next_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"),
+                (delivery_id, url, event, call_id, body, now, now))
+
+    # ------------------------------------------------------------------ webhook deliveries
+    async def claim_webhooks(self, claim: str, lease_seconds: float, limit: int, now: float | None = None) -> list[dict]:
+        """Take up to `limit` due deliveries for `claim` (unique per attempt) until now + lease.
+        The outer conditions are checked again on each row as it is updated, so of two instances
+        claiming at once only one gets a row (PostgreSQL re-reads a row another transaction just
+        changed; SQLite runs one writer at a time)."""
+        now = time.time() if now is None else now
+        free = "delivered_at IS NULL AND abandoned_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)"
+        await self._execute(self._sql(
+            f"UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? WHERE {free} AND id IN "
+            f"(SELECT id FROM webhook_deliveries WHERE {free} AND next_at <= ? ORDER BY next_at LIMIT ?)"),
+            (claim, now + lease_seconds, now, now, now, limit))
+        return await self._fetch(self._sql("SELECT id, url, event, call_id, body, created_at, attempts "
+                                           "FROM webhook_deliveries WHERE claimed_by = ? ORDER BY next_at"), (claim,))
+
+    async def webhook_done(self, delivery_id: str, claim: str, *, delivered: bool, error: str | None = None,
+                           next_at: float | None = None, now: float | None = None) -> None:
+        """Record an attempt: delivered, or failed with a retry at `next_at` (None: abandoned)."""
+        now = time.time() if now is None else now
+        if delivered:
+            sets, args = "delivered_at = ?, last_error = NULL", (now,)
+        elif next_at is not None:
+            sets, args = "next_at = ?, last_error = ?", (next_at, error)
+        else:
+            sets, args = "abandoned_at = ?, last_error = ?", (now, error)
+        await self._execute(self._sql(f"UPDATE webhook_deliveries SET {sets}, attempts = attempts + 1, "
+                                      "claimed_by = NULL, claimed_until = NULL WHERE id = ? AND claimed_by = ?"),
+                            (*args, delivery_id, claim))
+
+    async def purge_webhooks(self, before: float) -> int:
+        """Forget deliveries finished (delivered or abandoned) before `before`."""
+        return await self._execute(self._sql(
+            "DELETE FROM webhook_deliveries WHERE COALESCE(delivered_at, abandoned_at) < ?"), (before,))
 
     # ------------------------------------------------------------------ instance leases
     # Each running gateway process holds a lease row under its own instance id (the one its call

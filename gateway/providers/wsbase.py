@@ -168,6 +168,25 @@ class JsonWsProvider(Provider):
                 self._queue.get_nowait()
 
     # ------------------------------------------------------------------ reading
+    def _decode(self, raw: str | bytes) -> list[ProviderEvent]:
+        """One frame from the model -> our events. Never raises: a frame that is not JSON, or JSON
+        whose shape does not fit the protocol, is dropped with a `model_bad_event` line."""
+        if isinstance(raw, bytes):
+            self.log.warning("model_bad_event", reason=f"binary frame from {self.label}", size=len(raw))
+            return []
+        try:
+            msg = json.loads(raw)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self.log.warning("model_bad_event", reason="not JSON", size=len(raw))
+            return []
+        try:
+            return self._translate(msg)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # well-formed JSON, ill-shaped event
+            self.log.warning("model_bad_event", reason=f"{type(e).__name__}: {e}"[:200], type=str(msg.get("type"))[:80])
+            return []
+
     async def _read_loop(self) -> None:
         ws = self._ws
         assert ws is not None
@@ -176,22 +195,7 @@ class JsonWsProvider(Provider):
         try:
             async for raw in ws:
                 self._last_rx = time.monotonic()
-                if isinstance(raw, bytes):
-                    self.log.warning("model_bad_event", reason=f"binary frame from {self.label}", size=len(raw))
-                    continue
-                try:
-                    msg = json.loads(raw)
-                    if not isinstance(msg, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    self.log.warning("model_bad_event", reason="not JSON", size=len(raw))
-                    continue
-                try:
-                    events = self._translate(msg)
-                except (AttributeError, KeyError, TypeError, ValueError) as e:  # a well-formed JSON, ill-shaped event
-                    self.log.warning("model_bad_event", reason=f"{type(e).__name__}: {e}"[:200],
-                                     type=str(msg.get("type"))[:80])
-                    continue
+                events = self._decode(raw)
                 for ev in events:
                     await self._queue.put(ev)
                     if isinstance(ev, ProviderError) and ev.fatal:

@@ -43,3 +43,30 @@ class Stopped:
 
 
 PhoneEvent = Started | Audio | Dtmf | MarkPlayed | Stopped
+
+
+class PhoneActionError(Exception):
+    """A network refused (or cannot do) something we asked of the call: hang up, transfer.
+    `message` says why, for the log and for the model ("the transfer failed (…)")."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+class PhoneControl:
+    """What the gateway does to a call beyond its media stream, one object per call, made by the
+    call's network module: hang up, transfer. This base can do neither (the stream's own close
+    is then the only way out)."""
+
+    network = ""
+    # Why `hang_up` cannot end the call ("" when it can): the caller of `hang_up` then only
+    # closes the stream, and logs this.
+    missing = "this network has no hang-up besides closing the stream"
+
+    async def hang_up(self) -> None:
+        """End the call at the network. Raises PhoneActionError."""
+
+    async def transfer(self, number: str, caller_id: str = "", timeout: int = 30) -> None:
+        """Move the caller to `number`. Raises PhoneActionError when it cannot."""
+        raise PhoneActionError(f"transfers are not supported on {self.network or 'this network'}")

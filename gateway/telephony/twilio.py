@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from typing import AsyncIterator
 from xml.sax.saxutils import quoteattr, escape
 
@@ -113,6 +114,7 @@ class TwilioMediaStream:
     """
 
     network = "twilio"
+    sid_field = "streamSid"  # where frames name their stream (other networks' streams subclass this one)
 
     def __init__(self, ws: web.WebSocketResponse, log: CallLogger, max_protocol_errors: int = 50):
         self.ws = ws
@@ -178,7 +180,7 @@ class TwilioMediaStream:
     def _handle_text(self, text: str) -> PhoneEvent | None:
         try:
             msg = parse_frame(text)
-            ev = decode_event(msg)
+            ev = self._decode(msg)
         except FrameError as e:
             self._bad(str(e), size=len(text))
             return None
@@ -196,7 +198,7 @@ class TwilioMediaStream:
         if self.stream_sid is None:
             self._bad(f"{msg['event']} before start dropped")
             return None
-        sid = msg.get("streamSid")
+        sid = msg.get(self.sid_field)
         if sid is not None and sid != self.stream_sid:
             self._bad("frame for another streamSid dropped", stream_sid=_str(sid)[:64])
             return None
@@ -205,6 +207,9 @@ class TwilioMediaStream:
                 return None  # outbound-track echo (tracks="both_tracks"): not the caller
             self.media_frames_in += 1
         return ev
+
+    def _decode(self, msg: dict) -> PhoneEvent | None:
+        return decode_event(msg)
 
     # ---------------------------------------------------------------- outbound
     async def _send(self, frame: dict) -> bool:
@@ -238,27 +243,44 @@ class TwilioMediaStream:
 
 # -------------------------------------------------------------------- TwiML
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """XML 1.0 cannot carry most control characters, escaped or not: a caller ID with a NUL or ESC
+    would make the whole TwiML unreadable. They become U+FFFD; everything else is escaped as usual."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def _attr(value: str) -> str:
+    return quoteattr(_xml_safe(value))
+
+
+def _text(value: str) -> str:
+    return escape(_xml_safe(value))
+
+
 def connect_twiml(stream_url: str, parameters: dict[str, str], after: str = "", language: str = "") -> str:
     """`<Connect><Stream>` TwiML; `after` is spoken if we close the stream without hanging up."""
-    params = "".join(f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items() if v)
+    params = "".join(f"<Parameter name={_attr(k)} value={_attr(v)}/>" for k, v in parameters.items() if v)
     tail = ""
     if after:
-        lang = f" language={quoteattr(language)}" if language else ""
-        tail = f"<Say{lang}>{escape(after)}</Say><Hangup/>"
+        lang = f" language={_attr(language)}" if language else ""
+        tail = f"<Say{lang}>{_text(after)}</Say><Hangup/>"
     return ('<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect>{tail}</Response>")
+            f"<Response><Connect><Stream url={_attr(stream_url)}>{params}</Stream></Connect>{tail}</Response>")
 
 
 def say_and_hangup_twiml(text: str, language: str = "") -> str:
-    lang = f" language={quoteattr(language)}" if language else ""
+    lang = f" language={_attr(language)}" if language else ""
     return ('<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Response><Say{lang}>{escape(text)}</Say><Hangup/></Response>")
+            f"<Response><Say{lang}>{_text(text)}</Say><Hangup/></Response>")
 
 
 def dial_twiml(number: str, caller_id: str = "", timeout: int = 30, say: str = "", language: str = "") -> str:
     """Transfer TwiML for a call update: optionally say something, then `<Dial>` the number."""
-    lang = f" language={quoteattr(language)}" if language else ""
-    spoken = f"<Say{lang}>{escape(say)}</Say>" if say else ""
-    cid = f" callerId={quoteattr(caller_id)}" if caller_id else ""
+    lang = f" language={_attr(language)}" if language else ""
+    spoken = f"<Say{lang}>{_text(say)}</Say>" if say else ""
+    cid = f" callerId={_attr(caller_id)}" if caller_id else ""
     return ('<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Response>{spoken}<Dial{cid} timeout=\"{int(timeout)}\"><Number>{escape(number)}</Number></Dial></Response>")
+            f"<Response>{spoken}<Dial{cid} timeout=\"{int(timeout)}\"><Number>{_text(number)}</Number></Dial></Response>")

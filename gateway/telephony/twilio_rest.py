@@ -21,15 +21,17 @@ from urllib.parse import quote
 
 import aiohttp
 
+from . import PhoneActionError
+
 log = logging.getLogger("gateway")
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 ALREADY_OVER = 20404
 
 
-class TwilioRestError(Exception):
+class TwilioRestError(PhoneActionError):
     def __init__(self, status: int, code: int | None, message: str):
-        super().__init__(f"Twilio REST {status} (code {code}): {message}")
+        super().__init__(f"Twilio REST {status} (code {code}): {message}", status)
         self.status, self.code, self.message = status, code, message
 
 

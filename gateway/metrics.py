@@ -1,0 +1,175 @@
+"""Prometheus metrics at `GET /metrics` (prometheus-client's text format).
+
+One registry per app (tests run several apps in one process; nothing goes to the global default
+registry). Calls are counted where everything a call says about itself already goes, its Journal:
+each call gets a `CallMetrics` observer (see call/journal.py). Nothing is counted per audio frame:
+frame and protocol-error counts are read from the call's own counters when it ends
+(`call_ended`), live calls and the call-log queue at scrape time.
+
+Guarded by the operator token (Bearer, like /api/) unless `metrics.public: true`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .operator_api import require_operator
+from .web_state import CALLS, CONFIG, STORE
+
+FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+TURN_LATENCY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class GatewayMetrics:
+    """The app's collectors. `call()` makes the observer one call's journal reports to."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.calls_started = Counter("gateway_calls_started", "Calls whose media stream started.",
+                                     ["bot", "network"], registry=r)
+        self.calls_ended = Counter("gateway_calls_ended", "Calls that ended, by why.", ["bot", "end_reason"],
+                                   registry=r)
+        self.call_duration = Histogram("gateway_call_duration_seconds", "Call length, stream start to end.",
+                                       ["bot"], buckets=DURATION_BUCKETS, registry=r)
+        self.first_audio = Histogram("gateway_first_audio_seconds", "Stream start to the first bot audio sent "
+                                     "to the phone (usually the greeting).", ["bot"], buckets=FIRST_AUDIO_BUCKETS,
+                                     registry=r)
+        self.turn_latency = Histogram("gateway_turn_latency_seconds", "End of the caller's speech to the "
+                                      "first audio of the bot's reply.", ["bot"], buckets=TURN_LATENCY_BUCKETS,
+                                      registry=r)
+        self.barge_ins = Counter("gateway_barge_ins", "Times the caller (or a keypad shortcut) cut the bot off.",
+                                 ["bot", "by"], registry=r)
+        self.model_errors = Counter("gateway_model_errors", "Errors from the model: recoverable (the call goes "
+                                    "on) or fatal (they end the call or its session).", ["provider", "kind"],
+                                    registry=r)
+        self.sessions_replaced = Counter("gateway_model_sessions_replaced", "Model sessions replaced mid-call: "
+                                         "renewal (before the service's maximum age) or reconnect (after a drop).",
+                                         ["provider", "kind"], registry=r)
+        self.frames_dropped = Counter("gateway_playout_frames_dropped", "Bot audio frames dropped because the "
+                                      "playout buffer was full.", ["bot"], registry=r)
+        self.protocol_errors = Counter("gateway_phone_protocol_errors", "Frames from the phone network that "
+                                       "broke its protocol (counted when the call ends).", ["network"], registry=r)
+        self.api_requests = Counter("gateway_operator_api_requests", "Operator API requests, by route and status.",
+                                    ["route", "method", "status"], registry=r)
+        self.webhook_deliveries = Counter("gateway_webhook_deliveries", "Call webhook delivery attempts, by result "
+                                          "(delivered, failed: will retry, abandoned: gave up).", ["event", "result"],
+                                          registry=r)
+
+    def call(self) -> "CallMetrics":
+        return CallMetrics(self)
+
+    def watch_app(self, app: web.Application) -> None:
+        """Scrape-time gauges read from the app: live calls, the call-log write queue."""
+        self.registry.register(_AppCollector(app))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CallMetrics:
+    """One call's observer (see call/journal.py `CallObserver`)."""
+
+    def __init__(self, metrics: GatewayMetrics):
+        self.m = metrics
+        self.bot = "?"
+        self.provider = "?"
+        self.network = "?"
+        self.started_at: float | None = None
+
+    def updated(self, fields: dict[str, Any], summary: Any) -> None:
+        if "started_at" in fields:  # the call's first update: who it is
+            self.bot = fields.get("bot") or summary.bot
+            self.provider = fields.get("provider") or "?"
+            self.network = fields.get("network") or "?"
+            self.started_at = fields["started_at"]
+            self.m.calls_started.labels(self.bot, self.network).inc()
+        if "first_audio_at" in fields and self.started_at is not None:
+            self.m.first_audio.labels(self.bot).observe(max(0.0, fields["first_audio_at"] - self.started_at))
+
+    def event(self, kind: str, fields: dict[str, Any], summary: Any) -> None:
+        m = self.m
+        if kind == "latency":  # the summary has it unrounded
+            latency_ms = summary.turn_latencies_ms[-1] if summary.turn_latencies_ms else fields["ms"]
+            m.turn_latency.labels(self.bot).observe(latency_ms / 1000)
+        elif kind == "barge_in":
+            m.barge_ins.labels(self.bot, fields.get("by") or "caller").inc()
+        elif kind == "model_error":
+            m.model_errors.labels(self.provider, "recoverable").inc()
+        elif kind == "error" and fields.get("code") not in ("internal_error", "too_many_errors"):
+            m.model_errors.labels(self.provider, "fatal").inc()  # model_connect_failed or a fatal model error
+        elif kind == "session_renewed":
+            why = fields.get("why") or ""
+            m.sessions_replaced.labels(self.provider, "renewal" if why == "session_age" else "reconnect").inc()
+        elif kind == "call_ended":
+            m.calls_ended.labels(self.bot, fields.get("reason") or "?").inc()
+            m.call_duration.labels(self.bot).observe(fields.get("duration_s") or 0.0)
+            if fields.get("frames_dropped"):
+                m.frames_dropped.labels(self.bot).inc(fields["frames_dropped"])
+            if fields.get("protocol_errors"):
+                m.protocol_errors.labels(self.network).inc(fields["protocol_errors"])
+
+
+class _AppCollector(Collector):
+    def __init__(self, app: web.Application):
+        self.app = app
+
+    def collect(self):
+        live = GaugeMetricFamily("gateway_calls_live", "Calls in progress on this process.", labels=["bot", "network"])
+        counts: dict[tuple[str, str], int] = {}
+        for call in list(self.app[CALLS].values()):
+            key = (call.persona.name, getattr(call.phone, "network", "twilio"))
+            counts[key] = counts.get(key, 0) + 1
+        for (bot, network), n in sorted(counts.items()):
+            live.add_metric([bot, network], n)
+        yield live
+        store = self.app.get(STORE)
+        if store is None:
+            return
+        yield GaugeMetricFamily("gateway_calllog_queue_depth", "Call-log writes waiting for the database.",
+                                value=store.pending)
+        yield CounterMetricFamily("gateway_calllog_writes_dropped", "Call-log writes dropped: the write queue was "
+                                  "full (database down or too slow).", value=store.dropped)
+        yield CounterMetricFamily("gateway_calllog_writes_failed", "Call-log writes the database refused.",
+                                  value=store.failed)
+
+
+METRICS = web.AppKey("metrics", GatewayMetrics)
+
+
+@web.middleware
+async def _count_api_requests(request: web.Request, handler: Callable) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    info = request.match_info
+    route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+    counter = request.app[METRICS].api_requests
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        counter.labels(route, request.method, str(e.status)).inc()
+        raise
+    except BaseException:
+        counter.labels(route, request.method, "500").inc()
+        raise
+    counter.labels(route, request.method, str(response.status)).inc()
+    return response
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_metrics(app: web.Application) -> None:
+    """The registry, `/metrics` (guarded unless metrics.public) and the API request counter."""
+    metrics = GatewayMetrics()
+    metrics.watch_app(app)
+    app[METRICS] = metrics
+    app.middlewares.append(_count_api_requests)
+    public = app[CONFIG].metrics.public
+    app.router.add_get("/metrics", metrics_endpoint if public else require_operator(metrics_endpoint))

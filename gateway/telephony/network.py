@@ -1,0 +1,178 @@
+"""How a phone network plugs into the gateway: one `Network` object per network module.
+
+A network declares what it serves — the incoming-call webhook (its path, how its requests are
+authenticated, the answer document that connects the call to our media WebSocket: TwiML, TeXML,
+Plivo XML), the media WebSocket (its path, how the upgrade and the stream's `start` are
+authenticated, the stream object made from the socket) — and makes each call's `PhoneControl`
+(hang up, transfer). app.py registers every network in its list the same way; the call core
+sees only the stream (events(), wait_started(), play(ulaw), mark(name), clear(), close(),
+`network`, `media_frames_in`, `protocol_errors`) and the PhoneControl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from . import PhoneActionError, PhoneControl, Started
+
+log = logging.getLogger("gateway")
+TICKET_SECONDS = 300  # a media URL's ticket must be used within this long after the webhook
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An incoming call as the webhook told us: its id at the network, caller and dialed number."""
+    call_id: str
+    caller: str
+    dialed: str
+
+
+class Network:
+    name = ""
+    webhook_path = ""  # POST: the incoming-call webhook
+    media_path = ""  # GET: the media-stream WebSocket
+    document_type = "text/xml"
+
+    def startup_warnings(self, config) -> list[str]:
+        """Things an operator should know at start-up (e.g. requests are not authenticated)."""
+        return []
+
+    async def read_webhook(self, config, request: web.Request) -> Webhook | str:
+        """The call the webhook announces, or why the request is refused (answered 403)."""
+        raise NotImplementedError
+
+    def answer(self, config, request: web.Request, persona, hook: Webhook, params: dict[str, str]) -> str:
+        """The document that connects the call to our media WebSocket. `params`: bot, from, to,
+        call id, and for outbound calls direction and context."""
+        raise NotImplementedError
+
+    def refusal(self, text: str, language: str = "") -> str:
+        """The document that says `text` and hangs up."""
+        raise NotImplementedError
+
+    def hangup_document(self) -> str:
+        return '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+
+    def upgrade_refused(self, config, request: web.Request) -> str | None:
+        """Why the WebSocket upgrade is refused (closed with 1008), None when it is fine."""
+        return None
+
+    stream_class: type | None = None  # made with (ws, log, max_protocol_errors, query)
+
+    def stream(self, ws: web.WebSocketResponse, log, max_protocol_errors: int, query: Mapping[str, str]):
+        return self.stream_class(ws, log, max_protocol_errors, query)
+
+    def secret(self, config) -> str:
+        """The network's secret that signs our media URL's ticket ("" = streams are not checked)."""
+        return ""
+
+    def start_refused(self, config, started: Started) -> str | None:
+        """Why the stream's `start` is refused (closed with 1008), None when it is fine: for
+        networks with a secret, the media URL's ticket must name the bot; the audio must be 8 kHz
+        mu-law (phase 1)."""
+        params, secret = started.custom_parameters, self.secret(config)
+        if secret and not ticket_ok(secret, self.name, params.get("bot", ""), params.get("ticket", "")):
+            return "missing, wrong or expired ticket in the media URL"
+        if started.encoding == "audio/x-mulaw" and started.sample_rate == 8000:
+            return None
+        return f"audio {started.encoding or '?'} at {started.sample_rate} Hz is not supported: ask for 8 kHz mu-law (PCMU)"
+
+    def control(self, config, http: aiohttp.ClientSession, started: Started) -> PhoneControl:
+        """The call's hang-up and transfer; `http` is the app's client session (connection pool)."""
+        return PhoneControl()
+
+
+# ------------------------------------------------------------------ URLs
+
+def _public_origin(config, request: web.Request) -> tuple[str, str, str]:
+    """Scheme, host and path prefix the network reaches us at: the configured public URL (a
+    proxy's headers are not to be trusted then), else the request's (X-Forwarded-*) view."""
+    if config.server.public_url:
+        parts = urlsplit(config.server.public_url)
+        return parts.scheme, parts.netloc, parts.path.rstrip("/")
+    host = request.headers.get("X-Forwarded-Host") or request.host
+    scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
+    return scheme, host, ""
+
+
+def media_url(config, request: web.Request, path: str, query: Mapping[str, str] | None = None) -> str:
+    """wss://<public host><path> (ws:// only when the public URL itself is plain http)."""
+    scheme, host, prefix = _public_origin(config, request)
+    qs = urlencode({k: v for k, v in (query or {}).items() if v})
+    return f"{'ws' if scheme in ('http', 'ws') else 'wss'}://{host}{prefix}{path}" + (f"?{qs}" if qs else "")
+
+
+def public_request_url(config, request: web.Request, websocket: bool = False) -> str:
+    """The URL the network used for this request, as it signed it: the public scheme, host and
+    path prefix plus the path and query we received — the prefix put back when a proxy stripped it
+    (public URL https://x/gw, request /twilio/voice: the network signed https://x/gw/twilio/voice)."""
+    scheme, host, prefix = _public_origin(config, request)
+    path_qs = request.path_qs
+    if prefix and not (request.path == prefix or request.path.startswith(prefix + "/")):
+        path_qs = prefix + path_qs
+    if websocket:
+        scheme = "ws" if scheme in ("http", "ws") else "wss"
+    return f"{scheme}://{host}{path_qs}"
+
+
+# ------------------------------------------------------------------ media-URL tickets
+
+def stream_ticket(secret: str, network: str, bot: str, now: float | None = None) -> str:
+    """For networks whose stream cannot carry our own parameters back: a ticket in the media URL
+    saying which bot this webhook chose, valid TICKET_SECONDS (HMAC with the network's secret)."""
+    expires = int((time.time() if now is None else now) + TICKET_SECONDS)
+    return f"{expires}.{_ticket_mac(secret, network, bot, expires)}"
+
+
+def ticket_ok(secret: str, network: str, bot: str, ticket: str, now: float | None = None) -> bool:
+    expires, _, mac = ticket.partition(".")
+    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(mac, _ticket_mac(secret, network, bot, int(expires)))
+
+
+def _ticket_mac(secret: str, network: str, bot: str, expires: int) -> str:
+    return hmac.new(secret.encode(), f"stream|{network}|{bot}|{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------ REST calls (hang-up, transfer)
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+async def rest_request(session: aiohttp.ClientSession, method: str, url: str, *, what: str, attempts: int = 3,
+                       timeout: float = 10.0, backoff: float = 0.3, **kw) -> tuple[int, Any]:
+    """One idempotent call to a network's REST API (hang up, transfer) on the app's client
+    session: retried on 429/5xx, timeouts and network errors (backoff ×3). Returns the final
+    status and JSON body (None when there is none); raises PhoneActionError when no answer came."""
+    last = ""
+    delay = backoff
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(delay)
+            delay *= 3
+        try:
+            async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout), **kw) as r:
+                try:
+                    body = await r.json(content_type=None) if r.content_length != 0 else None
+                except ValueError:  # e.g. a proxy's HTML error page
+                    body = None
+                if r.status not in RETRY_STATUSES:
+                    return r.status, body
+                last = f"HTTP {r.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            last = f"{type(e).__name__}: {e or 'no answer within ' + format(timeout, 'g') + ' s'}"[:300]
+        log.warning("event=rest_retry what=%s attempt=%d error=%s", what, attempt + 1, last)
+    if last.startswith("HTTP "):
+        return int(last[5:]), None
+    raise PhoneActionError(f"{what}: {last}")

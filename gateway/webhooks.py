@@ -1,0 +1,214 @@
+"""Call webhooks: `call.started` and `call.ended` as signed JSON POSTs to the configured receivers.
+
+A call never waits for a receiver: its journal's observer (`CallWebhooks`) builds the event and
+puts one row per receiver on the call log's write queue (table `webhook_deliveries`), and that is
+all. One delivery task per app drains the table: it claims due rows for a short lease (two
+instances sharing a database never deliver the same row together), POSTs each through the app's
+shared client session, and records the outcome. A failed attempt (no answer, a timeout, any status
+but 2xx) is retried with exponential backoff up to hourly, for up to `MAX_AGE_SECONDS`; rows
+survive a restart or a receiver outage because they are in the database, not in memory.
+
+Delivery is at least once: a receiver may see an event twice (say, the answer was lost); the
+`id` in the body is the same each time, so receivers can drop repeats.
+
+Signature: `X-Gateway-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`
+under the receiver's secret, made at each attempt (receivers should refuse old `t`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .call import entry_json
+from .calllog import CallStore
+from .calllog.views import iso
+from .config import Config, WebhookConfig
+from .metrics import METRICS
+from .web_state import CONFIG, HTTP, INSTANCE, STORE
+
+log = logging.getLogger("gateway.webhooks")
+
+SIGNATURE_HEADER = "X-Gateway-Signature"
+TIMEOUT_SECONDS = 10.0  # per attempt
+LEASE_SECONDS = 3 * TIMEOUT_SECONDS  # a claimed batch is delivered concurrently, well within this
+BATCH = 20
+POLL_SECONDS = 1.0  # how often the table is looked at (rows other instances wrote, retries due)
+FIRST_RETRY_SECONDS = 2.0  # then doubling, with a little jitter...
+MAX_RETRY_SECONDS = 3600.0  # ...up to hourly
+MAX_AGE_SECONDS = 3 * 86400  # undelivered after this long: given up (logged, counted)
+KEEP_DONE_SECONDS = 7 * 86400  # delivered/abandoned rows are kept this long (for inspection)
+
+
+def sign(secret: str, body: bytes, t: int) -> str:
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after `attempts` failed ones (1, 2, ...)."""
+    base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (attempts - 1))
+    return base * random.uniform(1.0, 1.1)
+
+
+class Webhooks:
+    """The app's receivers, the enqueue side used by calls, and the delivery task."""
+
+    def __init__(self, config: Config, store: CallStore, http: aiohttp.ClientSession, instance: str,
+                 counter=None):
+        """`counter`: a prometheus Counter labelled (event, result), or None."""
+        self.hooks: list[WebhookConfig] = list(config.webhooks)
+        self.public_url = config.server.public_url.rstrip("/")
+        self.store = store
+        self.http = http
+        self.instance = instance
+        self.counter = counter
+        self._kick = asyncio.Event()
+
+    def call(self) -> "CallWebhooks":
+        return CallWebhooks(self)
+
+    def enqueue(self, event: str, call_id: str, payload: dict[str, Any]) -> None:
+        """Queue `event` for every receiver that wants it. Never blocks, never raises."""
+        now = time.time()
+        for hook in self.hooks:
+            if event not in hook.events:
+                continue
+            delivery_id = uuid.uuid4().hex
+            body = json.dumps({"id": delivery_id, "type": event, "created_at": iso(now), "call_id": call_id,
+                               **payload}, ensure_ascii=False)
+            self.store.enqueue("add_webhook", delivery_id, hook.url, event, call_id, body, now)
+        self._kick.set()
+
+    # ------------------------------------------------------------------ delivery
+    async def run(self) -> None:
+        """Deliver until cancelled: right after a call enqueued something, else every POLL_SECONDS."""
+        last_purge = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.store.flush()  # what calls enqueued is in the table now
+                while await self.deliver_due():
+                    pass
+                if time.time() - last_purge > 3600:
+                    last_purge = time.time()
+                    await self.store.purge_webhooks(last_purge - KEEP_DONE_SECONDS)
+            except Exception as e:  # noqa: BLE001 - the database may be down for a while; keep trying
+                log.error("event=webhook_queue_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+
+    async def deliver_due(self) -> int:
+        """One claimed batch, delivered concurrently; how many rows it had."""
+        claim = f"{self.instance}:{uuid.uuid4().hex[:8]}"
+        rows = await self.store.claim_webhooks(claim, LEASE_SECONDS, BATCH)
+        await asyncio.gather(*(self._attempt(row, claim) for row in rows))
+        return len(rows)
+
+    async def _attempt(self, row: dict, claim: str) -> None:
+        hook = next((h for h in self.hooks if h.url == row["url"]), None)
+        if hook is None:
+            error = "receiver no longer configured"
+        else:
+            error = await self._post(hook, row["body"].encode())
+        attempts = row["attempts"] + 1
+        if error is None:
+            result, next_at = "delivered", None
+        elif hook is None or time.time() - row["created_at"] > MAX_AGE_SECONDS:
+            result, next_at = "abandoned", None
+        else:
+            result, next_at = "failed", time.time() + retry_delay(attempts)
+        level = logging.INFO if error is None else logging.ERROR if next_at is None else logging.WARNING
+        log.log(level, "event=webhook_%s type=%s call=%s url=%s attempt=%d%s", result, row["event"], row["call_id"],
+                _safe_url(row["url"]), attempts, f" error={error!r}" if error else "")
+        if self.counter is not None:
+            self.counter.labels(row["event"], result).inc()
+        await self.store.webhook_done(row["id"], claim, delivered=error is None, error=error, next_at=next_at)
+
+    async def _post(self, hook: WebhookConfig, body: bytes) -> str | None:
+        """None when the receiver took it (2xx), else what went wrong."""
+        headers = {"Content-Type": "application/json", "User-Agent": "voicebot-gateway",
+                   SIGNATURE_HEADER: sign(hook.secret, body, int(time.time()))}
+        try:
+            async with self.http.post(hook.url, data=body, headers=headers, allow_redirects=False,
+                                      timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)) as resp:
+                await resp.read()
+                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+        except asyncio.TimeoutError:
+            return f"no answer within {TIMEOUT_SECONDS:g} s"
+        except aiohttp.ClientError as e:
+            return f"{type(e).__name__}: {e}"[:300]
+
+
+def _safe_url(url: str) -> str:
+    """The receiver's address without a query string (which may carry a token)."""
+    return url.split("?", 1)[0]
+
+
+class CallWebhooks:
+    """One call's observer (see call/journal.py): `call.started` when its stream starts, `call.ended`
+    with the transcript once its record is complete."""
+
+    def __init__(self, hooks: Webhooks):
+        self.hooks = hooks
+        self.fields: dict[str, Any] = {}
+
+    def event(self, kind: str, fields: dict[str, Any], summary: Any) -> None:
+        pass
+
+    def updated(self, fields: dict[str, Any], summary: Any) -> None:
+        self.fields.update(fields)
+        if "started_at" in fields:
+            self.hooks.enqueue("call.started", summary.call_id, self._common(summary))
+        elif "end_reason" in fields:
+            self.hooks.enqueue("call.ended", summary.call_id, self._ended(summary))
+
+    def _common(self, summary: Any) -> dict[str, Any]:
+        f = self.fields
+        return {"network": f.get("network"), "direction": f.get("direction"), "bot": f.get("bot") or summary.bot,
+                "from": f.get("from_number"), "to": f.get("to_number"), "started_at": iso(f.get("started_at"))}
+
+    def _ended(self, summary: Any) -> dict[str, Any]:
+        f = self.fields
+        first = f.get("first_audio_at")
+        recording = None
+        if f.get("recording"):
+            recording = f"{self.hooks.public_url}/api/calls/{summary.call_id}/recording"
+        return {**self._common(summary), "ended_at": iso(f.get("ended_at")), "duration_s": f.get("duration_s"),
+                "end_reason": f.get("end_reason"), "error": f.get("error"), "barge_ins": f.get("barge_ins", 0),
+                "turns": f.get("turns", 0),
+                "latencies": {"first_audio_ms": round((first - f["started_at"]) * 1000) if first else None,
+                              "turn_ms": [round(ms) for ms in summary.turn_latencies_ms]},
+                "recording_url": recording,
+                "transcript": [entry_json(e) for e in summary.transcript]}
+
+
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
+
+
+async def webhook_delivery(app: web.Application):
+    """cleanup_ctx: the app's Webhooks and its delivery task (only when receivers are configured).
+    Runs after the call log is open and stops before it closes; what calls enqueued meanwhile is
+    flushed with the call log and delivered by the next instance to run."""
+    config = app[CONFIG]
+    if not config.webhooks:
+        yield
+        return
+    counter = app[METRICS].webhook_deliveries if METRICS in app else None
+    hooks = app[WEBHOOKS] = Webhooks(config, app[STORE], app[HTTP], app[INSTANCE], counter)
+    task = asyncio.create_task(hooks.run(), name="webhook-delivery")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,78 @@
+"""`serve --workers N`: N full gateway processes sharing one port, so a box uses all its cores.
+
+Each worker is an ordinary `serve` (its own event loop, call log connection, instance lease) whose
+socket has SO_REUSEPORT: the kernel spreads new connections over the workers. A call's webhook
+and its media stream may land on different workers; that works as it does across instances (the
+stream carries what the webhook decided). Workers see each other's live calls and forward an
+operator's hang-up through the shared call log (calllog/instances.py). This process only
+supervises: it reserves the port first (a busy port is one line and exit 1), starts the workers,
+restarts one that dies unexpectedly, and passes SIGTERM/SIGINT on (each worker drains its calls).
+
+Why processes and SO_REUSEPORT rather than one process: the call path is CPU-bound Python (JSON,
+base64, DSP); one interpreter uses one core. Why not a shared accept socket: with SO_REUSEPORT a
+slow worker does not get a herd of wake-ups, and workers stay plain `serve` processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("gateway")
+RESTART_BACKOFF = [1.0, 2.0, 5.0, 10.0, 30.0]  # before restarting a worker that died on its own
+
+
+def supervise(workers: int, config_path: str, host: str, socks: list[socket.socket]) -> int:
+    """Run `workers` worker processes on the port `socks` reserved; returns the exit status."""
+    port = socks[0].getsockname()[1]  # the real port, when 0 asked for any
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", config_path, "--host", host,
+            "--port", str(port), "--reuse-port"]
+    procs: dict[int, subprocess.Popen] = {}
+    deaths: dict[int, int] = {}
+    stopping: list[int] = []
+
+    def start(slot: int) -> None:
+        procs[slot] = subprocess.Popen(argv)
+        log.info("event=worker_started worker=%d pid=%d", slot, procs[slot].pid)
+
+    def on_signal(sig: int, _frame) -> None:
+        stopping.append(sig)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)  # a second signal hurries the workers' drain, as for one process
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for slot in range(workers):
+        start(slot)
+    time.sleep(0.5)
+    for sock in socks:  # the workers hold the port now
+        sock.close()
+    log.info("event=workers_running workers=%d port=%d", workers, port)
+    status = 0
+    while procs:
+        time.sleep(0.2)
+        for slot, proc in list(procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del procs[slot]
+            if stopping:
+                status = status or code
+                continue
+            if code in (1, 2):  # a worker that cannot start (port, config): restarting will not help
+                log.error("event=worker_failed worker=%d code=%d", slot, code)
+                on_signal(signal.SIGTERM, None)
+                status = code
+                continue
+            deaths[slot] = deaths.get(slot, 0) + 1
+            delay = RESTART_BACKOFF[min(deaths[slot], len(RESTART_BACKOFF)) - 1]
+            log.error("event=worker_died worker=%d code=%d restart_in_s=%g", slot, code, delay)
+            time.sleep(delay)
+            if not stopping:
+                start(slot)
+    return status

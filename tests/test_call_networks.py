@@ -1,0 +1,236 @@
+"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo), each with its fake caller
+(gateway.phone_sim speaking the network's frames) and its fake REST API.
+
+Real sockets on 127.0.0.1, real 20 ms timing. The call core does not know which network it
+serves; these tests prove each network module turns its frames into the same call: greeting
+heard, a caller tone reaching the model at its pitch, the model's tone reaching the caller clean,
+barge-in (clear within a frame, cancel, cut to what was heard — whether the network acknowledges
+marks pending at a clear or not), hang-up through the network's REST API after the goodbye was
+heard, transfer (or a clear refusal told to the model), bad frames survived, keypad.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.audio import PHONE_RATE
+from gateway.web_state import STORE
+from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
+from tests.conftest import PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
+from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
+from gateway.phone_sim import NETWORKS, SimulatedPhone
+
+
+@dataclass
+class Net:
+    name: str
+    rest: object
+    signing_key: Ed25519PrivateKey | None = None
+
+    def env(self) -> dict:
+        if self.name == "telnyx":
+            public = self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            return {"TELNYX_API_KEY": TELNYX_KEY, "TELNYX_API_BASE": self.rest.url,
+                    "TELNYX_PUBLIC_KEY": base64.b64encode(public).decode()}
+        if self.name == "plivo":
+            return {"PLIVO_AUTH_ID": PLIVO_ID, "PLIVO_AUTH_TOKEN": PLIVO_TOKEN, "PLIVO_API_BASE": self.rest.url}
+        return {}
+
+    async def gateway(self, make_gateway, **kw):
+        if self.name == "twilio":
+            return await make_gateway(rest=self.rest, **kw)
+        return await make_gateway(env=self.env(), **kw)
+
+    def phone(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
+        token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN}.get(self.name, "")
+        phone = SimulatedPhone(gw_url, bot=bot, network=self.name, auth_token=token, signing_key=self.signing_key,
+                               **kw)
+        OPEN_PHONES.append(phone)
+        return phone
+
+    async def dial(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
+        phone = self.phone(gw_url, bot, **kw)
+        await phone.dial()
+        await phone.connect()
+        return phone
+
+    def hang_ups(self) -> list[tuple[str, float]]:
+        """(call id, when) of every hang-up request the network's REST API got."""
+        if self.name == "twilio":
+            return [(r.call_sid, r.at) for r in self.rest.requests if r.form.get("Status") == "completed"]
+        return [(r.call_id, r.at) for r in self.rest.requests if r.action == "hangup"]
+
+
+@pytest.fixture(params=NETWORKS)
+async def net(request, fake_rest):
+    from tests.fakes.network_rest import FakePlivoRest, FakeTelnyxRest
+
+    if request.param == "twilio":
+        yield Net("twilio", fake_rest)
+        return
+    fake = FakeTelnyxRest(TELNYX_KEY) if request.param == "telnyx" else FakePlivoRest(PLIVO_ID, PLIVO_TOKEN)
+    await fake.start()
+    yield Net(request.param, fake, Ed25519PrivateKey.generate() if request.param == "telnyx" else None)
+    await fake.stop()
+
+
+async def test_greeting_heard_first_clean_and_paced(make_gateway, fake_openai, net):
+    fake_openai.greeting_tone_hz = 1000
+    fake_openai.reply_seconds = 1.5
+    gw = await net.gateway(make_gateway, openai=fake_openai)
+    phone = await net.dial(gw.url, bot="openai-greeter")
+    await phone.silence(2.5)
+    await phone.hangup()
+    heard = ulaw_samples(phone.result.heard)
+    runs = voiced_runs(heard, PHONE_RATE)
+    assert len(runs) == 1, runs
+    start, stop = runs[0]
+    assert (stop - start) / PHONE_RATE == pytest.approx(1.5, abs=0.05)
+    assert dominant_hz(heard[start:stop], PHONE_RATE) == pytest.approx(1000, rel=0.005)
+    assert max_discontinuity(heard[start + 80:stop - 80], PHONE_RATE, 1000) < 0.15
+    assert phone.result.first_audio_at - phone.result.start_sent_at < 1.0
+    assert phone.result.marks_echoed == phone.result.marks_received > 70
+    assert not phone.result.violations, phone.result.violations
+    summary = await ended(gw, phone)
+    assert summary.transcript[0].text == "Hello, thanks for calling Northwind." and not summary.transcript[0].interrupted
+    await gw.app[STORE].flush()
+    record = await gw.app[STORE].get_call(phone.call_sid)
+    assert record["network"] == net.name and record["end_reason"] == "caller_hangup"
+    assert record["to_number"] == phone.dialed and record["bot"] == "openai-greeter"
+
+
+async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, fake_glm, net):
+    gw = await net.gateway(make_gateway, glm=fake_glm)
+    phone = await net.dial(gw.url, bot="glm-quiet")
+    await phone.silence(0.3)
+    await phone.say(ulaw_tone(440, 1.0))
+    await phone.silence(0.3)
+    await phone.hangup()
+    s = fake_glm.sessions[0]
+    x = samples(bytes(s.audio))
+    start, stop = max(voiced_runs(x, s.input_rate), key=lambda r: r[1] - r[0])
+    assert (stop - start) / s.input_rate == pytest.approx(1.0, abs=0.05)
+    assert dominant_hz(x[start:stop], s.input_rate) == pytest.approx(440, rel=0.02)
+    assert max_discontinuity(x[start + s.input_rate // 20:stop - s.input_rate // 20], s.input_rate, 440) < 0.1
+
+
+@pytest.mark.parametrize("marks_on_clear", [False, True], ids=["clear-drops-marks", "clear-acks-marks"])
+async def test_barge_in_clears_within_a_frame_cancels_and_cuts(make_gateway, fake_openai, net, marks_on_clear):
+    fake_openai.reply_seconds = 4.0
+    fake_openai.delta_interval = 0.4
+    gw = await net.gateway(make_gateway, openai=fake_openai)
+    phone = net.phone(gw.url, bot="openai-greeter")
+    phone.marks_on_clear = marks_on_clear
+    await phone.dial()
+    await phone.connect()
+    await phone.silence(1.2)
+    await phone.say(ulaw_tone(440, 0.6))
+    await phone.silence(0.1)
+    s = fake_openai.sessions[0]
+    assert s.speech_started_at and phone.result.clears, "barge-in should have cleared the phone"
+    assert 0 <= phone.result.clears[0] - s.speech_started_at[0] < 0.020
+    assert s.cancels and s.cancels[0] - s.speech_started_at[0] < 0.05
+    clear_at = phone.result.clears[0]
+    assert not [t for t in phone.result.media_times if clear_at < t < clear_at + 0.5]
+    await phone.silence(1.5)
+    await phone.hangup()
+    summary = await ended(gw, phone)
+    cut = [e for e in summary.transcript if e.role == "bot"][0]
+    assert cut.interrupted and cut.heard and len(cut.heard) < len(cut.text)
+    assert 700 <= cut.heard_ms <= 1400  # what was played, whether or not pending marks came back at the clear
+    assert summary.barge_ins == 1
+    assert not phone.result.violations, phone.result.violations
+    assert not s.errors_sent, s.errors_sent
+
+
+async def test_end_call_hangs_up_through_the_network_after_the_goodbye(make_gateway, fake_openai, net):
+    fake_openai.tool_calls = [("end_call", {"reason": "caller is done"})]
+    gw = await net.gateway(make_gateway, openai=fake_openai)
+    phone = await net.dial(gw.url, bot="openai-agent")
+    await phone.say(ulaw_tone(440, 0.5))
+    await wait_for(net.hang_ups, 6, "the hang-up request")
+    assert await phone.wait_closed(3)
+    summary = await ended(gw, phone)
+    (call_id, at), = net.hang_ups()
+    assert call_id == phone.call_sid
+    assert at >= phone.result.last_echo_at  # every frame of the goodbye was played first
+    assert phone.result.marks_echoed == phone.result.marks_received > 0
+    assert summary.end_reason == "bot_hangup"
+    assert not net.rest.rejected
+
+
+async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, fake_openai, net):
+    fake_openai.tool_calls = [("transfer_call", {"target": "billing"})]
+    gw = await net.gateway(make_gateway, openai=fake_openai)
+    phone = await net.dial(gw.url, bot="openai-agent", dialed="+15005550006")
+    await phone.say(ulaw_tone(440, 0.5))
+    s = fake_openai.sessions and fake_openai.sessions[0]
+    if net.name == "plivo":
+        await wait_for(lambda: fake_openai.sessions[0].tool_outputs, 6, "the tool's output")
+        out = json.loads(fake_openai.sessions[0].tool_outputs[0]["output"])
+        assert out["ok"] is False and "not supported on Plivo" in out["error"]
+        assert not phone.closed.is_set(), "the call goes on with the bot"
+        await phone.hangup()
+        assert (await ended(gw, phone)).end_reason == "caller_hangup"
+        return
+    await wait_for(lambda: net.rest.requests, 6, "the transfer request")
+    assert await phone.wait_closed(3)
+    if net.name == "telnyx":
+        r = net.rest.requests[0]
+        assert (r.action, r.call_id) == ("transfer", phone.call_sid)
+        assert r.body == {"to": "+15550008888", "from": "+15005550006", "timeout_secs": 30}
+    else:
+        assert "<Number>+15550008888</Number>" in net.rest.requests[0].form["Twiml"]
+    assert (await ended(gw, phone)).end_reason == "transferred"
+    assert not s.errors_sent
+
+
+BAD = {  # the same faults in each network's spelling
+    "twilio": lambda p: ['{"event": "media", "streamSid": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
+                         '{"event": "mark", "streamSid": "%s", "mark": {}}' % p.stream_sid],
+    "telnyx": lambda p: ['{"event": "media", "stream_id": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
+                         '{"event": "mark", "stream_id": "%s", "mark": {}}' % p.stream_sid,
+                         '{"event": "media", "stream_id": "other", "media": {"payload": "AAAA"}}'],
+    "plivo": lambda p: ['{"event": "media", "streamId": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
+                        '{"event": "playedStream", "streamId": "%s"}' % p.stream_sid,
+                        '{"event": "media", "streamId": "other", "media": {"payload": "AAAA"}}'],
+}
+
+
+async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net, caplog):
+    gw = await net.gateway(make_gateway, openai=fake_openai)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        phone = await net.dial(gw.url, bot="openai-quiet")
+        await phone.silence(0.2)
+        frames = ["not json", "[1]", '{"event": "teleport"}', *BAD[net.name](phone)]
+        for raw in frames:
+            await phone.send_raw(raw)
+        await phone.send_raw(b"\x00\x01binary")
+        await phone.say(ulaw_tone(440, 0.5))
+        await wait_for(lambda: phone.result.first_audio_after(phone.result.speech_ends[0]) is not None,
+                       5, "the reply after the bad frames")
+        await phone.hangup()
+        summary = await ended(gw, phone)
+    assert summary.end_reason == "caller_hangup"
+    bad = [r.getMessage() for r in caplog.records if "phone_bad_frame" in r.getMessage()]
+    assert len(bad) == len(frames) + 1 and all(f"call={phone.call_sid}" in line for line in bad)
+
+
+async def test_keypad_digits_reach_the_model(make_gateway, fake_openai, net):
+    gw = await net.gateway(make_gateway, openai=fake_openai)
+    phone = await net.dial(gw.url, bot="openai-agent")
+    await phone.silence(0.3)
+    for digit in "12":
+        await phone.dtmf(digit)
+    s = fake_openai.sessions[0]
+    await wait_for(lambda: s.texts, 3, "the digits as text")
+    assert s.texts == ["(The caller pressed 1 2 on the phone keypad.)"]
+    await phone.hangup()

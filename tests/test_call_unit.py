@@ -1,0 +1,228 @@
+"""The call core without sockets: the Call's parts driven through in-memory phone and model fakes
+on a fast-forwarded event-loop clock (looptime), so minutes of call time take milliseconds and
+every timing is exact. The socket-level tests (test_call_matrix.py and friends) cover the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from gateway.call import BotLine, Call, CallerLine
+from gateway.call.tools import SAY_GOODBYE
+from gateway.config import Config, DtmfConfig, LimitsConfig, Persona
+from gateway.logs import CallLogger
+from gateway.providers.base import (ContextTurn, InputTranscript, ProviderError, ResponseDone, ResponseStarted,
+                                    SpeechStarted, SpeechStopped, ToolCall)
+from tests.call_fakes import MemoryModel, MemoryPhone
+
+pytestmark = pytest.mark.looptime
+
+
+def make_call(model: MemoryModel, phone: MemoryPhone | None = None, *, new_session=None,
+              limits: dict | None = None, **persona) -> tuple[Call, MemoryPhone]:
+    phone = phone or MemoryPhone()
+    config = Config(limits=LimitsConfig(**{"silence_timeout_seconds": 0, **(limits or {})}))
+    call = Call(config=config, persona=Persona(provider="echo", name="unit", **persona), phone=phone,
+                started=phone.started, session=model, new_session=new_session,
+                log=CallLogger(logging.getLogger("gateway.unit"), call="CAunit"),
+                clock=asyncio.get_running_loop().time)
+    return call, phone
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_barge_in_clears_then_cancels_then_cuts_to_what_was_heard():
+    model = MemoryModel()
+    call, phone = make_call(model)
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    rid = model.reply(10000, "One two three four five six seven eight nine ten.")  # streams for 2 s
+    await asyncio.sleep(1.0)
+    spoke_at = now()
+    model.emit(SpeechStarted())
+    await asyncio.sleep(0.5)
+
+    clears = [t for t, kind, _ in phone.sent if kind == "clear"]
+    assert clears == [spoke_at], "the phone is cleared the moment the caller speaks"
+    assert [r for _, r in model.cancels] == [rid] and model.cancels[0][0] >= clears[0]
+    assert not [1 for t, kind, _ in phone.sent if kind == "media" and t > spoke_at], "late deltas are dropped"
+    (item, heard_ms), = model.truncates
+    assert item == f"item_{rid}" and 900 <= heard_ms <= 1000  # what the echoed marks confirmed
+    phone.hang_up()
+    summary = await running
+    line = summary.transcript[0]
+    assert isinstance(line, BotLine) and line.interrupted and line.heard_ms == heard_ms
+    assert line.heard and line.text.startswith(line.heard) and len(line.heard) < len(line.text)
+    assert summary.barge_ins == 1 and summary.end_reason == "caller_hangup"
+
+
+async def test_caller_speech_while_the_bot_is_silent_is_not_a_barge_in():
+    model = MemoryModel()
+    call, phone = make_call(model)
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.emit(SpeechStarted())
+    await asyncio.sleep(0.1)
+    model.emit(SpeechStopped(), InputTranscript("hello?"))
+    await asyncio.sleep(0.1)
+    phone.hang_up()
+    summary = await running
+    assert "clear" not in phone.kinds() and not model.cancels and summary.barge_ins == 0
+    assert summary.transcript == [CallerLine("hello?", summary.transcript[0].t)]
+
+
+async def test_renewal_at_a_quiet_moment_carries_what_the_caller_heard():
+    sessions: list[MemoryModel] = []
+
+    def new_session(context):
+        sessions.append(MemoryModel(context, max_session_seconds=30))
+        return sessions[-1]
+
+    first = MemoryModel(max_session_seconds=30)
+    call, phone = make_call(first, new_session=new_session)
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    first.emit(InputTranscript("I need help with my bill."))
+    first.reply(1000, "Sure, I can help with your bill.")
+    await asyncio.sleep(3)
+    cut = first.reply(3000, "Let me look that up for you, it takes a moment.")
+    await asyncio.sleep(0.7)
+    first.emit(SpeechStarted())  # the caller talks over the second reply
+    await asyncio.sleep(0.1)
+    first.emit(SpeechStopped())
+    assert not sessions
+    await asyncio.sleep(30)  # past the session's maximum age, and quiet
+    assert len(sessions) == 1 and sessions[0].connected and first.closed
+    caller, bot, heard = sessions[0].context
+    assert caller == ContextTurn("caller", "I need help with my bill.")
+    assert bot == ContextTurn("bot", "Sure, I can help with your bill.")
+    assert heard.role == "bot" and "Let me look that up for you, it takes a moment.".startswith(heard.text)
+    assert 0 < len(heard.text) < len("Let me look that up for you, it takes a moment."), cut
+    before = len(first.audio)
+    phone.speak(b"\x01" * 480)
+    await asyncio.sleep(0.1)
+    assert len(first.audio) == before and sessions[0].audio == b"\x01" * 480  # audio goes to the new one
+    phone.hang_up()
+    summary = await running
+    assert summary.sessions == 2 and sessions[0].closed
+
+
+async def test_a_dropped_session_is_replaced_and_the_callers_audio_waits_in_order():
+    sessions: list[MemoryModel] = []
+
+    def new_session(context):
+        sessions.append(MemoryModel(context))
+        return sessions[-1]
+
+    first = MemoryModel()
+    call, phone = make_call(first, new_session=new_session)
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    rid = first.reply(2000, done=False)
+    await asyncio.sleep(0.2)
+    first.emit(ProviderError("session_expired", "gone", fatal=True, renewable=True))
+    await asyncio.sleep(0.05)
+    phone.speak(bytes(range(1, 161)) * 3)  # while no session is up
+    await asyncio.sleep(1.0)
+    assert len(sessions) == 1 and sessions[0].audio == bytes(range(1, 161)) * 3
+    assert call.conversation.active_response is None  # the lost reply was closed as incomplete
+    assert call.conversation.find_turn(rid).done
+    phone.hang_up()
+    assert (await running).end_reason == "caller_hangup"
+
+
+async def test_a_session_that_keeps_dying_ends_the_call_as_a_model_error():
+    def new_session(context):
+        model = MemoryModel(context)
+        model.emit(ProviderError("upstream_closed", "dropped", fatal=True, renewable=True))
+        return model
+
+    first = MemoryModel()
+    call, phone = make_call(first, new_session=new_session, limits={"model_reconnect_attempts": 2})
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    first.emit(ProviderError("upstream_closed", "dropped", fatal=True, renewable=True))
+    summary = await asyncio.wait_for(running, 60)
+    assert summary.end_reason == "model_error" and summary.error.startswith("upstream_closed")
+
+
+async def test_end_call_without_a_goodbye_asks_for_one_and_hangs_up_once_it_was_heard():
+    model = MemoryModel(reply_ms_to_text=800)
+    call, phone = make_call(model, tools=["end_call"])
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.emit(ResponseStarted("r1"), ToolCall("r1", "c1", "end_call", '{"reason": "caller is done"}'),
+               ResponseDone("r1"))
+    summary = await asyncio.wait_for(running, 30)
+    assert [(c, r) for c, _, r in model.tool_results] == [("c1", False)]
+    assert model.texts == [SAY_GOODBYE]
+    assert summary.end_reason == "bot_hangup" and phone.closed_with is not None
+    assert phone.heard_ms() >= 800  # the whole goodbye went out...
+    assert "clear" not in phone.kinds() and [b for b in summary.transcript if isinstance(b, BotLine)
+                                             and b.text == "Goodbye!" and not b.interrupted]
+
+
+async def test_end_call_after_a_spoken_goodbye_hangs_up_without_asking_again():
+    model = MemoryModel()
+    call, phone = make_call(model, tools=["end_call"])
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.reply(600, "Thanks for calling, goodbye!", rid="r1", done=False)
+    await asyncio.sleep(0.3)
+    model.emit(ToolCall("r1", "c1", "end_call", "{}"), ResponseDone("r1"))
+    summary = await asyncio.wait_for(running, 30)
+    assert model.texts == [] and summary.end_reason == "bot_hangup"
+    assert phone.heard_ms() == 600 and phone.closed_at >= 0.1 + 0.6  # closed once all of it had played
+
+
+async def test_a_silent_caller_is_reprompted_once_then_said_goodbye_to():
+    model = MemoryModel(reply_ms_to_text=500)
+    call, phone = make_call(model, limits={"silence_timeout_seconds": 20})
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(21)
+    assert len(model.texts) == 1 and "still there" in model.texts[0]
+    summary = await asyncio.wait_for(running, 60)
+    assert len(model.texts) == 2 and "goodbye" in model.texts[1]
+    assert summary.end_reason == "silence_timeout" and 40 < call.status().duration_s < 45
+
+
+async def test_the_bot_wraps_up_before_the_maximum_call_length():
+    model = MemoryModel(reply_ms_to_text=500)
+    call, phone = make_call(model, limits={"max_call_seconds": 60, "wrap_up_seconds": 20})
+    summary = await asyncio.wait_for(call.run(), 120)
+    assert len(model.texts) == 1 and "time limit" in model.texts[0]
+    assert summary.end_reason == "max_duration" and 40 <= call.status().duration_s < 42
+
+
+async def test_keypad_shortcut_silences_the_bot_at_once_and_hangs_up():
+    model = MemoryModel()
+    call, phone = make_call(model, dtmf=DtmfConfig(shortcuts={"0": "end_call"}))
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.reply(10000)
+    await asyncio.sleep(0.5)
+    from gateway.telephony import Dtmf
+    pressed_at = now()
+    phone._events.put_nowait(Dtmf("0"))
+    summary = await asyncio.wait_for(running, 10)
+    assert [t for t, kind, _ in phone.sent if kind == "clear"] == [pressed_at]
+    assert summary.end_reason == "bot_hangup" and summary.barge_ins == 1
+    assert [e.text for e in summary.transcript if e.role == "dtmf"] == ["0"]
+
+
+async def test_status_is_what_the_operator_api_shows():
+    model = MemoryModel()
+    call, phone = make_call(model)
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.emit(InputTranscript("hi"))
+    await asyncio.sleep(2)
+    status = call.status()
+    phone.hang_up()
+    await running
+    assert status.call_id == "CAunit" and status.caller == "+15550001111" and status.dialed == "+15550002222"
+    assert status.network == "memory" and status.duration_s == 2.1 and status.last == CallerLine("hi", 0.1)
