@@ -1,0 +1,42 @@
+"""Smoke run of the load benchmark (bench/calls.py) at N=3: the harness runs end to end against a
+real `python -m gateway serve` and the bare relay, on both paths, and its numbers are sane.
+No performance assertion: the figures depend on the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.timeout(240)
+def test_bench_smoke_run_reports_every_figure_for_both_paths_and_targets(tmp_path):
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "bench/calls.py", "--n", "3", "--seconds", "4", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=220)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted((r["path"], r["target"]) for r in rows) == [
+        ("glm", "gateway"), ("glm", "relay"), ("passthrough", "gateway"), ("passthrough", "relay")]
+    for r in rows:
+        where = f"{r['path']} {r['target']}: {r}"
+        assert r["n"] == 3 and r["calls_failed"] == 0 and r["calls_alive_at_end"] == 3, where
+        assert r["cpu_s_per_call_min"] > 0 and r["calls_per_core"] > 0, where
+        assert r["rss_mib"] > 10, where  # a Python process with aiohttp loaded
+        assert 0 < r["delivered_pct"] <= 100 and r["longest_gap_ms"] >= 0, where
+        # every call barges in at least once in a 4 s window (one every 3 s), so each figure has samples
+        for name in ("p2m", "m2p", "bargein"):
+            assert r["samples"][name] > 0, where
+            p50, p95, p99 = (r[f"{name}_p{q}_ms"] for q in (50, 95, 99))
+            assert 0 <= p50 <= p95 <= p99, where
+        assert 0 <= r["loadgen_cpu_pct"] and 0 <= r["model_cpu_pct"], where
+    ratios = [r for r in rows if r["target"] == "gateway"]
+    md = (out / "results.md").read_text()
+    assert "| path | N | target | CPU-s/call-min | gw/relay |" in md
+    assert md.count("| gateway |") == len(ratios) == 2
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in run.stdout
