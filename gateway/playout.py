@@ -115,6 +115,7 @@ class Playout:
         self._frames.clear()
         self._marks.clear()
         self._play_until = self.clock()
+        self._wake.set()  # the pacing loop may be waiting for the old lead to drain
         if busy:
             await self.phone.clear()
             self.clears += 1
@@ -160,7 +161,14 @@ class Playout:
                 continue
             lead = self._play_until - self.clock()
             if lead >= self.lead:
-                await asyncio.sleep(lead - self.lead + self.frame / 2)
+                # Until the lead has drained, or a clear: the next reply must not wait out the
+                # cut one's lead (that wait was up to a chunk of latency after every barge-in).
+                self._wake.clear()
+                timer = asyncio.get_running_loop().call_later(lead - self.lead + self.frame / 2, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
                 continue
             if not await self._send(*self._next_chunk()):
                 return

@@ -118,3 +118,20 @@ async def test_chunked_pacing_keeps_at_most_one_chunk_beyond_the_lead_and_clear_
     await asyncio.sleep(0.1)
     assert sink.sent[-1] == ("clear", None) and not p.busy()
     task.cancel()
+
+
+async def test_a_reply_after_a_clear_goes_out_at_once_not_after_the_cut_replys_lead():
+    """The pacing loop waits while the lead is full; a clear empties the phone, so the next
+    reply's first chunk must not wait for that wait to end (it was up to a chunk of latency)."""
+    sink = Sink()
+    p = Playout(sink, lead_ms=200, chunk_ms=100)
+    p.enqueue([b"\xff" * 160] * 50, "r1")
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.05)  # the lead is full: the loop waits for it to drain
+    await p.clear()
+    p.enqueue([b"\xff" * 160] * 5, "r2")
+    before = len(sink.sent)
+    for _ in range(5):  # a few turns of the loop, no time passing worth a frame
+        await asyncio.sleep(0)
+    assert sink.sent[before:before + 1] == [("media", 800)]
+    task.cancel()
