@@ -18,10 +18,24 @@ class AudioBridge:
         self._in = Resampler(PHONE_RATE, caps.input_rate) if caps.input_format == "pcm16" else None
         self._out = Resampler(caps.output_rate, PHONE_RATE) if caps.output_format == "pcm16" else None
         self._framer = Framer()
+        # Where the model takes appends of a fixed length, caller audio is decoded and resampled a
+        # whole append at a time (the model hears nothing sooner either way; numpy's per-call cost
+        # is most of the resampler's): b"" until the block is complete.
+        self._in_block = PHONE_RATE * caps.input_block_ms // 1000 if self._in is not None else 0
+        self._in_pending = bytearray()
 
     def to_model(self, ulaw: bytes) -> bytes:
-        """A caller frame in the model's input format."""
-        return ulaw if self._in is None else self._in.process(ulaw_to_pcm16(ulaw))
+        """Caller audio in the model's input format (b"" while a block is being gathered)."""
+        if self._in is None:
+            return ulaw
+        if self._in_block:
+            pending = self._in_pending
+            pending += ulaw
+            if len(pending) < self._in_block:
+                return b""
+            ulaw = bytes(pending)
+            pending.clear()
+        return self._in.process(ulaw_to_pcm16(ulaw))
 
     def model_ms(self, audio: bytes) -> float:
         """Duration of model output audio."""

@@ -22,6 +22,9 @@ class Capabilities:
     truncate: bool = False  # can shorten a reply in the model's memory to what was heard
     # The service ends a session after about this long; the call moves to a fresh one before.
     max_session_seconds: float | None = None
+    # Caller audio goes to the service in appends of this many ms (0: as it comes): the call's
+    # AudioBridge then converts whole blocks, one resampler pass per append instead of per frame.
+    input_block_ms: int = 0
 
     @property
     def passthrough(self) -> bool:

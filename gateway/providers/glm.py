@@ -95,7 +95,8 @@ class GlmRealtime(JsonWsProvider):
         self.heartbeat_timeout = settings.heartbeat_timeout_seconds
         fmt = persona.audio.input_format
         self.capabilities = Capabilities(input_format="pcm16", input_rate=_INPUT_RATES[fmt],
-                                         output_format="pcm16", output_rate=persona.audio.output_rate)
+                                         output_format="pcm16", output_rate=persona.audio.output_rate,
+                                         input_block_ms=APPEND_MS)
         self._append_bytes = self.capabilities.input_rate * 2 * APPEND_MS // 1000
         self._exp_unit = settings.jwt_exp_unit
         self._auth_refused = False  # set when an `error` event refuses the token during set-up
