@@ -143,9 +143,9 @@ class SoxrStream:
         self._stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32", quality=quality)
 
     # libsoxr keeps buffers as large as the largest block it was ever given, for the stream's life:
-    # a model's 1.5 s delta in one piece kept ~320 KiB per call. Blocks of 100 ms at 24 kHz keep
-    # it near 100 KiB (bench: a 1.5 s delta costs the same, ~120 us, either way).
-    MAX_BLOCK = 2400
+    # a model's 1.5 s delta in one piece kept ~320 KiB per call. Blocks of 50 ms at 24 kHz keep
+    # it near 70 KiB (bench/hotpath.py: a 1.5 s delta costs the same either way).
+    MAX_BLOCK = 1200
 
     def process(self, pcm: bytes) -> bytes:
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
