@@ -21,6 +21,7 @@ TwiML after </Connect>), and one `call_ended` line says why.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -47,6 +48,18 @@ from .tools import ToolRunner
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
+
+
+# A short acknowledgement while the bot talks is not an interruption ("mm-hm", "yeah", "ok").
+BACKCHANNELS = frozenset("mm mmm hm mhm hmm mhmm um uh huh uhhuh mmhmm yeah yes yep ok okay right sure alright aha ah oh i see got it "
+                         "嗯 哦 对 好 是 啊 嗯嗯 好的 对对".split())
+
+
+def interrupts(transcript: str) -> bool:
+    """Caller words that make an interruption: anything but a lone backchannel ("stop" does, "mm-hm"
+    does not)."""
+    words = re.findall(r"\w+", transcript.lower())
+    return bool(words) and not (len(words) <= 2 and all(w in BACKCHANNELS for w in words))
 
 
 @dataclass
@@ -289,7 +302,7 @@ class Call:
                 self.conversation.output_text(ev.response_id, ev.text, ev.final)
             elif isinstance(ev, InputTranscript):
                 self.journal.line(self.conversation.caller_said(ev.text))
-                if self._barge_check is not None and any(c.isalnum() for c in ev.text):
+                if self._barge_check is not None and interrupts(ev.text):
                     await self._confirm_barge_in("words")
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
