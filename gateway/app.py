@@ -179,7 +179,8 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
         clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
         return _refused(request, network, network.refusal(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
-                        record | {"bot": str(wanted)[:64]})
+                        record | {"bot": str(wanted)[:64],
+                                  "provider": getattr(config.bots.get(str(wanted)), "provider", None)})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
