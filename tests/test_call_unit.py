@@ -228,22 +228,25 @@ async def test_status_is_what_the_operator_api_shows():
     assert status.network == "memory" and status.duration_s == 2.1 and status.last == CallerLine("hi", 0.1)
 
 
-def confirm_policy() -> dict:
+async def talked_over(reply_ms: int):
+    """A call with the confirm policy whose caller starts talking 1 s into a reply of `reply_ms`."""
     from gateway.persona import BargeIn
-    return {"barge_in": BargeIn("confirm", min_speech_ms=300, confirm_ms=700)}
+    model = MemoryModel()
+    call, phone = make_call(model, barge_in=BargeIn("confirm", min_speech_ms=300, confirm_ms=700))
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    rid = model.reply(reply_ms)
+    await asyncio.sleep(1.0)
+    model.emit(SpeechStarted())
+    return model, phone, running, rid
 
 
 async def test_confirm_policy_a_noise_burst_pauses_the_bot_and_the_reply_resumes_whole():
-    from gateway.audio import pcm16_to_ulaw
     import random
     import struct
-    model = MemoryModel()
-    call, phone = make_call(model, **confirm_policy())
-    running = asyncio.create_task(call.run())
-    await asyncio.sleep(0.1)
-    model.reply(3000)
-    await asyncio.sleep(1.0)
-    model.emit(SpeechStarted())
+
+    from gateway.audio import pcm16_to_ulaw
+    model, phone, running, _ = await talked_over(3000)
     rnd = random.Random(1)
     burst = pcm16_to_ulaw(struct.pack("<1200h", *(rnd.randint(-9000, 9000) for _ in range(1200))))  # 150 ms
     phone.speak(burst)
@@ -261,14 +264,8 @@ async def test_confirm_policy_a_noise_burst_pauses_the_bot_and_the_reply_resumes
 
 async def test_confirm_policy_real_speech_cuts_the_bot_after_min_speech_ms():
     from tests.phone_helpers import ulaw_tone
-    model = MemoryModel()
-    call, phone = make_call(model, **confirm_policy())
-    running = asyncio.create_task(call.run())
-    await asyncio.sleep(0.1)
-    rid = model.reply(10000)
-    await asyncio.sleep(1.0)
+    model, phone, running, rid = await talked_over(10000)
     onset = now()
-    model.emit(SpeechStarted())
     for _ in range(40):  # the caller keeps talking, frame by frame
         phone.speak(ulaw_tone(180, 0.02, 6000))
         await asyncio.sleep(0.02)
@@ -282,13 +279,7 @@ async def test_confirm_policy_real_speech_cuts_the_bot_after_min_speech_ms():
 
 @pytest.mark.parametrize("said, cut", [("stop", True), ("mm-hm", False), ("yeah", False), ("no, the other one", True)])
 async def test_confirm_policy_words_confirm_but_a_backchannel_does_not(said, cut):
-    model = MemoryModel()
-    call, phone = make_call(model, **confirm_policy())
-    running = asyncio.create_task(call.run())
-    await asyncio.sleep(0.1)
-    model.reply(10000)
-    await asyncio.sleep(1.0)
-    model.emit(SpeechStarted())
+    model, phone, running, _ = await talked_over(10000)
     await asyncio.sleep(0.1)
     model.emit(InputTranscript(said))  # quiet audio: only the words can confirm
     await asyncio.sleep(0.05)
