@@ -34,6 +34,7 @@ from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
+from .telephony.exotel import Exotel
 from .telephony.network import Network, public_request_url
 from .telephony.plivo import Plivo
 from .telephony.telnyx import Telnyx
@@ -50,7 +51,7 @@ SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
 REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
-NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo())  # a new network: its module and a line here
+NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel())  # a new network: its module and a line here
 
 
 def create_app(config: Config) -> web.Application:
@@ -63,8 +64,11 @@ def create_app(config: Config) -> web.Application:
     for network in NETWORKS:
         for warning in network.startup_warnings(config):
             log.warning("%s network=%s", warning, network.name)
-        app.router.add_post(network.webhook_path, functools.partial(voice_webhook, network=network))
-        app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
+        if network.webhook_path:
+            app.router.add_route(network.webhook_method, network.webhook_path,
+                                 functools.partial(voice_webhook, network=network))
+        if network.media_path:
+            app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
     app.router.add_post("/twilio/amd", amd_callback(public_request_url))  # outbound calls' machine detection
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -428,7 +432,7 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
 
     bound = [sock.getsockname()[:2] for sock in socks]
     log.info("listening on %s (webhooks %s; media WebSockets %s)", ", ".join(url(*b) for b in bound),
-             ", ".join(f"POST {n.webhook_path}" for n in NETWORKS if n.webhook_path),
+             ", ".join(f"{n.webhook_method} {n.webhook_path}" for n in NETWORKS if n.webhook_path),
              ", ".join(n.media_path for n in NETWORKS if n.media_path))
     address, bound_port = bound[0]
     shown = config.server.public_url.rstrip("/") or url(

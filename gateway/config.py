@@ -82,6 +82,12 @@ class PlivoConfig:
 
 
 @dataclass(frozen=True)
+class ExotelConfig:
+    api_key: str = ""  # with api_token: the basic auth the Voicebot applet's URL carries (KEY:TOKEN@host)
+    api_token: str = ""
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     default_bot: str = "support"
     fallback_bot: str = "echo"  # answers when the default bot's provider has no API key
@@ -174,6 +180,7 @@ class Config:
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     plivo: PlivoConfig = field(default_factory=PlivoConfig)
+    exotel: ExotelConfig = field(default_factory=ExotelConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -209,7 +216,7 @@ class Config:
         provider_secrets = [secret for name, spec in SPECS.items() for f in spec.secret_fields
                             for secret in _as_list(getattr(self.provider_settings(name), f, ""))]
         return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
-                            self.plivo.auth_token, self.operator.token, db_password,
+                            self.plivo.auth_token, self.exotel.api_token, self.operator.token, db_password,
                             *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
@@ -350,6 +357,8 @@ _ENV_OVERRIDES = {
     "PLIVO_AUTH_ID": ("plivo", "auth_id"),
     "PLIVO_AUTH_TOKEN": ("plivo", "auth_token"),
     "PLIVO_API_BASE": ("plivo", "api_base"),
+    "EXOTEL_API_KEY": ("exotel", "api_key"),
+    "EXOTEL_API_TOKEN": ("exotel", "api_token"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),

@@ -1,9 +1,11 @@
-"""The simulated phone: calls the gateway exactly as Twilio, Telnyx or Plivo would, in real time.
+"""The simulated phone: calls the gateway exactly as Twilio, Telnyx, Plivo or Exotel would, in real time.
 
-It POSTs the network's incoming-call webhook, reads the answer (TwiML, TeXML, Plivo XML), opens
+It POSTs the network's incoming-call webhook (Exotel has none: its Voicebot applet is configured
+with the media URL), reads the answer (TwiML, TeXML, Plivo XML), opens
 the stream URL, sends what the network sends first (Twilio and Telnyx: `connected` and `start`,
 Twilio with the TwiML's `<Parameter>`s; Plivo: `start`), speaks 20 ms mu-law frames on a
-real-time clock, and emulates the network's playback buffer (one player for all): received audio
+real-time clock (Exotel: 16-bit PCM at its sample rate, converted from the mu-law it is given to
+say), and emulates the network's playback buffer (one player for all): received audio
 plays at 8 kHz real time, a mark (Plivo: checkpoint) is echoed when the audio before it has
 played, a clear drops the buffer (Twilio then echoes every pending mark at once; for the others
 that is unconfirmed, so `marks_on_clear` chooses). It checks every frame the gateway sends
@@ -39,7 +41,8 @@ from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, aud
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
 FRAME_S = 0.02
-NETWORKS = ("twilio", "telnyx", "plivo")
+NETWORKS = ("twilio", "telnyx", "plivo", "exotel")
+PCM_NETWORKS = ("exotel",)  # 16-bit LE PCM at the phone rate, not mu-law
 # What each network accepts from us: event -> (fields required, fields allowed); where frames name
 # the stream; our event names as the player knows them (media, mark, clear).
 SHAPES = {
@@ -51,7 +54,11 @@ SHAPES = {
     "plivo": ({"playAudio": ({"event", "media"}, {"event", "media", "streamId"}),
                "checkpoint": ({"event", "streamId", "name"},) * 2, "clearAudio": ({"event", "streamId"},) * 2},
               "streamId", {"playAudio": "media", "clearAudio": "clear"}),
+    "exotel": ({"media": ({"event", "stream_sid", "media"},) * 2, "mark": ({"event", "stream_sid", "mark"},) * 2,
+                "clear": ({"event", "stream_sid"},) * 2}, "stream_sid", {}),
 }
+EXOTEL_CHUNK = 320  # Exotel: our media chunks must be multiples of this many bytes, at most 100 KB
+EXOTEL_MAX_CHUNK = 100_000
 
 
 class DialError(Exception):
@@ -68,6 +75,8 @@ class PhoneResult:
     stream_url: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
     heard: bytearray = field(default_factory=bytearray)  # mu-law timeline as the caller heard it
+    heard_pcm: bytearray = field(default_factory=bytearray)  # PCM networks: the same at the phone's rate
+    rate: int = PHONE_RATE  # the phone's sample rate
     media_frames: int = 0
     media_bytes: int = 0
     marks_received: int = 0
@@ -81,6 +90,7 @@ class PhoneResult:
     first_audio_at: float | None = None
     speech_ends: list[float] = field(default_factory=list)  # when each spoken segment ended
     closed_by: str = ""
+    closed_at: float | None = None  # when the socket closed (monotonic)
     close_code: int | None = None
 
     def first_audio_after(self, t: float) -> float | None:
@@ -113,13 +123,20 @@ class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
-                 auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None):
+                 auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None,
+                 sample_rate: int = PHONE_RATE):
         """`auth_token`: sign like Twilio (network twilio) or Plivo (signature V3); `signing_key`: an
         Ed25519 private key (cryptography) to sign Telnyx webhooks with; `public_url`: what the
-        network dials (the gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url)."""
+        network dials (the gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url).
+        Exotel: `auth_token` is "KEY:TOKEN" for the URL's basic auth, `sample_rate` 8000/16000/24000."""
         if network not in NETWORKS:
             raise ValueError(f"network: one of {', '.join(NETWORKS)}, got {network!r}")
         self.network = network
+        self.pcm = network in PCM_NETWORKS
+        self.rate = sample_rate if network == "exotel" else PHONE_RATE
+        self.frame_bytes = self.rate * 2 // 50 if self.pcm else PHONE_FRAME_BYTES  # 20 ms
+        self._mic_up = Resampler(PHONE_RATE, self.rate) if self.pcm else None  # mu-law speech -> the phone's PCM
+        self._ear_down = Resampler(self.rate, PHONE_RATE) if self.pcm else None  # heard PCM -> the mu-law timeline
         self.signing_key = signing_key
         self.marks_on_clear = network == "twilio"  # pending marks echoed at a clear (unconfirmed but Twilio)
         self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
@@ -128,11 +145,11 @@ class SimulatedPhone:
         self.caller = caller
         self.dialed = dialed
         self.call_sid = call_sid or {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex,
-                                     "plivo": str(uuid.uuid4())}[network]
+                                     "plivo": str(uuid.uuid4()), "exotel": uuid.uuid4().hex}[network]
         self.account_sid = account_sid
         self.stream_sid = "MZ" + uuid.uuid4().hex if network == "twilio" else str(uuid.uuid4())
         self.extra_form = extra_form or {}
-        self.result = PhoneResult()
+        self.result = PhoneResult(rate=self.rate)
         self._session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._buffer: deque = deque()  # Twilio's playback buffer: bytes or ("mark", name)
@@ -154,6 +171,12 @@ class SimulatedPhone:
     async def dial(self) -> PhoneResult:
         """POST the webhook like Twilio; parse the TwiML; raise DialError if there is no Stream."""
         self._session = self._session or aiohttp.ClientSession()
+        if self.network == "exotel":  # no webhook: the Voicebot applet is configured with the media URL
+            query = {k: v for k, v in (("bot", self.bot), ("sample-rate", str(self.rate))) if v}
+            self.result.stream_url = f"{self.public_url or self.base_url}/exotel/media?{urlencode(query)}"
+            self.result.stream_url = "ws" + self.result.stream_url.removeprefix("http")
+            self.result.parameters = dict(query)
+            return self.result
         form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.caller,
                 "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
@@ -207,11 +230,14 @@ class SimulatedPhone:
         self._session = self._session or aiohttp.ClientSession()
         headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
             if self.auth_token and self.network == "twilio" else {}
+        if self.auth_token and self.network == "exotel":  # wss://KEY:TOKEN@host/...: basic auth
+            headers = {"Authorization": "Basic " + base64.b64encode(self.auth_token.encode()).decode("ascii")}
         self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0, headers=headers)
         if self.network == "twilio":
             await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        elif self.network == "telnyx":
-            await self.send_json({"event": "connected", "version": "1.0.0"})
+        elif self.network in ("telnyx", "exotel"):
+            await self.send_json({"event": "connected", "version": "1.0.0"} if self.network == "telnyx"
+                                 else {"event": "connected"})
         self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
         if send_start:
@@ -242,6 +268,12 @@ class SimulatedPhone:
         self._start_mic()
 
     def _start_frame(self) -> dict:
+        if self.network == "exotel":  # snake_case, every value a string
+            return {"event": "start", "sequence_number": self._next_seq(), "stream_sid": self.stream_sid,
+                    "start": {"stream_sid": self.stream_sid, "call_sid": self.call_sid, "account_sid": "exotel-sim",
+                              "from": self.caller, "to": self.dialed, "custom_parameters": self.result.parameters,
+                              "media_format": {"encoding": "audio/x-raw", "sample_rate": str(self.rate),
+                                               "bit_rate": "16"}}}
         if self.network == "telnyx":  # stream_id top-level only; counters as strings
             return {"event": "start", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
                     "start": {"user_id": str(uuid.uuid4()), "call_control_id": self.call_sid,
@@ -287,12 +319,14 @@ class SimulatedPhone:
             frame = bytes(self._mic[:PHONE_FRAME_BYTES])
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
+            if self._mic_up is not None:
+                frame = self._mic_up.process(ulaw_to_pcm16(frame))
             self._chunk += 1
             await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
                                                        "timestamp": str(self._ts_ms),
                                                        "payload": base64.b64encode(frame).decode("ascii")}))
             self._ts_ms += 20
-            self._mic_sent += len(frame)
+            self._mic_sent += PHONE_FRAME_BYTES
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
 
@@ -321,12 +355,17 @@ class SimulatedPhone:
                                   "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
         elif self.network == "telnyx":
             await self.send_json(self._frame("stop", {"user_id": "", "call_control_id": self.call_sid}))
+        elif self.network == "exotel":
+            await self.send_json(self._frame("stop", {"call_sid": self.call_sid, "account_sid": "exotel-sim",
+                                                      "reason": "caller_hangup"}))
         await self.close()
 
     def _frame(self, event: str, body: dict) -> dict:
         """One of our frames (media, dtmf, stop) in the network's spelling."""
         if self.network == "telnyx":
             return {"event": event, "sequence_number": self._next_seq(), event: body, "stream_id": self.stream_sid}
+        if self.network == "exotel":
+            return {"event": event, "sequence_number": self._next_seq(), "stream_sid": self.stream_sid, event: body}
         if self.network == "plivo":
             if event == "media":
                 body = {**body, "chunk": int(body["chunk"])}
@@ -366,6 +405,7 @@ class SimulatedPhone:
                 continue
             self._check_and_apply(msg.data)
         self.result.closed_by = self.result.closed_by or "gateway"
+        self.result.closed_at = self.result.closed_at or time.monotonic()
         self.result.close_code = self.ws.close_code
         self.closed.set()
 
@@ -402,6 +442,8 @@ class SimulatedPhone:
             except (binascii.Error, ValueError, TypeError):
                 self._violation("media payload not base64")
                 return
+            if self.network == "exotel" and (len(audio) % EXOTEL_CHUNK or len(audio) > EXOTEL_MAX_CHUNK):
+                self._violation(f"media chunk of {len(audio)} bytes: Exotel wants multiples of 320 up to 100 KB")
             now = time.monotonic()
             if self.result.first_audio_at is None:
                 self.result.first_audio_at = now
@@ -434,9 +476,9 @@ class SimulatedPhone:
         if self.network == "plivo":
             frame = {"event": "playedStream", "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid,
                      "name": name}
-        elif self.network == "telnyx":
-            frame = {"event": "mark", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
-                     "mark": {"name": name}}
+        elif self.network in ("telnyx", "exotel"):
+            frame = {"event": "mark", "sequence_number": self._next_seq(), "mark": {"name": name},
+                     ("stream_id" if self.network == "telnyx" else "stream_sid"): self.stream_sid}
         else:
             frame = {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
                      "mark": {"name": name}}
@@ -447,13 +489,13 @@ class SimulatedPhone:
             self._echo(self._buffer.popleft()[1])
 
     async def _player(self) -> None:
-        """Plays the buffer at 8 kHz real time; silence when empty (the heard timeline is continuous)."""
+        """Plays the buffer in real time; silence when empty (the heard timeline is continuous)."""
         t0 = time.monotonic()
         tick = 0
         while True:
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
-            need = PHONE_FRAME_BYTES
+            need = self.frame_bytes
             out = bytearray()
             while need and self._buffer and not self.hold_playback:
                 self._echo_leading_marks()
@@ -469,7 +511,12 @@ class SimulatedPhone:
                     self._buffer[0] = chunk[len(take):]
             if not self.hold_playback:
                 self._echo_leading_marks()
-            self.result.heard += out + MULAW_SILENCE * need
+            if self._ear_down is None:
+                self.result.heard += out + MULAW_SILENCE * need
+            else:
+                out += bytes(need)
+                self.result.heard_pcm += out
+                self.result.heard += pcm16_to_ulaw(self._ear_down.process(bytes(out)))
 
 
 # ---------------------------------------------------------------------- files and CLI
@@ -516,9 +563,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", type=float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
     p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
+    p.add_argument("--sample-rate", type=int, choices=(8000, 16000, 24000), default=8000,
+                   help="--network exotel: the PCM rate the Voicebot URL asks for (default: %(default)s)")
     p.add_argument("--auth-token", default=None,
                    help="sign requests like Twilio or Plivo (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with "
-                        "--network plivo; needed when the gateway checks)")
+                        "--network plivo; with --network exotel KEY:TOKEN, default $EXOTEL_API_KEY:$EXOTEL_API_TOKEN; "
+                        "needed when the gateway checks)")
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -543,9 +593,12 @@ async def main(args: argparse.Namespace) -> int:
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
     token = args.auth_token if args.auth_token is not None else \
         os.environ.get({"plivo": "PLIVO_AUTH_TOKEN"}.get(args.network, "TWILIO_AUTH_TOKEN"), "")
+    if args.network == "exotel" and args.auth_token is None:
+        key, secret = os.environ.get("EXOTEL_API_KEY", ""), os.environ.get("EXOTEL_API_TOKEN", "")
+        token = f"{key}:{secret}" if key and secret else ""
     phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
                            auth_token=token if args.network != "telnyx" else "", network=args.network,
-                           public_url=args.public_url)
+                           public_url=args.public_url, sample_rate=args.sample_rate)
     try:
         await phone.dial()
     except DialError as e:

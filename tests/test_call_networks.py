@@ -1,5 +1,6 @@
-"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo), each with its fake caller
-(gateway.phone_sim speaking the network's frames) and its fake REST API.
+"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo, Exotel), each with its fake
+caller (gateway.phone_sim speaking the network's frames) and its fake REST API (none for Exotel,
+which is hung up by closing the socket).
 
 Real sockets on 127.0.0.1, real 20 ms timing. The call core does not know which network it
 serves; these tests prove each network module turns its frames into the same call: greeting
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.audio import PHONE_RATE
 from gateway.web_state import STORE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
-from tests.conftest import PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
+from tests.conftest import EXOTEL_KEY, EXOTEL_TOKEN, PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
 from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
 from gateway.phone_sim import NETWORKS, SimulatedPhone
 
@@ -42,6 +43,8 @@ class Net:
                     "TELNYX_PUBLIC_KEY": base64.b64encode(public).decode()}
         if self.name == "plivo":
             return {"PLIVO_AUTH_ID": PLIVO_ID, "PLIVO_AUTH_TOKEN": PLIVO_TOKEN, "PLIVO_API_BASE": self.rest.url}
+        if self.name == "exotel":
+            return {"EXOTEL_API_KEY": EXOTEL_KEY, "EXOTEL_API_TOKEN": EXOTEL_TOKEN}
         return {}
 
     async def gateway(self, make_gateway, **kw):
@@ -50,7 +53,7 @@ class Net:
         return await make_gateway(env=self.env(), **kw)
 
     def phone(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
-        token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN}.get(self.name, "")
+        token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN, "exotel": f"{EXOTEL_KEY}:{EXOTEL_TOKEN}"}.get(self.name, "")
         phone = SimulatedPhone(gw_url, bot=bot, network=self.name, auth_token=token, signing_key=self.signing_key,
                                **kw)
         OPEN_PHONES.append(phone)
@@ -62,19 +65,30 @@ class Net:
         await phone.connect()
         return phone
 
-    def hang_ups(self) -> list[tuple[str, float]]:
-        """(call id, when) of every hang-up request the network's REST API got."""
+    def hang_ups(self, phone: SimulatedPhone) -> list[tuple[str, float]]:
+        """(call id, when) of every hang-up request the network's REST API got; networks without
+        one (Exotel): the gateway closing the socket."""
+        if self.rest is None:
+            closed = phone.result.closed_by == "gateway" and phone.result.closed_at
+            return [(phone.call_sid, phone.result.closed_at)] if closed else []
         if self.name == "twilio":
             return [(r.call_sid, r.at) for r in self.rest.requests if r.form.get("Status") == "completed"]
         return [(r.call_id, r.at) for r in self.rest.requests if r.action == "hangup"]
+
+
+def heard_samples(phone: SimulatedPhone):
+    """What the caller heard, as samples at the phone's own rate (PCM networks: not via mu-law)."""
+    if phone.pcm:
+        return samples(bytes(phone.result.heard_pcm)), phone.result.rate
+    return ulaw_samples(phone.result.heard), PHONE_RATE
 
 
 @pytest.fixture(params=NETWORKS)
 async def net(request, fake_rest):
     from tests.fakes.network_rest import FakePlivoRest, FakeTelnyxRest
 
-    if request.param == "twilio":
-        yield Net("twilio", fake_rest)
+    if request.param in ("twilio", "exotel"):
+        yield Net(request.param, fake_rest if request.param == "twilio" else None)
         return
     fake = FakeTelnyxRest(TELNYX_KEY) if request.param == "telnyx" else FakePlivoRest(PLIVO_ID, PLIVO_TOKEN)
     await fake.start()
@@ -89,15 +103,18 @@ async def test_greeting_heard_first_clean_and_paced(make_gateway, fake_openai, n
     phone = await net.dial(gw.url, bot="openai-greeter")
     await phone.silence(2.5)
     await phone.hangup()
-    heard = ulaw_samples(phone.result.heard)
-    runs = voiced_runs(heard, PHONE_RATE)
+    heard, rate = heard_samples(phone)
+    runs = voiced_runs(heard, rate)
     assert len(runs) == 1, runs
     start, stop = runs[0]
-    assert (stop - start) / PHONE_RATE == pytest.approx(1.5, abs=0.05)
-    assert dominant_hz(heard[start:stop], PHONE_RATE) == pytest.approx(1000, rel=0.005)
-    assert max_discontinuity(heard[start + 80:stop - 80], PHONE_RATE, 1000) < 0.15
+    assert (stop - start) / rate == pytest.approx(1.5, abs=0.05)
+    assert dominant_hz(heard[start:stop], rate) == pytest.approx(1000, rel=0.005)
+    assert max_discontinuity(heard[start + rate // 100:stop - rate // 100], rate, 1000) < 0.15
     assert phone.result.first_audio_at - phone.result.start_sent_at < 1.0
-    assert phone.result.marks_echoed == phone.result.marks_received >= 15  # one per 100 ms chunk (audio.chunk_ms)
+    # one mark per chunk: 100 ms (audio.chunk_ms), Exotel's at least 3.2 KB (200 ms of 8 kHz PCM16)
+    assert phone.result.marks_echoed == phone.result.marks_received >= (7 if net.name == "exotel" else 15)
+    if net.name == "exotel":
+        assert all(size >= 3200 for size in phone.result.media_sizes[:-1]), phone.result.media_sizes
     assert not phone.result.violations, phone.result.violations
     summary = await ended(gw, phone)
     assert summary.transcript[0].text == "Hello, thanks for calling Northwind." and not summary.transcript[0].interrupted
@@ -156,15 +173,15 @@ async def test_end_call_hangs_up_through_the_network_after_the_goodbye(make_gate
     gw = await net.gateway(make_gateway, openai=fake_openai)
     phone = await net.dial(gw.url, bot="openai-agent")
     await phone.say(ulaw_tone(440, 0.5))
-    await wait_for(net.hang_ups, 6, "the hang-up request")
+    await wait_for(lambda: net.hang_ups(phone), 6, "the hang-up request")
     assert await phone.wait_closed(3)
     summary = await ended(gw, phone)
-    (call_id, at), = net.hang_ups()
+    (call_id, at), = net.hang_ups(phone)
     assert call_id == phone.call_sid
     assert at >= phone.result.last_echo_at  # every frame of the goodbye was played first
     assert phone.result.marks_echoed == phone.result.marks_received > 0
     assert summary.end_reason == "bot_hangup"
-    assert not net.rest.rejected
+    assert net.rest is None or not net.rest.rejected
 
 
 async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, fake_openai, net):
@@ -173,10 +190,10 @@ async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, f
     phone = await net.dial(gw.url, bot="openai-agent", dialed="+15005550006")
     await phone.say(ulaw_tone(440, 0.5))
     s = fake_openai.sessions and fake_openai.sessions[0]
-    if net.name == "plivo":
+    if net.name in ("plivo", "exotel"):
         await wait_for(lambda: fake_openai.sessions[0].tool_outputs, 6, "the tool's output")
         out = json.loads(fake_openai.sessions[0].tool_outputs[0]["output"])
-        assert out["ok"] is False and "not supported on Plivo" in out["error"]
+        assert out["ok"] is False and f"not supported on {net.name.capitalize()}" in out["error"]
         assert not phone.closed.is_set(), "the call goes on with the bot"
         await phone.hangup()
         assert (await ended(gw, phone)).end_reason == "caller_hangup"
@@ -202,6 +219,9 @@ BAD = {  # the same faults in each network's spelling
     "plivo": lambda p: ['{"event": "media", "streamId": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
                         '{"event": "playedStream", "streamId": "%s"}' % p.stream_sid,
                         '{"event": "media", "streamId": "other", "media": {"payload": "AAAA"}}'],
+    "exotel": lambda p: ['{"event": "media", "stream_sid": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
+                         '{"event": "mark", "stream_sid": "%s", "mark": {}}' % p.stream_sid,
+                         '{"event": "media", "stream_sid": "other", "media": {"payload": "AAAA"}}'],
 }
 
 
@@ -234,3 +254,38 @@ async def test_keypad_digits_reach_the_model(make_gateway, fake_openai, net):
     await wait_for(lambda: s.texts, 3, "the digits as text")
     assert s.texts == ["(The caller pressed 1 2 on the phone keypad.)"]
     await phone.hangup()
+
+
+# ------------------------------------------------------------------ Exotel's own
+
+@pytest.mark.parametrize("rate", [16000, 24000])
+async def test_exotel_wideband_reply_clean_at_the_phone_rate(make_gateway, fake_openai, rate):
+    fake_openai.reply_tone_hz = 5000  # above what 8 kHz can carry: proves the call is not narrowed to 8 kHz
+    fake_openai.reply_seconds = 1.0
+    gw = await make_gateway(openai=fake_openai, env=Net("exotel", None).env())
+    phone = Net("exotel", None).phone(gw.url, bot="openai-pcm", sample_rate=rate)  # 24 kHz PCM model
+    await phone.dial()
+    await phone.connect()
+    await phone.say(ulaw_tone(440, 0.4))
+    await phone.silence(2.0)
+    await phone.hangup()
+    heard, got_rate = heard_samples(phone)
+    assert got_rate == rate
+    start, stop = max(voiced_runs(heard, rate), key=lambda r: r[1] - r[0])
+    assert (stop - start) / rate == pytest.approx(1.0, abs=0.05)
+    assert dominant_hz(heard[start:stop], rate) == pytest.approx(5000, rel=0.005)
+    assert max_discontinuity(heard[start + rate // 100:stop - rate // 100], rate, 5000) < 0.15
+    assert all(size % 320 == 0 for size in phone.result.media_sizes)
+    assert all(size >= 3200 for size in phone.result.media_sizes[:-1]), phone.result.media_sizes
+    assert not phone.result.violations, phone.result.violations
+
+
+@pytest.mark.parametrize("credentials", ["", f"{EXOTEL_KEY}:wrong"], ids=["none", "wrong"])
+async def test_exotel_stream_needs_the_basic_auth_when_configured(make_gateway, fake_openai, credentials):
+    gw = await make_gateway(openai=fake_openai, env=Net("exotel", None).env())
+    phone = SimulatedPhone(gw.url, bot="openai-greeter", network="exotel", auth_token=credentials)
+    OPEN_PHONES.append(phone)
+    await phone.dial()
+    await phone.connect()
+    assert await phone.wait_closed(3)
+    assert phone.result.close_code == 1008 and not fake_openai.sessions
