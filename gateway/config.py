@@ -14,6 +14,7 @@ import os
 import re
 import types
 import typing
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,14 @@ class PlivoConfig:
 class ExotelConfig:
     api_key: str = ""  # with api_token: the basic auth the Voicebot applet's URL carries (KEY:TOKEN@host)
     api_token: str = ""
+
+
+@dataclass(frozen=True)
+class AudioSocketConfig:
+    port: int = 0  # 0: no AudioSocket listener (GATEWAY_AUDIOSOCKET_PORT)
+    host: str = "127.0.0.1"
+    allow: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # peer addresses or networks served
+    bots: dict[str, str] = field(default_factory=dict)  # the dialplan's AudioSocket UUID -> bot
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ class Config:
     telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     plivo: PlivoConfig = field(default_factory=PlivoConfig)
     exotel: ExotelConfig = field(default_factory=ExotelConfig)
+    audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -359,6 +369,7 @@ _ENV_OVERRIDES = {
     "PLIVO_API_BASE": ("plivo", "api_base"),
     "EXOTEL_API_KEY": ("exotel", "api_key"),
     "EXOTEL_API_TOKEN": ("exotel", "api_token"),
+    "GATEWAY_AUDIOSOCKET_PORT": ("audiosocket", "port"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),
@@ -385,6 +396,8 @@ def _env_value(path: tuple[str, ...], value: str) -> Any:
         tp = typing.get_type_hints(tp).get(key) if dataclasses.is_dataclass(tp) else None
     if typing.get_origin(tp) is list:
         return [item.strip() for item in value.split(",") if item.strip()]
+    if tp is int and value.strip().isdigit():
+        return int(value)
     return value
 
 
@@ -512,6 +525,16 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
         if bot not in bots:
             raise ConfigError(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
                               f"(have: {', '.join(sorted(bots)) or 'none'})")
+    as_bots = {}
+    for key, bot in cfg.audiosocket.bots.items():
+        try:
+            as_bots[str(uuid.UUID(key))] = bot  # Asterisk sends the UUID's 16 bytes: any spelling of it matches
+        except ValueError:
+            raise ConfigError(f"{path}: audiosocket.bots: {key!r} is not a UUID") from None
+        if bot not in bots:
+            raise ConfigError(f"{path}: audiosocket.bots.{key}: no bot {bot!r} in {bots_dir} "
+                              f"(have: {', '.join(sorted(bots)) or 'none'})")
+    cfg = dataclasses.replace(cfg, audiosocket=dataclasses.replace(cfg.audiosocket, bots=as_bots))
     for name, persona in bots.items():
         if persona.overflow != "busy" and (persona.overflow not in bots or persona.overflow == name):
             raise ConfigError(f"{persona.path}: overflow: expected busy or another bot, got {persona.overflow!r} "
@@ -522,6 +545,7 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
 def _check_ranges(cfg: Config, path: Path) -> None:
     checks = [
         ("server.port", 0 <= cfg.server.port <= 65535, "0..65535"),
+        ("audiosocket.port", 0 <= cfg.audiosocket.port <= 65535, "0..65535 (0: off)"),
         ("server.public_url", not cfg.server.public_url or re.match(r"^https?://[^/]+", cfg.server.public_url),
          "an http(s):// URL"),
         ("audio.playout_lead_ms", 40 <= cfg.audio.playout_lead_ms <= 2000, "40..2000"),

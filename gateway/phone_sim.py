@@ -35,14 +35,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from .telephony import audiosocket as asock
 from .telephony.plivo import v3_signature
 from .telephony.signature import compute as compute_signature
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
 FRAME_S = 0.02
-NETWORKS = ("twilio", "telnyx", "plivo", "exotel")
-PCM_NETWORKS = ("exotel",)  # 16-bit LE PCM at the phone rate, not mu-law
+NETWORKS = ("twilio", "telnyx", "plivo", "exotel", "audiosocket")
+PCM_NETWORKS = ("exotel", "audiosocket")  # 16-bit LE PCM at the phone rate, not mu-law
 # What each network accepts from us: event -> (fields required, fields allowed); where frames name
 # the stream; our event names as the player knows them (media, mark, clear).
 SHAPES = {
@@ -119,6 +120,11 @@ class PhoneResult:
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
+def bot_uuid(bot: str) -> uuid.UUID:
+    """The AudioSocket UUID the simulated dialplan uses for `bot` (map it in audiosocket.bots)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"gateway-bot:{bot}")
+
+
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
@@ -145,9 +151,15 @@ class SimulatedPhone:
         self.caller = caller
         self.dialed = dialed
         self.call_sid = call_sid or {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex,
-                                     "plivo": str(uuid.uuid4()), "exotel": uuid.uuid4().hex}[network]
+                                     "plivo": str(uuid.uuid4()), "exotel": uuid.uuid4().hex,
+                                     "audiosocket": str(bot_uuid(bot) if bot else uuid.uuid4())}[network]
         self.account_sid = account_sid
         self.stream_sid = "MZ" + uuid.uuid4().hex if network == "twilio" else str(uuid.uuid4())
+        if network == "audiosocket":  # one UUID names the call (and, mapped in audiosocket.bots, its bot)
+            self.stream_sid = self.call_sid
+        self._tcp: asyncio.StreamWriter | None = None  # AudioSocket: no WebSocket
+        self._fill_ticks = 0
+        self._starved = True  # AudioSocket's player waits for a little audio before it plays (jitter)
         self.extra_form = extra_form or {}
         self.result = PhoneResult(rate=self.rate)
         self._session: aiohttp.ClientSession | None = None
@@ -171,6 +183,10 @@ class SimulatedPhone:
     async def dial(self) -> PhoneResult:
         """POST the webhook like Twilio; parse the TwiML; raise DialError if there is no Stream."""
         self._session = self._session or aiohttp.ClientSession()
+        if self.network == "audiosocket":  # no webhook: the dialplan's AudioSocket(uuid,host:port)
+            self.result.stream_url = self.base_url
+            self.result.parameters = {"bot": self.bot} if self.bot else {}
+            return self.result
         if self.network == "exotel":  # no webhook: the Voicebot applet is configured with the media URL
             query = {k: v for k, v in (("bot", self.bot), ("sample-rate", str(self.rate))) if v}
             self.result.stream_url = f"{self.public_url or self.base_url}/exotel/media?{urlencode(query)}"
@@ -227,6 +243,14 @@ class SimulatedPhone:
 
     async def connect(self, *, send_start: bool = True) -> None:
         """Open the stream and send `connected` and `start`, as Twilio does when the call connects."""
+        if self.network == "audiosocket":
+            u = urlsplit(self.base_url)
+            reader, self._tcp = await asyncio.open_connection(u.hostname, u.port)
+            self._tasks = [asyncio.create_task(self._tcp_receiver(reader), name="phone-rx"),
+                           asyncio.create_task(self._player(), name="phone-player")]
+            if send_start:
+                await self.send_start()
+            return
         self._session = self._session or aiohttp.ClientSession()
         headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
             if self.auth_token and self.network == "twilio" else {}
@@ -259,6 +283,11 @@ class SimulatedPhone:
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
         params = self.result.parameters if parameters is None else parameters
+        if self.network == "audiosocket":  # the UUID is the start
+            await self.send_raw(asock.frame(asock.UUID, uuid.UUID(self.call_sid).bytes))
+            self.result.start_sent_at = time.monotonic()
+            self._start_mic()
+            return
         await self.send_json(self._start_frame() if self.network != "twilio" else {
             "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
             "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
@@ -294,6 +323,14 @@ class SimulatedPhone:
 
     async def send_raw(self, data: str | bytes) -> None:
         """Anything at all, for adversarial tests."""
+        if self._tcp is not None:
+            if not self._tcp.is_closing():
+                try:
+                    self._tcp.write(data if isinstance(data, bytes) else data.encode())
+                    await self._tcp.drain()
+                except (ConnectionError, OSError):
+                    pass
+            return
         if self.ws is None or self.ws.closed:
             return
         try:
@@ -315,16 +352,19 @@ class SimulatedPhone:
     async def _mic_loop(self) -> None:
         t0 = time.monotonic()
         tick = 0
-        while self.ws is not None and not self.ws.closed:
+        while self._connected():
             frame = bytes(self._mic[:PHONE_FRAME_BYTES])
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
             if self._mic_up is not None:
                 frame = self._mic_up.process(ulaw_to_pcm16(frame))
             self._chunk += 1
-            await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
-                                                       "timestamp": str(self._ts_ms),
-                                                       "payload": base64.b64encode(frame).decode("ascii")}))
+            if self._tcp is not None:
+                await self.send_raw(asock.frame(asock.AUDIO, frame))
+            else:
+                await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
+                                                           "timestamp": str(self._ts_ms),
+                                                           "payload": base64.b64encode(frame).decode("ascii")}))
             self._ts_ms += 20
             self._mic_sent += PHONE_FRAME_BYTES
             tick += 1
@@ -345,7 +385,15 @@ class SimulatedPhone:
     async def silence(self, seconds: float) -> None:
         await self.speak(MULAW_SILENCE * int(seconds * PHONE_RATE))
 
+    def _connected(self) -> bool:
+        if self._tcp is not None:
+            return not self._tcp.is_closing()
+        return self.ws is not None and not self.ws.closed
+
     async def dtmf(self, digit: str) -> None:
+        if self._tcp is not None:
+            await self.send_raw(asock.frame(asock.DTMF, digit.encode("ascii")))
+            return
         await self.send_json(self._frame("dtmf", {"track": "inbound_track", "digit": digit}))
 
     async def hangup(self) -> None:
@@ -355,6 +403,8 @@ class SimulatedPhone:
                                   "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
         elif self.network == "telnyx":
             await self.send_json(self._frame("stop", {"user_id": "", "call_control_id": self.call_sid}))
+        elif self.network == "audiosocket":
+            await self.send_raw(asock.frame(asock.HANGUP))
         elif self.network == "exotel":
             await self.send_json(self._frame("stop", {"call_sid": self.call_sid, "account_sid": "exotel-sim",
                                                       "reason": "caller_hangup"}))
@@ -373,6 +423,9 @@ class SimulatedPhone:
         return {"event": event, "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, event: body}
 
     async def close(self) -> None:
+        if self._tcp is not None and not self._tcp.is_closing():
+            self.result.closed_by = self.result.closed_by or "phone"
+            self._tcp.close()
         if self.ws is not None and not self.ws.closed:
             self.result.closed_by = self.result.closed_by or "phone"
             await self.ws.close()
@@ -409,6 +462,40 @@ class SimulatedPhone:
         self.result.close_code = self.ws.close_code
         self.closed.set()
 
+    async def _tcp_receiver(self, reader: asyncio.StreamReader) -> None:
+        """AudioSocket from the gateway: 0x10 audio (20 ms of 8 kHz PCM16 each) and 0x00 to hang up."""
+        while True:
+            try:
+                head = await reader.readexactly(3)
+                payload = await reader.readexactly(int.from_bytes(head[1:], "big"))
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                break
+            if head[0] == asock.HANGUP:
+                self.result.closed_by = self.result.closed_by or "gateway"
+                self.result.closed_at = self.result.closed_at or time.monotonic()
+                break
+            if head[0] != asock.AUDIO:
+                self._violation(f"AudioSocket message type 0x{head[0]:02x} from the gateway (Asterisk takes audio and hang-up)")
+                continue
+            if len(payload) != asock.FRAME_BYTES:
+                self._violation(f"AudioSocket audio of {len(payload)} bytes (20 ms is {asock.FRAME_BYTES})")
+            self._media_in(payload)
+        self.result.closed_by = self.result.closed_by or "gateway"
+        self.result.closed_at = self.result.closed_at or time.monotonic()
+        if self._tcp is not None:
+            self._tcp.close()
+        self.closed.set()
+
+    def _media_in(self, audio: bytes) -> None:
+        now = time.monotonic()
+        if self.result.first_audio_at is None:
+            self.result.first_audio_at = now
+        self.result.media_times.append(now)
+        self.result.media_sizes.append(len(audio))
+        self.result.media_frames += 1
+        self.result.media_bytes += len(audio)
+        self._buffer.append(audio)
+
     def _check_and_apply(self, text: str) -> None:
         try:
             frame = json.loads(text)
@@ -444,14 +531,7 @@ class SimulatedPhone:
                 return
             if self.network == "exotel" and (len(audio) % EXOTEL_CHUNK or len(audio) > EXOTEL_MAX_CHUNK):
                 self._violation(f"media chunk of {len(audio)} bytes: Exotel wants multiples of 320 up to 100 KB")
-            now = time.monotonic()
-            if self.result.first_audio_at is None:
-                self.result.first_audio_at = now
-            self.result.media_times.append(now)
-            self.result.media_sizes.append(len(audio))
-            self.result.media_frames += 1
-            self.result.media_bytes += len(audio)
-            self._buffer.append(audio)
+            self._media_in(audio)
         elif event == "mark":
             mark = frame.get("mark")
             if not isinstance(mark, dict) or set(mark) != {"name"} or not isinstance(mark.get("name"), str):
@@ -497,7 +577,15 @@ class SimulatedPhone:
             await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
             need = self.frame_bytes
             out = bytearray()
-            while need and self._buffer and not self.hold_playback:
+            filling = False
+            if self._tcp is not None:  # a 2-frame jitter buffer: AudioSocket audio arrives paced, with jitter
+                if not self._buffer:
+                    self._starved, self._fill_ticks = True, 0
+                elif self._starved:  # wait for a second frame, at most two ticks
+                    filling = sum(map(len, self._buffer)) < 2 * self.frame_bytes and self._fill_ticks < 2
+                    self._fill_ticks += 1
+                    self._starved = filling
+            while need and self._buffer and not self.hold_playback and not filling:
                 self._echo_leading_marks()
                 if not self._buffer:
                     break
@@ -547,7 +635,8 @@ def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="where to reach the gateway (default: %(default)s)")
+    p.add_argument("--url", default="http://127.0.0.1:8080",
+                   help="where to reach the gateway (default: %(default)s; --network audiosocket: tcp://HOST:PORT)")
     p.add_argument("--public-url", default=os.environ.get("GATEWAY_PUBLIC_URL", ""), metavar="URL",
                    help="the gateway's public URL: what the network would dial, hence what is signed "
                         "(default: $GATEWAY_PUBLIC_URL, else --url)")
@@ -591,6 +680,13 @@ async def main(args: argparse.Namespace) -> int:
         print(f"error: --out {args.out}: cannot write a file there", file=sys.stderr)
         return 2
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
+    if args.network == "audiosocket" and not args.url.startswith("tcp://"):
+        port = os.environ.get("GATEWAY_AUDIOSOCKET_PORT", "")
+        if not port.isdigit():
+            print("error: --network audiosocket needs --url tcp://HOST:PORT (the gateway's GATEWAY_AUDIOSOCKET_PORT)",
+                  file=sys.stderr)
+            return 2
+        args.url = f"tcp://127.0.0.1:{port}"
     token = args.auth_token if args.auth_token is not None else \
         os.environ.get({"plivo": "PLIVO_AUTH_TOKEN"}.get(args.network, "TWILIO_AUTH_TOKEN"), "")
     if args.network == "exotel" and args.auth_token is None:
@@ -617,7 +713,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         try:
             await phone.connect()
-        except aiohttp.ClientError as e:
+        except (aiohttp.ClientError, OSError) as e:
             print(f"call not connected: cannot open the stream {phone.result.stream_url}: {e}")
             return 1
         await phone.silence(args.wait)

@@ -1,6 +1,6 @@
-"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo, Exotel), each with its fake
-caller (gateway.phone_sim speaking the network's frames) and its fake REST API (none for Exotel,
-which is hung up by closing the socket).
+"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo, Exotel, Asterisk AudioSocket),
+each with its fake caller (gateway.phone_sim speaking the network's frames) and its fake REST API
+(none for Exotel and AudioSocket, which are hung up by closing the socket).
 
 Real sockets on 127.0.0.1, real 20 ms timing. The call core does not know which network it
 serves; these tests prove each network module turns its frames into the same call: greeting
@@ -27,7 +27,9 @@ from gateway.web_state import STORE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
 from tests.conftest import EXOTEL_KEY, EXOTEL_TOKEN, PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
 from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
-from gateway.phone_sim import NETWORKS, SimulatedPhone
+import socket
+
+from gateway.phone_sim import NETWORKS, SimulatedPhone, bot_uuid
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Net:
     name: str
     rest: object
     signing_key: Ed25519PrivateKey | None = None
+    port: int = 0  # AudioSocket: the gateway's TCP listener
 
     def env(self) -> dict:
         if self.name == "telnyx":
@@ -50,10 +53,20 @@ class Net:
     async def gateway(self, make_gateway, **kw):
         if self.name == "twilio":
             return await make_gateway(rest=self.rest, **kw)
+        if self.name == "audiosocket":
+            with socket.socket() as s:  # a free port for the listener
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            bots = "".join(f"\n    {bot_uuid(b)}: {b}" for b in ("openai-greeter", "openai-quiet", "openai-agent",
+                                                                 "openai-pcm", "glm-quiet"))
+            return await make_gateway(env={"GATEWAY_AUDIOSOCKET_PORT": str(self.port)},
+                                      extra=f"audiosocket:\n  bots:{bots}\n", **kw)
         return await make_gateway(env=self.env(), **kw)
 
     def phone(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
         token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN, "exotel": f"{EXOTEL_KEY}:{EXOTEL_TOKEN}"}.get(self.name, "")
+        if self.name == "audiosocket":
+            gw_url = f"tcp://127.0.0.1:{self.port}"
         phone = SimulatedPhone(gw_url, bot=bot, network=self.name, auth_token=token, signing_key=self.signing_key,
                                **kw)
         OPEN_PHONES.append(phone)
@@ -87,7 +100,7 @@ def heard_samples(phone: SimulatedPhone):
 async def net(request, fake_rest):
     from tests.fakes.network_rest import FakePlivoRest, FakeTelnyxRest
 
-    if request.param in ("twilio", "exotel"):
+    if request.param in ("twilio", "exotel", "audiosocket"):
         yield Net(request.param, fake_rest if request.param == "twilio" else None)
         return
     fake = FakeTelnyxRest(TELNYX_KEY) if request.param == "telnyx" else FakePlivoRest(PLIVO_ID, PLIVO_TOKEN)
@@ -111,17 +124,20 @@ async def test_greeting_heard_first_clean_and_paced(make_gateway, fake_openai, n
     assert dominant_hz(heard[start:stop], rate) == pytest.approx(1000, rel=0.005)
     assert max_discontinuity(heard[start + rate // 100:stop - rate // 100], rate, 1000) < 0.15
     assert phone.result.first_audio_at - phone.result.start_sent_at < 1.0
-    # one mark per chunk: 100 ms (audio.chunk_ms), Exotel's at least 3.2 KB (200 ms of 8 kHz PCM16)
-    assert phone.result.marks_echoed == phone.result.marks_received >= (7 if net.name == "exotel" else 15)
+    # one mark per chunk: 100 ms (audio.chunk_ms), Exotel's at least 3.2 KB (200 ms of 8 kHz PCM16);
+    # AudioSocket has none (the stream emulates them)
+    if net.name != "audiosocket":
+        assert phone.result.marks_echoed == phone.result.marks_received >= (7 if net.name == "exotel" else 15)
     if net.name == "exotel":
         assert all(size >= 3200 for size in phone.result.media_sizes[:-1]), phone.result.media_sizes
     assert not phone.result.violations, phone.result.violations
     summary = await ended(gw, phone)
     assert summary.transcript[0].text == "Hello, thanks for calling Northwind." and not summary.transcript[0].interrupted
     await gw.app[STORE].flush()
-    record = await gw.app[STORE].get_call(phone.call_sid)
+    record = await gw.app[STORE].get_call(summary.call_id)
     assert record["network"] == net.name and record["end_reason"] == "caller_hangup"
-    assert record["to_number"] == phone.dialed and record["bot"] == "openai-greeter"
+    assert record["bot"] == "openai-greeter"
+    assert record["to_number"] == (phone.dialed if net.name != "audiosocket" else None)  # AudioSocket: a UUID only
 
 
 async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, fake_glm, net):
@@ -152,10 +168,14 @@ async def test_barge_in_clears_within_a_frame_cancels_and_cuts(make_gateway, fak
     await phone.say(ulaw_tone(440, 0.6))
     await phone.silence(0.1)
     s = fake_openai.sessions[0]
-    assert s.speech_started_at and phone.result.clears, "barge-in should have cleared the phone"
-    assert 0 <= phone.result.clears[0] - s.speech_started_at[0] < 0.020
+    if net.name == "audiosocket":  # no clear message: the paced audio stops within a frame
+        assert s.speech_started_at and phone.result.media_times[0] < s.speech_started_at[0]
+        clear_at = s.speech_started_at[0] + 0.020
+    else:
+        assert s.speech_started_at and phone.result.clears, "barge-in should have cleared the phone"
+        assert 0 <= phone.result.clears[0] - s.speech_started_at[0] < 0.020
+        clear_at = phone.result.clears[0]
     assert s.cancels and s.cancels[0] - s.speech_started_at[0] < 0.05
-    clear_at = phone.result.clears[0]
     assert not [t for t in phone.result.media_times if clear_at < t < clear_at + 0.5]
     await phone.silence(1.5)
     await phone.hangup()
@@ -178,8 +198,11 @@ async def test_end_call_hangs_up_through_the_network_after_the_goodbye(make_gate
     summary = await ended(gw, phone)
     (call_id, at), = net.hang_ups(phone)
     assert call_id == phone.call_sid
-    assert at >= phone.result.last_echo_at  # every frame of the goodbye was played first
-    assert phone.result.marks_echoed == phone.result.marks_received > 0
+    if net.name == "audiosocket":  # the goodbye's last 20 ms frame had its time before the hang-up
+        assert at >= phone.result.media_times[-1] + 0.015
+    else:
+        assert at >= phone.result.last_echo_at  # every frame of the goodbye was played first
+        assert phone.result.marks_echoed == phone.result.marks_received > 0
     assert summary.end_reason == "bot_hangup"
     assert net.rest is None or not net.rest.rejected
 
@@ -190,10 +213,11 @@ async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, f
     phone = await net.dial(gw.url, bot="openai-agent", dialed="+15005550006")
     await phone.say(ulaw_tone(440, 0.5))
     s = fake_openai.sessions and fake_openai.sessions[0]
-    if net.name in ("plivo", "exotel"):
+    if net.name in ("plivo", "exotel", "audiosocket"):
         await wait_for(lambda: fake_openai.sessions[0].tool_outputs, 6, "the tool's output")
         out = json.loads(fake_openai.sessions[0].tool_outputs[0]["output"])
-        assert out["ok"] is False and f"not supported on {net.name.capitalize()}" in out["error"]
+        shown = {"plivo": "Plivo", "exotel": "Exotel", "audiosocket": "AudioSocket"}[net.name]
+        assert out["ok"] is False and f"not supported on {shown}" in out["error"]
         assert not phone.closed.is_set(), "the call goes on with the bot"
         await phone.hangup()
         assert (await ended(gw, phone)).end_reason == "caller_hangup"
@@ -222,6 +246,9 @@ BAD = {  # the same faults in each network's spelling
     "exotel": lambda p: ['{"event": "media", "stream_sid": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
                          '{"event": "mark", "stream_sid": "%s", "mark": {}}' % p.stream_sid,
                          '{"event": "media", "stream_sid": "other", "media": {"payload": "AAAA"}}'],
+    # AudioSocket: TCP, so only well-framed faults (a broken length would swallow the stream)
+    "audiosocket": lambda p: [b"\x42\x00\x02hi", b"\x10\x00\x03abc", b"\x10\x00\x00", b"\x03\x00\x01x",
+                              b"\x03\x00\x02" + b"12", b"\x01\x00\x10" + bytes(16)],
 }
 
 
@@ -230,10 +257,11 @@ async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await net.dial(gw.url, bot="openai-quiet")
         await phone.silence(0.2)
-        frames = ["not json", "[1]", '{"event": "teleport"}', *BAD[net.name](phone)]
+        frames = BAD[net.name](phone)
+        if net.name != "audiosocket":
+            frames = ["not json", "[1]", '{"event": "teleport"}', *frames, b"\x00\x01binary"]
         for raw in frames:
             await phone.send_raw(raw)
-        await phone.send_raw(b"\x00\x01binary")
         await phone.say(ulaw_tone(440, 0.5))
         await wait_for(lambda: phone.result.first_audio_after(phone.result.speech_ends[0]) is not None,
                        5, "the reply after the bad frames")
@@ -241,7 +269,7 @@ async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net
         summary = await ended(gw, phone)
     assert summary.end_reason == "caller_hangup"
     bad = [r.getMessage() for r in caplog.records if "phone_bad_frame" in r.getMessage()]
-    assert len(bad) == len(frames) + 1 and all(f"call={phone.call_sid}" in line for line in bad)
+    assert len(bad) == len(frames) and all(f"call={phone.call_sid}" in line for line in bad)
 
 
 async def test_keypad_digits_reach_the_model(make_gateway, fake_openai, net):
@@ -289,3 +317,34 @@ async def test_exotel_stream_needs_the_basic_auth_when_configured(make_gateway, 
     await phone.connect()
     assert await phone.wait_closed(3)
     assert phone.result.close_code == 1008 and not fake_openai.sessions
+
+
+# ------------------------------------------------------------------ AudioSocket's own
+
+async def test_audiosocket_serves_only_allowed_peers(make_gateway, fake_openai, caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gw = await make_gateway(openai=fake_openai, env={"GATEWAY_AUDIOSOCKET_PORT": str(port)},
+                            extra="audiosocket:\n  allow: [10.0.0.0/8]\n")
+    assert gw.config.audiosocket.host == "127.0.0.1"  # loopback unless configured
+    phone = SimulatedPhone(f"tcp://127.0.0.1:{port}", bot="openai-greeter", network="audiosocket")
+    OPEN_PHONES.append(phone)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        await phone.dial()
+        await phone.connect()
+        assert await phone.wait_closed(3)
+    assert phone.result.closed_by == "gateway" and not fake_openai.sessions
+    assert logged(caplog, "stream_rejected", "audiosocket.allow", "remote=127.0.0.1")
+
+
+def test_audiosocket_bots_must_be_uuids_naming_bots(config_dir):
+    from gateway.config import ConfigError, load_config
+    from tests.conftest import write_config
+    with pytest.raises(ConfigError, match=r"audiosocket.bots: 'sales' is not a UUID"):
+        load_config(write_config(config_dir, "audiosocket:\n  bots:\n    sales: support\n"), env={})
+    with pytest.raises(ConfigError, match=r"audiosocket.bots.* no bot 'nobody'"):
+        load_config(write_config(config_dir, f"audiosocket:\n  bots:\n    {bot_uuid('x')}: nobody\n"), env={})
+    config = load_config(write_config(config_dir, f"audiosocket:\n  bots:\n    {str(bot_uuid('x')).upper()}: echo\n"),
+                         env={"GATEWAY_AUDIOSOCKET_PORT": "9092"})
+    assert config.audiosocket.port == 9092 and config.audiosocket.bots == {str(bot_uuid("x")): "echo"}
