@@ -42,6 +42,7 @@ from .telephony.plivo import Plivo
 from .telephony.telnyx import Telnyx
 from .telephony.twilio_net import Twilio
 from .telephony.twilio_rest import TwilioRest
+from .telephony.vonage import Vonage
 from .web_state import CALLS, CAPACITY, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
 from .webhooks import WEBHOOKS, webhook_delivery
 
@@ -53,7 +54,7 @@ SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
 REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
-NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel(), AudioSocket())  # a new network: its module and a line here
+NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel(), AudioSocket(), Vonage())  # a new network: its module and a line here
 
 
 def create_app(config: Config) -> web.Application:

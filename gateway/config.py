@@ -89,6 +89,14 @@ class ExotelConfig:
 
 
 @dataclass(frozen=True)
+class VonageConfig:
+    application_id: str = ""  # with private_key: REST hang-up (JWT RS256)
+    private_key: str = ""  # the application's private.key: a file path (or the PEM itself)
+    signature_secret: str = ""  # signed webhooks (JWT HS256) and the media URL's ticket
+    api_base: str = "https://api.nexmo.com"
+
+
+@dataclass(frozen=True)
 class AudioSocketConfig:
     port: int = 0  # 0: no AudioSocket listener (GATEWAY_AUDIOSOCKET_PORT)
     host: str = "127.0.0.1"
@@ -190,6 +198,7 @@ class Config:
     telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     plivo: PlivoConfig = field(default_factory=PlivoConfig)
     exotel: ExotelConfig = field(default_factory=ExotelConfig)
+    vonage: VonageConfig = field(default_factory=VonageConfig)
     audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -226,7 +235,8 @@ class Config:
         provider_secrets = [secret for name, spec in SPECS.items() for f in spec.secret_fields
                             for secret in _as_list(getattr(self.provider_settings(name), f, ""))]
         return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
-                            self.plivo.auth_token, self.exotel.api_token, self.operator.token, db_password,
+                            self.plivo.auth_token, self.exotel.api_token, self.vonage.signature_secret,
+                            self.operator.token, db_password,
                             *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
@@ -370,6 +380,10 @@ _ENV_OVERRIDES = {
     "EXOTEL_API_KEY": ("exotel", "api_key"),
     "EXOTEL_API_TOKEN": ("exotel", "api_token"),
     "GATEWAY_AUDIOSOCKET_PORT": ("audiosocket", "port"),
+    "VONAGE_APPLICATION_ID": ("vonage", "application_id"),
+    "VONAGE_PRIVATE_KEY": ("vonage", "private_key"),
+    "VONAGE_SIGNATURE_SECRET": ("vonage", "signature_secret"),
+    "VONAGE_API_BASE": ("vonage", "api_base"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),

@@ -1,11 +1,13 @@
-"""The simulated phone: calls the gateway exactly as Twilio, Telnyx, Plivo or Exotel would, in real time.
+"""The simulated phone: calls the gateway exactly as Twilio, Telnyx, Plivo, Exotel, Vonage or Asterisk
+(AudioSocket) would, in real time.
 
-It POSTs the network's incoming-call webhook (Exotel has none: its Voicebot applet is configured
-with the media URL), reads the answer (TwiML, TeXML, Plivo XML), opens
+It POSTs the network's incoming-call webhook (Vonage: GETs its answer URL; Exotel and AudioSocket
+have none: the applet or dialplan is configured with our address), reads the answer (TwiML, TeXML,
+Plivo XML, Vonage NCCO), opens
 the stream URL, sends what the network sends first (Twilio and Telnyx: `connected` and `start`,
 Twilio with the TwiML's `<Parameter>`s; Plivo: `start`), speaks 20 ms mu-law frames on a
-real-time clock (Exotel: 16-bit PCM at its sample rate, converted from the mu-law it is given to
-say), and emulates the network's playback buffer (one player for all): received audio
+real-time clock (Exotel, Vonage, AudioSocket: 16-bit PCM at the network's rate, converted from
+the mu-law it is given to say; Vonage and AudioSocket in binary frames), and emulates the network's playback buffer (one player for all): received audio
 plays at 8 kHz real time, a mark (Plivo: checkpoint) is echoed when the audio before it has
 played, a clear drops the buffer (Twilio then echoes every pending mark at once; for the others
 that is unconfirmed, so `marks_on_clear` chooses). It checks every frame the gateway sends
@@ -42,8 +44,9 @@ from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, aud
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
 FRAME_S = 0.02
-NETWORKS = ("twilio", "telnyx", "plivo", "exotel", "audiosocket")
-PCM_NETWORKS = ("exotel", "audiosocket")  # 16-bit LE PCM at the phone rate, not mu-law
+NETWORKS = ("twilio", "telnyx", "plivo", "exotel", "audiosocket", "vonage")
+PCM_NETWORKS = ("exotel", "audiosocket", "vonage")
+VONAGE_AUDIO = "audio/l16;rate=16000"  # 16-bit LE PCM at the phone rate, not mu-law
 # What each network accepts from us: event -> (fields required, fields allowed); where frames name
 # the stream; our event names as the player knows them (media, mark, clear).
 SHAPES = {
@@ -139,7 +142,7 @@ class SimulatedPhone:
             raise ValueError(f"network: one of {', '.join(NETWORKS)}, got {network!r}")
         self.network = network
         self.pcm = network in PCM_NETWORKS
-        self.rate = sample_rate if network == "exotel" else PHONE_RATE
+        self.rate = {"exotel": sample_rate, "vonage": 16000}.get(network, PHONE_RATE)
         self.frame_bytes = self.rate * 2 // 50 if self.pcm else PHONE_FRAME_BYTES  # 20 ms
         self._mic_up = Resampler(PHONE_RATE, self.rate) if self.pcm else None  # mu-law speech -> the phone's PCM
         self._ear_down = Resampler(self.rate, PHONE_RATE) if self.pcm else None  # heard PCM -> the mu-law timeline
@@ -152,12 +155,14 @@ class SimulatedPhone:
         self.dialed = dialed
         self.call_sid = call_sid or {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex,
                                      "plivo": str(uuid.uuid4()), "exotel": uuid.uuid4().hex,
-                                     "audiosocket": str(bot_uuid(bot) if bot else uuid.uuid4())}[network]
+                                     "audiosocket": str(bot_uuid(bot) if bot else uuid.uuid4()),
+                                     "vonage": str(uuid.uuid4())}[network]
         self.account_sid = account_sid
         self.stream_sid = "MZ" + uuid.uuid4().hex if network == "twilio" else str(uuid.uuid4())
-        if network == "audiosocket":  # one UUID names the call (and, mapped in audiosocket.bots, its bot)
+        if network in ("audiosocket", "vonage"):  # one UUID names the call (and, mapped in audiosocket.bots, its bot)
             self.stream_sid = self.call_sid
         self._tcp: asyncio.StreamWriter | None = None  # AudioSocket: no WebSocket
+        self._vonage_headers: dict = {}  # Vonage: the NCCO endpoint's headers, echoed in websocket:connected
         self._fill_ticks = 0
         self._starved = True  # AudioSocket's player waits for a little audio before it plays (jitter)
         self.extra_form = extra_form or {}
@@ -187,6 +192,8 @@ class SimulatedPhone:
             self.result.stream_url = self.base_url
             self.result.parameters = {"bot": self.bot} if self.bot else {}
             return self.result
+        if self.network == "vonage":
+            return await self._vonage_answer()
         if self.network == "exotel":  # no webhook: the Voicebot applet is configured with the media URL
             query = {k: v for k, v in (("bot", self.bot), ("sample-rate", str(self.rate))) if v}
             self.result.stream_url = f"{self.public_url or self.base_url}/exotel/media?{urlencode(query)}"
@@ -227,6 +234,36 @@ class SimulatedPhone:
         self.result.parameters.update(parse_qsl(urlsplit(self.result.stream_url).query))
         return self.result
 
+    async def _vonage_answer(self) -> PhoneResult:
+        """GET the answer URL like Vonage (query to, from, uuid); the NCCO must connect a websocket."""
+        query = {"to": self.dialed, "from": self.caller, "uuid": self.call_sid,
+                 "conversation_uuid": "CON-" + str(uuid.uuid4()), **({"bot": self.bot} if self.bot else {})}
+        url = f"{self.public_url or self.base_url}/vonage/answer?{urlencode(query)}"
+        headers = {}
+        if self.auth_token:  # signed webhooks: a JWT HS256 with the signature secret
+            import jwt
+            headers["Authorization"] = "Bearer " + jwt.encode(
+                {"iat": int(time.time()), "jti": str(uuid.uuid4()), "iss": "Vonage"}, self.auth_token, algorithm="HS256")
+        async with self._session.get(self.reach(url), headers=headers) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise DialError(f"answer URL answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
+            refused = resp.headers.get("X-Gateway-Refused")
+        self.result.twiml = text
+        ncco = json.loads(text)
+        connect = next((a for a in ncco if isinstance(a, dict) and a.get("action") == "connect"), None)
+        if connect is None:
+            talk = next((a.get("text") for a in ncco if isinstance(a, dict) and a.get("action") == "talk"), "-")
+            raise DialError(f"refused: {refused} (the caller hears: {talk})" if refused else
+                            f"no connect in the NCCO (the caller hears: {talk})")
+        endpoint = connect["endpoint"][0]
+        if endpoint.get("type") != "websocket" or endpoint.get("content-type") != VONAGE_AUDIO:
+            self._violation(f"NCCO endpoint {endpoint!r:.120}: want a websocket with {VONAGE_AUDIO}")
+        self.result.stream_url = endpoint.get("uri", "")
+        self.result.parameters = {**endpoint.get("headers", {}), **dict(parse_qsl(urlsplit(self.result.stream_url).query))}
+        self._vonage_headers = endpoint.get("headers", {})
+        return self.result
+
     def _webhook_signature(self, url: str, form: dict, body: bytes) -> dict:
         """The network's authentication headers on its webhook, when we hold its secret."""
         if self.network == "twilio" and self.auth_token:
@@ -262,6 +299,7 @@ class SimulatedPhone:
         elif self.network in ("telnyx", "exotel"):
             await self.send_json({"event": "connected", "version": "1.0.0"} if self.network == "telnyx"
                                  else {"event": "connected"})
+
         self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
         if send_start:
@@ -283,6 +321,11 @@ class SimulatedPhone:
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
         params = self.result.parameters if parameters is None else parameters
+        if self.network == "vonage":  # the first message; the endpoint's headers at the top level
+            await self.send_json({"event": "websocket:connected", "content-type": VONAGE_AUDIO, **self._vonage_headers})
+            self.result.start_sent_at = time.monotonic()
+            self._start_mic()
+            return
         if self.network == "audiosocket":  # the UUID is the start
             await self.send_raw(asock.frame(asock.UUID, uuid.UUID(self.call_sid).bytes))
             self.result.start_sent_at = time.monotonic()
@@ -361,6 +404,8 @@ class SimulatedPhone:
             self._chunk += 1
             if self._tcp is not None:
                 await self.send_raw(asock.frame(asock.AUDIO, frame))
+            elif self.network == "vonage":
+                await self.send_raw(frame)
             else:
                 await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
                                                            "timestamp": str(self._ts_ms),
@@ -393,6 +438,9 @@ class SimulatedPhone:
     async def dtmf(self, digit: str) -> None:
         if self._tcp is not None:
             await self.send_raw(asock.frame(asock.DTMF, digit.encode("ascii")))
+            return
+        if self.network == "vonage":
+            await self.send_json({"event": "websocket:dtmf", "digit": digit, "duration": 260})
             return
         await self.send_json(self._frame("dtmf", {"track": "inbound_track", "digit": digit}))
 
@@ -452,6 +500,9 @@ class SimulatedPhone:
     async def _receiver(self) -> None:
         assert self.ws is not None
         async for msg in self.ws:
+            if self.network == "vonage":
+                self._vonage_apply(msg)
+                continue
             if msg.type != aiohttp.WSMsgType.TEXT:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     self._violation("31950 binary frame from the gateway")
@@ -495,6 +546,35 @@ class SimulatedPhone:
         self.result.media_frames += 1
         self.result.media_bytes += len(audio)
         self._buffer.append(audio)
+
+    def _vonage_apply(self, msg) -> None:
+        """Vonage: binary frames of exactly 640 bytes are audio; text is `clear` or `notify`."""
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            if len(msg.data) != self.frame_bytes:
+                self._violation(f"binary frame of {len(msg.data)} bytes: Vonage wants exactly {self.frame_bytes}")
+            self._media_in(msg.data)
+            return
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return
+        try:
+            frame = json.loads(msg.data)
+        except ValueError:
+            self._violation(f"not JSON: {msg.data[:60]}")
+            return
+        action = frame.get("action") if isinstance(frame, dict) else None
+        if action == "clear" and set(frame) == {"action"}:
+            self.result.clears.append(time.monotonic())
+            pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
+            self._buffer.clear()
+            for payload in pending if self.marks_on_clear else ():
+                self._echo(payload)
+            asyncio.ensure_future(self.send_json({"event": "websocket:cleared"}))
+        elif action == "notify" and set(frame) == {"action", "payload"} and isinstance(frame["payload"], dict):
+            self.result.marks_received += 1
+            self._buffer.append(("mark", frame["payload"]))
+            self._echo_leading_marks()
+        else:
+            self._violation(f"unknown Vonage action {msg.data[:80]}")
 
     def _check_and_apply(self, text: str) -> None:
         try:
@@ -556,6 +636,8 @@ class SimulatedPhone:
         if self.network == "plivo":
             frame = {"event": "playedStream", "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid,
                      "name": name}
+        elif self.network == "vonage":
+            frame = {"event": "websocket:notify", "payload": name}
         elif self.network in ("telnyx", "exotel"):
             frame = {"event": "mark", "sequence_number": self._next_seq(), "mark": {"name": name},
                      ("stream_id" if self.network == "telnyx" else "stream_sid"): self.stream_sid}
@@ -657,6 +739,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auth-token", default=None,
                    help="sign requests like Twilio or Plivo (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with "
                         "--network plivo; with --network exotel KEY:TOKEN, default $EXOTEL_API_KEY:$EXOTEL_API_TOKEN; "
+                        "--network vonage: the signature secret, default $VONAGE_SIGNATURE_SECRET; "
                         "needed when the gateway checks)")
 
 
@@ -688,7 +771,8 @@ async def main(args: argparse.Namespace) -> int:
             return 2
         args.url = f"tcp://127.0.0.1:{port}"
     token = args.auth_token if args.auth_token is not None else \
-        os.environ.get({"plivo": "PLIVO_AUTH_TOKEN"}.get(args.network, "TWILIO_AUTH_TOKEN"), "")
+        os.environ.get({"plivo": "PLIVO_AUTH_TOKEN", "vonage": "VONAGE_SIGNATURE_SECRET"}.get(
+            args.network, "TWILIO_AUTH_TOKEN"), "")
     if args.network == "exotel" and args.auth_token is None:
         key, secret = os.environ.get("EXOTEL_API_KEY", ""), os.environ.get("EXOTEL_API_TOKEN", "")
         token = f"{key}:{secret}" if key and secret else ""

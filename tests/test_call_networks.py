@@ -1,6 +1,6 @@
-"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo, Exotel, Asterisk AudioSocket),
-each with its fake caller (gateway.phone_sim speaking the network's frames) and its fake REST API
-(none for Exotel and AudioSocket, which are hung up by closing the socket).
+"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo, Exotel, Asterisk AudioSocket,
+Vonage), each with its fake caller (gateway.phone_sim speaking the network's frames) and its fake
+REST API (none for Exotel and AudioSocket, which are hung up by closing the socket).
 
 Real sockets on 127.0.0.1, real 20 ms timing. The call core does not know which network it
 serves; these tests prove each network module turns its frames into the same call: greeting
@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from gateway.audio import PHONE_RATE
 from gateway.web_state import STORE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
-from tests.conftest import EXOTEL_KEY, EXOTEL_TOKEN, PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
+from tests.conftest import VONAGE_APP, VONAGE_SECRET, EXOTEL_KEY, EXOTEL_TOKEN, PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
 from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
 import socket
 
@@ -38,6 +39,7 @@ class Net:
     rest: object
     signing_key: Ed25519PrivateKey | None = None
     port: int = 0  # AudioSocket: the gateway's TCP listener
+    key_path: str = ""  # Vonage: the application's private key file
 
     def env(self) -> dict:
         if self.name == "telnyx":
@@ -48,6 +50,9 @@ class Net:
             return {"PLIVO_AUTH_ID": PLIVO_ID, "PLIVO_AUTH_TOKEN": PLIVO_TOKEN, "PLIVO_API_BASE": self.rest.url}
         if self.name == "exotel":
             return {"EXOTEL_API_KEY": EXOTEL_KEY, "EXOTEL_API_TOKEN": EXOTEL_TOKEN}
+        if self.name == "vonage":
+            return {"VONAGE_APPLICATION_ID": VONAGE_APP, "VONAGE_PRIVATE_KEY": self.key_path,
+                    "VONAGE_SIGNATURE_SECRET": VONAGE_SECRET, "VONAGE_API_BASE": self.rest.url}
         return {}
 
     async def gateway(self, make_gateway, **kw):
@@ -64,7 +69,8 @@ class Net:
         return await make_gateway(env=self.env(), **kw)
 
     def phone(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
-        token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN, "exotel": f"{EXOTEL_KEY}:{EXOTEL_TOKEN}"}.get(self.name, "")
+        token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN, "exotel": f"{EXOTEL_KEY}:{EXOTEL_TOKEN}",
+                 "vonage": VONAGE_SECRET}.get(self.name, "")
         if self.name == "audiosocket":
             gw_url = f"tcp://127.0.0.1:{self.port}"
         phone = SimulatedPhone(gw_url, bot=bot, network=self.name, auth_token=token, signing_key=self.signing_key,
@@ -97,11 +103,19 @@ def heard_samples(phone: SimulatedPhone):
 
 
 @pytest.fixture(params=NETWORKS)
-async def net(request, fake_rest):
-    from tests.fakes.network_rest import FakePlivoRest, FakeTelnyxRest
+async def net(request, fake_rest, tmp_path):
+    from tests.fakes.network_rest import FakePlivoRest, FakeTelnyxRest, FakeVonageRest
 
     if request.param in ("twilio", "exotel", "audiosocket"):
         yield Net(request.param, fake_rest if request.param == "twilio" else None)
+        return
+    if request.param == "vonage":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (tmp_path / "private.key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        fake = FakeVonageRest(VONAGE_APP, key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+        await fake.start()
+        yield Net("vonage", fake, key_path=str(tmp_path / "private.key"))
+        await fake.stop()
         return
     fake = FakeTelnyxRest(TELNYX_KEY) if request.param == "telnyx" else FakePlivoRest(PLIVO_ID, PLIVO_TOKEN)
     await fake.start()
@@ -213,10 +227,10 @@ async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, f
     phone = await net.dial(gw.url, bot="openai-agent", dialed="+15005550006")
     await phone.say(ulaw_tone(440, 0.5))
     s = fake_openai.sessions and fake_openai.sessions[0]
-    if net.name in ("plivo", "exotel", "audiosocket"):
+    if net.name in ("plivo", "exotel", "audiosocket", "vonage"):
         await wait_for(lambda: fake_openai.sessions[0].tool_outputs, 6, "the tool's output")
         out = json.loads(fake_openai.sessions[0].tool_outputs[0]["output"])
-        shown = {"plivo": "Plivo", "exotel": "Exotel", "audiosocket": "AudioSocket"}[net.name]
+        shown = {"plivo": "Plivo", "exotel": "Exotel", "audiosocket": "AudioSocket", "vonage": "Vonage"}[net.name]
         assert out["ok"] is False and f"not supported on {shown}" in out["error"]
         assert not phone.closed.is_set(), "the call goes on with the bot"
         await phone.hangup()
@@ -246,6 +260,8 @@ BAD = {  # the same faults in each network's spelling
     "exotel": lambda p: ['{"event": "media", "stream_sid": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
                          '{"event": "mark", "stream_sid": "%s", "mark": {}}' % p.stream_sid,
                          '{"event": "media", "stream_sid": "other", "media": {"payload": "AAAA"}}'],
+    "vonage": lambda p: ['{"event": "websocket:notify", "payload": {}}', '{"event": "websocket:dtmf"}',
+                         b"odd", b""],
     # AudioSocket: TCP, so only well-framed faults (a broken length would swallow the stream)
     "audiosocket": lambda p: [b"\x42\x00\x02hi", b"\x10\x00\x03abc", b"\x10\x00\x00", b"\x03\x00\x01x",
                               b"\x03\x00\x02" + b"12", b"\x01\x00\x10" + bytes(16)],
@@ -259,7 +275,9 @@ async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net
         await phone.silence(0.2)
         frames = BAD[net.name](phone)
         if net.name != "audiosocket":
-            frames = ["not json", "[1]", '{"event": "teleport"}', *frames, b"\x00\x01binary"]
+            frames = ["not json", "[1]", '{"event": "teleport"}', *frames]
+        if net.name not in ("audiosocket", "vonage"):  # Vonage: binary is audio (the odd-sized is bad)
+            frames.append(b"\x00\x01binary")
         for raw in frames:
             await phone.send_raw(raw)
         await phone.say(ulaw_tone(440, 0.5))
@@ -348,3 +366,31 @@ def test_audiosocket_bots_must_be_uuids_naming_bots(config_dir):
     config = load_config(write_config(config_dir, f"audiosocket:\n  bots:\n    {str(bot_uuid('x')).upper()}: echo\n"),
                          env={"GATEWAY_AUDIOSOCKET_PORT": "9092"})
     assert config.audiosocket.port == 9092 and config.audiosocket.bots == {str(bot_uuid("x")): "echo"}
+
+
+# ------------------------------------------------------------------ Vonage's own
+
+async def test_vonage_answer_is_an_ncco_connecting_a_16khz_websocket(make_gateway, fake_openai):
+    gw = await make_gateway(openai=fake_openai, env={"VONAGE_SIGNATURE_SECRET": VONAGE_SECRET})
+    phone = SimulatedPhone(gw.url, bot="openai-greeter", network="vonage", auth_token=VONAGE_SECRET)
+    OPEN_PHONES.append(phone)
+    await phone.dial()
+    connect, talk = json.loads(phone.result.twiml)  # the fallback: spoken only when we close the socket
+    assert talk == {"action": "talk", "text": "Sorry, we are having technical difficulties. Please call again later.",
+                    "language": "en-US"}
+    endpoint, = connect["endpoint"]
+    assert connect["action"] == "connect" and endpoint["type"] == "websocket"
+    assert endpoint["content-type"] == "audio/l16;rate=16000" and endpoint["headers"] == {"bot": "openai-greeter"}
+    assert endpoint["uri"].startswith(gw.url.replace("http", "ws") + "/vonage/media?bot=openai-greeter&")
+    assert phone.result.parameters["uuid"] == phone.call_sid and phone.result.parameters["ticket"]
+
+
+@pytest.mark.parametrize("secret", ["", "not-the-secret"], ids=["unsigned", "wrong-secret"])
+async def test_vonage_answer_needs_the_signed_jwt_when_configured(make_gateway, fake_openai, secret):
+    from gateway.phone_sim import DialError
+    gw = await make_gateway(openai=fake_openai, env={"VONAGE_SIGNATURE_SECRET": VONAGE_SECRET})
+    phone = SimulatedPhone(gw.url, bot="openai-greeter", network="vonage", auth_token=secret)
+    OPEN_PHONES.append(phone)
+    with pytest.raises(DialError) as e:
+        await phone.dial()
+    assert e.value.status == 403 and not fake_openai.sessions
