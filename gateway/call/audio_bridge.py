@@ -74,9 +74,6 @@ class AudioBridge:
             return audio
         return pcm16_to_ulaw(audio if self._rec is None else self._rec[side].process(audio))
 
-    def phone_ms(self, audio: bytes) -> float:
-        return len(audio) / self.phone.bytes_per_ms
-
     def model_ms(self, audio: bytes) -> float:
         """Duration of model output audio."""
         return len(audio) / 8 if self.caps.output_format != "pcm16" else pcm_ms(len(audio), self.caps.output_rate)

@@ -21,7 +21,6 @@ TwiML after </Connect>), and one `call_ended` line says why.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -114,7 +113,7 @@ class Call:
         self.audio = AudioBridge(session.capabilities, fmt)
         self.playout = Playout(phone, config.audio.playout_lead_ms, chunk_ms=config.audio.chunk_ms, clock=clock,
                                bytes_per_ms=fmt.bytes_per_ms,
-                               min_chunk_frames=math.ceil(getattr(phone, "min_chunk_bytes", 0) / fmt.frame_bytes) or 1,
+                               min_chunk_frames=-(-getattr(phone, "min_chunk_bytes", 0) // fmt.frame_bytes) or 1,
                                on_first_audio=self._first_audio,
                                on_frame=self._record_bot if recording is not None else None)
         self.hold = HoldSound(self.audio.phone_sound(hold_sound), persona.hold.after_ms, self.playout, self.journal,
