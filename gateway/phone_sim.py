@@ -807,7 +807,14 @@ async def main(args: argparse.Namespace) -> int:
             await phone.hangup()
     finally:
         await phone.close()
-    write_ulaw_as_wav(args.out, bytes(phone.result.heard))
+    if phone.pcm:  # as heard: 16-bit PCM at the network's rate
+        with wave.open(str(args.out), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(phone.rate)
+            w.writeframes(bytes(phone.result.heard_pcm))
+    else:
+        write_ulaw_as_wav(args.out, bytes(phone.result.heard))
     summary = {"call_id": phone.call_sid, **phone.result.summary()}
     summary["heard_wav"] = args.out
     summary["spoke_seconds"] = round(len(speech) / PHONE_RATE, 2)
