@@ -34,11 +34,15 @@ from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
+from .telephony import audiosocket
+from .telephony.audiosocket import AudioSocket
+from .telephony.exotel import Exotel
 from .telephony.network import Network, public_request_url
 from .telephony.plivo import Plivo
 from .telephony.telnyx import Telnyx
 from .telephony.twilio_net import Twilio
 from .telephony.twilio_rest import TwilioRest
+from .telephony.vonage import Vonage
 from .web_state import CALLS, CAPACITY, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
 from .webhooks import WEBHOOKS, webhook_delivery
 
@@ -50,7 +54,7 @@ SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
 REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
-NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo())  # a new network: its module and a line here
+NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel(), AudioSocket(), Vonage())  # a new network: its module and a line here
 
 
 def create_app(config: Config) -> web.Application:
@@ -63,8 +67,11 @@ def create_app(config: Config) -> web.Application:
     for network in NETWORKS:
         for warning in network.startup_warnings(config):
             log.warning("%s network=%s", warning, network.name)
-        app.router.add_post(network.webhook_path, functools.partial(voice_webhook, network=network))
-        app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
+        if network.webhook_path:
+            app.router.add_route(network.webhook_method, network.webhook_path,
+                                 functools.partial(voice_webhook, network=network))
+        if network.media_path:
+            app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
     app.router.add_post("/twilio/amd", amd_callback(public_request_url))  # outbound calls' machine detection
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -75,6 +82,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(remote_commands)
     app.cleanup_ctx.append(webhook_delivery)
     app.cleanup_ctx.append(_purge_old_records)
+    app.cleanup_ctx.append(_audiosocket_listener)
     app.on_shutdown.append(_hang_up_all)
     return app
 
@@ -140,6 +148,28 @@ async def _purge_old_records(app: web.Application):
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def _audiosocket_listener(app: web.Application):
+    """Asterisk AudioSocket's TCP listener, when `audiosocket.port` is set; closed (and its calls
+    ended by on_shutdown) with the app."""
+    config = app[CONFIG]
+    if not config.audiosocket.port:
+        yield
+        return
+    network = next(n for n in NETWORKS if n.name == "audiosocket")
+
+    async def handle(stream) -> None:
+        await run_stream(app, network, stream, stream.log)
+
+    try:
+        server = await audiosocket.serve(config, handle, lambda: CallLogger(log, conn=f"as{next(_conn_ids)}"))
+    except OSError as e:
+        raise _listen_error(config.audiosocket.host, config.audiosocket.port, e) from None
+    log.info("event=audiosocket_listening address=%s:%d allow=%s", config.audiosocket.host, config.audiosocket.port,
+             ",".join(config.audiosocket.allow))
+    yield
+    server.close()
+
+
 def choose_bot(config: Config, requested: str | None, dialed: str) -> tuple[Persona | None, str]:
     """The persona for a call and how it was chosen; None when it cannot be served."""
     if requested:
@@ -179,7 +209,8 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
         clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
         return _refused(request, network, network.refusal(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
-                        record | {"bot": str(wanted)[:64]})
+                        record | {"bot": str(wanted)[:64],
+                                  "provider": getattr(config.bots.get(str(wanted)), "provider", None)})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
@@ -273,16 +304,23 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
         await ws.close(code=1008, message=b"invalid signature")
         return ws
     stream = network.stream(ws, clog, config.limits.max_protocol_errors, request.query)
+    await run_stream(request.app, network, stream, clog)
+    return ws
+
+
+async def run_stream(app: web.Application, network: Network, stream, clog: CallLogger) -> None:
+    """A network's media stream from its first frame to the end of the call (WebSocket or not)."""
+    config = app[CONFIG]
     try:
         started = await asyncio.wait_for(stream.wait_started(), config.limits.start_timeout_seconds)
     except asyncio.TimeoutError:
         clog.warning("stream_rejected", reason="no start frame",
                      timeout_s=config.limits.start_timeout_seconds)
         await stream.close(1008, b"no start")
-        return ws
+        return
     if started is None:
         clog.info("stream_ended_before_start")
-        return ws
+        return
     # The bot: as the media URL or the stream's parameters name it, else the dialed number's route,
     # else the default (networks that pass neither a query nor parameters).
     bot = started.custom_parameters.get("bot", "")
@@ -293,36 +331,35 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
     if refused:
         clog.warning("stream_rejected", reason=refused)
         await stream.close(1008, b"bad call token")
-        return ws
+        return
     if persona is None or not config.provider_ready(persona):
         clog.warning("stream_rejected", reason="unknown bot" if bot not in config.bots else "provider has no API key")
         await stream.close(1000)  # Twilio continues with the TwiML after </Connect>
-        return ws
-    capacity = request.app[CAPACITY]
+        return
+    capacity = app[CAPACITY]
     grant = await capacity.claim(persona, started.call_sid or started.stream_sid)
     if grant is None:  # its webhook's hold lapsed (or there was no webhook) and every key is full
         clog.warning("stream_rejected", reason="no model capacity",
                      why=capacity.describe(persona.provider, await capacity.report()))
         await stream.close(1000)  # Twilio speaks the fallback: no model session was opened
-        return ws
+        return
     try:
         call = assemble_call(config=config, persona=persona, phone=stream, started=started, log=clog,
-                             store=request.app[STORE], instance=request.app[INSTANCE],
-                             control=network.control(config, request.app[HTTP], started), http=request.app[HTTP],
-                             observers=call_observers(request.app), api_key=grant.key)
+                             store=app[STORE], instance=app[INSTANCE],
+                             control=network.control(config, app[HTTP], started), http=app[HTTP],
+                             observers=call_observers(app), api_key=grant.key)
     except ValueError as e:  # a persona for a provider this build does not have
         await capacity.release(grant)
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
-        return ws
-    calls = request.app[CALLS]
+        return
+    calls = app[CALLS]
     calls[call.call_id] = call
     try:
-        request.app[RECENT].append(await call.run())
+        app[RECENT].append(await call.run())
     finally:
         calls.pop(call.call_id, None)
         await capacity.release(grant)
-    return ws
 
 
 def call_observers(app: web.Application) -> list:
@@ -428,7 +465,7 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
 
     bound = [sock.getsockname()[:2] for sock in socks]
     log.info("listening on %s (webhooks %s; media WebSockets %s)", ", ".join(url(*b) for b in bound),
-             ", ".join(f"POST {n.webhook_path}" for n in NETWORKS if n.webhook_path),
+             ", ".join(f"{n.webhook_method} {n.webhook_path}" for n in NETWORKS if n.webhook_path),
              ", ".join(n.media_path for n in NETWORKS if n.media_path))
     address, bound_port = bound[0]
     shown = config.server.public_url.rstrip("/") or url(

@@ -286,10 +286,11 @@ def tone(hz: float, seconds: float, rate: int, amplitude: int = 8000, phase: flo
 
 
 def hold_tones() -> bytes:
-    """Soft hold tones (mu-law, 8 kHz): a three-note rising chime, then a pause, 1.6 s a cycle.
-    Quiet (about -24 dBFS) and clearly a machine's "please wait", not speech or a ringback tone."""
+    """Soft hold tones (mu-law, 8 kHz): a three-note rising chime, then a short pause, 0.8 s a
+    cycle (pauses under 0.4 s: never a silence the caller takes for a dropped line). Quiet (about
+    -24 dBFS) and clearly a machine's "please wait", not speech or a ringback tone."""
     notes = b"".join(fade(tone(hz, 0.14, PHONE_RATE, 2000), PHONE_RATE, 20) for hz in (523.25, 659.25, 783.99))
-    return pcm16_to_ulaw(notes + b"\x00\x00" * int(PHONE_RATE * 1.18))
+    return pcm16_to_ulaw(notes + b"\x00\x00" * int(PHONE_RATE * 0.38))
 
 
 def load_phone_sound(path) -> bytes:

@@ -14,6 +14,7 @@ import os
 import re
 import types
 import typing
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +80,28 @@ class PlivoConfig:
     auth_id: str = ""
     auth_token: str = ""  # REST (hang-up), webhook signatures (V3) and the media URL's ticket
     api_base: str = "https://api.plivo.com"
+
+
+@dataclass(frozen=True)
+class ExotelConfig:
+    api_key: str = ""  # with api_token: the basic auth the Voicebot applet's URL carries (KEY:TOKEN@host)
+    api_token: str = ""
+
+
+@dataclass(frozen=True)
+class VonageConfig:
+    application_id: str = ""  # with private_key: REST hang-up (JWT RS256)
+    private_key: str = ""  # the application's private.key: a file path (or the PEM itself)
+    signature_secret: str = ""  # signed webhooks (JWT HS256) and the media URL's ticket
+    api_base: str = "https://api.nexmo.com"
+
+
+@dataclass(frozen=True)
+class AudioSocketConfig:
+    port: int = 0  # 0: no AudioSocket listener (GATEWAY_AUDIOSOCKET_PORT)
+    host: str = "127.0.0.1"
+    allow: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # peer addresses or networks served
+    bots: dict[str, str] = field(default_factory=dict)  # the dialplan's AudioSocket UUID -> bot
 
 
 @dataclass(frozen=True)
@@ -174,6 +197,9 @@ class Config:
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     plivo: PlivoConfig = field(default_factory=PlivoConfig)
+    exotel: ExotelConfig = field(default_factory=ExotelConfig)
+    vonage: VonageConfig = field(default_factory=VonageConfig)
+    audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -209,7 +235,8 @@ class Config:
         provider_secrets = [secret for name, spec in SPECS.items() for f in spec.secret_fields
                             for secret in _as_list(getattr(self.provider_settings(name), f, ""))]
         return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
-                            self.plivo.auth_token, self.operator.token, db_password,
+                            self.plivo.auth_token, self.exotel.api_token, self.vonage.signature_secret,
+                            self.operator.token, db_password,
                             *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
@@ -350,6 +377,13 @@ _ENV_OVERRIDES = {
     "PLIVO_AUTH_ID": ("plivo", "auth_id"),
     "PLIVO_AUTH_TOKEN": ("plivo", "auth_token"),
     "PLIVO_API_BASE": ("plivo", "api_base"),
+    "EXOTEL_API_KEY": ("exotel", "api_key"),
+    "EXOTEL_API_TOKEN": ("exotel", "api_token"),
+    "GATEWAY_AUDIOSOCKET_PORT": ("audiosocket", "port"),
+    "VONAGE_APPLICATION_ID": ("vonage", "application_id"),
+    "VONAGE_PRIVATE_KEY": ("vonage", "private_key"),
+    "VONAGE_SIGNATURE_SECRET": ("vonage", "signature_secret"),
+    "VONAGE_API_BASE": ("vonage", "api_base"),
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),
@@ -376,6 +410,8 @@ def _env_value(path: tuple[str, ...], value: str) -> Any:
         tp = typing.get_type_hints(tp).get(key) if dataclasses.is_dataclass(tp) else None
     if typing.get_origin(tp) is list:
         return [item.strip() for item in value.split(",") if item.strip()]
+    if tp is int and value.strip().isdigit():
+        return int(value)
     return value
 
 
@@ -503,6 +539,16 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
         if bot not in bots:
             raise ConfigError(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
                               f"(have: {', '.join(sorted(bots)) or 'none'})")
+    as_bots = {}
+    for key, bot in cfg.audiosocket.bots.items():
+        try:
+            as_bots[str(uuid.UUID(key))] = bot  # Asterisk sends the UUID's 16 bytes: any spelling of it matches
+        except ValueError:
+            raise ConfigError(f"{path}: audiosocket.bots: {key!r} is not a UUID") from None
+        if bot not in bots:
+            raise ConfigError(f"{path}: audiosocket.bots.{key}: no bot {bot!r} in {bots_dir} "
+                              f"(have: {', '.join(sorted(bots)) or 'none'})")
+    cfg = dataclasses.replace(cfg, audiosocket=dataclasses.replace(cfg.audiosocket, bots=as_bots))
     for name, persona in bots.items():
         if persona.overflow != "busy" and (persona.overflow not in bots or persona.overflow == name):
             raise ConfigError(f"{persona.path}: overflow: expected busy or another bot, got {persona.overflow!r} "
@@ -513,6 +559,7 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
 def _check_ranges(cfg: Config, path: Path) -> None:
     checks = [
         ("server.port", 0 <= cfg.server.port <= 65535, "0..65535"),
+        ("audiosocket.port", 0 <= cfg.audiosocket.port <= 65535, "0..65535 (0: off)"),
         ("server.public_url", not cfg.server.public_url or re.match(r"^https?://[^/]+", cfg.server.public_url),
          "an http(s):// URL"),
         ("audio.playout_lead_ms", 40 <= cfg.audio.playout_lead_ms <= 2000, "40..2000"),

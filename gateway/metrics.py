@@ -11,6 +11,7 @@ Guarded by the operator token (Bearer, like /api/) unless `metrics.public: true`
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from aiohttp import web
@@ -19,7 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .operator_api import require_operator
-from .web_state import CALLS, CONFIG, STORE
+from .web_state import CALLS, CAPACITY, CONFIG, STORE
+
+log = logging.getLogger("gateway")
 
 FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TURN_LATENCY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -63,6 +66,8 @@ class GatewayMetrics:
 
     def call(self) -> "CallMetrics":
         return CallMetrics(self)
+
+    slots: list[dict] = []  # model session slots per provider key, refreshed at each scrape
 
     def watch_app(self, app: web.Application) -> None:
         """Scrape-time gauges read from the app: live calls, the call-log write queue."""
@@ -128,6 +133,16 @@ class _AppCollector(Collector):
         for (bot, network), n in sorted(counts.items()):
             live.add_metric([bot, network], n)
         yield live
+        slots = self.app[METRICS].slots if METRICS in self.app else []
+        used = GaugeMetricFamily("gateway_model_slots_used", "Model sessions held per provider and key "
+                                 "fingerprint, across every instance on the call log.", labels=["provider", "key"])
+        limit = GaugeMetricFamily("gateway_model_slots_limit", "Sessions a key allows (providers.<name>.max_sessions; "
+                                  "0: no cap).", labels=["provider", "key"])
+        for slot in slots:
+            used.add_metric([slot["provider"], slot["key"]], slot["used"])
+            limit.add_metric([slot["provider"], slot["key"]], slot["limit"])
+        yield used
+        yield limit
         store = self.app.get(STORE)
         if store is None:
             return
@@ -162,7 +177,13 @@ async def _count_api_requests(request: web.Request, handler: Callable) -> web.St
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    metrics = request.app[METRICS]
+    if CAPACITY in request.app:  # read from the call log (all instances) before the synchronous render
+        try:
+            metrics.slots = await request.app[CAPACITY].report()
+        except Exception as e:  # noqa: BLE001 - a database hiccup must not cost the other metrics
+            log.warning("event=metrics_capacity_failed error=%s", f"{type(e).__name__}: {e}"[:200])
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def add_metrics(app: web.Application) -> None:

@@ -48,15 +48,20 @@ class _Mark:
 
 class Playout:
     def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS, chunk_ms: int = FRAME_MS,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic, bytes_per_ms: float = 8, min_chunk_frames: int = 1,
                  on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None,
                  on_frame: Callable[[bytes, float], None] | None = None):
         """`on_first_audio(response_id, sent_at)`: a response's first frame went out.
-        `on_frame(audio, starts_at)`: every chunk sent, with when it starts playing (recording)."""
+        `on_frame(audio, starts_at)`: every chunk sent, with when it starts playing (recording).
+        `bytes_per_ms`: of the phone's format (8: 8 kHz mu-law; 16 kHz PCM16: 32). `min_chunk_frames`:
+        a network that wants chunks of at least this many frames (Exotel) gets a shorter one only
+        when its buffer would otherwise run dry (a reply's end, or a model slower than real time)."""
         self.phone = phone
         self.lead = lead_ms / 1000
         self.frame = frame_ms / 1000
-        self.chunk_frames = max(1, chunk_ms // frame_ms)
+        self.chunk_frames = max(1, chunk_ms // frame_ms, min_chunk_frames)
+        self.min_chunk_frames = min_chunk_frames
+        self.bytes_per_ms = bytes_per_ms
         self.clock = clock
         self.on_first_audio = on_first_audio
         self.on_frame = on_frame
@@ -148,7 +153,7 @@ class Playout:
 
     def queued_for(self, response_id: str) -> float:
         """Unsent ms queued for one response."""
-        return sum(len(f) for f, rid in self._frames if rid == response_id) / 8
+        return sum(len(f) for f, rid in self._frames if rid == response_id) / self.bytes_per_ms
 
     # ------------------------------------------------------------ the pacing loop
     async def run(self) -> None:
@@ -170,8 +175,20 @@ class Playout:
                 finally:
                     timer.cancel()
                 continue
+            if self.min_chunk_frames > 1 and lead > self.frame and self._head_frames() < self.min_chunk_frames:
+                await asyncio.sleep(self.frame / 2)  # a short chunk only when the phone would run dry
+                continue
             if not await self._send(*self._next_chunk()):
                 return
+
+    def _head_frames(self) -> int:
+        """Queued frames of the first queued response, counted up to `min_chunk_frames`."""
+        rid, n = self._frames[0][1], 0
+        for _, r in self._frames:
+            if r != rid or n >= self.min_chunk_frames:
+                break
+            n += 1
+        return n
 
     def _next_chunk(self) -> tuple[bytes, str, int]:
         """Up to `chunk_frames` queued frames of the first queued response, joined."""
@@ -197,7 +214,7 @@ class Playout:
         self.frames_sent += frames
         self.chunks_sent += 1
         self.last_response = rid
-        ms = len(audio) / 8  # 8 bytes of mu-law per ms
+        ms = len(audio) / self.bytes_per_ms
         starts_at = max(self._play_until, now)
         self._play_until = starts_at + ms / 1000
         if self.on_frame is not None:

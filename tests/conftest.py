@@ -22,6 +22,8 @@ OPENAI_KEY = "sk-fake-openai-0123456789abcdef"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "twilio-auth-token-fake-0123"
 TELNYX_KEY = "KEYtelnyx-api-key-fake-0123"
 PLIVO_ID, PLIVO_TOKEN = "MAFAKE0123456789ABCD", "plivo-auth-token-fake-0123"
+EXOTEL_KEY, EXOTEL_TOKEN = "exotel-key-fake", "exotel-token-fake-0123"
+VONAGE_APP, VONAGE_SECRET = "aaaaaaaa-bbbb-cccc-dddd-0123456789ab", "vonage-signature-secret-fake-0123"
 
 # A persona with phone actions (issue 5): built-in tools, an HTTP tool, keypad shortcuts.
 AGENT = """
@@ -115,7 +117,7 @@ def _no_secret_in_any_gateway_log_line():
     """Across the whole run (every test, every call, every failure path): no line our code logs —
     before any redaction — contains one of the fake secrets the tests use."""
     from tests.calllog_helpers import TOKEN as OPERATOR_TOKEN
-    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, TWILIO_TOKEN, TELNYX_KEY, PLIVO_TOKEN, OPERATOR_TOKEN, "order-secret-xyz",
+    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, TWILIO_TOKEN, TELNYX_KEY, PLIVO_TOKEN, EXOTEL_TOKEN, VONAGE_SECRET, OPERATOR_TOKEN, "order-secret-xyz",
                "order-api-secret-123", "wrongsecret123456"]
     logger = logging.getLogger("gateway")
     handler, level = _Collect(), logger.level

@@ -48,11 +48,16 @@ def logged(caplog, *parts: str) -> bool:
 def summary_of(gw, phone):
     """The finished call's summary (the gateway keeps the last ones in app[RECENT])."""
     from gateway.web_state import RECENT
-    return next(s for s in gw.app[RECENT] if s.call_id == phone.call_sid)
+    return next(s for s in gw.app[RECENT] if _is_call(s, phone))
+
+
+def _is_call(summary, phone) -> bool:
+    """The summary of `phone`'s call (AudioSocket: a UUID that picks the bot gets a per-call suffix)."""
+    return summary.call_id == phone.call_sid or summary.call_id.startswith(phone.call_sid + ".")
 
 
 async def ended(gw, phone, timeout: float = 3.0):
     """Wait until the gateway has finished `phone`'s call; its summary."""
     from gateway.web_state import RECENT
-    await wait_for(lambda: any(s.call_id == phone.call_sid for s in gw.app[RECENT]), timeout, "the call to end")
+    await wait_for(lambda: any(_is_call(s, phone) for s in gw.app[RECENT]), timeout, "the call to end")
     return summary_of(gw, phone)

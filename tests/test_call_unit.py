@@ -226,3 +226,101 @@ async def test_status_is_what_the_operator_api_shows():
     await running
     assert status.call_id == "CAunit" and status.caller == "+15550001111" and status.dialed == "+15550002222"
     assert status.network == "memory" and status.duration_s == 2.1 and status.last == CallerLine("hi", 0.1)
+
+
+async def talked_over(reply_ms: int):
+    """A call with the confirm policy whose caller starts talking 1 s into a reply of `reply_ms`."""
+    from gateway.persona import BargeIn
+    model = MemoryModel()
+    call, phone = make_call(model, barge_in=BargeIn("confirm", min_speech_ms=300, confirm_ms=700))
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    rid = model.reply(reply_ms)
+    await asyncio.sleep(1.0)
+    model.emit(SpeechStarted())
+    return model, phone, running, rid
+
+
+async def test_confirm_policy_a_noise_burst_pauses_the_bot_and_the_reply_resumes_whole():
+    import random
+    import struct
+
+    from gateway.audio import pcm16_to_ulaw
+    model, phone, running, _ = await talked_over(3000)
+    rnd = random.Random(1)
+    burst = pcm16_to_ulaw(struct.pack("<1200h", *(rnd.randint(-9000, 9000) for _ in range(1200))))  # 150 ms
+    phone.speak(burst)
+    await asyncio.sleep(0.4)
+    model.emit(SpeechStopped())
+    await asyncio.sleep(4)
+    phone.hang_up()
+    summary = await running
+    assert "clear" not in phone.kinds() and not model.cancels and summary.barge_ins == 0
+    assert phone.heard_ms() == 3000 and not summary.transcript[0].interrupted  # nothing lost
+    media = [t for t, kind, _ in phone.sent if kind == "media"]
+    gaps = [b - a for a, b in zip(media, media[1:])]
+    assert max(gaps) >= 0.3  # it did pause while the sound was judged
+
+
+async def test_confirm_policy_real_speech_cuts_the_bot_after_min_speech_ms():
+    from tests.phone_helpers import ulaw_tone
+    model, phone, running, rid = await talked_over(10000)
+    onset = now()
+    for _ in range(40):  # the caller keeps talking, frame by frame
+        phone.speak(ulaw_tone(180, 0.02, 6000))
+        await asyncio.sleep(0.02)
+    clears = [t for t, kind, _ in phone.sent if kind == "clear"]
+    assert len(clears) == 1 and 0.26 <= clears[0] - onset <= 0.36  # 300 ms of speech, counted in 20 ms frames
+    assert [r for _, r in model.cancels] == [rid]
+    phone.hang_up()
+    summary = await running
+    assert summary.barge_ins == 1 and summary.transcript[0].interrupted
+
+
+@pytest.mark.parametrize("said, cut", [("stop", True), ("mm-hm", False), ("yeah", False), ("no, the other one", True)])
+async def test_confirm_policy_words_confirm_but_a_backchannel_does_not(said, cut):
+    model, phone, running, _ = await talked_over(10000)
+    await asyncio.sleep(0.1)
+    model.emit(InputTranscript(said))  # quiet audio: only the words can confirm
+    await asyncio.sleep(0.05)
+    assert ("clear" in phone.kinds()) is cut
+    phone.hang_up()
+    assert (await running).barge_ins == int(cut)
+
+
+async def test_a_slow_http_tool_gets_hold_tones_instead_of_dead_air_and_they_stop_for_the_answer(monkeypatch):
+    import gateway.call.tools as tools_module
+    from gateway.audio import hold_tones
+    from gateway.config import HttpTool
+    from bench.dead_air import longest_silence
+
+    async def slow_tool(tool, args, log, session=None):
+        await asyncio.sleep(3.0)
+        return {"ok": True}
+
+    monkeypatch.setattr(tools_module, "run_http_tool", slow_tool)
+    model = MemoryModel()
+    phone = MemoryPhone()
+    config = Config(limits=LimitsConfig(silence_timeout_seconds=0))
+    call = Call(config=config, persona=Persona(provider="echo", name="unit",
+                                               http_tools=[HttpTool("balance", "the balance", "http://x/")]),
+                phone=phone, started=phone.started, session=model,
+                log=CallLogger(logging.getLogger("gateway.unit"), call="CAunit"),
+                clock=asyncio.get_running_loop().time, hold_sound=hold_tones())
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.emit(ResponseStarted("r1"), ToolCall("r1", "c1", "balance", "{}"), ResponseDone("r1"))
+    asked = now()
+    while not model.tool_results:
+        await asyncio.sleep(0.02)
+    answered = now()
+    assert 2.9 <= answered - asked <= 3.2
+    model.reply(1000, "Here it is.")
+    await asyncio.sleep(2)
+    phone.hang_up()
+    summary = await running
+    assert call.hold.played_ms >= 1500  # the tones filled the wait
+    assert longest_silence(phone, asked, answered) <= 1000 + 100  # hold.after_ms, then no dead air
+    answer = [a for t, kind, a in phone.sent if kind == "media" and t > answered + 0.35]
+    assert answer and all(set(a) == {0xFF} for a in answer)  # past the lead: the answer alone, hold dropped
+    assert summary.barge_ins == 0 and summary.turn_latencies_ms == []  # hold audio is not the bot's answer

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+import aiohttp
 import pytest
 
 from gateway.calllog import open_store
@@ -92,6 +93,13 @@ async def test_max_sessions_1_second_call_busy_third_after_hangup_gets_the_model
     assert len(model.fake.sessions) == 1  # no model session for the busy call
     status, cap = await api(gw.url, "/api/capacity")
     assert status == 200 and {"provider": model.name, "key": fp, "used": 1, "limit": 1} in cap["slots"]
+    async with aiohttp.ClientSession() as http:  # the same on /metrics, read by prometheus-client's parser
+        async with http.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            text = await r.text()
+    from prometheus_client.parser import text_string_to_metric_families
+    samples = {(s.name, s.labels.get("key")): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name.startswith("gateway_model_slots")}
+    assert samples[("gateway_model_slots_used", fp)] == 1 and samples[("gateway_model_slots_limit", fp)] == 1
     await first.hangup()
     await ended(gw, first)
     third = await dial(gw.url, bot=model.quiet, caller="+15550003333")

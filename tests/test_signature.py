@@ -130,3 +130,14 @@ async def test_a_public_url_with_a_path_prefix_behind_a_prefix_stripping_proxy(m
     assert status == 200 and 'url="wss://gw.example.com/gw/twilio/media"' in twiml
     status, _ = await post_webhook(gw, compute(TWILIO_TOKEN, PUBLIC + "/twilio/voice?bot=glm-quiet", FORM))
     assert status == 403  # without the prefix is not what Twilio signed
+
+
+async def test_signalwire_signs_the_same_way_in_its_own_header(make_gateway, fake_glm):
+    """SignalWire (Twilio-compatible cXML) sends X-SignalWire-Signature, computed like Twilio's with
+    the project's signing key: set as twilio.auth_token, it is checked the same."""
+    gw = await signed_gateway(make_gateway, fake_glm)
+    signed = compute(TWILIO_TOKEN, PUBLIC + "/twilio/voice?bot=glm-quiet", FORM)
+    async with aiohttp.ClientSession() as s:
+        for header, sig, want in (("X-SignalWire-Signature", signed, 200), ("X-SignalWire-Signature", "bad", 403)):
+            async with s.post(gw.url + "/twilio/voice?bot=glm-quiet", data=FORM, headers={header: sig}) as r:
+                assert r.status == want, (header, sig)

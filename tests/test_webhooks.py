@@ -173,7 +173,7 @@ async def test_nothing_is_lost_when_the_receiver_is_down_across_a_gateway_restar
     await receiver.start(port)
     second = proc.serve(gw_port, env, config_path)
     try:
-        await wait_for(lambda: len(receiver.events) == 2, 15, "both events from the second gateway")
+        await wait_for(lambda: len(receiver.events) == 2, 45, "both events from the second gateway")
     finally:
         log2 = proc.stop(second)
     assert [e["type"] for e in receiver.events] == ["call.started", "call.ended"], log2

@@ -21,6 +21,7 @@ TwiML after </Connect>), and one `call_ended` line says why.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -37,7 +38,7 @@ from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Pro
                               ProviderError, ResponseDone, ResponseStarted, SpeechStarted, SpeechStopped, ToolCall)
 from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, Started, Stopped
 from .actions import PhoneActions
-from .audio_bridge import AudioBridge
+from .audio_bridge import AudioBridge, PhoneFormat
 from .conversation import Conversation, TranscriptEntry
 from .hold import HOLD, HoldSound
 from .journal import CallObserver, CallSummary, Journal
@@ -47,6 +48,18 @@ from .tools import ToolRunner
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
+
+
+# A short acknowledgement while the bot talks is not an interruption ("mm-hm", "yeah", "ok").
+BACKCHANNELS = frozenset("mm mmm hm mhm hmm mhmm um uh huh uhhuh mmhmm yeah yes yep ok okay right sure alright aha ah oh i see got it "
+                         "嗯 哦 对 好 是 啊 嗯嗯 好的 对对".split())
+
+
+def interrupts(transcript: str) -> bool:
+    """Caller words that make an interruption: anything but a lone backchannel ("stop" does, "mm-hm"
+    does not)."""
+    words = re.findall(r"\w+", transcript.lower())
+    return bool(words) and not (len(words) <= 2 and all(w in BACKCHANNELS for w in words))
 
 
 @dataclass
@@ -109,11 +122,15 @@ class Call:
         self.summary = CallSummary(self.call_id, persona.name, transcript=self.conversation.transcript)
         self.journal = Journal(log, record or NullRecordWriter(self.call_id), self.summary, self.conversation.offset,
                                observers)
-        self.audio = AudioBridge(session.capabilities)
+        fmt = PhoneFormat.of(started)  # what the phone speaks; the bridge converts, the Playout counts in it
+        self.audio = AudioBridge(session.capabilities, fmt)
         self.playout = Playout(phone, config.audio.playout_lead_ms, chunk_ms=config.audio.chunk_ms, clock=clock,
+                               bytes_per_ms=fmt.bytes_per_ms,
+                               min_chunk_frames=-(-getattr(phone, "min_chunk_bytes", 0) // fmt.frame_bytes) or 1,
                                on_first_audio=self._first_audio,
-                               on_frame=recording.bot if recording is not None else None)
-        self.hold = HoldSound(hold_sound, persona.hold.after_ms, self.playout, self.journal, clock)
+                               on_frame=self._record_bot if recording is not None else None)
+        self.hold = HoldSound(self.audio.phone_sound(hold_sound), persona.hold.after_ms, self.playout, self.journal,
+                              clock, frame_bytes=fmt.frame_bytes)
         self.model = ModelLink(session, new_session=new_session, context=self.conversation.context,
                                quiet=self.quiet, limits=config.limits, journal=self.journal, clock=clock)
         self.actions = PhoneActions(phone=phone, playout=self.playout, conversation=self.conversation,
@@ -238,10 +255,11 @@ class Call:
     async def _phone_loop(self) -> str:
         async for ev in self.phone.events():
             if isinstance(ev, Audio):
+                ulaw = self.audio.to_ulaw8k(ev.payload)  # the phone's own bytes when it speaks mu-law
                 if self.recording is not None:
-                    self.recording.caller(ev.payload)
+                    self.recording.caller(ulaw)
                 await self.model.send_audio(self.audio.to_model(ev.payload))
-                if self._barge_check is not None and self._barge_check.hear(ev.payload):
+                if self._barge_check is not None and self._barge_check.hear(ulaw):
                     await self._confirm_barge_in("speech")
             elif isinstance(ev, MarkPlayed):
                 self.playout.on_mark(ev.name)
@@ -289,7 +307,7 @@ class Call:
                 self.conversation.output_text(ev.response_id, ev.text, ev.final)
             elif isinstance(ev, InputTranscript):
                 self.journal.line(self.conversation.caller_said(ev.text))
-                if self._barge_check is not None and any(c.isalnum() for c in ev.text):
+                if self._barge_check is not None and interrupts(ev.text):
                     await self._confirm_barge_in("words")
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
@@ -441,6 +459,9 @@ class Call:
             await self.model.delete_item(item_id)
         self.journal.log.info("model_memory_cut", item=item_id, audio_end_ms=played if played > 0 else None,
                               deleted=played <= 0)
+
+    def _record_bot(self, audio: bytes, starts_at: float) -> None:
+        self.recording.bot(self.audio.to_ulaw8k(audio, "bot"), starts_at)
 
     async def _playout_loop(self) -> str:
         await self.playout.run()

@@ -33,9 +33,9 @@ def load_hold_sound(setting: HoldAudio, base_dir: Path) -> bytes | None:
 
 class HoldSound:
     def __init__(self, sound: bytes | None, after_ms: int, playout: Playout, journal: Journal,
-                 clock: Callable[[], float] = time.monotonic):
-        cut = len(sound) - len(sound) % PHONE_FRAME_BYTES if sound else 0
-        self.frames = [sound[i:i + PHONE_FRAME_BYTES] for i in range(0, cut, PHONE_FRAME_BYTES)] if sound else []
+                 clock: Callable[[], float] = time.monotonic, frame_bytes: int = PHONE_FRAME_BYTES):
+        cut = len(sound) - len(sound) % frame_bytes if sound else 0
+        self.frames = [sound[i:i + frame_bytes] for i in range(0, cut, frame_bytes)] if sound else []
         self.after = after_ms / 1000
         self.playout = playout
         self.journal = journal

@@ -39,7 +39,8 @@ class Webhook:
 
 class Network:
     name = ""
-    webhook_path = ""  # POST: the incoming-call webhook
+    webhook_path = ""  # the incoming-call webhook ("": the network dials the media URL directly)
+    webhook_method = "POST"
     media_path = ""  # GET: the media-stream WebSocket
     document_type = "text/xml"
 
@@ -78,18 +79,25 @@ class Network:
 
     def start_refused(self, config, started: Started) -> str | None:
         """Why the stream's `start` is refused (closed with 1008), None when it is fine: for
-        networks with a secret, the media URL's ticket must name the bot; the audio must be 8 kHz
-        mu-law (phase 1)."""
+        networks with a secret, the media URL's ticket must name the bot; the audio must be in one of
+        the network's `formats`."""
         params, secret = started.custom_parameters, self.secret(config)
         if secret and not ticket_ok(secret, self.name, params.get("bot", ""), params.get("ticket", "")):
             return "missing, wrong or expired ticket in the media URL"
-        if started.encoding == "audio/x-mulaw" and started.sample_rate == 8000:
+        if (started.encoding, started.sample_rate) in self.formats:
             return None
-        return f"audio {started.encoding or '?'} at {started.sample_rate} Hz is not supported: ask for 8 kHz mu-law (PCMU)"
+        return f"audio {started.encoding or '?'} at {started.sample_rate} Hz is not supported: ask for {self.formats_wanted}"
+
+    # (encoding, rate) the call core takes from this network: audio/x-mulaw, or audio/l16 (PCM16 LE)
+    formats: tuple[tuple[str, int], ...] = (("audio/x-mulaw", 8000),)
+    formats_wanted = "8 kHz mu-law (PCMU)"
 
     def control(self, config, http: aiohttp.ClientSession, started: Started) -> PhoneControl:
-        """The call's hang-up and transfer; `http` is the app's client session (connection pool)."""
-        return PhoneControl()
+        """The call's hang-up and transfer; `http` is the app's client session (connection pool).
+        This base: neither (the stream is closed to end the call)."""
+        control = PhoneControl()
+        control.network = self.name.capitalize()
+        return control
 
 
 # ------------------------------------------------------------------ URLs

@@ -157,7 +157,9 @@ class TwilioMediaStream:
                 elif ev is not None:
                     return ev
             elif msg.type == WSMsgType.BINARY:
-                self._bad("binary frame (Twilio sends JSON text only)", size=len(msg.data))
+                ev = self._handle_binary(msg.data)
+                if ev is not None:
+                    return ev
             elif msg.type == WSMsgType.ERROR:
                 exc = self.ws.exception()
                 self.log.warning("phone_ws_error", error=f"{type(exc).__name__}: {exc}"[:200],
@@ -212,6 +214,11 @@ class TwilioMediaStream:
 
     def _decode(self, msg: dict) -> PhoneEvent | None:
         return decode_event(msg)
+
+    def _handle_binary(self, data: bytes) -> PhoneEvent | None:
+        """A binary frame: none of Twilio's (networks that send audio in binary frames override this)."""
+        self._bad("binary frame (Twilio sends JSON text only)", size=len(data))
+        return None
 
     # ---------------------------------------------------------------- outbound
     # Per message, only the payload or the mark's name changes: frames are put together from

@@ -16,6 +16,11 @@ from .twilio_rest import TwilioRest, TwilioRestError
 log = logging.getLogger("gateway")
 
 
+def request_signature(request) -> str:
+    """Twilio's signature header, or SignalWire's (same algorithm, its signing key)."""
+    return request.headers.get("X-Twilio-Signature") or request.headers.get("X-SignalWire-Signature", "")
+
+
 class TwilioControl(PhoneControl):
     network = "twilio"
 
@@ -51,12 +56,15 @@ class Twilio(Network):
         return []
 
     async def read_webhook(self, config, request) -> Webhook | str:
+        """SignalWire's compatibility API speaks this network too: the same form fields and TwiML
+        (cXML), signed the same way with the project's signing key (`twilio.auth_token`), in
+        `X-SignalWire-Signature` where Twilio uses `X-Twilio-Signature`."""
         try:
             form = await request.post()
         except Exception:  # noqa: BLE001 - a malformed body still gets TwiML, never a 500
             form = {}
         if config.signatures_required:
-            signature = request.headers.get("X-Twilio-Signature", "")
+            signature = request_signature(request)
             fields = [(k, v) for k, v in form.items() if isinstance(v, str)] if hasattr(form, "items") else []
             if not is_valid(config.twilio.auth_token, public_request_url(config, request), fields, signature):
                 log.warning("event=webhook_signature_invalid remote=%s had_signature=%s path=%s",
@@ -78,7 +86,7 @@ class Twilio(Network):
     def upgrade_refused(self, config, request) -> str | None:
         if config.signatures_required and not is_valid(
                 config.twilio.auth_token, public_request_url(config, request, websocket=True), None,
-                request.headers.get("X-Twilio-Signature", "")):
+                request_signature(request)):
             return "invalid X-Twilio-Signature"
         return None
 

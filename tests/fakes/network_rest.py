@@ -1,9 +1,12 @@
-"""Fakes of the Telnyx and Plivo REST calls the gateway makes (hang-up; Telnyx transfer), on 127.0.0.1.
+"""Fakes of the Telnyx, Plivo and Vonage REST calls the gateway makes (hang-up; Telnyx transfer), on 127.0.0.1.
 
 Telnyx Call Control: `POST /v2/calls/{call_control_id}/actions/{hangup|transfer}` with
 `Authorization: Bearer <API key>` (else 401 `{"errors": [...]}`); a call that is already over
 answers 422 with error code 90018. Plivo: `DELETE /v1/Account/{auth_id}/Call/{call_uuid}/` with
 HTTP Basic auth (auth id, auth token; else 401) answers 204, or 404 when the call is over.
+Vonage: `PUT /v1/calls/{uuid}` `{"action": "hangup"}` with `Authorization: Bearer <JWT RS256 signed
+with the application's private key, claims application_id, iat, exp, jti>` (else 401) answers 204,
+or 404 when the call is over.
 Every request is recorded with its arrival time; `fail_next` answers statuses first (retries).
 """
 
@@ -98,5 +101,42 @@ class FakePlivoRest(_FakeRest):
             return web.json_response({"error": "server error"}, status=self.fail_next.pop(0))
         if call in self.gone:
             return web.json_response({"error": "not found"}, status=404)
+        self.gone.add(call)
+        return web.Response(status=204)
+
+
+class FakeVonageRest(_FakeRest):
+    def __init__(self, application_id: str, public_key_pem: bytes):
+        super().__init__()
+        self.application_id, self.public_key = application_id, public_key_pem
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_put("/v1/calls/{call}", self._modify)
+
+    async def _modify(self, request: web.Request) -> web.Response:
+        import jwt
+
+        call = request.match_info["call"]
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        self.requests.append(NetRequest(body.get("action", "") if isinstance(body, dict) else "", call,
+                                        body if isinstance(body, dict) else {}))
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        try:
+            claims = jwt.decode(token, self.public_key, algorithms=["RS256"], options={"require": ["iat", "jti"]})
+            ok = scheme == "Bearer" and claims.get("application_id") == self.application_id
+        except jwt.PyJWTError:
+            ok = False
+        if not ok:
+            self.rejected.append(request.path)
+            return web.json_response({"title": "Unauthorized"}, status=401)
+        if self.fail_next:
+            return web.json_response({"title": "Server error"}, status=self.fail_next.pop(0))
+        if call in self.gone:
+            return web.json_response({"title": "Not found"}, status=404)
+        if self.requests[-1].action != "hangup":
+            return web.json_response({"title": "Bad request"}, status=400)
         self.gone.add(call)
         return web.Response(status=204)
