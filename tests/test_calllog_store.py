@@ -199,3 +199,20 @@ async def test_a_nul_in_what_a_caller_sent_does_not_lose_the_record(store_url, t
     assert call["events"][0]["text"] in ("hi\x00there", "hi\ufffdthere")
     assert store.dropped == 0
     await store.close()
+
+
+async def test_a_calls_webhooks_are_claimed_in_order_even_when_the_first_is_retried_later(store_url, tmp_path):
+    store = await started(store_url, tmp_path)
+    now = time.time()
+    store.enqueue("add_webhook", "d1", "http://r/", "call.started", "CAw", "{}", now - 10)
+    store.enqueue("add_webhook", "d2", "http://r/", "call.ended", "CAw", "{}", now - 5)
+    await store.flush()
+    first = await store.claim_webhooks("c1", 30, 10, now)
+    assert [d["id"] for d in first] == ["d1"]  # call.ended waits for call.started
+    await store.webhook_done("d1", "c1", delivered=False, error="refused", next_at=now + 60, now=now)
+    assert await store.claim_webhooks("c2", 30, 10, now + 1) == []  # started pending: ended still waits
+    again = await store.claim_webhooks("c3", 30, 10, now + 61)
+    assert [d["id"] for d in again] == ["d1"]
+    await store.webhook_done("d1", "c3", delivered=True, now=now + 61)
+    assert [d["id"] for d in await store.claim_webhooks("c4", 30, 10, now + 62)] == ["d2"]
+    await store.close()

@@ -308,7 +308,8 @@ class CallStore(abc.ABC):
 
     # ------------------------------------------------------------------ webhook deliveries
     async def claim_webhooks(self, claim: str, lease_seconds: float, limit: int, now: float | None = None) -> list[dict]:
-        """Take up to `limit` due deliveries for `claim` (unique per attempt) until now + lease.
+        """Take up to `limit` due deliveries for `claim` (unique per attempt) until now + lease; a
+        call's events reach each receiver in order (a later one waits while an earlier one is pending).
         The outer conditions are checked again on each row as it is updated, so of two instances
         claiming at once only one gets a row (PostgreSQL re-reads a row another transaction just
         changed; SQLite runs one writer at a time)."""
@@ -316,7 +317,11 @@ class CallStore(abc.ABC):
         free = "delivered_at IS NULL AND abandoned_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)"
         await self._execute(self._sql(
             f"UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? WHERE {free} AND id IN "
-            f"(SELECT id FROM webhook_deliveries WHERE {free} AND next_at <= ? ORDER BY next_at LIMIT ?)"),
+            f"(SELECT id FROM webhook_deliveries WHERE {free} AND next_at <= ? AND NOT EXISTS "
+            # per call and receiver, in order: call.ended waits while its call.started is pending
+            "(SELECT 1 FROM webhook_deliveries e WHERE e.url = webhook_deliveries.url "
+            "AND e.call_id = webhook_deliveries.call_id AND e.created_at < webhook_deliveries.created_at "
+            "AND e.delivered_at IS NULL AND e.abandoned_at IS NULL) ORDER BY next_at LIMIT ?)"),
             (claim, now + lease_seconds, now, now, now, limit))
         return await self._fetch(self._sql("SELECT id, url, event, call_id, body, created_at, attempts "
                                            "FROM webhook_deliveries WHERE claimed_by = ? ORDER BY next_at"), (claim,))
