@@ -255,7 +255,10 @@ class Call:
     async def _phone_loop(self) -> str:
         async for ev in self.phone.events():
             if isinstance(ev, Audio):
-                ulaw = self.audio.to_ulaw8k(ev.payload)  # the phone's own bytes when it speaks mu-law
+                # 8 kHz mu-law for the recording and the barge-in check, only when one wants it (on a
+                # PCM phone it costs a resample; on a mu-law phone it is the phone's own bytes)
+                ulaw = self.audio.to_ulaw8k(ev.payload) \
+                    if self.recording is not None or self._barge_check is not None else b""
                 if self.recording is not None:
                     self.recording.caller(ulaw)
                 await self.model.send_audio(self.audio.to_model(ev.payload))
