@@ -5,15 +5,18 @@ an `error` event with an authentication code before the session exists)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import time
+import wave
 
 import jwt
 import pytest
 
 from gateway.providers.glm import make_jwt
 from tests.conftest import GLM_KEY
-from tests.phone_helpers import dial, ended, logged, wait_for
+from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
 
 KEY_ID, SECRET = GLM_KEY.split(".")
 
@@ -79,6 +82,12 @@ async def test_refused_exp_unit_falls_back_once_and_is_kept(make_gateway, fake_g
     with caplog.at_level(logging.INFO, logger="gateway"):
         first = await dial(gw.url, bot="glm-quiet")
         await wait_for(lambda: any(s.session_config for s in fake_glm.sessions), 5, "a configured session")
+        await first.say(ulaw_tone(440, 0.3))
+        session = next(s for s in fake_glm.sessions if s.session_config)
+        await wait_for(lambda: any(e["type"] == "input_audio_buffer.append" for e in session.events), 3, "audio")
+        append = next(e for e in session.events if e["type"] == "input_audio_buffer.append")
+        with wave.open(io.BytesIO(base64.b64decode(append["audio"]))) as w:
+            assert w.getnframes() == 1600  # the retried session still batches 100 ms per append
         await first.hangup()
         summary = await ended(gw, first)
         assert summary.end_reason == "caller_hangup"

@@ -140,7 +140,7 @@ class GlmRealtime(JsonWsProvider):
                 raise
             tried, self._exp_unit = self._exp_unit, "s" if self._exp_unit == "ms" else "ms"
             self.log.warning("model_auth_refused", exp_unit=tried, retry_exp_unit=self._exp_unit, error=str(e)[:200])
-            JsonWsProvider.__init__(self, self.log)  # a fresh socket, queue and set-up state
+            await self._reopen()  # the refused socket closed; a fresh queue and set-up state
             self._auth_refused = False
             try:
                 await self._connect_once()
@@ -160,7 +160,7 @@ class GlmRealtime(JsonWsProvider):
         await self._send({"type": "session.update", "session": self.session_config()})
         try:
             await self._wait_ready(timeout, "session.update")
-        except ProviderConnectError as e:
+        except ProviderConnectError:
             if self._auth_refused:
                 raise ProviderConnectError(f"GLM refused the token: {self._setup_error}", auth_refused=True) from None
             raise

@@ -37,18 +37,27 @@ class JsonWsProvider(Provider):
 
     def __init__(self, log: CallLogger):
         self.log = log
+        self._ids = itertools.count(1)
+        self._append_bytes = 0  # caller audio per append (subclasses set it; 0: as it comes)
+        self._fresh_connection()
+
+    def _fresh_connection(self) -> None:
+        """The state of one socket: none yet, nothing read, not set up."""
         self._ws: ClientConnection | None = None
         # Bounded: if the call falls behind, the reader waits (the model's socket then back-pressures
         # through TCP) instead of buffering without limit.
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=MAX_PENDING_EVENTS)
         self._reader: asyncio.Task | None = None
-        self._ids = itertools.count(1)
         self._last_rx = time.monotonic()
         self._closed = False
         self._ready = asyncio.Event()  # set by the subclass when the session is configured
         self._setup_error: str | None = None  # set with _ready when set-up was refused
-        self._append_bytes = 0  # caller audio per append (subclasses set it; 0: as it comes)
         self._pending = bytearray()
+
+    async def _reopen(self) -> None:
+        """Drop a socket whose set-up was refused, ready to connect again (the settings stay)."""
+        await self.close()
+        self._fresh_connection()
 
     # ------------------------------------------------------------------ subclass hooks
     @abc.abstractmethod
