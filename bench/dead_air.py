@@ -23,7 +23,7 @@ from gateway.audio import hold_tones  # noqa: E402
 from gateway.call import Call  # noqa: E402
 from gateway.config import Config, HttpTool, LimitsConfig, Persona  # noqa: E402
 from gateway.logs import CallLogger  # noqa: E402
-from gateway.providers.base import ProviderError, ResponseDone, ResponseStarted, ToolCall  # noqa: E402
+from gateway.providers.base import ProviderError, ResponseDone, ToolCall  # noqa: E402
 from tests.call_fakes import MemoryModel, MemoryPhone  # noqa: E402
 
 

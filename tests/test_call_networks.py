@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from dataclasses import dataclass
 
 import pytest

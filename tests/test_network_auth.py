@@ -69,7 +69,7 @@ async def test_telnyx_answer_is_texml_and_unsigned_webhooks_are_refused(make_gat
     phone = _phone(gw.url, "telnyx", bot="echo", signing_key=key)
     await phone.dial()
     assert phone.result.twiml.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="ws://')
-    assert f'/telnyx/media?bot=echo&amp;ticket=' in phone.result.twiml
+    assert '/telnyx/media?bot=echo&amp;ticket=' in phone.result.twiml
     assert 'bidirectionalMode="rtp" bidirectionalCodec="PCMU" bidirectionalSamplingRate="8000"' in phone.result.twiml
     for signing_key in (None, Ed25519PrivateKey.generate()):
         with pytest.raises(DialError, match="HTTP 403"):

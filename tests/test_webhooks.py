@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import time
 
 import pytest
