@@ -5,7 +5,7 @@ whole process under load) when a change is too small to see there.
     .venv/py3.11/bin/python bench/hotpath.py [--seconds 2]
 
 Stages, each run with the real classes on a fake socket that only counts what it is given:
-- in.parse: one Twilio media frame text -> Audio event (TwilioMediaStream._handle_text)
+- in.parse: one Twilio media frame text -> Audio event (WsPhoneStream._decode: the Twilio codec)
 - in.glm / in.openai: Audio payload -> the model's appends (AudioBridge.to_model + send_audio)
 - mark.parse: one echoed mark frame -> MarkPlayed
 - out.glm / out.openai: one model delta frame -> phone frames queued (decode + to_phone + enqueue)
@@ -33,7 +33,8 @@ from gateway.logs import CallLogger  # noqa: E402
 from gateway.playout import Playout  # noqa: E402
 from gateway.providers.glm import GlmProviderConfig, GlmRealtime  # noqa: E402
 from gateway.providers.openai import OpenAIProviderConfig, OpenAIRealtime  # noqa: E402
-from gateway.telephony.twilio import TwilioMediaStream  # noqa: E402
+from gateway.telephony.twilio.codec import TwilioCodec  # noqa: E402
+from gateway.telephony.ws_stream import WsPhoneStream  # noqa: E402
 
 LOG = CallLogger(logging.getLogger("bench-hotpath"))
 SID = "MZ" + "0" * 32
@@ -86,15 +87,15 @@ def main() -> int:
     s = args.seconds
     rows = []
 
-    phone = TwilioMediaStream(CountingWs(), LOG)
-    phone._handle_text(json.dumps({"event": "start", "start": {"streamSid": SID, "callSid": "CA" + "0" * 32,
-                                                                "accountSid": "AC" + "0" * 32}}))
+    phone = WsPhoneStream(CountingWs(), TwilioCodec(), LOG)
+    phone._decode(json.dumps({"event": "start", "start": {"streamSid": SID, "callSid": "CA" + "0" * 32,
+                                                                "accountSid": "AC" + "0" * 32}}), False)
     ulaw = pcm16_to_ulaw(tone(440, 0.02, 8000))
     media = json.dumps({"event": "media", "sequenceNumber": "3", "streamSid": SID, "media": {
         "track": "inbound", "chunk": "1", "timestamp": "20", "payload": base64.b64encode(ulaw).decode()}})
     mark = json.dumps({"event": "mark", "sequenceNumber": "4", "streamSid": SID, "mark": {"name": "1:23"}})
-    rows.append(("in.parse (per 20 ms)", timed(lambda: phone._handle_text(media), s), 50))
-    rows.append(("mark.parse (per 100 ms)", timed(lambda: phone._handle_text(mark), s), 10))
+    rows.append(("in.parse (per 20 ms)", timed(lambda: phone._decode(media, False), s), 50))
+    rows.append(("mark.parse (per 100 ms)", timed(lambda: phone._decode(mark, False), s), 10))
 
     loop = asyncio.new_event_loop()
     for name, cls, cfg, audio in (("glm", GlmRealtime, GlmProviderConfig(), PersonaAudio("wav", "pcm")),

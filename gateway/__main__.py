@@ -69,7 +69,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _call(args: argparse.Namespace) -> int:
     from .phone_sim import main as phone_main
-    return asyncio.run(phone_main(args))
+    try:
+        return asyncio.run(phone_main(args))
+    except KeyboardInterrupt:  # before the call was up (the call itself ends with its summary)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _calls(args: argparse.Namespace) -> int:

@@ -28,22 +28,15 @@ from .calllog import open_store
 from .capacity import Capacity, Grant
 from .config import Config, Persona
 from .logs import CallLogger
-from .machine_detection import amd_callback
 from .metrics import METRICS, add_metrics
 from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
 from .recording import purge_recordings, recordings_dir
-from .telephony import audiosocket
-from .telephony.audiosocket import AudioSocket
-from .telephony.exotel import Exotel
-from .telephony.network import Network, public_request_url
-from .telephony.plivo import Plivo
-from .telephony.telnyx import Telnyx
-from .telephony.twilio_net import Twilio
-from .telephony.twilio_rest import TwilioRest
-from .telephony.vonage import Vonage
-from .web_state import CALLS, CAPACITY, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, REST, STORE
+from .telephony import PhoneStream
+from .telephony.network import ListenFailed, NetworkSpec
+from .telephony.registry import NETWORKS
+from .web_state import CALLS, CAPACITY, CONFIG, DRAINING, HTTP, INSTANCE, RECENT, STORE
 from .webhooks import WEBHOOKS, webhook_delivery
 
 log = logging.getLogger("gateway")
@@ -54,7 +47,6 @@ SORRY_UNKNOWN_BOT = "Sorry, this number is not in service right now. Goodbye."
 SORRY_BUSY = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 SORRY_RESTARTING = "We are updating our service. Please call again in a minute. Goodbye."
 REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call away: why
-NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel(), AudioSocket(), Vonage())  # a new network: its module and a line here
 
 
 def create_app(config: Config) -> web.Application:
@@ -72,7 +64,8 @@ def create_app(config: Config) -> web.Application:
                                  functools.partial(voice_webhook, network=network))
         if network.media_path:
             app.router.add_get(network.media_path, functools.partial(media_stream, network=network))
-    app.router.add_post("/twilio/amd", amd_callback(public_request_url))  # outbound calls' machine detection
+        for method, path, handler in network.routes():
+            app.router.add_route(method, path, handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_operator_routes(app)
@@ -82,7 +75,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(remote_commands)
     app.cleanup_ctx.append(webhook_delivery)
     app.cleanup_ctx.append(_purge_old_records)
-    app.cleanup_ctx.append(_audiosocket_listener)
+    app.cleanup_ctx.append(_network_listeners)
     app.on_shutdown.append(_hang_up_all)
     return app
 
@@ -95,14 +88,14 @@ def process_instance_id(config: Config) -> str:
 
 
 async def _http_client(app: web.Application):
-    """One aiohttp client session for everything the app calls over HTTP (Twilio's REST API, HTTP
+    """One aiohttp client session for everything the app calls over HTTP (networks' REST APIs, HTTP
     tools): connections and TLS sessions are reused instead of a handshake per request. No cookie
     jar: one caller's cookies must never ride along on another caller's tool call. Closed last."""
     config = app[CONFIG]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[HTTP] = session
-        app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, session,
-                               config.twilio.api_base)
+        for network in NETWORKS:
+            network.attach(app, config, session)
         yield
 
 
@@ -148,26 +141,25 @@ async def _purge_old_records(app: web.Application):
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def _audiosocket_listener(app: web.Application):
-    """Asterisk AudioSocket's TCP listener, when `audiosocket.port` is set; closed (and its calls
-    ended by on_shutdown) with the app."""
-    config = app[CONFIG]
-    if not config.audiosocket.port:
-        yield
-        return
-    network = next(n for n in NETWORKS if n.name == "audiosocket")
+async def _network_listeners(app: web.Application):
+    """Listeners networks run besides HTTP (AudioSocket's TCP port), when their settings turn them
+    on; closed (and their calls ended by on_shutdown) with the app."""
+    config, servers = app[CONFIG], []
+    for network in NETWORKS:
+        async def handle(stream: PhoneStream, network: NetworkSpec = network) -> None:
+            await run_stream(app, network, stream, stream.log)
 
-    async def handle(stream) -> None:
-        await run_stream(app, network, stream, stream.log)
-
-    try:
-        server = await audiosocket.serve(config, handle, lambda: CallLogger(log, conn=f"as{next(_conn_ids)}"))
-    except OSError as e:
-        raise _listen_error(config.audiosocket.host, config.audiosocket.port, e) from None
-    log.info("event=audiosocket_listening address=%s:%d allow=%s", config.audiosocket.host, config.audiosocket.port,
-             ",".join(config.audiosocket.allow))
+        try:
+            server = await network.listen(config, handle, lambda: CallLogger(log, conn=f"tcp{next(_conn_ids)}"))
+        except ListenFailed as e:
+            for started in servers:
+                started.close()
+            raise _listen_error(e.host, e.port, e.error) from None
+        if server is not None:
+            servers.append(server)
     yield
-    server.close()
+    for server in servers:
+        server.close()
 
 
 def choose_bot(config: Config, requested: str | None, dialed: str) -> tuple[Persona | None, str]:
@@ -185,7 +177,7 @@ def choose_bot(config: Config, requested: str | None, dialed: str) -> tuple[Pers
     return config.bots[config.routing.fallback_bot], "fallback"
 
 
-async def voice_webhook(request: web.Request, network: Network) -> web.Response:
+async def voice_webhook(request: web.Request, network: NetworkSpec) -> web.Response:
     config = request.app[CONFIG]
     hook = await network.read_webhook(config, request)
     if isinstance(hook, str):  # not authentic: logged by the network
@@ -279,7 +271,7 @@ def _unavailable(config: Config, bot: str) -> str:
             f"{variable + ' or ' if variable else ''}providers.{persona.provider}.api_key")
 
 
-def _refused(request: web.Request, network: Network, twiml: str, why: str, record: dict) -> web.Response:
+def _refused(request: web.Request, network: NetworkSpec, twiml: str, why: str, record: dict) -> web.Response:
     """A call the webhook turns away. The caller hears `twiml` (generic: no config details); the
     call log gets a `refused` record saying why, and so does the X-Gateway-Refused header (for the
     simulated phone and curl; Twilio ignores headers it does not know)."""
@@ -293,9 +285,10 @@ def _refused(request: web.Request, network: Network, twiml: str, why: str, recor
                         headers={REFUSED_HEADER: re.sub(r"[^\x20-\x7e]", "?", why)})
 
 
-async def media_stream(request: web.Request, network: Network) -> web.WebSocketResponse:
+async def media_stream(request: web.Request, network: NetworkSpec) -> web.WebSocketResponse:
     config = request.app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=config.limits.max_message_bytes, autoping=True, heartbeat=None)
+    ws = web.WebSocketResponse(max_msg_size=config.limits.max_message_bytes, autoping=True, heartbeat=None,
+                               protocols=network.ws_protocols)
     refused = network.upgrade_refused(config, request)
     await ws.prepare(request)
     clog = CallLogger(log, conn=f"ws{next(_conn_ids)}")
@@ -308,7 +301,7 @@ async def media_stream(request: web.Request, network: Network) -> web.WebSocketR
     return ws
 
 
-async def run_stream(app: web.Application, network: Network, stream, clog: CallLogger) -> None:
+async def run_stream(app: web.Application, network: NetworkSpec, stream: PhoneStream, clog: CallLogger) -> None:
     """A network's media stream from its first frame to the end of the call (WebSocket or not)."""
     config = app[CONFIG]
     try:

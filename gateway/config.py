@@ -14,7 +14,6 @@ import os
 import re
 import types
 import typing
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from .audio import load_phone_sound
 from .httptools import schema_problem
 from .persona import BUILTIN_TOOLS, DtmfConfig, HttpTool, Persona, PersonaAudio, TurnDetection
 from .providers import SPECS
+from .telephony.registry import NETWORKS
 
 __all__ = ["BUILTIN_TOOLS", "Config", "ConfigError", "DtmfConfig", "HttpTool", "Persona", "PersonaAudio",
            "TurnDetection", "load_config", "load_persona"]
@@ -56,52 +56,6 @@ class ServerConfig:
 ProvidersConfig = dataclasses.make_dataclass(
     "ProvidersConfig", [(name, spec.settings, field(default_factory=spec.settings))
                         for name, spec in SPECS.items() if spec.settings is not None], frozen=True)
-
-
-@dataclass(frozen=True)
-class TwilioConfig:
-    account_sid: str = ""
-    auth_token: str = ""
-    api_base: str = "https://api.twilio.com"
-    # Webhooks and media streams must carry a valid X-Twilio-Signature whenever auth_token is set.
-    # Turning that off is for local experiments only and is logged as a warning at start-up.
-    insecure_skip_signature: bool = False
-
-
-@dataclass(frozen=True)
-class TelnyxConfig:
-    api_key: str = ""  # REST (hang-up, transfer) and the media URL's ticket
-    public_key: str = ""  # the account's Ed25519 public key (base64): webhooks must be signed with it
-    api_base: str = "https://api.telnyx.com"
-
-
-@dataclass(frozen=True)
-class PlivoConfig:
-    auth_id: str = ""
-    auth_token: str = ""  # REST (hang-up), webhook signatures (V3) and the media URL's ticket
-    api_base: str = "https://api.plivo.com"
-
-
-@dataclass(frozen=True)
-class ExotelConfig:
-    api_key: str = ""  # with api_token: the basic auth the Voicebot applet's URL carries (KEY:TOKEN@host)
-    api_token: str = ""
-
-
-@dataclass(frozen=True)
-class VonageConfig:
-    application_id: str = ""  # with private_key: REST hang-up (JWT RS256)
-    private_key: str = ""  # the application's private.key: a file path (or the PEM itself)
-    signature_secret: str = ""  # signed webhooks (JWT HS256) and the media URL's ticket
-    api_base: str = "https://api.nexmo.com"
-
-
-@dataclass(frozen=True)
-class AudioSocketConfig:
-    port: int = 0  # 0: no AudioSocket listener (GATEWAY_AUDIOSOCKET_PORT)
-    host: str = "127.0.0.1"
-    allow: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # peer addresses or networks served
-    bots: dict[str, str] = field(default_factory=dict)  # the dialplan's AudioSocket UUID -> bot
 
 
 @dataclass(frozen=True)
@@ -191,15 +145,9 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class _Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
-    twilio: TwilioConfig = field(default_factory=TwilioConfig)
-    telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
-    plivo: PlivoConfig = field(default_factory=PlivoConfig)
-    exotel: ExotelConfig = field(default_factory=ExotelConfig)
-    vonage: VonageConfig = field(default_factory=VonageConfig)
-    audiosocket: AudioSocketConfig = field(default_factory=AudioSocketConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -234,15 +182,20 @@ class Config:
                         if any(word in k.lower() for word in ("auth", "key", "token", "secret"))]
         provider_secrets = [secret for name, spec in SPECS.items() for f in spec.secret_fields
                             for secret in _as_list(getattr(self.provider_settings(name), f, ""))]
-        return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
-                            self.plivo.auth_token, self.exotel.api_token, self.vonage.signature_secret,
-                            self.operator.token, db_password,
+        network_secrets = [getattr(spec.settings_of(self), f, "") for spec in NETWORKS for f in spec.secret_fields]
+        return [s for s in (*provider_secrets, *network_secrets, self.operator.token, db_password,
                             *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
     def base_dir(self) -> Path:
         """Relative paths in the config (bots, SQLite file, recordings) are relative to this."""
         return Path(self.path).resolve().parent if self.path else Path.cwd()
+
+
+# One section per phone network that has settings (`twilio:`, `telnyx:`, …), typed by its spec.
+Config = dataclasses.make_dataclass(
+    "Config", [(spec.name, spec.settings, field(default_factory=spec.settings)) for spec in NETWORKS if spec.settings],
+    bases=(_Config,), frozen=True, namespace={"__module__": __name__, "__doc__": "The whole validated config."})
 
 
 def _as_list(value: Any) -> list:
@@ -368,22 +321,7 @@ def _walk_env(node: Any, where: str, env: typing.Mapping[str, str]) -> Any:
 
 _ENV_OVERRIDES = {
     **{var: ("providers", name, key) for name, spec in SPECS.items() for var, key in spec.env.items()},
-    "TWILIO_ACCOUNT_SID": ("twilio", "account_sid"),
-    "TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
-    "TWILIO_API_BASE": ("twilio", "api_base"),
-    "TELNYX_API_KEY": ("telnyx", "api_key"),
-    "TELNYX_PUBLIC_KEY": ("telnyx", "public_key"),
-    "TELNYX_API_BASE": ("telnyx", "api_base"),
-    "PLIVO_AUTH_ID": ("plivo", "auth_id"),
-    "PLIVO_AUTH_TOKEN": ("plivo", "auth_token"),
-    "PLIVO_API_BASE": ("plivo", "api_base"),
-    "EXOTEL_API_KEY": ("exotel", "api_key"),
-    "EXOTEL_API_TOKEN": ("exotel", "api_token"),
-    "GATEWAY_AUDIOSOCKET_PORT": ("audiosocket", "port"),
-    "VONAGE_APPLICATION_ID": ("vonage", "application_id"),
-    "VONAGE_PRIVATE_KEY": ("vonage", "private_key"),
-    "VONAGE_SIGNATURE_SECRET": ("vonage", "signature_secret"),
-    "VONAGE_API_BASE": ("vonage", "api_base"),
+    **{var: (spec.name, key) for spec in NETWORKS for var, key in spec.env.items()},
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),
@@ -539,16 +477,13 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
         if bot not in bots:
             raise ConfigError(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
                               f"(have: {', '.join(sorted(bots)) or 'none'})")
-    as_bots = {}
-    for key, bot in cfg.audiosocket.bots.items():
-        try:
-            as_bots[str(uuid.UUID(key))] = bot  # Asterisk sends the UUID's 16 bytes: any spelling of it matches
-        except ValueError:
-            raise ConfigError(f"{path}: audiosocket.bots: {key!r} is not a UUID") from None
-        if bot not in bots:
-            raise ConfigError(f"{path}: audiosocket.bots.{key}: no bot {bot!r} in {bots_dir} "
-                              f"(have: {', '.join(sorted(bots)) or 'none'})")
-    cfg = dataclasses.replace(cfg, audiosocket=dataclasses.replace(cfg.audiosocket, bots=as_bots))
+    for spec in NETWORKS:  # settings that name bots, checked now that the bots are known
+        if spec.settings is not None:
+            try:
+                cfg = dataclasses.replace(cfg, **{spec.name: spec.finish_settings(spec.settings_of(cfg), bots,
+                                                                                  f"{path}: {spec.name}")})
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     for name, persona in bots.items():
         if persona.overflow != "busy" and (persona.overflow not in bots or persona.overflow == name):
             raise ConfigError(f"{persona.path}: overflow: expected busy or another bot, got {persona.overflow!r} "
@@ -559,7 +494,6 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
 def _check_ranges(cfg: Config, path: Path) -> None:
     checks = [
         ("server.port", 0 <= cfg.server.port <= 65535, "0..65535"),
-        ("audiosocket.port", 0 <= cfg.audiosocket.port <= 65535, "0..65535 (0: off)"),
         ("server.public_url", not cfg.server.public_url or re.match(r"^https?://[^/]+", cfg.server.public_url),
          "an http(s):// URL"),
         ("audio.playout_lead_ms", 40 <= cfg.audio.playout_lead_ms <= 2000, "40..2000"),
@@ -576,6 +510,7 @@ def _check_ranges(cfg: Config, path: Path) -> None:
     ]
     checks += [(f"providers.{name}.{key}", ok(cfg.provider_settings(name)), want)
                for name, spec in SPECS.items() for key, ok, want in spec.checks]
+    checks += [(f"{spec.name}.{key}", ok(spec.settings_of(cfg)), want) for spec in NETWORKS for key, ok, want in spec.checks]
     for i, hook in enumerate(cfg.webhooks):
         checks += [(f"webhooks[{i}].url", re.match(r"^https?://[^/]+", hook.url), "an http(s):// URL"),
                    (f"webhooks[{i}].secret", len(hook.secret) >= 16,

@@ -26,9 +26,9 @@ from aiohttp import web
 
 from .config import Config
 from .logs import CallLogger
-from .telephony.signature import is_valid
-from .telephony.twilio import say_and_hangup_twiml
-from .telephony.twilio_rest import TwilioRestError
+from .telephony.twilio.signature import request_signature, signed
+from .telephony.twilio.twiml import say_and_hangup_twiml
+from .telephony.twilio.rest import TwilioRestError
 from .web_state import CALLS, CONFIG, REST, STORE
 
 log = logging.getLogger("gateway")
@@ -57,10 +57,10 @@ async def _verdict(request: web.Request, signed_url: str) -> web.Response:
     except Exception:  # noqa: BLE001 - a malformed body is a 400, never a 500
         return web.Response(status=400, text="expected a form body\n")
     if config.signatures_required:
-        signature = request.headers.get("X-Twilio-Signature", "")
         fields = [(k, v) for k, v in form.items() if isinstance(v, str)]
-        if not is_valid(config.twilio.auth_token, signed_url, fields, signature):
-            log.warning("event=amd_signature_invalid remote=%s had_signature=%s", request.remote, bool(signature))
+        if not signed(config.twilio, request, signed_url, fields):
+            log.warning("event=amd_signature_invalid remote=%s had_signature=%s", request.remote,
+                        bool(request_signature(request)))
             return web.Response(status=403, text="invalid X-Twilio-Signature\n")
     call_sid = str(form.get("CallSid", ""))[:64]
     answered_by = str(form.get("AnsweredBy", ""))[:32]

@@ -128,7 +128,7 @@ class _AppCollector(Collector):
         live = GaugeMetricFamily("gateway_calls_live", "Calls in progress on this process.", labels=["bot", "network"])
         counts: dict[tuple[str, str], int] = {}
         for call in list(self.app[CALLS].values()):
-            key = (call.persona.name, getattr(call.phone, "network", "twilio"))
+            key = (call.persona.name, call.phone.network)
             counts[key] = counts.get(key, 0) + 1
         for (bot, network), n in sorted(counts.items()):
             live.add_metric([bot, network], n)

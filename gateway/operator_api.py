@@ -155,7 +155,7 @@ async def list_calls(request: web.Request) -> web.Response:
 async def place_call(request: web.Request) -> web.Response:
     """Outbound call: {"to", "bot", "from"?, "context"?} -> Twilio dials; 201 with its CallSid."""
     from .outbound import OutboundError, plan_call
-    from .telephony.twilio_rest import TwilioRestError
+    from .telephony.twilio.rest import TwilioRestError
     try:
         body = await request.json()
     except ValueError:

@@ -1,18 +1,15 @@
-"""The simulated phone: calls the gateway exactly as Twilio, Telnyx, Plivo, Exotel, Vonage or Asterisk
-(AudioSocket) would, in real time.
+"""The simulated phone: calls the gateway exactly as a phone network would, in real time.
 
-It POSTs the network's incoming-call webhook (Vonage: GETs its answer URL; Exotel and AudioSocket
-have none: the applet or dialplan is configured with our address), reads the answer (TwiML, TeXML,
-Plivo XML, Vonage NCCO), opens
-the stream URL, sends what the network sends first (Twilio and Telnyx: `connected` and `start`,
-Twilio with the TwiML's `<Parameter>`s; Plivo: `start`), speaks 20 ms mu-law frames on a
-real-time clock (Exotel, Vonage, AudioSocket: 16-bit PCM at the network's rate, converted from
-the mu-law it is given to say; Vonage and AudioSocket in binary frames), and emulates the network's playback buffer (one player for all): received audio
-plays at 8 kHz real time, a mark (Plivo: checkpoint) is echoed when the audio before it has
-played, a clear drops the buffer (Twilio then echoes every pending mark at once; for the others
-that is unconfirmed, so `marks_on_clear` chooses). It checks every frame the gateway sends
-against the network's documented shapes (`violations`), records what was heard as a timeline,
-and reports latencies.
+Which network it is comes from that network's fake caller (`telephony/<network>/fake.py`): how it
+dials (POSTs the incoming-call webhook, GETs Vonage's answer URL, or nothing when the network is
+configured with our address: Exotel, AudioSocket), what it sends (its hello and start, 20 ms of the
+caller's audio, keypad, stop) and how it reads and checks what the gateway sends. Everything else
+is here, once: the sockets (WebSocket or TCP), a microphone that never stops (20 ms frames on a
+real-time clock: queued speech or silence; PCM networks get it converted from the mu-law it is
+given to say), the network's playback buffer (one player for all: received audio plays in real
+time, a mark is echoed when the audio before it has played, a clear drops the buffer and, where the
+network does so, echoes every pending mark), the protocol violations, the heard timeline and the
+latencies.
 
 The same class is the tests' fake caller; `python -m gateway call [--network NAME]` wraps it.
 """
@@ -21,56 +18,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import json
 import os
 import sys
 import time
-import uuid
 import wave
-import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from .telephony import audiosocket as asock
-from .telephony.plivo import v3_signature
-from .telephony.signature import compute as compute_signature
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
+from .telephony.fake import DialError
+from .telephony.registry import BY_NAME, NAMES
 
+__all__ = ["DialError", "NETWORKS", "PhoneResult", "SimulatedPhone", "main", "add_arguments"]
 FRAME_S = 0.02
-NETWORKS = ("twilio", "telnyx", "plivo", "exotel", "audiosocket", "vonage")
-PCM_NETWORKS = ("exotel", "audiosocket", "vonage")
-VONAGE_AUDIO = "audio/l16;rate=16000"  # 16-bit LE PCM at the phone rate, not mu-law
-# What each network accepts from us: event -> (fields required, fields allowed); where frames name
-# the stream; our event names as the player knows them (media, mark, clear).
-SHAPES = {
-    "twilio": ({"media": ({"event", "streamSid", "media"},) * 2, "mark": ({"event", "streamSid", "mark"},) * 2,
-                "clear": ({"event", "streamSid"},) * 2}, "streamSid", {}),
-    "telnyx": ({"media": ({"event", "media"}, {"event", "media", "stream_id"}),
-                "mark": ({"event", "mark"}, {"event", "mark", "stream_id"}),
-                "clear": ({"event"}, {"event", "stream_id"})}, "stream_id", {}),
-    "plivo": ({"playAudio": ({"event", "media"}, {"event", "media", "streamId"}),
-               "checkpoint": ({"event", "streamId", "name"},) * 2, "clearAudio": ({"event", "streamId"},) * 2},
-              "streamId", {"playAudio": "media", "clearAudio": "clear"}),
-    "exotel": ({"media": ({"event", "stream_sid", "media"},) * 2, "mark": ({"event", "stream_sid", "mark"},) * 2,
-                "clear": ({"event", "stream_sid"},) * 2}, "stream_sid", {}),
-}
-EXOTEL_CHUNK = 320  # Exotel: our media chunks must be multiples of this many bytes, at most 100 KB
-EXOTEL_MAX_CHUNK = 100_000
-
-
-class DialError(Exception):
-    """The webhook did not connect us to a stream (e.g. TwiML that says sorry and hangs up)."""
-
-    def __init__(self, message: str, status: int = 200):
-        super().__init__(message)
-        self.status = status  # the webhook's HTTP status
+NETWORKS = NAMES
 
 
 @dataclass
@@ -123,192 +90,97 @@ class PhoneResult:
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
-def bot_uuid(bot: str) -> uuid.UUID:
-    """The AudioSocket UUID the simulated dialplan uses for `bot` (map it in audiosocket.bots)."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"gateway-bot:{bot}")
-
-
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
                  auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None,
                  sample_rate: int = PHONE_RATE):
-        """`auth_token`: sign like Twilio (network twilio) or Plivo (signature V3); `signing_key`: an
-        Ed25519 private key (cryptography) to sign Telnyx webhooks with; `public_url`: what the
-        network dials (the gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url).
-        Exotel: `auth_token` is "KEY:TOKEN" for the URL's basic auth, `sample_rate` 8000/16000/24000."""
-        if network not in NETWORKS:
+        """`auth_token`: the network's secret to sign with (Twilio, Plivo V3, Vonage's signature
+        secret; Exotel "KEY:TOKEN" for the URL's basic auth); `signing_key`: an Ed25519 private key
+        (cryptography) to sign Telnyx webhooks with; `public_url`: what the network dials (the
+        gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url); `sample_rate`: the PCM
+        rate a network lets the URL choose (Exotel 8000/16000/24000)."""
+        if network not in BY_NAME:
             raise ValueError(f"network: one of {', '.join(NETWORKS)}, got {network!r}")
         self.network = network
-        self.pcm = network in PCM_NETWORKS
-        self.rate = {"exotel": sample_rate, "vonage": 16000}.get(network, PHONE_RATE)
+        self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
+        self.public_url = public_url.rstrip("/")
+        self.bot, self.caller, self.dialed = bot, caller, dialed
+        self.account_sid = account_sid
+        self.extra_form = extra_form or {}
+        self.auth_token = auth_token
+        self.signing_key = signing_key
+        self.webhook_url: str | None = None  # the full webhook URL, as the network got it (outbound calls)
+        self.fake = BY_NAME[network].fake_caller()(self, sample_rate)
+        self.pcm, self.rate = self.fake.pcm, self.fake.rate
+        self.marks_on_clear = self.fake.marks_on_clear
         self.frame_bytes = self.rate * 2 // 50 if self.pcm else PHONE_FRAME_BYTES  # 20 ms
         self._mic_up = Resampler(PHONE_RATE, self.rate) if self.pcm else None  # mu-law speech -> the phone's PCM
         self._ear_down = Resampler(self.rate, PHONE_RATE) if self.pcm else None  # heard PCM -> the mu-law timeline
-        self.signing_key = signing_key
-        self.marks_on_clear = network == "twilio"  # pending marks echoed at a clear (unconfirmed but Twilio)
-        self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
-        self.public_url = public_url.rstrip("/")
-        self.bot = bot
-        self.caller = caller
-        self.dialed = dialed
-        self.call_sid = call_sid or {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex,
-                                     "plivo": str(uuid.uuid4()), "exotel": uuid.uuid4().hex,
-                                     "audiosocket": str(bot_uuid(bot) if bot else uuid.uuid4()),
-                                     "vonage": str(uuid.uuid4())}[network]
-        self.account_sid = account_sid
-        self.stream_sid = "MZ" + uuid.uuid4().hex if network == "twilio" else str(uuid.uuid4())
-        if network in ("audiosocket", "vonage"):  # one UUID names the call (and, mapped in audiosocket.bots, its bot)
-            self.stream_sid = self.call_sid
-        self._tcp: asyncio.StreamWriter | None = None  # AudioSocket: no WebSocket
-        self._vonage_headers: dict = {}  # Vonage: the NCCO endpoint's headers, echoed in websocket:connected
-        self._fill_ticks = 0
-        self._starved = True  # AudioSocket's player waits for a little audio before it plays (jitter)
-        self.extra_form = extra_form or {}
+        self.call_sid = call_sid or self.fake.call_id(bot)
+        self.stream_sid = self.fake.stream_id(self.call_sid)
         self.result = PhoneResult(rate=self.rate)
         self._session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self._buffer: deque = deque()  # Twilio's playback buffer: bytes or ("mark", name)
+        self._tcp: asyncio.StreamWriter | None = None
+        self._buffer: deque = deque()  # the network's playback buffer: bytes or ("mark", token)
         self._tasks: list[asyncio.Task] = []
-        self._seq = 0
         self._mic = bytearray()
         self._mic_sent = 0
         self._mic_task: asyncio.Task | None = None
         self._chunk = 0
         self._ts_ms = 0
+        self._fill_ticks = 0
+        self._starved = True
         self.closed = asyncio.Event()
         # True: audio stays in the playback buffer unplayed (a slow network or jitter buffer), so
         # its marks are not echoed; tests use it to barge in before anything was heard.
         self.hold_playback = False
-        self.webhook_url: str | None = None  # the full webhook URL, as Twilio got it (outbound calls)
-        self.auth_token = auth_token  # sign requests like Twilio (X-Twilio-Signature) when set
 
     # ------------------------------------------------------------------ set-up
     async def dial(self) -> PhoneResult:
-        """POST the webhook like Twilio; parse the TwiML; raise DialError if there is no Stream."""
+        """Whatever the network does first (its webhook); raise DialError if no stream is offered."""
         self._session = self._session or aiohttp.ClientSession()
-        if self.network == "audiosocket":  # no webhook: the dialplan's AudioSocket(uuid,host:port)
-            self.result.stream_url = self.base_url
-            self.result.parameters = {"bot": self.bot} if self.bot else {}
-            return self.result
-        if self.network == "vonage":
-            return await self._vonage_answer()
-        if self.network == "exotel":  # no webhook: the Voicebot applet is configured with the media URL
-            query = {k: v for k, v in (("bot", self.bot), ("sample-rate", str(self.rate))) if v}
-            self.result.stream_url = f"{self.public_url or self.base_url}/exotel/media?{urlencode(query)}"
-            self.result.stream_url = "ws" + self.result.stream_url.removeprefix("http")
-            self.result.parameters = dict(query)
-            return self.result
-        form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": self.caller,
-                "To": self.dialed, "CallStatus": "ringing", "Direction": "inbound",
-                "ApiVersion": "2010-04-01", "Caller": self.caller, "Called": self.dialed, **self.extra_form}
-        if self.network == "plivo":
-            form = {"CallUUID": self.call_sid, "From": self.caller, "To": self.dialed, "Direction": "inbound",
-                    "CallStatus": "ringing", "Event": "StartApp", **self.extra_form}
-        url = self.webhook_url or f"{self.public_url or self.base_url}/{self.network}/voice" + \
-            (f"?bot={self.bot}" if self.bot else "")
-        body = urlencode(form).encode()
-        headers = {"Content-Type": "application/x-www-form-urlencoded", **self._webhook_signature(url, form, body)}
-        async with self._session.post(self.reach(url), data=body, headers=headers) as resp:
+        await self.fake.dial()
+        return self.result
+
+    def public(self, path: str, bot: bool = False) -> str:
+        """The gateway's public URL of `path` (as the network knows it); `bot`: with ?bot= when asked for one."""
+        return f"{self.public_url or self.base_url}{path}" + (f"?{urlencode({'bot': self.bot})}" if bot and self.bot else "")
+
+    async def request(self, method: str, url: str, **kw) -> tuple[str, str | None]:
+        """An HTTP request as the network makes it; (body, X-Gateway-Refused). DialError unless 200."""
+        async with self._session.request(method, self.reach(url), **kw) as resp:
             text = await resp.text()
             if resp.status != 200:
                 raise DialError(f"webhook answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
-            refused = resp.headers.get("X-Gateway-Refused")  # why, for us (Twilio ignores it)
-        self.result.twiml = text
-        root = ET.fromstring(text)
-        stream = root.find("./Stream" if self.network == "plivo" else "./Connect/Stream")
-        if stream is None:
-            say = root.find("./Speak" if self.network == "plivo" else "./Say")
-            says = f"the caller hears: {say.text if say is not None else '-'}"
-            raise DialError(f"refused: {refused} ({says})" if refused else f"no stream in the answer ({says})")
-        if self.network == "plivo":  # the URL is the element's text
-            self.result.stream_url = (stream.text or "").strip()
-            if stream.get("bidirectional") != "true" or stream.get("contentType") != "audio/x-mulaw;rate=8000":
-                self._violation(f"Stream attributes {dict(stream.attrib)}: audio sent back would not play")
-        else:
-            self.result.stream_url = stream.get("url", "")
-        if self.network == "telnyx" and stream.get("bidirectionalMode") != "rtp":
-            self._violation("Stream without bidirectionalMode=\"rtp\": Telnyx drops the audio we send back")
-        self.result.parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-        self.result.parameters.update(parse_qsl(urlsplit(self.result.stream_url).query))
-        return self.result
-
-    async def _vonage_answer(self) -> PhoneResult:
-        """GET the answer URL like Vonage (query to, from, uuid); the NCCO must connect a websocket."""
-        query = {"to": self.dialed, "from": self.caller, "uuid": self.call_sid,
-                 "conversation_uuid": "CON-" + str(uuid.uuid4()), **({"bot": self.bot} if self.bot else {})}
-        url = f"{self.public_url or self.base_url}/vonage/answer?{urlencode(query)}"
-        headers = {}
-        if self.auth_token:  # signed webhooks: a JWT HS256 with the signature secret
-            import jwt
-            headers["Authorization"] = "Bearer " + jwt.encode(
-                {"iat": int(time.time()), "jti": str(uuid.uuid4()), "iss": "Vonage"}, self.auth_token, algorithm="HS256")
-        async with self._session.get(self.reach(url), headers=headers) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                raise DialError(f"answer URL answered HTTP {resp.status}: {text[:200].strip()}", resp.status)
-            refused = resp.headers.get("X-Gateway-Refused")
-        self.result.twiml = text
-        ncco = json.loads(text)
-        connect = next((a for a in ncco if isinstance(a, dict) and a.get("action") == "connect"), None)
-        if connect is None:
-            talk = next((a.get("text") for a in ncco if isinstance(a, dict) and a.get("action") == "talk"), "-")
-            raise DialError(f"refused: {refused} (the caller hears: {talk})" if refused else
-                            f"no connect in the NCCO (the caller hears: {talk})")
-        endpoint = connect["endpoint"][0]
-        if endpoint.get("type") != "websocket" or endpoint.get("content-type") != VONAGE_AUDIO:
-            self._violation(f"NCCO endpoint {endpoint!r:.120}: want a websocket with {VONAGE_AUDIO}")
-        self.result.stream_url = endpoint.get("uri", "")
-        self.result.parameters = {**endpoint.get("headers", {}), **dict(parse_qsl(urlsplit(self.result.stream_url).query))}
-        self._vonage_headers = endpoint.get("headers", {})
-        return self.result
-
-    def _webhook_signature(self, url: str, form: dict, body: bytes) -> dict:
-        """The network's authentication headers on its webhook, when we hold its secret."""
-        if self.network == "twilio" and self.auth_token:
-            return {"X-Twilio-Signature": compute_signature(self.auth_token, url, form)}
-        if self.network == "plivo" and self.auth_token:
-            nonce = uuid.uuid4().hex[:20]
-            return {"X-Plivo-Signature-V3": v3_signature(self.auth_token, "POST", url, list(form.items()), nonce),
-                    "X-Plivo-Signature-V3-Nonce": nonce}
-        if self.network == "telnyx" and self.signing_key is not None:
-            ts = str(int(time.time()))
-            sig = self.signing_key.sign(ts.encode() + b"|" + body)
-            return {"telnyx-timestamp": ts, "telnyx-signature-ed25519": base64.b64encode(sig).decode()}
-        return {}
+            self.result.twiml = text
+            return text, resp.headers.get("X-Gateway-Refused")  # why, for us (networks ignore it)
 
     async def connect(self, *, send_start: bool = True) -> None:
-        """Open the stream and send `connected` and `start`, as Twilio does when the call connects."""
-        if self.network == "audiosocket":
+        """Open the stream and send what the network sends when the call connects."""
+        if self.fake.transport == "tcp":
             u = urlsplit(self.base_url)
             reader, self._tcp = await asyncio.open_connection(u.hostname, u.port)
-            self._tasks = [asyncio.create_task(self._tcp_receiver(reader), name="phone-rx"),
-                           asyncio.create_task(self._player(), name="phone-player")]
-            if send_start:
-                await self.send_start()
-            return
-        self._session = self._session or aiohttp.ClientSession()
-        headers = {"X-Twilio-Signature": compute_signature(self.auth_token, self.result.stream_url)} \
-            if self.auth_token and self.network == "twilio" else {}
-        if self.auth_token and self.network == "exotel":  # wss://KEY:TOKEN@host/...: basic auth
-            headers = {"Authorization": "Basic " + base64.b64encode(self.auth_token.encode()).decode("ascii")}
-        self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0, headers=headers)
-        if self.network == "twilio":
-            await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        elif self.network in ("telnyx", "exotel"):
-            await self.send_json({"event": "connected", "version": "1.0.0"} if self.network == "telnyx"
-                                 else {"event": "connected"})
-
-        self._tasks = [asyncio.create_task(self._receiver(), name="phone-rx"),
+            receiver = self._tcp_receiver(reader)
+        else:
+            self._session = self._session or aiohttp.ClientSession()
+            self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0,
+                                                     headers=self.fake.connect_headers(),
+                                                     protocols=self.fake.ws_protocols)
+            receiver = self._receiver()
+        for frame in self.fake.hello():
+            await self.send(frame)
+        self._tasks = [asyncio.create_task(receiver, name="phone-rx"),
                        asyncio.create_task(self._player(), name="phone-player")]
         if send_start:
             await self.send_start()
 
     def reach(self, url: str) -> str:
-        """Where to send what Twilio sends to `url` (the public webhook, the TwiML's wss:// stream URL):
-        the gateway at base_url, keeping the path below the public URL's own. A URL on another host
-        than the public one (a stream sent to another instance) is dialled as it is, like Twilio."""
+        """Where to send what the network sends to `url` (the public webhook, the answer's wss://
+        stream URL): the gateway at base_url, keeping the path below the public URL's own. A URL on
+        another host than the public one (a stream sent to another instance) is dialled as it is."""
         u, base = urlsplit(url), urlsplit(self.base_url)
         public = urlsplit(self.public_url or self.base_url)
         if (u.hostname, u.port or _DEFAULT_PORTS.get(u.scheme)) != \
@@ -320,49 +192,15 @@ class SimulatedPhone:
         return urlunsplit((scheme, base.netloc, base.path + path, u.query, ""))
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
-        params = self.result.parameters if parameters is None else parameters
-        if self.network == "vonage":  # the first message; the endpoint's headers at the top level
-            await self.send_json({"event": "websocket:connected", "content-type": VONAGE_AUDIO, **self._vonage_headers})
-            self.result.start_sent_at = time.monotonic()
-            self._start_mic()
-            return
-        if self.network == "audiosocket":  # the UUID is the start
-            await self.send_raw(asock.frame(asock.UUID, uuid.UUID(self.call_sid).bytes))
-            self.result.start_sent_at = time.monotonic()
-            self._start_mic()
-            return
-        await self.send_json(self._start_frame() if self.network != "twilio" else {
-            "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-            "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
-                      "tracks": ["inbound"], "customParameters": params,
-                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+        await self.send(self.fake.start(self.result.parameters if parameters is None else parameters))
         self.result.start_sent_at = time.monotonic()
         self._start_mic()
 
-    def _start_frame(self) -> dict:
-        if self.network == "exotel":  # snake_case, every value a string
-            return {"event": "start", "sequence_number": self._next_seq(), "stream_sid": self.stream_sid,
-                    "start": {"stream_sid": self.stream_sid, "call_sid": self.call_sid, "account_sid": "exotel-sim",
-                              "from": self.caller, "to": self.dialed, "custom_parameters": self.result.parameters,
-                              "media_format": {"encoding": "audio/x-raw", "sample_rate": str(self.rate),
-                                               "bit_rate": "16"}}}
-        if self.network == "telnyx":  # stream_id top-level only; counters as strings
-            return {"event": "start", "sequence_number": self._next_seq(), "stream_id": self.stream_sid,
-                    "start": {"user_id": str(uuid.uuid4()), "call_control_id": self.call_sid,
-                              "call_session_id": str(uuid.uuid4()), "client_state": None, "from": self.caller,
-                              "to": self.dialed, "media_format": {"encoding": "PCMU", "sample_rate": 8000,
-                                                                  "channels": 1}}}
-        return {"event": "start", "sequenceNumber": int(self._next_seq()),  # Plivo: numbers
-                "start": {"callId": self.call_sid, "streamId": self.stream_sid, "accountId": "MA" + "X" * 18,
-                          "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}},
-                "extra_headers": ""}
-
-    def _next_seq(self) -> str:
-        self._seq += 1
-        return str(self._seq)
-
     async def send_json(self, frame: dict) -> None:
         await self.send_raw(json.dumps(frame))
+
+    async def send(self, frame) -> None:
+        await (self.send_json(frame) if isinstance(frame, dict) else self.send_raw(frame))
 
     async def send_raw(self, data: str | bytes) -> None:
         """Anything at all, for adversarial tests."""
@@ -377,10 +215,7 @@ class SimulatedPhone:
         if self.ws is None or self.ws.closed:
             return
         try:
-            if isinstance(data, bytes):
-                await self.ws.send_bytes(data)
-            else:
-                await self.ws.send_str(data)
+            await (self.ws.send_bytes(data) if isinstance(data, bytes) else self.ws.send_str(data))
         except (ConnectionError, RuntimeError):
             pass
 
@@ -402,14 +237,7 @@ class SimulatedPhone:
             if self._mic_up is not None:
                 frame = self._mic_up.process(ulaw_to_pcm16(frame))
             self._chunk += 1
-            if self._tcp is not None:
-                await self.send_raw(asock.frame(asock.AUDIO, frame))
-            elif self.network == "vonage":
-                await self.send_raw(frame)
-            else:
-                await self.send_json(self._frame("media", {"track": "inbound", "chunk": str(self._chunk),
-                                                           "timestamp": str(self._ts_ms),
-                                                           "payload": base64.b64encode(frame).decode("ascii")}))
+            await self.send(self.fake.media(frame, self._chunk, self._ts_ms))
             self._ts_ms += 20
             self._mic_sent += PHONE_FRAME_BYTES
             tick += 1
@@ -436,39 +264,13 @@ class SimulatedPhone:
         return self.ws is not None and not self.ws.closed
 
     async def dtmf(self, digit: str) -> None:
-        if self._tcp is not None:
-            await self.send_raw(asock.frame(asock.DTMF, digit.encode("ascii")))
-            return
-        if self.network == "vonage":
-            await self.send_json({"event": "websocket:dtmf", "digit": digit, "duration": 260})
-            return
-        await self.send_json(self._frame("dtmf", {"track": "inbound_track", "digit": digit}))
+        await self.send(self.fake.dtmf(digit))
 
     async def hangup(self) -> None:
-        """The network's `stop` followed by closing the socket (Plivo: closing only)."""
-        if self.network == "twilio":
-            await self.send_json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                                  "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
-        elif self.network == "telnyx":
-            await self.send_json(self._frame("stop", {"user_id": "", "call_control_id": self.call_sid}))
-        elif self.network == "audiosocket":
-            await self.send_raw(asock.frame(asock.HANGUP))
-        elif self.network == "exotel":
-            await self.send_json(self._frame("stop", {"call_sid": self.call_sid, "account_sid": "exotel-sim",
-                                                      "reason": "caller_hangup"}))
+        """The network's goodbye (if it says one) followed by closing the socket."""
+        for frame in self.fake.stop():
+            await self.send(frame)
         await self.close()
-
-    def _frame(self, event: str, body: dict) -> dict:
-        """One of our frames (media, dtmf, stop) in the network's spelling."""
-        if self.network == "telnyx":
-            return {"event": event, "sequence_number": self._next_seq(), event: body, "stream_id": self.stream_sid}
-        if self.network == "exotel":
-            return {"event": event, "sequence_number": self._next_seq(), "stream_sid": self.stream_sid, event: body}
-        if self.network == "plivo":
-            if event == "media":
-                body = {**body, "chunk": int(body["chunk"])}
-            return {"event": event, "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid, event: body}
-        return {"event": event, "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, event: body}
 
     async def close(self) -> None:
         if self._tcp is not None and not self._tcp.is_closing():
@@ -493,49 +295,56 @@ class SimulatedPhone:
         except asyncio.TimeoutError:
             return False
 
-    # ------------------------------------------------------------------ Twilio emulation
-    def _violation(self, text: str) -> None:
+    # ------------------------------------------------------------------ the network's side
+    def violation(self, text: str) -> None:
         self.result.violations.append(text[:300])
+
+    _violation = violation
 
     async def _receiver(self) -> None:
         assert self.ws is not None
         async for msg in self.ws:
-            if self.network == "vonage":
-                self._vonage_apply(msg)
-                continue
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    self._violation("31950 binary frame from the gateway")
-                continue
-            self._check_and_apply(msg.data)
-        self.result.closed_by = self.result.closed_by or "gateway"
-        self.result.closed_at = self.result.closed_at or time.monotonic()
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                self._apply(self.fake.read(msg.data, msg.type == aiohttp.WSMsgType.BINARY))
+        self._gone()
         self.result.close_code = self.ws.close_code
         self.closed.set()
 
     async def _tcp_receiver(self, reader: asyncio.StreamReader) -> None:
-        """AudioSocket from the gateway: 0x10 audio (20 ms of 8 kHz PCM16 each) and 0x00 to hang up."""
-        while True:
-            try:
-                head = await reader.readexactly(3)
-                payload = await reader.readexactly(int.from_bytes(head[1:], "big"))
-            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        while (data := await self.fake.read_tcp(reader)) is not None:
+            if not self._apply(self.fake.read(data, True)):
                 break
-            if head[0] == asock.HANGUP:
-                self.result.closed_by = self.result.closed_by or "gateway"
-                self.result.closed_at = self.result.closed_at or time.monotonic()
-                break
-            if head[0] != asock.AUDIO:
-                self._violation(f"AudioSocket message type 0x{head[0]:02x} from the gateway (Asterisk takes audio and hang-up)")
-                continue
-            if len(payload) != asock.FRAME_BYTES:
-                self._violation(f"AudioSocket audio of {len(payload)} bytes (20 ms is {asock.FRAME_BYTES})")
-            self._media_in(payload)
-        self.result.closed_by = self.result.closed_by or "gateway"
-        self.result.closed_at = self.result.closed_at or time.monotonic()
+        self._gone()
         if self._tcp is not None:
             self._tcp.close()
         self.closed.set()
+
+    def _gone(self) -> None:
+        self.result.closed_by = self.result.closed_by or "gateway"
+        self.result.closed_at = self.result.closed_at or time.monotonic()
+
+    def _apply(self, effects) -> bool:
+        """What the gateway's frame means for the player; False once the gateway hung up."""
+        for effect in effects:
+            kind = effect[0]
+            if kind == "audio":
+                self._media_in(effect[1])
+            elif kind == "mark":
+                self.result.marks_received += 1
+                self._buffer.append(("mark", effect[1]))
+                self._echo_leading_marks()
+            elif kind == "clear":
+                self.result.clears.append(time.monotonic())
+                pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
+                self._buffer.clear()
+                for token in pending if self.marks_on_clear else ():
+                    self._echo(token)
+                if (ack := self.fake.cleared()) is not None:
+                    asyncio.ensure_future(self.send(ack))
+            elif kind == "hangup":
+                self._gone()
+                return False
+        return True
 
     def _media_in(self, audio: bytes) -> None:
         now = time.monotonic()
@@ -547,104 +356,11 @@ class SimulatedPhone:
         self.result.media_bytes += len(audio)
         self._buffer.append(audio)
 
-    def _vonage_apply(self, msg) -> None:
-        """Vonage: binary frames of exactly 640 bytes are audio; text is `clear` or `notify`."""
-        if msg.type == aiohttp.WSMsgType.BINARY:
-            if len(msg.data) != self.frame_bytes:
-                self._violation(f"binary frame of {len(msg.data)} bytes: Vonage wants exactly {self.frame_bytes}")
-            self._media_in(msg.data)
-            return
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            return
-        try:
-            frame = json.loads(msg.data)
-        except ValueError:
-            self._violation(f"not JSON: {msg.data[:60]}")
-            return
-        action = frame.get("action") if isinstance(frame, dict) else None
-        if action == "clear" and set(frame) == {"action"}:
-            self.result.clears.append(time.monotonic())
-            pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
-            self._buffer.clear()
-            for payload in pending if self.marks_on_clear else ():
-                self._echo(payload)
-            asyncio.ensure_future(self.send_json({"event": "websocket:cleared"}))
-        elif action == "notify" and set(frame) == {"action", "payload"} and isinstance(frame["payload"], dict):
-            self.result.marks_received += 1
-            self._buffer.append(("mark", frame["payload"]))
-            self._echo_leading_marks()
-        else:
-            self._violation(f"unknown Vonage action {msg.data[:80]}")
-
-    def _check_and_apply(self, text: str) -> None:
-        try:
-            frame = json.loads(text)
-        except ValueError:
-            self._violation(f"not JSON: {text[:60]}")
-            return
-        event = frame.get("event") if isinstance(frame, dict) else None
-        shapes, sid_field, kinds = SHAPES[self.network]
-        if event not in shapes:
-            self._violation(f"31951 unknown event {event!r}")
-            return
-        if not shapes[event][0] <= set(frame) <= shapes[event][1]:
-            self._violation(f"31951 {event} fields {sorted(frame)}")
-        if sid_field in shapes[event][0] | (set(frame) & shapes[event][1]) and frame.get(sid_field) != self.stream_sid:
-            self._violation(f"31951 {event} with {sid_field} {frame.get(sid_field)!r}")
-        event = kinds.get(event, event)
-        if event == "checkpoint":  # Plivo's mark: the name at the top
-            frame = {"mark": {"name": frame.get("name")}}
-            event = "mark"
-        if event == "media":
-            media = frame.get("media")
-            if self.network == "plivo" and isinstance(media, dict):
-                if (media.get("contentType"), media.get("sampleRate")) != ("audio/x-mulaw", 8000):
-                    self._violation(f"playAudio format {media.get('contentType')!r} {media.get('sampleRate')!r}")
-                media = {k: v for k, v in media.items() if k == "payload"}
-            if not isinstance(media, dict) or set(media) != {"payload"}:
-                self._violation(f"31951 media.media {media!r:.80}")
-                return
-            try:
-                audio = base64.b64decode(media["payload"], validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                self._violation("media payload not base64")
-                return
-            if self.network == "exotel" and (len(audio) % EXOTEL_CHUNK or len(audio) > EXOTEL_MAX_CHUNK):
-                self._violation(f"media chunk of {len(audio)} bytes: Exotel wants multiples of 320 up to 100 KB")
-            self._media_in(audio)
-        elif event == "mark":
-            mark = frame.get("mark")
-            if not isinstance(mark, dict) or set(mark) != {"name"} or not isinstance(mark.get("name"), str):
-                self._violation(f"31951 mark.mark {mark!r:.80}")
-                return
-            self.result.marks_received += 1
-            self._buffer.append(("mark", mark["name"]))
-            self._echo_leading_marks()
-        elif event == "clear":
-            self.result.clears.append(time.monotonic())
-            pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
-            self._buffer.clear()
-            for name in pending if self.marks_on_clear else ():
-                self._echo(name)
-            if self.network == "plivo":
-                asyncio.ensure_future(self.send_json({"event": "clearedAudio", "sequenceNumber": int(self._next_seq()),
-                                                      "streamId": self.stream_sid}))
-
-    def _echo(self, name: str) -> None:
+    def _echo(self, token) -> None:
         self.result.marks_echoed += 1
         self.result.last_echo_at = time.monotonic()
-        if self.network == "plivo":
-            frame = {"event": "playedStream", "sequenceNumber": int(self._next_seq()), "streamId": self.stream_sid,
-                     "name": name}
-        elif self.network == "vonage":
-            frame = {"event": "websocket:notify", "payload": name}
-        elif self.network in ("telnyx", "exotel"):
-            frame = {"event": "mark", "sequence_number": self._next_seq(), "mark": {"name": name},
-                     ("stream_id" if self.network == "telnyx" else "stream_sid"): self.stream_sid}
-        else:
-            frame = {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                     "mark": {"name": name}}
-        asyncio.ensure_future(self.send_json(frame))
+        if (frame := self.fake.echo(token)) is not None:
+            asyncio.ensure_future(self.send(frame))
 
     def _echo_leading_marks(self) -> None:
         while self._buffer and isinstance(self._buffer[0], tuple):
@@ -654,17 +370,18 @@ class SimulatedPhone:
         """Plays the buffer in real time; silence when empty (the heard timeline is continuous)."""
         t0 = time.monotonic()
         tick = 0
+        jitter = self.fake.jitter_frames
         while True:
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
             need = self.frame_bytes
             out = bytearray()
             filling = False
-            if self._tcp is not None:  # a 2-frame jitter buffer: AudioSocket audio arrives paced, with jitter
+            if jitter:  # a jitter buffer: paced audio arrives with jitter
                 if not self._buffer:
                     self._starved, self._fill_ticks = True, 0
-                elif self._starved:  # wait for a second frame, at most two ticks
-                    filling = sum(map(len, self._buffer)) < 2 * self.frame_bytes and self._fill_ticks < 2
+                elif self._starved:  # wait for more frames, at most `jitter` ticks
+                    filling = sum(map(len, self._buffer)) < jitter * self.frame_bytes and self._fill_ticks < jitter
                     self._fill_ticks += 1
                     self._starved = filling
             while need and self._buffer and not self.hold_playback and not filling:
@@ -718,7 +435,8 @@ def write_ulaw_as_wav(path: str | Path, ulaw: bytes) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8080",
-                   help="where to reach the gateway (default: %(default)s; --network audiosocket: tcp://HOST:PORT)")
+                   help="where to reach the gateway (default: %(default)s; a TCP network such as audiosocket: "
+                        "tcp://HOST:PORT)")
     p.add_argument("--public-url", default=os.environ.get("GATEWAY_PUBLIC_URL", ""), metavar="URL",
                    help="the gateway's public URL: what the network would dial, hence what is signed "
                         "(default: $GATEWAY_PUBLIC_URL, else --url)")
@@ -735,12 +453,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds to keep listening after speaking (default: speech length + 3)")
     p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
     p.add_argument("--sample-rate", type=int, choices=(8000, 16000, 24000), default=8000,
-                   help="--network exotel: the PCM rate the Voicebot URL asks for (default: %(default)s)")
+                   help="networks whose media URL picks the PCM rate (exotel, jambonz): the rate to ask for "
+                        "(default: %(default)s)")
+    env = "; ".join(f"--network {name}: ${':$'.join(spec.fake_caller().token_env)}"
+                    for name, spec in BY_NAME.items() if spec.fake_caller().token_env)
     p.add_argument("--auth-token", default=None,
-                   help="sign requests like Twilio or Plivo (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with "
-                        "--network plivo; with --network exotel KEY:TOKEN, default $EXOTEL_API_KEY:$EXOTEL_API_TOKEN; "
-                        "--network vonage: the signature secret, default $VONAGE_SIGNATURE_SECRET; "
-                        "needed when the gateway checks)")
+                   help=f"the network's secret to sign requests with, needed when the gateway checks (default: {env})")
+
+
+def _gateway_url(url: str, transport: str) -> str:
+    """--url as given, or with the scheme a bare HOST:PORT lacks; ValueError with what to write."""
+    want = ("tcp",) if transport == "tcp" else ("http", "https")
+    if "://" not in url:
+        url = f"{want[0]}://{url}"
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"--url {url}: not a port number") from None
+    if parts.scheme not in want or not parts.hostname:
+        example = "tcp://HOST:PORT" if transport == "tcp" else "http://HOST:PORT"
+        raise ValueError(f"--url {url}: expected {example}")
+    return url.rstrip("/")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.auth_token is not None:
+        return args.auth_token
+    names = BY_NAME[args.network].fake_caller().token_env
+    values = [os.environ.get(name, "") for name in names]
+    return ":".join(values) if names and all(values) else ""
+
+
+def _write_heard(phone: SimulatedPhone, path: str) -> None:
+    if phone.pcm:  # as heard: 16-bit PCM at the network's rate
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(phone.rate)
+            w.writeframes(bytes(phone.result.heard_pcm))
+    else:
+        write_ulaw_as_wav(path, bytes(phone.result.heard))
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -763,37 +516,41 @@ async def main(args: argparse.Namespace) -> int:
         print(f"error: --out {args.out}: cannot write a file there", file=sys.stderr)
         return 2
     hold = args.hold if args.hold is not None else len(speech) / PHONE_RATE + 3
-    if args.network == "audiosocket" and not args.url.startswith("tcp://"):
+    fake = BY_NAME[args.network].fake_caller()
+    url = args.url
+    if fake.transport == "tcp" and not url.startswith("tcp://"):
         port = os.environ.get("GATEWAY_AUDIOSOCKET_PORT", "")
         if not port.isdigit():
-            print("error: --network audiosocket needs --url tcp://HOST:PORT (the gateway's GATEWAY_AUDIOSOCKET_PORT)",
-                  file=sys.stderr)
+            print(f"error: --network {args.network} needs --url tcp://HOST:PORT (the gateway's "
+                  "GATEWAY_AUDIOSOCKET_PORT)", file=sys.stderr)
             return 2
-        args.url = f"tcp://127.0.0.1:{port}"
-    token = args.auth_token if args.auth_token is not None else \
-        os.environ.get({"plivo": "PLIVO_AUTH_TOKEN", "vonage": "VONAGE_SIGNATURE_SECRET"}.get(
-            args.network, "TWILIO_AUTH_TOKEN"), "")
-    if args.network == "exotel" and args.auth_token is None:
-        key, secret = os.environ.get("EXOTEL_API_KEY", ""), os.environ.get("EXOTEL_API_TOKEN", "")
-        token = f"{key}:{secret}" if key and secret else ""
-    phone = SimulatedPhone(args.url, bot=args.bot, caller=args.caller, dialed=args.dialed,
-                           auth_token=token if args.network != "telnyx" else "", network=args.network,
-                           public_url=args.public_url, sample_rate=args.sample_rate)
+        url = f"tcp://127.0.0.1:{port}"
+    try:
+        url = _gateway_url(url, fake.transport)
+        public = _gateway_url(args.public_url, "ws") if args.public_url else ""
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    token = _token(args)
+    phone = SimulatedPhone(url, bot=args.bot, caller=args.caller, dialed=args.dialed, auth_token=token,
+                           network=args.network, public_url=public, sample_rate=args.sample_rate)
     try:
         await phone.dial()
     except DialError as e:
+        secret = ":".join(fake.token_env) or "the network's secret"
         hint = "" if e.status != 403 else (
-            " (the gateway checks Twilio signatures: pass --auth-token, its TWILIO_AUTH_TOKEN)" if not token
-            else f" (signed for {args.public_url or args.url}: --public-url must be the gateway's GATEWAY_PUBLIC_URL "
-                 "and --auth-token its TWILIO_AUTH_TOKEN)")
+            f" (the gateway checks signatures: pass --auth-token, its {secret})" if not token
+            else f" (signed for {public or url}: --public-url must be the gateway's GATEWAY_PUBLIC_URL "
+                 f"and --auth-token its {secret})")
         print(f"call not connected: {e}{hint}")
         return 1
     except aiohttp.ClientError as e:
-        print(f"cannot reach the gateway at {args.url}: {e}")
+        print(f"cannot reach the gateway at {url}: {e}")
         return 1
     finally:
         if phone.result.stream_url == "" and phone._session is not None:
             await phone._session.close()
+    interrupted = False
     try:
         try:
             await phone.connect()
@@ -803,21 +560,16 @@ async def main(args: argparse.Namespace) -> int:
         await phone.silence(args.wait)
         await phone.say(speech)
         await phone.silence(hold)
+    except asyncio.CancelledError:  # Ctrl-C: hang up, and still say what was heard
+        asyncio.current_task().uncancel()
+        interrupted = True
+    finally:
         if not phone.closed.is_set():
             await phone.hangup()
-    finally:
         await phone.close()
-    if phone.pcm:  # as heard: 16-bit PCM at the network's rate
-        with wave.open(str(args.out), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(phone.rate)
-            w.writeframes(bytes(phone.result.heard_pcm))
-    else:
-        write_ulaw_as_wav(args.out, bytes(phone.result.heard))
-    summary = {"call_id": phone.call_sid, **phone.result.summary()}
-    summary["heard_wav"] = args.out
-    summary["spoke_seconds"] = round(len(speech) / PHONE_RATE, 2)
+    _write_heard(phone, args.out)
+    summary = {"call_id": phone.call_sid, **phone.result.summary(), "heard_wav": args.out,
+               "spoke_seconds": round(len(speech) / PHONE_RATE, 2), **({"interrupted": True} if interrupted else {})}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -827,6 +579,9 @@ async def main(args: argparse.Namespace) -> int:
                 print(f"  {k:24} {v}")
         for v in phone.result.violations[:10]:
             print(f"  VIOLATION {v}")
+    if interrupted:
+        print("interrupted: the call was hung up early", file=sys.stderr)
+        return 130
     if phone.result.close_code == 1008:  # WSCloseCode.POLICY_VIOLATION
         print("the gateway refused the stream (close code 1008: signature, call token or no start; see its log)",
               file=sys.stderr)

@@ -14,7 +14,7 @@ from aiohttp import web
 from .calllog import CallStore
 from .capacity import Capacity
 from .config import Config
-from .telephony.twilio_rest import TwilioRest
+from .telephony.twilio.rest import TwilioRest
 
 CONFIG = web.AppKey("config", Config)
 CALLS = web.AppKey("calls", dict)  # live calls (call.Call) by call id

@@ -23,6 +23,7 @@ _END = object()
 
 class MemoryPhone:
     network = "memory"
+    min_chunk_bytes = 0
 
     def __init__(self, call_sid: str = "CAunit", params: dict | None = None):
         self.started = Started(stream_sid="MZunit", call_sid=call_sid, account_sid="ACunit",

@@ -14,7 +14,7 @@ import logging
 import aiohttp
 import pytest
 
-from gateway.web_state import CALLS
+from gateway.web_state import CALLS, STORE
 from gateway.phone_sim import SimulatedPhone
 from tests.phone_helpers import dial, logged, new_phone, ulaw_tone, wait_for
 
@@ -86,8 +86,14 @@ async def test_oversized_frame_closes_only_that_call(make_gateway, caplog):
         await phone.send_raw(media(phone, base64.b64encode(b"\xff" * 70000).decode()))
         assert await phone.wait_closed(3), "the gateway should close a stream that sends > 64 KiB frames"
     assert phone.result.close_code == 1009  # message too big
-    assert any("phone_ws_error" in r.getMessage() and f"call={phone.call_sid}" in r.getMessage()
-               for r in caplog.records)
+    # a protocol error of the caller's, not a hang-up (nor aiohttp's 1006)
+    await wait_for(lambda: logged(caplog, "call_ended", f"call={phone.call_sid}", "reason=protocol_error"), 3,
+                   "call_ended as protocol_error")
+    assert logged(caplog, "phone_bad_frame", f"call={phone.call_sid}", "frame over limits.max_message_bytes")
+    assert not logged(caplog, "phone_ws_error") and not logged(caplog, f"call={phone.call_sid}", "caller_hangup")
+    await gw.app[STORE].flush()
+    record = await gw.app[STORE].get_call(phone.call_sid)
+    assert record["end_reason"] == "protocol_error"
     await bystander.say(ulaw_tone(440, 0.6))
     await wait_for(lambda: bystander.result.first_audio_after(bystander.result.speech_ends[0]) is not None, 5,
                    "the other call to keep working")

@@ -29,7 +29,8 @@ from tests.conftest import VONAGE_APP, VONAGE_SECRET, EXOTEL_KEY, EXOTEL_TOKEN, 
 from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
 import socket
 
-from gateway.phone_sim import NETWORKS, SimulatedPhone, bot_uuid
+from gateway.phone_sim import NETWORKS, SimulatedPhone
+from gateway.telephony.audiosocket.fake import bot_uuid
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Property-based fuzzing: whatever arrives — random JSON, mutated real frames, random YAML —
 every parser answers with its defined error (or drops the event), never an unhandled exception.
 
-Parsers covered: the Twilio media-stream frame parser, the config/persona loader, and both
-models' server-event translators. Example counts are set per test (`FUZZ_EXAMPLES` scales them);
+Parsers covered: the config/persona loader and both models' server-event translators (every
+phone network's codec is fuzzed the same way in test_codecs.py). Example counts are set per test (`FUZZ_EXAMPLES` scales them);
 hypothesis' database is off so CI runs are independent.
 """
 
@@ -23,7 +23,6 @@ from gateway.logs import CallLogger
 from gateway.providers.base import ProviderError
 from gateway.providers.glm import GlmRealtime
 from gateway.providers.openai import OpenAIRealtime
-from gateway.telephony.twilio import FrameError, decode_event, parse_frame
 from tests.conftest import REPO
 
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
@@ -34,62 +33,6 @@ LOG = CallLogger(logging.getLogger("gateway.fuzz"), call="CAfuzz")
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=4)
                           | st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=20)
-
-REAL_FRAMES = [
-    {"event": "connected", "protocol": "Call", "version": "1.0.0"},
-    {"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {
-        "streamSid": "MZ1", "accountSid": "AC1", "callSid": "CA1", "tracks": ["inbound"],
-        "customParameters": {"bot": "echo"}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
-                                                                "channels": 1}}},
-    {"event": "media", "sequenceNumber": "2", "streamSid": "MZ1",
-     "media": {"track": "inbound", "chunk": "1", "timestamp": "5", "payload": "//////8="}},
-    {"event": "mark", "sequenceNumber": "3", "streamSid": "MZ1", "mark": {"name": "0:1"}},
-    {"event": "dtmf", "sequenceNumber": "4", "streamSid": "MZ1", "dtmf": {"track": "inbound_track", "digit": "5"}},
-    {"event": "stop", "sequenceNumber": "5", "streamSid": "MZ1", "stop": {"accountSid": "AC1", "callSid": "CA1"}},
-]
-
-
-def mutated(frame: dict) -> st.SearchStrategy:
-    """A real frame with one value somewhere replaced by anything, or a key dropped."""
-    def mutate(draw_path, value, drop):
-        f = json.loads(json.dumps(frame))
-        node = f
-        keys = list(node)
-        key = keys[draw_path % len(keys)]
-        if isinstance(node[key], dict) and node[key]:
-            node = node[key]
-            key = list(node)[draw_path // 7 % len(node)]
-        if drop:
-            del node[key]
-        else:
-            node[key] = value
-        return f
-    return st.builds(mutate, st.integers(0, 1000), json_value, st.booleans())
-
-
-def check_frame(text: str) -> None:
-    try:
-        decode_event(parse_frame(text))
-    except FrameError:
-        pass  # the defined error: logged, counted, dropped by the stream
-
-
-@FUZZ
-@given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
-def test_twilio_parser_random_text(text):
-    check_frame(text)
-
-
-@FUZZ
-@given(json_value)
-def test_twilio_parser_random_json(value):
-    check_frame(json.dumps(value))
-
-
-@FUZZ
-@given(st.sampled_from(REAL_FRAMES).flatmap(mutated))
-def test_twilio_parser_mutated_real_frames(frame):
-    check_frame(json.dumps(frame))
 
 
 def _providers():

@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.telephony import plivo, telnyx
+from gateway.telephony import telnyx
+from gateway.telephony.plivo import signature as plivo
 from gateway.telephony.network import stream_ticket, ticket_ok
 from tests.conftest import PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY
 from tests.phone_helpers import OPEN_PHONES, ended, ulaw_tone, wait_for

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from gateway.outbound import SPEAK_FIRST, make_ticket, read_ticket
-from gateway.telephony.signature import compute
+from gateway.telephony.twilio.signature import compute
 from tests.calllog_helpers import TOKEN, api
 from gateway.web_state import STORE
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN

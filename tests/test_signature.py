@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from gateway.telephony.signature import call_token, compute, is_valid, url_variants
+from gateway.telephony.twilio.signature import call_token, compute, is_valid, url_variants
 from tests.conftest import TWILIO_TOKEN
 
 TOKEN = "12345"

@@ -15,7 +15,8 @@ import pytest
 
 from gateway import speedups
 from gateway.logs import CallLogger
-from gateway.telephony.twilio import TwilioMediaStream
+from gateway.telephony.twilio.codec import TwilioCodec
+from gateway.telephony.ws_stream import WsPhoneStream
 from tests import proc
 from tests.phone_helpers import dial, ulaw_tone, wait_for
 
@@ -65,9 +66,9 @@ class _Ws:
 
 async def test_twilio_frames_built_from_parts_are_the_documented_json():
     ws = _Ws()
-    stream = TwilioMediaStream(ws, CallLogger(logging.getLogger("gateway"), call="t"))  # type: ignore[arg-type]
+    stream = WsPhoneStream(ws, TwilioCodec(), CallLogger(logging.getLogger("gateway"), call="t"))  # type: ignore[arg-type]
     sid = 'MZ"odd\\sid é'
-    stream._handle_text(json.dumps({"event": "start", "streamSid": sid, "start": {"streamSid": sid, "callSid": "CA1"}}))
+    stream._decode(json.dumps({"event": "start", "streamSid": sid, "start": {"streamSid": sid, "callSid": "CA1"}}), False)
     assert await stream.play(b"\xff\x7f" * 80)
     assert await stream.mark('3:7 "x"')
     assert await stream.clear()

@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from gateway.telephony.twilio_rest import TwilioRest, TwilioRestError
+from gateway.telephony.twilio.rest import TwilioRest, TwilioRestError
 from tests.conftest import TWILIO_SID as SID, TWILIO_TOKEN as TOKEN
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.proc import free_port

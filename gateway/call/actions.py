@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..config import Persona
 from ..playout import Playout
-from ..telephony import PhoneActionError, PhoneControl, Started
+from ..telephony import PhoneActionError, PhoneControl, PhoneStream, Started
 from .conversation import Conversation
 from .hold import HoldSound
 from .journal import Journal
@@ -19,7 +19,7 @@ from .model_link import ModelLink
 
 
 class PhoneActions:
-    def __init__(self, *, phone, playout: Playout, conversation: Conversation, model: ModelLink,
+    def __init__(self, *, phone: PhoneStream, playout: Playout, conversation: Conversation, model: ModelLink,
                  journal: Journal, persona: Persona, started: Started, control: PhoneControl | None,
                  hold: HoldSound | None = None, clock: Callable[[], float] = time.monotonic):
         self.phone = phone

@@ -19,14 +19,14 @@ from ..logs import CallLogger
 from ..outbound import outbound_persona
 from ..providers import make_provider
 from ..recording import AudioRecording, recordings_dir
-from ..telephony import PhoneControl, Started
+from ..telephony import PhoneControl, PhoneStream, Started
 from .coordinator import Call
 from .hold import load_hold_sound
 from .journal import CallObserver
 
 
-def assemble_call(*, config: Config, persona: Persona, phone, started: Started, log: CallLogger, store: CallStore,
-                  instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None,
+def assemble_call(*, config: Config, persona: Persona, phone: PhoneStream, started: Started, log: CallLogger,
+                  store: CallStore, instance: str, control: PhoneControl | None, http: aiohttp.ClientSession | None = None,
                   observers: Sequence[CallObserver] = (), api_key: str = "") -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks.
     `api_key`: the pool key whose slot the call holds; every session of the call (renewals and

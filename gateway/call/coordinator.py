@@ -36,7 +36,7 @@ from ..outbound import SPEAK_FIRST
 from ..playout import Playout
 from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Provider, ProviderConnectError,
                               ProviderError, ResponseDone, ResponseStarted, SpeechStarted, SpeechStopped, ToolCall)
-from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, Started, Stopped
+from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, PhoneStream, Started, Stopped
 from .actions import PhoneActions
 from .audio_bridge import AudioBridge, PhoneFormat
 from .conversation import Conversation, TranscriptEntry
@@ -95,7 +95,7 @@ class CallStatus:
 
 
 class Call:
-    def __init__(self, *, config: Config, persona: Persona, phone, started: Started, session: Provider,
+    def __init__(self, *, config: Config, persona: Persona, phone: PhoneStream, started: Started, session: Provider,
                  log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
                  recording=None, control: PhoneControl | None = None, http: aiohttp.ClientSession | None = None,
                  speak_first: bool = False, instance: str = "", hold_sound: bytes | None = None,
@@ -126,7 +126,7 @@ class Call:
         self.audio = AudioBridge(session.capabilities, fmt)
         self.playout = Playout(phone, config.audio.playout_lead_ms, chunk_ms=config.audio.chunk_ms, clock=clock,
                                bytes_per_ms=fmt.bytes_per_ms,
-                               min_chunk_frames=-(-getattr(phone, "min_chunk_bytes", 0) // fmt.frame_bytes) or 1,
+                               min_chunk_frames=-(-phone.min_chunk_bytes // fmt.frame_bytes) or 1,
                                on_first_audio=self._first_audio,
                                on_frame=self._record_bot if recording is not None else None)
         self.hold = HoldSound(self.audio.phone_sound(hold_sound), persona.hold.after_ms, self.playout, self.journal,
@@ -152,7 +152,7 @@ class Call:
     def status(self) -> CallStatus:
         params = self.started.custom_parameters
         transcript = self.conversation.transcript
-        return CallStatus(self.call_id, self.persona.name, getattr(self.phone, "network", "twilio"),
+        return CallStatus(self.call_id, self.persona.name, self.phone.network,
                           params.get("from"), params.get("to"), self._started_wall,
                           round(self.clock() - self._t0, 1), self.summary.barge_ins,
                           self.conversation.bot_turns(), transcript[-1] if transcript else None)
@@ -180,7 +180,7 @@ class Call:
         params = self.started.custom_parameters
         self.journal.log.info("call_started", stream=self.started.stream_sid, caller=params.get("from"),
                               dialed=params.get("to"), provider=self.persona.provider, model=self.persona.model)
-        self.journal.update(stream_id=self.started.stream_sid, network=getattr(self.phone, "network", "twilio"),
+        self.journal.update(stream_id=self.started.stream_sid, network=self.phone.network,
                             direction="outbound" if self.speak_first else "inbound", from_number=params.get("from"),
                             to_number=params.get("to"), bot=self.persona.name, provider=self.persona.provider,
                             model=self.persona.model, instance=self.instance, started_at=self._started_wall)
@@ -242,10 +242,10 @@ class Call:
                 self.journal.log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
         s = self.summary
         self.journal.event("call_ended", reason=reason, error=s.error or None, duration_s=round(duration, 2),
-                           barge_ins=s.barge_ins, frames_in=getattr(self.phone, "media_frames_in", None),
+                           barge_ins=s.barge_ins, frames_in=self.phone.media_frames_in,
                            frames_out=self.playout.frames_sent, marks_played=self.playout.marks_played,
                            frames_dropped=self.playout.frames_dropped or None,
-                           protocol_errors=getattr(self.phone, "protocol_errors", None),
+                           protocol_errors=self.phone.protocol_errors,
                            model_sessions=s.sessions if s.sessions > 1 else None)
         self.journal.update(ended_at=self._started_wall + duration, duration_s=duration, end_reason=reason,
                             error=s.error or None, barge_ins=s.barge_ins, turns=self.conversation.bot_turns(),

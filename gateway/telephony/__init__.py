@@ -1,12 +1,15 @@
-"""The phone side: one module per network, each turning its frames into these typed events.
+"""The phone side: one folder per network (`telephony/<network>/`: its `NetworkSpec`, a pure codec
+and its fake caller), each turning its frames into these typed events. The registry of networks
+is `telephony/registry.py`.
 
-Intents go the other way as methods on the network's stream object: `play(audio)`,
-`mark(name)`, `clear()`, `close()`.
+Intents go the other way as methods of the call's `PhoneStream`: `play(audio)`, `mark(name)`,
+`clear()`, `close()`. The call core is typed against `PhoneStream` and sees nothing else of a network.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Protocol
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,22 @@ class PhoneControl:
     async def transfer(self, number: str, caller_id: str = "", timeout: int = 30) -> None:
         """Move the caller to `number`. Raises PhoneActionError when it cannot."""
         raise PhoneActionError(f"transfers are not supported on {self.network or 'this network'}")
+
+
+class PhoneStream(Protocol):
+    """One call's media stream as the call core uses it, whatever the network (a WebSocket's
+    `WsPhoneStream`, AudioSocket's TCP stream, the tests' in-memory phone). Its play/mark/clear
+    are the Playout's `PhoneSink`."""
+
+    network: str  # the network's name, for records, metrics and the dashboard
+    min_chunk_bytes: int  # our audio per message must be at least this long (0: any length)
+    media_frames_in: int  # caller audio frames received
+    protocol_errors: int  # frames that could not be used
+    log: Any  # the stream's CallLogger; the app swaps in the call's once `start` names the call
+
+    async def wait_started(self) -> Started | None: ...
+    def events(self) -> AsyncIterator[PhoneEvent]: ...
+    async def play(self, audio: bytes) -> bool: ...
+    async def mark(self, name: str) -> bool: ...
+    async def clear(self) -> bool: ...
+    async def close(self, code: int = 1000, message: bytes = b"") -> None: ...

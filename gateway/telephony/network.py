@@ -1,12 +1,15 @@
-"""How a phone network plugs into the gateway: one `Network` object per network module.
+"""How a phone network plugs into the gateway: one `NetworkSpec` per network folder.
 
-A network declares what it serves — the incoming-call webhook (its path, how its requests are
-authenticated, the answer document that connects the call to our media WebSocket: TwiML, TeXML,
-Plivo XML), the media WebSocket (its path, how the upgrade and the stream's `start` are
-authenticated, the stream object made from the socket) — and makes each call's `PhoneControl`
-(hang up, transfer). app.py registers every network in its list the same way; the call core
-sees only the stream (events(), wait_started(), play(ulaw), mark(name), clear(), close(),
-`network`, `media_frames_in`, `protocol_errors`) and the PhoneControl.
+A spec declares, next to the network's code, everything the rest of the gateway reads: its
+settings section in config.yaml (dataclass, environment variables, secrets to keep out of logs,
+checks), the incoming-call webhook (path, method, how requests are authenticated, the answer
+document that connects the call to our media WebSocket: TwiML, TeXML, Plivo XML, NCCO, verbs, and
+the refusal that says sorry), the media WebSocket (path, subprotocols, how the upgrade and the
+stream's start are authenticated, the codec that reads its frames), the phone formats it speaks,
+each call's `PhoneControl` (hang up, transfer), an optional listener (AudioSocket's TCP port) and
+its fake caller for the simulator. config.py builds the network sections from the specs and
+app.py registers every spec the same way; adding a network is its folder and one line in
+registry.py.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from . import PhoneActionError, PhoneControl, Started
+from . import PhoneActionError, PhoneControl, PhoneStream, Started
+from .codec import Codec
 
 log = logging.getLogger("gateway")
 TICKET_SECONDS = 300  # a media URL's ticket must be used within this long after the webhook
@@ -37,12 +41,42 @@ class Webhook:
     dialed: str
 
 
-class Network:
+class NetworkSpec:
     name = ""
+    label = ""  # how people write it ("Twilio")
+    # `<name>:` in config.yaml: its dataclass (None: no settings), environment variable -> field,
+    # fields to keep out of every log line, and checks beyond types: (field, ok(settings), wanted).
+    settings: type | None = None
+    env: Mapping[str, str] = {}
+    secret_fields: tuple[str, ...] = ()
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = ()
     webhook_path = ""  # the incoming-call webhook ("": the network dials the media URL directly)
     webhook_method = "POST"
     media_path = ""  # GET: the media-stream WebSocket
+    ws_protocols: tuple[str, ...] = ()  # WebSocket subprotocols the network asks for
     document_type = "text/xml"
+
+    def settings_of(self, config) -> Any:
+        return getattr(config, self.name, None)
+
+    def finish_settings(self, settings: Any, bots: Mapping[str, Any], where: str) -> Any:
+        """Settings checked against the loaded bots (e.g. a map that names bots); returns them,
+        normalised. Raises ValueError with a message naming the field below `where`."""
+        return settings
+
+    def routes(self) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
+        """Further HTTP routes of this network beyond its webhook and media WebSocket: (method, path, handler)."""
+        return []
+
+    def attach(self, app: web.Application, config, http: aiohttp.ClientSession) -> None:
+        """Once the app's HTTP client exists: put what the rest of the app uses of this network into
+        `app` (Twilio: the REST client outbound calls and machine detection use)."""
+
+    async def listen(self, config, handle: Callable[[PhoneStream], Awaitable[None]],
+                     make_log: Callable[[], Any]) -> asyncio.AbstractServer | None:
+        """A listener of the network's own (not HTTP), when its settings turn it on; None if not.
+        Each connection becomes a stream handed to `handle` (the app's call flow)."""
+        return None
 
     def startup_warnings(self, config) -> list[str]:
         """Things an operator should know at start-up (e.g. requests are not authenticated)."""
@@ -68,10 +102,13 @@ class Network:
         """Why the WebSocket upgrade is refused (closed with 1008), None when it is fine."""
         return None
 
-    stream_class: type | None = None  # made with (ws, log, max_protocol_errors, query)
+    def codec(self, query: Mapping[str, str]) -> Codec:
+        """A new codec for one stream; `query`: the media URL's query (bot, ticket, rate, …)."""
+        raise NotImplementedError
 
-    def stream(self, ws: web.WebSocketResponse, log, max_protocol_errors: int, query: Mapping[str, str]):
-        return self.stream_class(ws, log, max_protocol_errors, query)
+    def stream(self, ws: web.WebSocketResponse, log, max_protocol_errors: int, query: Mapping[str, str]) -> PhoneStream:
+        from .ws_stream import WsPhoneStream
+        return WsPhoneStream(ws, self.codec(query), log, max_protocol_errors)
 
     def secret(self, config) -> str:
         """The network's secret that signs our media URL's ticket ("" = streams are not checked)."""
@@ -96,8 +133,30 @@ class Network:
         """The call's hang-up and transfer; `http` is the app's client session (connection pool).
         This base: neither (the stream is closed to end the call)."""
         control = PhoneControl()
-        control.network = self.name.capitalize()
+        control.network = self.label or self.name
         return control
+
+    def fake_caller(self) -> type:
+        """The simulator's caller for this network (gateway.phone_sim): imported only when asked for."""
+        raise NotImplementedError
+
+
+class ListenFailed(Exception):
+    """A network's own listener cannot bind its address (the app says so in one line)."""
+
+    def __init__(self, host: str, port: int, error: OSError):
+        super().__init__(f"{host}:{port}: {error}")
+        self.host, self.port, self.error = host, port, error
+
+
+def unauthenticated(what: str, settings: str) -> list[str]:
+    """The start-up warning of a network whose requests nobody checks."""
+    return [f"event=signatures_unchecked note=\"no {settings}: {what} unauthenticated\""]
+
+
+def query_params(query: Mapping[str, str], keys: tuple[str, ...] = ("bot", "ticket", "from", "to")) -> dict[str, str]:
+    """The media URL's query values that become the stream's custom parameters."""
+    return {k: query[k] for k in keys if query.get(k)}
 
 
 # ------------------------------------------------------------------ URLs
@@ -144,9 +203,9 @@ def stream_ticket(secret: str, network: str, bot: str, now: float | None = None)
 
 def ticket_ok(secret: str, network: str, bot: str, ticket: str, now: float | None = None) -> bool:
     expires, _, mac = ticket.partition(".")
-    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+    if not (expires.isascii() and expires.isdigit()) or int(expires) < (time.time() if now is None else now):
         return False
-    return hmac.compare_digest(mac, _ticket_mac(secret, network, bot, int(expires)))
+    return hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _ticket_mac(secret, network, bot, int(expires)).encode())
 
 
 def _ticket_mac(secret: str, network: str, bot: str, expires: int) -> str:

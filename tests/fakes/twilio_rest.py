@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from gateway.telephony.signature import compute
+from gateway.telephony.twilio.signature import compute
 
 
 @dataclass

@@ -1,24 +1,37 @@
-"""Twilio as a network: `POST /twilio/voice` answers `<Connect><Stream>` TwiML, the media
-WebSocket is `/twilio/media` (twilio.py), requests carry X-Twilio-Signature, the stream's `start`
-our per-call token; hang-up and transfer go through Twilio's REST API (twilio_rest.py)."""
+"""Twilio as a network: `POST /twilio/voice` answers `<Connect><Stream>` TwiML (twiml.py), the media
+WebSocket is `/twilio/media` (codec.py), requests carry X-Twilio-Signature (signature.py: HMAC-SHA1
+with the auth token, or HMAC-SHA256 with the SharedKey when Twilio says so), the stream's `start`
+our per-call token; hang-up and transfer go through Twilio's REST API (rest.py). SignalWire's
+compatibility API speaks this network too (same form fields, cXML, `X-SignalWire-Signature`).
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
+from dataclasses import dataclass
 
-from . import PhoneControl, Started
-from .network import Network, Webhook, media_url, public_request_url
-from .signature import call_token, is_valid
-from .twilio import TwilioMediaStream, connect_twiml, dial_twiml, say_and_hangup_twiml
-from .twilio_rest import TwilioRest, TwilioRestError
+from .. import PhoneControl, Started
+from ..network import NetworkSpec, Webhook, media_url, public_request_url
+from .codec import TwilioCodec
+from .rest import TwilioRest, TwilioRestError
+from .signature import call_token, request_signature, signed
+from .twiml import connect_twiml, dial_twiml, say_and_hangup_twiml
 
 log = logging.getLogger("gateway")
 
 
-def request_signature(request) -> str:
-    """Twilio's signature header, or SignalWire's (same algorithm, its signing key)."""
-    return request.headers.get("X-Twilio-Signature") or request.headers.get("X-SignalWire-Signature", "")
+@dataclass(frozen=True)
+class TwilioConfig:
+    account_sid: str = ""
+    auth_token: str = ""
+    api_base: str = "https://api.twilio.com"
+    # Webhooks and media streams must carry a valid X-Twilio-Signature whenever auth_token is set.
+    # Turning that off is for local experiments only and is logged as a warning at start-up.
+    insecure_skip_signature: bool = False
+    # The SharedKey secret of HMAC-SHA256 signed webhooks (X-Twilio-Webhooks-Signature-Settings);
+    # empty: such requests are checked with the auth token.
+    webhook_shared_key: str = ""
 
 
 class TwilioControl(PhoneControl):
@@ -41,10 +54,22 @@ class TwilioControl(PhoneControl):
         await self.rest.redirect(self.call_sid, dial_twiml(number, caller_id=caller_id, timeout=timeout))
 
 
-class Twilio(Network):
-    name = "twilio"
+class Twilio(NetworkSpec):
+    name, label = "twilio", "Twilio"
+    settings = TwilioConfig
+    env = {"TWILIO_ACCOUNT_SID": "account_sid", "TWILIO_AUTH_TOKEN": "auth_token", "TWILIO_API_BASE": "api_base",
+           "TWILIO_WEBHOOK_SHARED_KEY": "webhook_shared_key"}
+    secret_fields = ("auth_token", "webhook_shared_key")
     webhook_path = "/twilio/voice"
     media_path = "/twilio/media"
+
+    def routes(self):
+        from ...machine_detection import amd_callback  # outbound calls' answering-machine detection
+        return [("POST", "/twilio/amd", amd_callback(public_request_url))]
+
+    def attach(self, app, config, http) -> None:
+        from ...web_state import REST
+        app[REST] = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, http, config.twilio.api_base)
 
     def startup_warnings(self, config) -> list[str]:
         if config.twilio.auth_token and config.twilio.insecure_skip_signature:
@@ -56,19 +81,15 @@ class Twilio(Network):
         return []
 
     async def read_webhook(self, config, request) -> Webhook | str:
-        """SignalWire's compatibility API speaks this network too: the same form fields and TwiML
-        (cXML), signed the same way with the project's signing key (`twilio.auth_token`), in
-        `X-SignalWire-Signature` where Twilio uses `X-Twilio-Signature`."""
         try:
             form = await request.post()
         except Exception:  # noqa: BLE001 - a malformed body still gets TwiML, never a 500
             form = {}
         if config.signatures_required:
-            signature = request_signature(request)
             fields = [(k, v) for k, v in form.items() if isinstance(v, str)] if hasattr(form, "items") else []
-            if not is_valid(config.twilio.auth_token, public_request_url(config, request), fields, signature):
+            if not signed(config.twilio, request, public_request_url(config, request), fields):
                 log.warning("event=webhook_signature_invalid remote=%s had_signature=%s path=%s",
-                            request.remote, bool(signature), request.path)
+                            request.remote, bool(request_signature(request)), request.path)
                 return "invalid X-Twilio-Signature"
         return Webhook(str(form.get("CallSid", ""))[:64], str(form.get("From", ""))[:64], str(form.get("To", ""))[:64])
 
@@ -84,22 +105,29 @@ class Twilio(Network):
         return say_and_hangup_twiml(text, language)
 
     def upgrade_refused(self, config, request) -> str | None:
-        if config.signatures_required and not is_valid(
-                config.twilio.auth_token, public_request_url(config, request, websocket=True), None,
-                request_signature(request)):
+        if config.signatures_required and not signed(config.twilio, request,
+                                                     public_request_url(config, request, websocket=True), None):
             return "invalid X-Twilio-Signature"
         return None
 
-    def stream(self, ws, log, max_protocol_errors, query):
-        return TwilioMediaStream(ws, log, max_protocol_errors)
+    def codec(self, query) -> TwilioCodec:
+        return TwilioCodec()
 
     def start_refused(self, config, started: Started) -> str | None:
         """Our per-call token, which the TwiML's <Parameter>s carried, must come back in `start`."""
         if config.signatures_required and not hmac.compare_digest(
-                started.custom_parameters.get("token", ""), call_token(config.twilio.auth_token, started.call_sid or "")):
+                started.custom_parameters.get("token", "").encode("utf-8", "surrogatepass"),
+                call_token(config.twilio.auth_token, started.call_sid or "").encode()):
             return "missing or wrong call token in start"
         return None
 
     def control(self, config, http, started: Started) -> PhoneControl:
         rest = TwilioRest(config.twilio.account_sid, config.twilio.auth_token, http, config.twilio.api_base)
         return TwilioControl(rest, started.call_sid)
+
+    def fake_caller(self) -> type:
+        from .fake import TwilioCaller
+        return TwilioCaller
+
+
+SPEC = Twilio()

@@ -1,5 +1,5 @@
 """Vonage Voice API WebSockets: answer URL `GET /vonage/answer` returns an NCCO that connects the
-call to our media WebSocket `/vonage/media` (docs/protocols.md "Vonage Voice API WebSockets").
+call to our media WebSocket `/vonage/media` (codec.py; docs/protocols.md "Vonage Voice API WebSockets").
 
 The answer URL gets `to`, `from`, `uuid` in its query; we answer
 `[{"action":"connect","endpoint":[{"type":"websocket","uri":"wss://…/vonage/media?…",
@@ -24,85 +24,27 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import jwt
-from aiohttp import WSMsgType
 
-from . import Dtmf, MarkPlayed, PhoneActionError, PhoneControl, PhoneEvent, Started, Audio
-from .network import Network, Webhook, media_url, rest_request, stream_ticket
-from .twilio import FrameError, TwilioMediaStream, _str
+from .. import PhoneActionError, PhoneControl, Started
+from ..network import NetworkSpec, Webhook, media_url, rest_request, stream_ticket, unauthenticated
+from ..wire import as_str as _str
+from .codec import L16, RATE, VonageCodec
 
 log = logging.getLogger("gateway")
-L16 = "audio/l16"
-RATE = 16000
 SIGNATURE_TOLERANCE_S = 300
 
 
-class VonageMediaStream(TwilioMediaStream):
-    network = "vonage"
-    sid_field = "\0"  # Vonage's frames do not name the stream
-
-    def __init__(self, ws, log, max_protocol_errors: int = 50, query=None):
-        super().__init__(ws, log, max_protocol_errors)
-        self.query = dict(query or {})
-        self.frame_bytes = RATE * 2 // 50
-
-    def _decode(self, msg: dict) -> PhoneEvent | None:
-        event = msg["event"]
-        if event == "websocket:connected":
-            kind, _, rate = _str(msg.get("content-type")).partition(";rate=")
-            rate = int(rate) if rate.isdigit() else 0
-            if kind == "audio/l16" and rate:
-                self.frame_bytes = rate * 2 // 50
-            params = {k: v for k, v in self.query.items() if k in ("bot", "ticket", "from", "to")}
-            call = self.query.get("uuid") or _str(msg.get("uuid"))
-            return Started(stream_sid=call or str(uuid.uuid4()), call_sid=call, account_sid="",
-                           custom_parameters=params, encoding=L16 if kind == "audio/l16" else kind, sample_rate=rate)
-        if event == "websocket:dtmf":
-            digit = _str(msg.get("digit"))
-            if not digit:
-                raise FrameError("websocket:dtmf without a digit")
-            return Dtmf(digit=digit[:8])
-        if event == "websocket:notify":
-            payload = msg.get("payload")
-            name = _str(payload.get("mark")) if isinstance(payload, dict) else ""
-            if not name:
-                raise FrameError("websocket:notify without our mark")
-            return MarkPlayed(name=name)
-        if event in ("websocket:cleared", "websocket:media:update"):
-            return None
-        raise FrameError(f"unknown event {event[:40]!r}")
-
-    def _handle_binary(self, data: bytes) -> PhoneEvent | None:
-        if self.stream_sid is None:
-            self._bad("audio before websocket:connected", size=len(data))
-        elif not data or len(data) % 2:
-            self._bad("audio of an odd or zero length", size=len(data))
-        else:
-            self.media_frames_in += 1
-            return Audio(payload=data)
-        return None
-
-    async def play(self, audio: bytes) -> bool:
-        """Binary frames of exactly 20 ms (the Playout's chunks are whole frames)."""
-        if self.ws.closed or self.stream_sid is None:
-            return False
-        n = self.frame_bytes
-        async with self._send_lock:
-            try:
-                for i in range(0, len(audio), n):
-                    await self.ws.send_frame(audio[i:i + n], WSMsgType.BINARY)
-                return True
-            except (ConnectionError, RuntimeError):
-                return False
-
-    async def mark(self, name: str) -> bool:
-        return await self._send({"action": "notify", "payload": {"mark": name}})
-
-    async def clear(self) -> bool:
-        return await self._send({"action": "clear"})
+@dataclass(frozen=True)
+class VonageConfig:
+    application_id: str = ""  # with private_key: REST hang-up (JWT RS256)
+    private_key: str = ""  # the application's private.key: a file path (or the PEM itself)
+    signature_secret: str = ""  # signed webhooks (JWT HS256) and the media URL's ticket
+    api_base: str = "https://api.nexmo.com"
 
 
 _KEYS: dict[str, bytes] = {}
@@ -136,7 +78,7 @@ def signed_webhook_ok(secret: str, header: str, body: bytes, now: float | None =
     iat = claims.get("iat")
     if not isinstance(iat, (int, float)) or abs((time.time() if now is None else now) - iat) > SIGNATURE_TOLERANCE_S:
         return False
-    if body and not hmac.compare_digest(_str(claims.get("payload_hash")), hashlib.sha256(body).hexdigest()):
+    if body and not hmac.compare_digest(_str(claims.get("payload_hash")).encode(), hashlib.sha256(body).hexdigest().encode()):
         return False
     return True
 
@@ -172,21 +114,22 @@ class VonageControl(PhoneControl):
             raise PhoneActionError(f"Vonage hangup HTTP {status}: {_str(title)[:200]}", status)
 
 
-class Vonage(Network):
-    name = "vonage"
+class Vonage(NetworkSpec):
+    name, label = "vonage", "Vonage"
+    settings = VonageConfig
+    env = {"VONAGE_APPLICATION_ID": "application_id", "VONAGE_PRIVATE_KEY": "private_key",
+           "VONAGE_SIGNATURE_SECRET": "signature_secret", "VONAGE_API_BASE": "api_base"}
+    secret_fields = ("signature_secret",)
     webhook_path = "/vonage/answer"
     webhook_method = "GET"
     media_path = "/vonage/media"
     document_type = "application/json"
     formats = ((L16, 16000), (L16, 8000))
     formats_wanted = "audio/l16;rate=16000"
-    stream_class = VonageMediaStream
 
     def startup_warnings(self, config) -> list[str]:
-        if not config.vonage.signature_secret:
-            return ["event=signatures_unchecked note=\"no vonage.signature_secret: /vonage/answer and /vonage/media "
-                    "are unauthenticated\""]
-        return []
+        return [] if config.vonage.signature_secret else unauthenticated("/vonage/answer and /vonage/media are",
+                                                                         "vonage.signature_secret")
 
     async def read_webhook(self, config, request) -> Webhook | str:
         body = await request.read()
@@ -225,3 +168,13 @@ class Vonage(Network):
     def control(self, config, http, started: Started) -> PhoneControl:
         v = config.vonage
         return VonageControl(http, v.application_id, v.private_key, v.api_base, started.call_sid)
+
+    def codec(self, query) -> VonageCodec:
+        return VonageCodec(query)
+
+    def fake_caller(self) -> type:
+        from .fake import VonageCaller
+        return VonageCaller
+
+
+SPEC = Vonage()

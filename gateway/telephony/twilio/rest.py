@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from . import PhoneActionError
+from .. import PhoneActionError
 
 log = logging.getLogger("gateway")
 
