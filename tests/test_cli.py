@@ -8,14 +8,17 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import wave
 from types import SimpleNamespace
 
 import aiohttp
 
 from gateway.app import STORE
+from gateway.web_state import CALLS
 from gateway.calllog import open_store
 from tests import proc
 from tests.calllog_helpers import TOKEN, api
@@ -225,3 +228,39 @@ def test_serve_and_test_scripts_do_not_reinstall_when_run_in_turn(tmp_path):
     with open(tmp_path / "pyproject.toml", "a") as f:
         f.write("\n# a dependency changed\n")
     assert installs_after("", "", "[test]", "", "[test]") == [root, root + "[test]"]
+
+
+async def test_a_url_without_a_scheme_is_taken_and_a_wrong_one_is_named(make_gateway, tmp_path, capsys):
+    """Issue 20 item 14: `call --url 127.0.0.1:PORT` once printed "ws:///127.0.0.1:…127.0.0.1:…/twilio/voice"."""
+    gw = await make_gateway()
+    common = ["--bot", "echo", "--wait", "0", "--hold", "0.3", "--out", str(tmp_path / "heard.wav"), "--json"]
+    rc, out = await _phone_cli(["--url", gw.url.removeprefix("http://"), *common], capsys)
+    assert rc == 0, out
+    assert json.loads(out)["stream_url"].startswith("ws://127.0.0.1:")
+    for url, why in (("ftp://127.0.0.1:1", "expected http://HOST:PORT"), ("127.0.0.1:port", "not a port number"),
+                     ("http://", "expected http://HOST:PORT")):
+        capsys.readouterr()
+        from gateway.__main__ import build_parser
+        from gateway.phone_sim import main as phone_main
+        rc = await phone_main(build_parser().parse_args(["call", "--url", url, *common]))
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and "Traceback" not in err, err
+
+
+async def test_ctrl_c_in_a_call_hangs_up_prints_the_summary_and_writes_what_was_heard(make_gateway, tmp_path):
+    """Issue 20 item 14: an interrupted `call` used to exit 0 with no output and no heard.wav."""
+    gw = await make_gateway()
+    out = tmp_path / "heard.wav"
+    p = await asyncio.create_subprocess_exec(*CLI, "call", "--url", gw.url, "--bot", "echo", "--wait", "30", "--out",
+                                             str(out), cwd=tmp_path, env=_env(), stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE)
+    await wait_for(lambda: len(gw.app[CALLS]) == 1, 15, "the call to be up")
+    await asyncio.sleep(1.0)  # the greeting plays
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(p.communicate(), 15)
+    assert p.returncode == 130, (stdout, stderr)
+    assert b"interrupted" in stderr and b"Traceback" not in stderr
+    assert b"heard_wav" in stdout and b"media_frames_received" in stdout and out.exists()
+    with wave.open(str(out)) as w:
+        assert w.getnframes() >= 8000 * 0.8  # about a second heard, silence included
+    await wait_for(lambda: not gw.app[CALLS], 5, "the gateway to see the hang-up")

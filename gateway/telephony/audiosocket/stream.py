@@ -74,6 +74,8 @@ class AudioSocketStream:
                     self.log.warning("phone_audio_flood", dropped_bytes=self.budget.dropped_bytes)
                     self._stop_reason = "protocol_errors"
                 continue
+            if isinstance(ev, Audio):
+                self.media_frames_in += 1
             if ev is not None:
                 self._events.put_nowait(ev)
         self._events.put_nowait(Stopped(reason=self._stop_reason or "closed"))
@@ -103,8 +105,6 @@ class AudioSocketStream:
         if isinstance(ev, Stopped):
             self._stop_reason = "stop"
             return None
-        if isinstance(ev, Audio):
-            self.media_frames_in += 1
         return ev
 
     # ---------------------------------------------------------------- outbound (paced here)
@@ -118,7 +118,9 @@ class AudioSocketStream:
             return False
 
     def _closed(self) -> bool:
-        return self.writer.is_closing() or self._stop_reason is not None
+        """The connection is gone (a stream stopped for bad input still takes audio until the call
+        has ended it, so the call ends for that reason and not as a hang-up)."""
+        return self.writer.is_closing() or self._stop_reason in ("closed", "stop")
 
     async def play(self, audio: bytes) -> bool:
         if self._closed():
