@@ -112,15 +112,13 @@ class SimulatedPhone:
         self.auth_token = auth_token
         self.signing_key = signing_key
         self.webhook_url: str | None = None  # the full webhook URL, as the network got it (outbound calls)
+        self.result = PhoneResult()
         self.fake = BY_NAME[network].fake_caller()(self, sample_rate)
-        self.pcm, self.rate = self.fake.pcm, self.fake.rate
+        self.pcm = self.fake.pcm
+        self.use_rate(self.fake.rate)
         self.marks_on_clear = self.fake.marks_on_clear
-        self.frame_bytes = self.rate * 2 // 50 if self.pcm else PHONE_FRAME_BYTES  # 20 ms
-        self._mic_up = Resampler(PHONE_RATE, self.rate) if self.pcm else None  # mu-law speech -> the phone's PCM
-        self._ear_down = Resampler(self.rate, PHONE_RATE) if self.pcm else None  # heard PCM -> the mu-law timeline
         self.call_sid = call_sid or self.fake.call_id(bot)
         self.stream_sid = self.fake.stream_id(self.call_sid)
-        self.result = PhoneResult(rate=self.rate)
         self._session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._tcp: asyncio.StreamWriter | None = None
@@ -137,6 +135,13 @@ class SimulatedPhone:
         # True: audio stays in the playback buffer unplayed (a slow network or jitter buffer), so
         # its marks are not echoed; tests use it to barge in before anything was heard.
         self.hold_playback = False
+
+    def use_rate(self, rate: int) -> None:
+        """The phone's audio rate (a network whose answer picks it calls this from its dial)."""
+        self.rate = self.result.rate = rate
+        self.frame_bytes = rate * 2 // 50 if self.pcm else PHONE_FRAME_BYTES  # 20 ms
+        self._mic_up = Resampler(PHONE_RATE, rate) if self.pcm else None  # mu-law speech -> the phone's PCM
+        self._ear_down = Resampler(rate, PHONE_RATE) if self.pcm else None  # heard PCM -> the mu-law timeline
 
     # ------------------------------------------------------------------ set-up
     async def dial(self) -> PhoneResult:
@@ -169,6 +174,9 @@ class SimulatedPhone:
             self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0,
                                                      headers=self.fake.connect_headers(),
                                                      protocols=self.fake.ws_protocols)
+            if self.fake.ws_protocols and self.ws.protocol not in self.fake.ws_protocols:
+                self.violation(f"WebSocket subprotocol {self.ws.protocol!r}: the network asks for "
+                               f"{', '.join(self.fake.ws_protocols)}")
             receiver = self._receiver()
         for frame in self.fake.hello():
             await self.send(frame)

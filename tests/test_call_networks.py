@@ -1,6 +1,7 @@
-"""The call-level matrix once per phone network (Twilio, Telnyx, Plivo, Exotel, Asterisk AudioSocket,
-Vonage), each with its fake caller (gateway.phone_sim speaking the network's frames) and its fake
-REST API (none for Exotel and AudioSocket, which are hung up by closing the socket).
+"""The call-level matrix once per phone network in the registry, each with its fake caller
+(gateway.phone_sim speaking the network's frames) and its test profile (tests/networks/<network>.py:
+its secrets, its fake REST API where it has one, what it does and does not do). Nothing here names a
+network but the network-specific tests at the end.
 
 Real sockets on 127.0.0.1, real 20 ms timing. The call core does not know which network it
 serves; these tests prove each network module turns its frames into the same call: greeting
@@ -12,87 +13,20 @@ heard, transfer (or a clear refusal told to the model), bad frames survived, key
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-from dataclasses import dataclass
-
-import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
-from gateway.audio import PHONE_RATE
-from gateway.web_state import STORE
-from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
-from tests.conftest import VONAGE_APP, VONAGE_SECRET, EXOTEL_KEY, EXOTEL_TOKEN, PLIVO_ID, PLIVO_TOKEN, TELNYX_KEY, TWILIO_TOKEN
-from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
 import socket
 
+import pytest
+
+from gateway.audio import PHONE_RATE
 from gateway.phone_sim import NETWORKS, SimulatedPhone
 from gateway.telephony.audiosocket.fake import bot_uuid
-
-
-@dataclass
-class Net:
-    name: str
-    rest: object
-    signing_key: Ed25519PrivateKey | None = None
-    port: int = 0  # AudioSocket: the gateway's TCP listener
-    key_path: str = ""  # Vonage: the application's private key file
-
-    def env(self) -> dict:
-        if self.name == "telnyx":
-            public = self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-            return {"TELNYX_API_KEY": TELNYX_KEY, "TELNYX_API_BASE": self.rest.url,
-                    "TELNYX_PUBLIC_KEY": base64.b64encode(public).decode()}
-        if self.name == "plivo":
-            return {"PLIVO_AUTH_ID": PLIVO_ID, "PLIVO_AUTH_TOKEN": PLIVO_TOKEN, "PLIVO_API_BASE": self.rest.url}
-        if self.name == "exotel":
-            return {"EXOTEL_API_KEY": EXOTEL_KEY, "EXOTEL_API_TOKEN": EXOTEL_TOKEN}
-        if self.name == "vonage":
-            return {"VONAGE_APPLICATION_ID": VONAGE_APP, "VONAGE_PRIVATE_KEY": self.key_path,
-                    "VONAGE_SIGNATURE_SECRET": VONAGE_SECRET, "VONAGE_API_BASE": self.rest.url}
-        return {}
-
-    async def gateway(self, make_gateway, **kw):
-        if self.name == "twilio":
-            return await make_gateway(rest=self.rest, **kw)
-        if self.name == "audiosocket":
-            with socket.socket() as s:  # a free port for the listener
-                s.bind(("127.0.0.1", 0))
-                self.port = s.getsockname()[1]
-            bots = "".join(f"\n    {bot_uuid(b)}: {b}" for b in ("openai-greeter", "openai-quiet", "openai-agent",
-                                                                 "openai-pcm", "glm-quiet"))
-            return await make_gateway(env={"GATEWAY_AUDIOSOCKET_PORT": str(self.port)},
-                                      extra=f"audiosocket:\n  bots:{bots}\n", **kw)
-        return await make_gateway(env=self.env(), **kw)
-
-    def phone(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
-        token = {"twilio": TWILIO_TOKEN, "plivo": PLIVO_TOKEN, "exotel": f"{EXOTEL_KEY}:{EXOTEL_TOKEN}",
-                 "vonage": VONAGE_SECRET}.get(self.name, "")
-        if self.name == "audiosocket":
-            gw_url = f"tcp://127.0.0.1:{self.port}"
-        phone = SimulatedPhone(gw_url, bot=bot, network=self.name, auth_token=token, signing_key=self.signing_key,
-                               **kw)
-        OPEN_PHONES.append(phone)
-        return phone
-
-    async def dial(self, gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
-        phone = self.phone(gw_url, bot, **kw)
-        await phone.dial()
-        await phone.connect()
-        return phone
-
-    def hang_ups(self, phone: SimulatedPhone) -> list[tuple[str, float]]:
-        """(call id, when) of every hang-up request the network's REST API got; networks without
-        one (Exotel): the gateway closing the socket."""
-        if self.rest is None:
-            closed = phone.result.closed_by == "gateway" and phone.result.closed_at
-            return [(phone.call_sid, phone.result.closed_at)] if closed else []
-        if self.name == "twilio":
-            return [(r.call_sid, r.at) for r in self.rest.requests if r.form.get("Status") == "completed"]
-        return [(r.call_id, r.at) for r in self.rest.requests if r.action == "hangup"]
+from gateway.web_state import STORE
+from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
+from tests.conftest import EXOTEL_KEY, VONAGE_SECRET
+from tests.networks import JSON_JUNK, profile
+from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
 
 
 def heard_samples(phone: SimulatedPhone):
@@ -104,23 +38,10 @@ def heard_samples(phone: SimulatedPhone):
 
 @pytest.fixture(params=NETWORKS)
 async def net(request, fake_rest, tmp_path):
-    from tests.fakes.network_rest import FakePlivoRest, FakeTelnyxRest, FakeVonageRest
-
-    if request.param in ("twilio", "exotel", "audiosocket"):
-        yield Net(request.param, fake_rest if request.param == "twilio" else None)
-        return
-    if request.param == "vonage":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (tmp_path / "private.key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-        fake = FakeVonageRest(VONAGE_APP, key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-        await fake.start()
-        yield Net("vonage", fake, key_path=str(tmp_path / "private.key"))
-        await fake.stop()
-        return
-    fake = FakeTelnyxRest(TELNYX_KEY) if request.param == "telnyx" else FakePlivoRest(PLIVO_ID, PLIVO_TOKEN)
-    await fake.start()
-    yield Net(request.param, fake, Ed25519PrivateKey.generate() if request.param == "telnyx" else None)
-    await fake.stop()
+    net = profile(request.param)
+    await net.start(tmp_path, fake_rest)
+    yield net
+    await net.stop()
 
 
 async def test_greeting_heard_first_clean_and_paced(make_gateway, fake_openai, net):
@@ -138,12 +59,10 @@ async def test_greeting_heard_first_clean_and_paced(make_gateway, fake_openai, n
     assert dominant_hz(heard[start:stop], rate) == pytest.approx(1000, rel=0.005)
     assert max_discontinuity(heard[start + rate // 100:stop - rate // 100], rate, 1000) < 0.15
     assert phone.result.first_audio_at - phone.result.start_sent_at < 1.0
-    # one mark per chunk: 100 ms (audio.chunk_ms), Exotel's at least 3.2 KB (200 ms of 8 kHz PCM16);
-    # AudioSocket has none (the stream emulates them)
-    if net.name != "audiosocket":
-        assert phone.result.marks_echoed == phone.result.marks_received >= (7 if net.name == "exotel" else 15)
-    if net.name == "exotel":
-        assert all(size >= 3200 for size in phone.result.media_sizes[:-1]), phone.result.media_sizes
+    # one mark per chunk: 100 ms (audio.chunk_ms), or the network's minimum chunk; none where the
+    # stream emulates them
+    if net.has_marks:
+        assert phone.result.marks_echoed == phone.result.marks_received >= net.min_marks
     assert not phone.result.violations, phone.result.violations
     summary = await ended(gw, phone)
     assert summary.transcript[0].text == "Hello, thanks for calling Northwind." and not summary.transcript[0].interrupted
@@ -151,7 +70,7 @@ async def test_greeting_heard_first_clean_and_paced(make_gateway, fake_openai, n
     record = await gw.app[STORE].get_call(summary.call_id)
     assert record["network"] == net.name and record["end_reason"] == "caller_hangup"
     assert record["bot"] == "openai-greeter"
-    assert record["to_number"] == (phone.dialed if net.name != "audiosocket" else None)  # AudioSocket: a UUID only
+    assert record["to_number"] == (phone.dialed if net.knows_dialed else None)  # AudioSocket: a UUID only
 
 
 async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, fake_glm, net):
@@ -182,7 +101,7 @@ async def test_barge_in_clears_within_a_frame_cancels_and_cuts(make_gateway, fak
     await phone.say(ulaw_tone(440, 0.6))
     await phone.silence(0.1)
     s = fake_openai.sessions[0]
-    if net.name == "audiosocket":  # no clear message: the paced audio stops within a frame
+    if not net.has_marks:  # no clear on the wire (or one the gateway paces): the paced audio stops within a frame
         assert s.speech_started_at and phone.result.media_times[0] < s.speech_started_at[0]
         clear_at = s.speech_started_at[0] + 0.020
     else:
@@ -212,7 +131,7 @@ async def test_end_call_hangs_up_through_the_network_after_the_goodbye(make_gate
     summary = await ended(gw, phone)
     (call_id, at), = net.hang_ups(phone)
     assert call_id == phone.call_sid
-    if net.name == "audiosocket":  # the goodbye's last 20 ms frame had its time before the hang-up
+    if not net.has_marks:  # the goodbye's last 20 ms frame had its time before the hang-up
         assert at >= phone.result.media_times[-1] + 0.015
     else:
         assert at >= phone.result.last_echo_at  # every frame of the goodbye was played first
@@ -227,45 +146,19 @@ async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, f
     phone = await net.dial(gw.url, bot="openai-agent", dialed="+15005550006")
     await phone.say(ulaw_tone(440, 0.5))
     s = fake_openai.sessions and fake_openai.sessions[0]
-    if net.name in ("plivo", "exotel", "audiosocket", "vonage"):
+    if net.transfer_label:
         await wait_for(lambda: fake_openai.sessions[0].tool_outputs, 6, "the tool's output")
         out = json.loads(fake_openai.sessions[0].tool_outputs[0]["output"])
-        shown = {"plivo": "Plivo", "exotel": "Exotel", "audiosocket": "AudioSocket", "vonage": "Vonage"}[net.name]
-        assert out["ok"] is False and f"not supported on {shown}" in out["error"]
+        assert out["ok"] is False and f"not supported on {net.transfer_label}" in out["error"]
         assert not phone.closed.is_set(), "the call goes on with the bot"
         await phone.hangup()
         assert (await ended(gw, phone)).end_reason == "caller_hangup"
         return
     await wait_for(lambda: net.rest.requests, 6, "the transfer request")
     assert await phone.wait_closed(3)
-    if net.name == "telnyx":
-        r = net.rest.requests[0]
-        assert (r.action, r.call_id) == ("transfer", phone.call_sid)
-        assert r.body == {"to": "+15550008888", "from": "+15005550006", "timeout_secs": 30}
-    else:
-        assert "<Number>+15550008888</Number>" in net.rest.requests[0].form["Twiml"]
+    net.check_transfer(phone)
     assert (await ended(gw, phone)).end_reason == "transferred"
     assert not s.errors_sent
-
-
-BAD = {  # the same faults in each network's spelling
-    "twilio": lambda p: ['{"event": "media", "streamSid": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
-                         '{"event": "mark", "streamSid": "%s", "mark": {}}' % p.stream_sid],
-    "telnyx": lambda p: ['{"event": "media", "stream_id": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
-                         '{"event": "mark", "stream_id": "%s", "mark": {}}' % p.stream_sid,
-                         '{"event": "media", "stream_id": "other", "media": {"payload": "AAAA"}}'],
-    "plivo": lambda p: ['{"event": "media", "streamId": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
-                        '{"event": "playedStream", "streamId": "%s"}' % p.stream_sid,
-                        '{"event": "media", "streamId": "other", "media": {"payload": "AAAA"}}'],
-    "exotel": lambda p: ['{"event": "media", "stream_sid": "%s", "media": {"payload": "!!"}}' % p.stream_sid,
-                         '{"event": "mark", "stream_sid": "%s", "mark": {}}' % p.stream_sid,
-                         '{"event": "media", "stream_sid": "other", "media": {"payload": "AAAA"}}'],
-    "vonage": lambda p: ['{"event": "websocket:notify", "payload": {}}', '{"event": "websocket:dtmf"}',
-                         b"odd", b""],
-    # AudioSocket: TCP, so only well-framed faults (a broken length would swallow the stream)
-    "audiosocket": lambda p: [b"\x42\x00\x02hi", b"\x10\x00\x03abc", b"\x10\x00\x00", b"\x03\x00\x01x",
-                              b"\x03\x00\x02" + b"12", b"\x01\x00\x10" + bytes(16)],
-}
 
 
 async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net, caplog):
@@ -273,10 +166,10 @@ async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await net.dial(gw.url, bot="openai-quiet")
         await phone.silence(0.2)
-        frames = BAD[net.name](phone)
-        if net.name != "audiosocket":
-            frames = ["not json", "[1]", '{"event": "teleport"}', *frames]
-        if net.name not in ("audiosocket", "vonage"):  # Vonage: binary is audio (the odd-sized is bad)
+        frames = net.bad_frames(phone)
+        if net.text_frames:
+            frames = [*JSON_JUNK, *frames]
+        if not net.sends_binary_audio:  # else binary is audio (an odd-sized frame is bad)
             frames.append(b"\x00\x01binary")
         for raw in frames:
             await phone.send_raw(raw)
@@ -308,8 +201,9 @@ async def test_keypad_digits_reach_the_model(make_gateway, fake_openai, net):
 async def test_exotel_wideband_reply_clean_at_the_phone_rate(make_gateway, fake_openai, rate):
     fake_openai.reply_tone_hz = 5000  # above what 8 kHz can carry: proves the call is not narrowed to 8 kHz
     fake_openai.reply_seconds = 1.0
-    gw = await make_gateway(openai=fake_openai, env=Net("exotel", None).env())
-    phone = Net("exotel", None).phone(gw.url, bot="openai-pcm", sample_rate=rate)  # 24 kHz PCM model
+    exotel = profile("exotel")
+    gw = await exotel.gateway(make_gateway, openai=fake_openai)
+    phone = exotel.phone(gw.url, bot="openai-pcm", sample_rate=rate)  # 24 kHz PCM model
     await phone.dial()
     await phone.connect()
     await phone.say(ulaw_tone(440, 0.4))
@@ -328,7 +222,7 @@ async def test_exotel_wideband_reply_clean_at_the_phone_rate(make_gateway, fake_
 
 @pytest.mark.parametrize("credentials", ["", f"{EXOTEL_KEY}:wrong"], ids=["none", "wrong"])
 async def test_exotel_stream_needs_the_basic_auth_when_configured(make_gateway, fake_openai, credentials):
-    gw = await make_gateway(openai=fake_openai, env=Net("exotel", None).env())
+    gw = await profile("exotel").gateway(make_gateway, openai=fake_openai)
     phone = SimulatedPhone(gw.url, bot="openai-greeter", network="exotel", auth_token=credentials)
     OPEN_PHONES.append(phone)
     await phone.dial()
