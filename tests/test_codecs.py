@@ -133,8 +133,8 @@ def test_our_intents_reach_the_network_as_sent(network, data, name):
         echoed = decode(codec, fake.echo(marks[0][1]))  # played: the network says so
         assert echoed == MarkPlayed(name=name)
         assert read_back(fake, codec.clear()) == [("clear",)]
-    else:
-        assert codec.mark(name) == () and codec.clear() == ()
+    else:  # marks emulated by the stream; a clear is the network's own flush, or nothing on the wire
+        assert codec.mark(name) == () and read_back(fake, codec.clear()) in ([], [("clear",)])
     assert phone.violations == []
 
 
