@@ -102,14 +102,18 @@ class FakeCaller:
     def violation(self, text: str) -> None:
         self.phone.violation(text)
 
-    def json_frame(self, text: str, shapes: dict, sid_field: str | None) -> tuple[str, dict] | None:
-        """One of our JSON frames checked against the network's shapes: event -> (fields required,
-        fields allowed); `sid_field` must name this stream where it appears. None: unusable."""
+    def parse_json(self, text: str) -> Any:
+        """One of our text frames as JSON (None, and a violation, when it is not)."""
         try:
-            frame = json.loads(text)
+            return json.loads(text)
         except ValueError:
             self.violation(f"not JSON: {text[:60]}")
             return None
+
+    def json_frame(self, text: str, shapes: dict, sid_field: str | None) -> tuple[str, dict] | None:
+        """One of our JSON frames checked against the network's shapes: event -> (fields required,
+        fields allowed); `sid_field` must name this stream where it appears. None: unusable."""
+        frame = self.parse_json(text)
         event = frame.get("event") if isinstance(frame, dict) else None
         if event not in shapes:
             self.violation(f"31951 unknown event {event!r}")

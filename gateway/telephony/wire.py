@@ -51,17 +51,26 @@ def as_int(v: object, default: int = 0) -> int:
         return 0
 
 
-def json_object(text: str, kind: str = "event") -> dict:
-    """Parse one JSON text frame that must be an object with a string `kind` field."""
+def json_object(text: str, kind: str | None = "event") -> dict:
+    """Parse one JSON text frame that must be an object (with a string `kind` field, unless None)."""
     try:
         msg = loads(text)
     except ValueError:
         raise FrameError("not JSON") from None
     if not isinstance(msg, dict):
         raise FrameError("JSON is not an object")
-    if not isinstance(msg.get(kind), str):
+    if kind is not None and not isinstance(msg.get(kind), str):
         raise FrameError(f"no {kind} field")
     return msg
+
+
+def pcm_audio(data: bytes, started: bool, first: str) -> Audio:
+    """A binary frame of 16-bit PCM: after the stream's first message (`first`), whole samples."""
+    if not started:
+        raise FrameError(f"audio before {first}")
+    if not data or len(data) % 2:
+        raise FrameError("audio of an odd or zero length")
+    return Audio(payload=data)
 
 
 def sub_object(msg: Mapping[str, Any], key: str, what: str, required: bool = False) -> dict:

@@ -14,10 +14,10 @@ import uuid
 from typing import Mapping
 
 from ...speedups import dumps
-from .. import Audio, Dtmf, MarkPlayed, PhoneEvent, Started
+from .. import Dtmf, MarkPlayed, PhoneEvent, Started
 from ..codec import CodecBase, Frame
 from ..network import query_params
-from ..wire import FrameError, as_str, digit_of, json_object
+from ..wire import FrameError, as_str, digit_of, json_object, pcm_audio
 
 L16 = "audio/l16"
 RATE = 16000
@@ -56,11 +56,7 @@ class VonageCodec(CodecBase):
         raise FrameError(f"unknown event {event[:40]!r}")
 
     def decode_binary(self, data: bytes) -> PhoneEvent | None:
-        if self.state.sid is None:
-            raise FrameError("audio before websocket:connected")
-        if not data or len(data) % 2:
-            raise FrameError("audio of an odd or zero length")
-        return Audio(payload=data)
+        return pcm_audio(data, self.state.sid is not None, "websocket:connected")
 
     def play(self, audio: bytes):
         """Binary frames of exactly 20 ms (the Playout's chunks are whole frames)."""

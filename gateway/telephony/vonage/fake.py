@@ -66,11 +66,7 @@ class VonageCaller(FakeCaller):
             if len(data) != self.frame_bytes:
                 self.violation(f"binary frame of {len(data)} bytes: Vonage wants exactly {self.frame_bytes}")
             return [("audio", data)]
-        try:
-            frame = json.loads(data)
-        except ValueError:
-            self.violation(f"not JSON: {data[:60]}")
-            return []
+        frame = self.parse_json(data)
         action = frame.get("action") if isinstance(frame, dict) else None
         if action == "clear" and set(frame) == {"action"}:
             return [("clear",)]
