@@ -14,6 +14,7 @@ NAMES = (
     "exotel",
     "audiosocket",
     "vonage",
+    "jambonz",
 )
 NETWORKS: tuple[NetworkSpec, ...] = tuple(importlib.import_module(f".{name}", __package__).SPEC for name in NAMES)
 BY_NAME: dict[str, NetworkSpec] = {spec.name: spec for spec in NETWORKS}
