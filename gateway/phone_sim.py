@@ -26,6 +26,7 @@ import wave
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -95,15 +96,17 @@ class SimulatedPhone:
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
                  auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None,
-                 sample_rate: int = PHONE_RATE):
+                 sample_rate: int = PHONE_RATE, clock: Callable[[], float] = time.monotonic):
         """`auth_token`: the network's secret to sign with (Twilio, Plivo V3, Vonage's signature
         secret; Exotel "KEY:TOKEN" for the URL's basic auth); `signing_key`: an Ed25519 private key
         (cryptography) to sign Telnyx webhooks with; `public_url`: what the network dials (the
         gateway's GATEWAY_PUBLIC_URL), hence what is signed ("": base_url); `sample_rate`: the PCM
-        rate a network lets the URL choose (Exotel 8000/16000/24000)."""
+        rate a network lets the URL choose (Exotel 8000/16000/24000); `clock`: what times the microphone,
+        the player and the result (the tests' fast-forwarded loop clock, else real time)."""
         if network not in BY_NAME:
             raise ValueError(f"network: one of {', '.join(NETWORKS)}, got {network!r}")
         self.network = network
+        self.clock = clock
         self.base_url = base_url.rstrip("/")  # where this phone reaches the gateway
         self.public_url = public_url.rstrip("/")
         self.bot, self.caller, self.dialed = bot, caller, dialed
@@ -163,9 +166,13 @@ class SimulatedPhone:
             self.result.twiml = text
             return text, resp.headers.get("X-Gateway-Refused")  # why, for us (networks ignore it)
 
-    async def connect(self, *, send_start: bool = True) -> None:
-        """Open the stream and send what the network sends when the call connects."""
-        if self.fake.transport == "tcp":
+    async def connect(self, *, send_start: bool = True, ws=None) -> None:
+        """Open the stream and send what the network sends when the call connects; `ws`: a socket
+        already open (the tests' in-memory one) instead of dialling the stream URL."""
+        if ws is not None:
+            self.ws = ws
+            receiver = self._receiver()
+        elif self.fake.transport == "tcp":
             u = urlsplit(self.base_url)
             reader, self._tcp = await asyncio.open_connection(u.hostname, u.port)
             receiver = self._tcp_receiver(reader)
@@ -201,7 +208,7 @@ class SimulatedPhone:
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
         await self.send(self.fake.start(self.result.parameters if parameters is None else parameters))
-        self.result.start_sent_at = time.monotonic()
+        self.result.start_sent_at = self.clock()
         self._start_mic()
 
     async def send_json(self, frame: dict) -> None:
@@ -236,7 +243,7 @@ class SimulatedPhone:
             self._tasks.append(self._mic_task)
 
     async def _mic_loop(self) -> None:
-        t0 = time.monotonic()
+        t0 = self.clock()
         tick = 0
         while self._connected():
             frame = bytes(self._mic[:PHONE_FRAME_BYTES])
@@ -249,7 +256,7 @@ class SimulatedPhone:
             self._ts_ms += 20
             self._mic_sent += PHONE_FRAME_BYTES
             tick += 1
-            await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - self.clock()))
 
     async def speak(self, ulaw: bytes) -> None:
         """Queue mu-law audio on the microphone and wait until it has all been sent."""
@@ -261,7 +268,7 @@ class SimulatedPhone:
     async def say(self, ulaw: bytes) -> None:
         """Speak, and remember when the speech ended (for reply latency)."""
         await self.speak(ulaw)
-        self.result.speech_ends.append(time.monotonic())
+        self.result.speech_ends.append(self.clock())
 
     async def silence(self, seconds: float) -> None:
         await self.speak(MULAW_SILENCE * int(seconds * PHONE_RATE))
@@ -329,7 +336,7 @@ class SimulatedPhone:
 
     def _gone(self) -> None:
         self.result.closed_by = self.result.closed_by or "gateway"
-        self.result.closed_at = self.result.closed_at or time.monotonic()
+        self.result.closed_at = self.result.closed_at or self.clock()
 
     def _apply(self, effects) -> bool:
         """What the gateway's frame means for the player; False once the gateway hung up."""
@@ -342,7 +349,7 @@ class SimulatedPhone:
                 self._buffer.append(("mark", effect[1]))
                 self._echo_leading_marks()
             elif kind == "clear":
-                self.result.clears.append(time.monotonic())
+                self.result.clears.append(self.clock())
                 pending = [item[1] for item in self._buffer if isinstance(item, tuple)]
                 self._buffer.clear()
                 for token in pending if self.marks_on_clear else ():
@@ -355,7 +362,7 @@ class SimulatedPhone:
         return True
 
     def _media_in(self, audio: bytes) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.result.first_audio_at is None:
             self.result.first_audio_at = now
         self.result.media_times.append(now)
@@ -366,7 +373,7 @@ class SimulatedPhone:
 
     def _echo(self, token) -> None:
         self.result.marks_echoed += 1
-        self.result.last_echo_at = time.monotonic()
+        self.result.last_echo_at = self.clock()
         if (frame := self.fake.echo(token)) is not None:
             asyncio.ensure_future(self.send(frame))
 
@@ -376,12 +383,12 @@ class SimulatedPhone:
 
     async def _player(self) -> None:
         """Plays the buffer in real time; silence when empty (the heard timeline is continuous)."""
-        t0 = time.monotonic()
+        t0 = self.clock()
         tick = 0
         jitter = self.fake.jitter_frames
         while True:
             tick += 1
-            await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + tick * FRAME_S - self.clock()))
             need = self.frame_bytes
             out = bytearray()
             filling = False

@@ -8,7 +8,8 @@ serves; these tests prove each network module turns its frames into the same cal
 heard, a caller tone reaching the model at its pitch, the model's tone reaching the caller clean,
 barge-in (clear within a frame, cancel, cut to what was heard — whether the network acknowledges
 marks pending at a clear or not), hang-up through the network's REST API after the goodbye was
-heard, transfer (or a clear refusal told to the model), bad frames survived, keypad.
+heard, transfer (or a clear refusal told to the model), bad frames survived, keypad (the last three
+on the fast-forwarded clock for WebSocket networks: test_networks_unit.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from gateway.audio import PHONE_RATE
 from gateway.phone_sim import NETWORKS, SimulatedPhone
+from gateway.telephony.registry import BY_NAME
 from gateway.telephony.audiosocket.fake import bot_uuid
 from gateway.web_state import STORE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
@@ -36,10 +38,28 @@ def heard_samples(phone: SimulatedPhone):
     return ulaw_samples(phone.result.heard), PHONE_RATE
 
 
+# Barge-in, bad frames and keypad of the WebSocket networks run on the fast-forwarded clock
+# (test_networks_unit.py: their fake caller, an in-memory socket, the same stream loop); here only for
+# the networks that are not WebSockets.
+NOT_WS = [name for name in NETWORKS if BY_NAME[name].fake_caller().transport != "ws"]
+
+
+async def _profile(name, fake_rest, tmp_path):
+    net = profile(name)
+    await net.start(tmp_path, fake_rest)
+    return net
+
+
 @pytest.fixture(params=NETWORKS)
 async def net(request, fake_rest, tmp_path):
-    net = profile(request.param)
-    await net.start(tmp_path, fake_rest)
+    net = await _profile(request.param, fake_rest, tmp_path)
+    yield net
+    await net.stop()
+
+
+@pytest.fixture(params=NOT_WS)
+async def socket_net(request, fake_rest, tmp_path):
+    net = await _profile(request.param, fake_rest, tmp_path)
     yield net
     await net.stop()
 
@@ -89,7 +109,8 @@ async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, fake_glm, n
 
 
 @pytest.mark.parametrize("marks_on_clear", [False, True], ids=["clear-drops-marks", "clear-acks-marks"])
-async def test_barge_in_clears_within_a_frame_cancels_and_cuts(make_gateway, fake_openai, net, marks_on_clear):
+async def test_barge_in_clears_within_a_frame_cancels_and_cuts(make_gateway, fake_openai, socket_net, marks_on_clear):
+    net = socket_net
     fake_openai.reply_seconds = 4.0
     fake_openai.delta_interval = 0.4
     gw = await net.gateway(make_gateway, openai=fake_openai)
@@ -161,7 +182,8 @@ async def test_transfer_through_the_network_or_the_model_is_told(make_gateway, f
     assert not s.errors_sent
 
 
-async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net, caplog):
+async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, socket_net, caplog):
+    net = socket_net
     gw = await net.gateway(make_gateway, openai=fake_openai)
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await net.dial(gw.url, bot="openai-quiet")
@@ -183,7 +205,8 @@ async def test_bad_frames_are_logged_and_survived(make_gateway, fake_openai, net
     assert len(bad) == len(frames) and all(f"call={phone.call_sid}" in line for line in bad)
 
 
-async def test_keypad_digits_reach_the_model(make_gateway, fake_openai, net):
+async def test_keypad_digits_reach_the_model(make_gateway, fake_openai, socket_net):
+    net = socket_net
     gw = await net.gateway(make_gateway, openai=fake_openai)
     phone = await net.dial(gw.url, bot="openai-agent")
     await phone.silence(0.3)

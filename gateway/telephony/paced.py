@@ -11,6 +11,7 @@ from collections import deque
 from typing import Awaitable, Callable
 
 FRAME_S = 0.02
+EPSILON_S = 1e-6
 
 
 class PacedOutput:
@@ -64,7 +65,7 @@ class PacedOutput:
                 self._out.popleft()
                 self._on_mark(item)
                 continue
-            if self.clock() < next_at:
+            if next_at - self.clock() > EPSILON_S:  # (a float's last digit is not a frame's time)
                 await asyncio.sleep(next_at - self.clock())
                 continue
             self._out.popleft()
