@@ -229,6 +229,8 @@ async def run(args) -> dict:
                     row = {"network": network, "model": model, "policy": policy, "violations": len(phone.result.violations)}
                     for key, values in got.items():
                         row[key] = [pct(values, 50), pct(values, 95), len(values)]
+                    if args.raw:
+                        row["raw"] = got
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
         cpu = cpu_seconds(gw.pid) - cpu0
@@ -280,6 +282,7 @@ if __name__ == "__main__":
     ap.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
     ap.add_argument("--policies", type=lambda s: s.split(","), default=list(POLICIES))
     ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--raw", action="store_true", help="every sample in the JSON rows (stderr), not only p50/p95")
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--compare", type=Path, nargs="*", default=[],
                     help="result JSON files of earlier runs to show before this one in the table")
