@@ -1,16 +1,19 @@
 """One phone call: the coordinator that owns the call's tasks and the order of things.
 
 Data path, one direction each:
-  phone Audio --AudioBridge.to_model--> ModelLink --> model session
+  phone Audio --Uplink (voiced? batch or send now) --AudioBridge.to_model--> ModelLink --> model session
   model AudioDelta --AudioBridge.to_phone--> Playout (paced chunks of 20 ms frames + marks) --> phone
 Control: the model hears the caller start speaking while the bot is audible -> barge-in, in this
 order: clear the phone (every ms counts), cancel the reply, cut the transcript and the model's
-memory to what the marks say was heard. Echoed marks tell the Playout what was heard.
+memory to what the marks say was heard. Under the confirm policy the phone is cleared at once too
+(Playout.hold keeps what was not heard) and the BargeInJudge decides: cut, or resume. Echoed marks
+tell the Playout what was heard.
 
 The parts (each owns its state; they reach each other only through the references given here):
 Conversation (turns, transcript, context), Journal (log line + record + summary, written once),
-AudioBridge (formats), ModelLink (sessions, renewal, reconnect), Playout (pacing, marks),
-PhoneActions (hang up, transfer, say, wait until heard), ToolRunner, CallLimits.
+AudioBridge (formats), Uplink (speech-aware batching, the energy measure), ModelLink (sessions,
+renewal, reconnect), Playout (pacing, marks, hold), BargeInJudge (the confirm policy), PhoneActions
+(hang up, transfer, say, wait until heard), ToolRunner, CallLimits.
 
 Tasks per call: phone reader, model reader, playout, limits, and a renewer when the model's
 sessions have a maximum age. When any of them ends, the call ends: the others are cancelled, the
@@ -21,14 +24,12 @@ TwiML after </Connect>), and one `call_ended` line says why.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import aiohttp
 
-from ..audio import audioop
 from ..calllog import RecordWriter, NullRecordWriter
 from ..config import Config, Persona
 from ..logs import CallLogger
@@ -39,44 +40,17 @@ from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Pro
 from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, PhoneStream, Started, Stopped
 from .actions import PhoneActions
 from .audio_bridge import AudioBridge, PhoneFormat
+from .barge_in import BargeInJudge
 from .conversation import Conversation, TranscriptEntry
 from .hold import HOLD, HoldSound
 from .journal import CallObserver, CallSummary, Journal
 from .limits import CallLimits
 from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
 from .tools import ToolRunner
+from .uplink import Uplink
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
-
-
-# A short acknowledgement while the bot talks is not an interruption ("mm-hm", "yeah", "ok").
-BACKCHANNELS = frozenset("mm mmm hm mhm hmm mhmm um uh huh uhhuh mmhmm yeah yes yep ok okay right sure alright aha ah oh i see got it "
-                         "嗯 哦 对 好 是 啊 嗯嗯 好的 对对".split())
-
-
-def interrupts(transcript: str) -> bool:
-    """Caller words that make an interruption: anything but a lone backchannel ("stop" does, "mm-hm"
-    does not)."""
-    words = re.findall(r"\w+", transcript.lower())
-    return bool(words) and not (len(words) <= 2 and all(w in BACKCHANNELS for w in words))
-
-
-@dataclass
-class BargeInCheck:
-    """The caller started talking over the bot (policy confirm): is it a real interruption? Counted
-    in 20 ms phone frames whose energy says speech (cheap: runs only while a check is pending)."""
-    threshold: int
-    min_speech_ms: int
-    since: float
-    deadline: asyncio.Task
-    voiced_ms: int = 0
-
-    def hear(self, ulaw: bytes) -> bool:
-        """One caller frame; True once there has been enough speech to call it an interruption."""
-        if audioop.rms(audioop.ulaw2lin(ulaw, 2), 2) >= self.threshold:
-            self.voiced_ms += len(ulaw) // 8
-        return self.voiced_ms >= self.min_speech_ms
 
 
 @dataclass(frozen=True)
@@ -127,12 +101,15 @@ class Call:
         self.playout = Playout(phone, config.audio.playout_lead_ms, chunk_ms=config.audio.chunk_ms, clock=clock,
                                bytes_per_ms=fmt.bytes_per_ms,
                                min_chunk_frames=-(-phone.min_chunk_bytes // fmt.frame_bytes) or 1,
-                               on_first_audio=self._first_audio,
+                               on_first_audio=self._first_audio, on_first_heard=self._first_heard,
                                on_frame=self._record_bot if recording is not None else None)
         self.hold = HoldSound(self.audio.phone_sound(hold_sound), persona.hold.after_ms, self.playout, self.journal,
                               clock, frame_bytes=fmt.frame_bytes)
         self.model = ModelLink(session, new_session=new_session, context=self.conversation.context,
                                quiet=self.quiet, limits=config.limits, journal=self.journal, clock=clock)
+        caps = session.capabilities
+        self.uplink = Uplink(self.audio, self.model, threshold=persona.barge_in.threshold,
+                             block_ms=caps.input_block_ms, vad_silence_ms=caps.vad_silence_ms, clock=clock)
         self.actions = PhoneActions(phone=phone, playout=self.playout, conversation=self.conversation,
                                     model=self.model, journal=self.journal, persona=persona, started=started,
                                     control=control, hold=self.hold, clock=clock)
@@ -144,8 +121,10 @@ class Call:
                                  actions=self.actions, model=self.model, journal=self.journal, quiet=self.quiet,
                                  caller_speaking=lambda: self.conversation.caller_speaking,
                                  started_at=self._t0, clock=clock)
+        self.judge = BargeInJudge(persona.barge_in, playout=self.playout, uplink=self.uplink, journal=self.journal,
+                                  clock=clock, cut=self._barge_in,
+                                  on_hold=self.recording.cut_bot if recording is not None else None)
         self._model_errors = 0
-        self._barge_check: BargeInCheck | None = None  # a barge-in waiting to be confirmed (policy confirm)
         self._speech_from: float | None = None  # when the caller's current speech began (offset, s)
 
     # ------------------------------------------------------------------ public surface
@@ -224,8 +203,7 @@ class Call:
     async def _close(self, reason: str) -> None:
         self.summary.end_reason = reason
         self.hold.stop()
-        if self._barge_check is not None:
-            self._barge_check.deadline.cancel()
+        self.judge.decided()
         self.summary.sessions = self.model.sessions
         await self.tools.close()
         await self.model.close_session()
@@ -255,15 +233,11 @@ class Call:
     async def _phone_loop(self) -> str:
         async for ev in self.phone.events():
             if isinstance(ev, Audio):
-                # 8 kHz mu-law for the recording and the barge-in check, only when one wants it (on a
-                # PCM phone it costs a resample; on a mu-law phone it is the phone's own bytes)
-                ulaw = self.audio.to_ulaw8k(ev.payload) \
-                    if self.recording is not None or self._barge_check is not None else b""
-                if self.recording is not None:
-                    self.recording.caller(ulaw)
-                await self.model.send_audio(self.audio.to_model(ev.payload))
-                if self._barge_check is not None and self._barge_check.hear(ulaw):
-                    await self._confirm_barge_in("speech")
+                if self.recording is not None:  # 8 kHz mu-law (on a mu-law phone: its own bytes)
+                    self.recording.caller(self.audio.to_ulaw8k(ev.payload))
+                voiced = await self.uplink.frame(ev.payload)
+                if self.judge.pending:
+                    await self.judge.frame(voiced)
             elif isinstance(ev, MarkPlayed):
                 self.playout.on_mark(ev.name)
             elif isinstance(ev, Dtmf):
@@ -296,22 +270,20 @@ class Call:
                 self._speech_from = self.conversation.offset()
                 await self._caller_started_speaking()
             elif isinstance(ev, SpeechStopped):
-                self.conversation.speech_stopped()
+                self.conversation.speech_stopped(self.uplink.last_voiced_at)
                 self.journal.log.debug("caller_speech_stopped")
                 if self._speech_from is not None:  # a caller speech segment, for the call's timeline
                     ms = round((self.conversation.offset() - self._speech_from) * 1000)
                     self.journal.record.event("speech", self._speech_from, ms=ms)
                     self._speech_from = None
-                if self._barge_check is not None:
-                    self._dismiss_barge_in("speech ended")
+                self.judge.speech_ended()
             elif isinstance(ev, ResponseStarted):
                 self.conversation.response_started(ev.response_id)
             elif isinstance(ev, OutputTranscript):
                 self.conversation.output_text(ev.response_id, ev.text, ev.final)
             elif isinstance(ev, InputTranscript):
                 self.journal.line(self.conversation.caller_said(ev.text))
-                if self._barge_check is not None and interrupts(ev.text):
-                    await self._confirm_barge_in("words")
+                await self.judge.words(ev.text)
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
             elif isinstance(ev, ToolCall):
@@ -372,15 +344,23 @@ class Call:
             return  # not the bot's answer: no latency, no first audio
         turn = self.conversation.find_turn(response_id)
         if turn is not None:
-            turn.first_audio_at = at
+            self.conversation.reply_started(turn, at)
         if self.playout.chunks_sent <= 1:  # the call's first bot audio (usually the greeting)
             self.journal.update(first_audio_at=self._started_wall + (at - self._t0))
-        stopped = self.conversation.speech_stopped_at
-        if stopped is not None:
-            self.conversation.speech_stopped_at = None
-            latency = round((at - stopped) * 1000, 1)
-            self.summary.turn_latencies_ms.append(latency)
-            self.journal.event("latency", log_as="turn_latency", response=response_id, ms=round(latency))
+
+    def _first_heard(self, response_id: str, played_at: float) -> None:
+        """A reply's first audio has played at the phone (its mark came back): the turn latency
+        the caller lived through, from the last voiced frame of what they said to this moment."""
+        turn = self.conversation.find_turn(response_id) if response_id != HOLD else None
+        if turn is None or turn.voice_end_at is None:
+            return  # the hold sound, a greeting, or a reply that answers no caller speech
+        latency = round((played_at - turn.voice_end_at) * 1000, 1)
+        self.summary.turn_latencies_ms.append(latency)
+        model = turn.model_latency_ms
+        if model is not None:
+            self.summary.model_latencies_ms.append(model)
+        self.journal.event("latency", log_as="turn_latency", at=played_at - self._t0, response=response_id,
+                           ms=round(latency), model_ms=round(model) if model is not None else None)
 
     # ------------------------------------------------------------------ barge-in
     async def _caller_started_speaking(self) -> None:
@@ -394,33 +374,8 @@ class Call:
         policy = self.persona.barge_in
         if policy.policy == "immediate":
             await self._barge_in(by="caller")
-        elif self._barge_check is None:
-            self.playout.pause()  # not one more frame until we know it is an interruption
-            self._barge_check = BargeInCheck(policy.threshold, policy.min_speech_ms, self.clock(),
-                                             asyncio.create_task(self._barge_in_deadline(policy.confirm_ms / 1000)))
-            self.journal.log.debug("barge_in_pending")
-
-    async def _barge_in_deadline(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        self._dismiss_barge_in("not confirmed in time")
-
-    async def _confirm_barge_in(self, how: str) -> None:
-        check, self._barge_check = self._barge_check, None
-        if check is None:
-            return
-        check.deadline.cancel()
-        self.playout.resume()  # the clear below empties it
-        await self._barge_in(by="caller", confirmed_by=how, after_ms=round((self.clock() - check.since) * 1000))
-
-    def _dismiss_barge_in(self, why: str) -> None:
-        """Not an interruption (a cough, a click, an "mm-hm"): the reply goes on where it paused."""
-        check, self._barge_check = self._barge_check, None
-        if check is None:
-            return
-        check.deadline.cancel()
-        self.playout.resume()
-        self.journal.event("barge_in_ignored", why=why, voiced_ms=check.voiced_ms,
-                           paused_ms=round((self.clock() - check.since) * 1000))
+        else:
+            await self.judge.caller_started()  # silent now; the reply resumes if it was a cough
 
     async def stop_bot(self) -> None:
         """Silence the bot now (a keypad shortcut acts at once): the same as a barge-in."""
@@ -429,6 +384,7 @@ class Call:
 
     async def _barge_in(self, by: str, **why) -> None:
         """Clear first (the caller is talking over us), then cancel, then cut what was not heard."""
+        self.judge.decided()  # whatever was pending is decided now (confirmed, or the keypad)
         cut = await self.playout.clear()
         cut.pop(HOLD, None)
         if self.recording is not None:

@@ -3,7 +3,7 @@ import socket
 from gateway.telephony.audiosocket.fake import bot_uuid
 from tests.networks import Profile
 
-BOTS = ("openai-greeter", "openai-quiet", "openai-agent", "openai-pcm", "glm-quiet")
+BOTS = ("openai-greeter", "openai-quiet", "openai-agent", "openai-pcm", "glm-quiet", "openai-confirm")
 
 
 class AudioSocket(Profile):
