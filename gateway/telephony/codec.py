@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
 from . import PhoneEvent, Started
-from .wire import FrameError
+from .wire import FrameError, json_object
 
 
 class Frame(NamedTuple):
@@ -87,3 +87,33 @@ class CodecBase:
 
     def hang_up(self) -> Sequence[Frame]:
         return NO_FRAMES
+
+
+class JsonEventCodec(CodecBase):
+    """Codecs whose frames are JSON objects named by their `event` (the Twilio-like family):
+    `connected` carries nothing, `start` starts the stream, every other frame must come after it and
+    name this stream where it names one (`sid_field`)."""
+    sid_field = ""
+
+    def decode_text(self, text: str) -> PhoneEvent | None:
+        msg = json_object(text)
+        event = msg["event"]
+        if event == "connected":
+            return None
+        if event == "start":
+            return self.state.start(self.decode_start(msg))
+        self.network_says(event, msg)
+        self.state.check(event, self.named_sid(msg))
+        return self.decode_event(event, msg)
+
+    def decode_start(self, msg: dict) -> Started:
+        raise NotImplementedError
+
+    def network_says(self, event: str, msg: dict) -> None:
+        """A frame about the network's own trouble, before any stream check (raise NetworkNotice)."""
+
+    def named_sid(self, msg: dict) -> object:
+        return msg.get(self.sid_field)
+
+    def decode_event(self, event: str, msg: dict) -> PhoneEvent | None:
+        raise NotImplementedError

@@ -20,8 +20,8 @@ from typing import Mapping
 
 from ...speedups import dumps
 from .. import PhoneEvent, Started
-from ..codec import CodecBase, Frame
-from ..wire import FrameError, as_int, as_str, b64, family_event, first, json_object, string_map, sub_object
+from ..codec import Frame, JsonEventCodec
+from ..wire import FrameError, as_int, as_str, b64, family_event, first, string_map, sub_object
 
 L16 = "audio/l16"
 PCM_ENCODINGS = ("audio/x-raw", "raw", "slin", "linear16", "audio/l16", "l16", "pcm")
@@ -34,7 +34,7 @@ def padded(audio: bytes) -> bytes:
     return audio + bytes(want - len(audio))
 
 
-class ExotelCodec(CodecBase):
+class ExotelCodec(JsonEventCodec):
     network, label = "exotel", "Exotel"
     min_chunk_bytes = MIN_CHUNK
 
@@ -42,17 +42,13 @@ class ExotelCodec(CodecBase):
         super().__init__(query)
         self._sid_named = True  # False: the start named no stream (ours is made up), frames are not matched
 
-    def decode_text(self, text: str) -> PhoneEvent | None:
-        msg = json_object(text)
-        event = msg["event"]
-        if event == "connected":
-            return None
-        if event == "start":
-            return self.state.start(self._start(msg))
-        self.state.check(event, first(msg.get("stream_sid"), msg.get("streamSid")) or None if self._sid_named else None)
+    def named_sid(self, msg: dict) -> object:
+        return first(msg.get("stream_sid"), msg.get("streamSid")) or None if self._sid_named else None
+
+    def decode_event(self, event: str, msg: dict) -> PhoneEvent | None:
         return family_event(event, msg)  # media, dtmf, mark, stop
 
-    def _start(self, msg: dict) -> Started:
+    def decode_start(self, msg: dict) -> Started:
         start = sub_object(msg, "start", "start", required=True)
         fmt = sub_object(start, "media_format", "start") or sub_object(start, "mediaFormat", "start")
         raw_params = start.get("custom_parameters", start.get("customParameters")) or {}

@@ -12,30 +12,26 @@ from __future__ import annotations
 
 from ...speedups import dumps
 from .. import MarkPlayed, PhoneEvent, Started
-from ..codec import CodecBase, Frame
+from ..codec import Frame, JsonEventCodec
 from ..network import query_params
-from ..wire import FrameError, as_int, as_str, b64, family_event, json_object, sub_object
+from ..wire import FrameError, as_int, as_str, b64, family_event, sub_object
 
 
-class PlivoCodec(CodecBase):
+class PlivoCodec(JsonEventCodec):
     network, label = "plivo", "Plivo"
+    sid_field = "streamId"
 
-    def decode_text(self, text: str) -> PhoneEvent | None:
-        msg = json_object(text)
-        event = msg["event"]
-        if event == "start":
-            start = sub_object(msg, "start", "start", required=True)
-            sid = as_str(start.get("streamId") or msg.get("streamId"))
-            if not sid:
-                raise FrameError("start without streamId")
-            fmt = sub_object(start, "mediaFormat", "start")
-            return self.state.start(Started(
-                stream_sid=sid, call_sid=as_str(start.get("callId")), account_sid=as_str(start.get("accountId")),
-                custom_parameters=query_params(self.query), encoding=as_str(fmt.get("encoding")),
-                sample_rate=as_int(fmt.get("sampleRate"), 8000)))
-        if event == "connected":
-            return None
-        self.state.check(event, msg.get("streamId"))
+    def decode_start(self, msg: dict) -> Started:
+        start = sub_object(msg, "start", "start", required=True)
+        sid = as_str(start.get("streamId") or msg.get("streamId"))
+        if not sid:
+            raise FrameError("start without streamId")
+        fmt = sub_object(start, "mediaFormat", "start")
+        return Started(stream_sid=sid, call_sid=as_str(start.get("callId")), account_sid=as_str(start.get("accountId")),
+                       custom_parameters=query_params(self.query), encoding=as_str(fmt.get("encoding")),
+                       sample_rate=as_int(fmt.get("sampleRate"), 8000))
+
+    def decode_event(self, event: str, msg: dict) -> PhoneEvent | None:
         if event in ("playedStream", "played"):  # an older article names the acknowledgement `played`
             name = as_str(msg.get("name"))
             if not name:

@@ -14,34 +14,30 @@ from typing import Mapping
 
 from ...speedups import dumps
 from .. import PhoneEvent, Started
-from ..codec import CodecBase, Frame
+from ..codec import Frame, JsonEventCodec
 from ..network import query_params
-from ..wire import FrameError, NetworkNotice, as_int, as_str, b64, family_event, json_object, string_map, sub_object
+from ..wire import FrameError, NetworkNotice, as_int, as_str, b64, family_event, string_map, sub_object
 
 MULAW_NAMES = ("PCMU", "audio/x-mulaw", "mulaw", "audio/PCMU")
 
 
-class TelnyxCodec(CodecBase):
+class TelnyxCodec(JsonEventCodec):
     network, label = "telnyx", "Telnyx"
+    sid_field = "stream_id"
 
     def __init__(self, query: Mapping[str, str] | None = None):
         super().__init__(query)
         self.frames_out_of_order = 0
         self._last_seq = 0
 
-    def decode_text(self, text: str) -> PhoneEvent | None:
-        msg = json_object(text)
-        event = msg["event"]
-        if event == "connected":
-            return None
-        if event == "start":
-            return self.state.start(self._start(msg))
+    def network_says(self, event: str, msg: dict) -> None:
         if event == "error":  # Telnyx tells us about a frame of ours it could not use
             err = msg.get("error") or msg.get("payload") or {}
             err = err if isinstance(err, dict) else {"detail": as_str(err)}
             raise NetworkNotice(code=as_str(err.get("code"))[:20], title=as_str(err.get("title"))[:80],
                                 detail=as_str(err.get("detail"))[:200])
-        self.state.check(event, msg.get("stream_id"))
+
+    def decode_event(self, event: str, msg: dict) -> PhoneEvent | None:
         if event == "media":
             seq = as_int(msg.get("sequence_number"), 0)
             if seq and seq < self._last_seq:
@@ -49,7 +45,7 @@ class TelnyxCodec(CodecBase):
             self._last_seq = max(self._last_seq, seq)
         return family_event(event, msg)  # media, dtmf, mark, stop
 
-    def _start(self, msg: dict) -> Started:
+    def decode_start(self, msg: dict) -> Started:
         start = sub_object(msg, "start", "start", required=True)
         sid = as_str(msg.get("stream_id") or start.get("stream_id"))
         if not sid:

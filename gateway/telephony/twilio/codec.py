@@ -13,28 +13,26 @@ import base64
 
 from ...speedups import dumps
 from .. import PhoneEvent, Started
-from ..codec import CodecBase, Frame
-from ..wire import FrameError, as_int, as_str, family_event, json_object, media_audio, string_map, sub_object
+from ..codec import Frame, JsonEventCodec
+from ..wire import FrameError, as_int, as_str, family_event, media_audio, string_map, sub_object
 
 
-class TwilioCodec(CodecBase):
+class TwilioCodec(JsonEventCodec):
     network, label = "twilio", "Twilio"
+    sid_field = "streamSid"
 
     def __init__(self) -> None:
         super().__init__()
         self._sid_json = b""  # the stream's sid as a JSON string: our frames are put together from bytes
 
     # ---------------------------------------------------------------- inbound
-    def decode_text(self, text: str) -> PhoneEvent | None:
-        msg = json_object(text)
-        event = msg["event"]
-        if event == "connected":
-            return None
-        if event == "start":
-            started = self.state.start(decode_start(msg))
+    def decode_start(self, msg: dict) -> Started:
+        started = decode_start(msg)
+        if self.state.sid is None:
             self._sid_json = dumps(started.stream_sid)
-            return started
-        self.state.check(event, msg.get("streamSid"))
+        return started
+
+    def decode_event(self, event: str, msg: dict) -> PhoneEvent | None:
         if event == "media":
             ts = as_str(sub_object(msg, "media", "media", required=True).get("timestamp"))
             return media_audio(msg, timestamp_ms=int(ts) if ts.isascii() and ts.isdigit() else None)
