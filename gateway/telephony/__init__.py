@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol
 
+# The encodings a stream's `Started` names (what the call core converts from and to).
+MULAW = "audio/x-mulaw"  # 8 kHz G.711 mu-law
+L16 = "audio/l16"  # signed 16-bit little-endian PCM, mono, at the stream's rate
+
 
 @dataclass(frozen=True)
 class Started:
@@ -18,7 +22,7 @@ class Started:
     call_sid: str
     account_sid: str
     custom_parameters: dict[str, str] = field(default_factory=dict)
-    encoding: str = "audio/x-mulaw"
+    encoding: str = MULAW
     sample_rate: int = 8000
     channels: int = 1
 

@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 from aiohttp import web
 
-from . import PhoneActionError, PhoneControl, PhoneStream, Started
+from . import MULAW, PhoneActionError, PhoneControl, PhoneStream, Started
 from .codec import Codec
 
 log = logging.getLogger("gateway")
@@ -126,7 +126,7 @@ class NetworkSpec:
         return f"audio {started.encoding or '?'} at {started.sample_rate} Hz is not supported: ask for {self.formats_wanted}"
 
     # (encoding, rate) the call core takes from this network: audio/x-mulaw, or audio/l16 (PCM16 LE)
-    formats: tuple[tuple[str, int], ...] = (("audio/x-mulaw", 8000),)
+    formats: tuple[tuple[str, int], ...] = ((MULAW, 8000),)
     formats_wanted = "8 kHz mu-law (PCMU)"
 
     def control(self, config, http: aiohttp.ClientSession, started: Started) -> PhoneControl:

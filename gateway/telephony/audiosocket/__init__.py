@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from .. import PhoneStream
+from .. import L16, PhoneStream
 from ..network import ListenFailed, NetworkSpec
-from .codec import L16, AudioSocketCodec
+from .codec import AudioSocketCodec
 from .stream import AudioSocketStream
 
 log = logging.getLogger("gateway")

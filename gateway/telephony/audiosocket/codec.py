@@ -12,13 +12,12 @@ import secrets
 import uuid
 from typing import Mapping
 
-from .. import Audio, Dtmf, PhoneEvent, Started, Stopped
+from .. import L16, Audio, Dtmf, PhoneEvent, Started, Stopped
 from ..codec import NO_FRAMES, Frame, StreamState
 from ..wire import FrameError, NetworkNotice
 
 HANGUP, UUID, DTMF, AUDIO, ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
 FRAME_BYTES = 320  # 20 ms of 8 kHz 16-bit PCM
-L16 = "audio/l16"
 DTMF_DIGITS = set("0123456789*#ABCD")
 ERRORS = {0x01: "calling party hung up", 0x02: "frame forwarding error", 0x04: "memory allocation error"}
 

@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 
 from ..network import NetworkSpec
-from .codec import L16, ExotelCodec
+from .. import L16
+from .codec import ExotelCodec
 
 log = logging.getLogger("gateway")
 RATES = (8000, 16000, 24000)

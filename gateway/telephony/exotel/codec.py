@@ -19,11 +19,10 @@ import uuid
 from typing import Mapping
 
 from ...speedups import dumps
-from .. import PhoneEvent, Started
+from .. import L16, PhoneEvent, Started
 from ..codec import Frame, JsonEventCodec
 from ..wire import FrameError, as_int, as_str, b64, family_event, first, string_map, sub_object
 
-L16 = "audio/l16"
 PCM_ENCODINGS = ("audio/x-raw", "raw", "slin", "linear16", "audio/l16", "l16", "pcm")
 MIN_CHUNK, CHUNK_STEP = 3200, 320
 

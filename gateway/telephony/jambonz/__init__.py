@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .. import PhoneActionError, PhoneControl, Started
+from .. import L16, PhoneActionError, PhoneControl, Started
 from ..network import NetworkSpec, Webhook, media_url, rest_request, stream_ticket, unauthenticated
 from ..wire import as_str
-from .codec import L16, JambonzCodec
+from .codec import JambonzCodec
 
 log = logging.getLogger("gateway")
 RATES = (8000, 16000, 24000)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import uuid
 
-from .. import Dtmf, PhoneEvent, Started
+from .. import L16, Dtmf, PhoneEvent, Started
 from ..codec import NO_FRAMES, CodecBase, Frame
 from ..network import query_params
 from ..wire import FrameError, as_int, as_str, digit_of, json_object, pcm_audio
 
-L16 = "audio/l16"
 KILL_AUDIO = b'{"type":"killAudio"}'
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ...speedups import dumps
-from .. import PhoneEvent, Started
+from .. import MULAW, PhoneEvent, Started
 from ..codec import Frame, JsonEventCodec
 from ..network import query_params
 from ..wire import FrameError, NetworkNotice, as_int, as_str, b64, family_event, string_map, sub_object
@@ -57,7 +57,7 @@ class TelnyxCodec(JsonEventCodec):
         encoding = as_str(fmt.get("encoding"))
         return Started(stream_sid=sid, call_sid=as_str(start.get("call_control_id")),
                        account_sid=as_str(start.get("user_id")), custom_parameters=params,
-                       encoding="audio/x-mulaw" if encoding in MULAW_NAMES else encoding,
+                       encoding=MULAW if encoding in MULAW_NAMES else encoding,
                        sample_rate=as_int(fmt.get("sample_rate"), 8000), channels=as_int(fmt.get("channels"), 1))
 
     def play(self, audio: bytes):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 
 from ...speedups import dumps
-from .. import PhoneEvent, Started
+from .. import MULAW, PhoneEvent, Started
 from ..codec import Frame, JsonEventCodec
 from ..wire import FrameError, as_int, as_str, family_event, media_audio, string_map, sub_object
 
@@ -62,5 +62,5 @@ def decode_start(msg: dict) -> Started:
         raise FrameError("customParameters is not an object")
     fmt = sub_object(start, "mediaFormat", "start")
     return Started(stream_sid=sid, call_sid=as_str(start.get("callSid")), account_sid=as_str(start.get("accountSid")),
-                   custom_parameters=string_map(params), encoding=as_str(fmt.get("encoding") or "audio/x-mulaw"),
+                   custom_parameters=string_map(params), encoding=as_str(fmt.get("encoding") or MULAW),
                    sample_rate=as_int(fmt.get("sampleRate"), 8000), channels=as_int(fmt.get("channels"), 1))

@@ -30,10 +30,10 @@ from urllib.parse import quote
 
 import jwt
 
-from .. import PhoneActionError, PhoneControl, Started
+from .. import L16, PhoneActionError, PhoneControl, Started
 from ..network import NetworkSpec, Webhook, media_url, rest_request, stream_ticket, unauthenticated
 from ..wire import as_str as _str
-from .codec import L16, RATE, VonageCodec
+from .codec import RATE, VonageCodec
 
 log = logging.getLogger("gateway")
 SIGNATURE_TOLERANCE_S = 300

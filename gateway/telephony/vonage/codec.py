@@ -14,12 +14,11 @@ import uuid
 from typing import Mapping
 
 from ...speedups import dumps
-from .. import Dtmf, MarkPlayed, PhoneEvent, Started
+from .. import L16, Dtmf, MarkPlayed, PhoneEvent, Started
 from ..codec import CodecBase, Frame
 from ..network import query_params
 from ..wire import FrameError, as_str, digit_of, json_object, pcm_audio
 
-L16 = "audio/l16"
 RATE = 16000
 
 
