@@ -68,7 +68,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from .phone_sim import main as phone_main
+    from .phone_cli import main as phone_main
     try:
         return asyncio.run(phone_main(args))
     except KeyboardInterrupt:  # before the call was up (the call itself ends with its summary)
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default="config.yaml", metavar="PATH", help=config_help)
     c.set_defaults(func=_check_config)
 
-    from .phone_sim import add_arguments
+    from .phone_cli import add_arguments
     p = sub.add_parser("call", help="simulated phone: call the gateway like Twilio does")
     add_arguments(p)
     p.set_defaults(func=_call)

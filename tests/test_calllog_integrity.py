@@ -13,7 +13,8 @@ import pytest
 
 from gateway.__main__ import build_parser, main
 from gateway.app import STORE, drain
-from gateway.phone_sim import DialError, main as phone_main
+from gateway.phone_cli import main as phone_main
+from gateway.phone_sim import DialError
 from tests.calllog_helpers import TOKEN, api
 from tests.phone_helpers import ended, new_phone, ulaw_tone
 

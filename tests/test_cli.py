@@ -153,7 +153,7 @@ async def test_control_characters_in_a_callers_number_are_shown_escaped_and_stor
 async def _phone_cli(argv: list[str], capsys) -> tuple[int, str]:
     """`python -m gateway call …` in this process (its gateway is in this event loop)."""
     from gateway.__main__ import build_parser
-    from gateway.phone_sim import main as phone_main
+    from gateway.phone_cli import main as phone_main
     capsys.readouterr()
     rc = await phone_main(build_parser().parse_args(["call", *argv]))
     return rc, capsys.readouterr().out
@@ -241,7 +241,7 @@ async def test_a_url_without_a_scheme_is_taken_and_a_wrong_one_is_named(make_gat
                      ("http://", "expected http://HOST:PORT")):
         capsys.readouterr()
         from gateway.__main__ import build_parser
-        from gateway.phone_sim import main as phone_main
+        from gateway.phone_cli import main as phone_main
         rc = await phone_main(build_parser().parse_args(["call", "--url", url, *common]))
         err = capsys.readouterr().err
         assert rc == 2 and why in err and "Traceback" not in err, err
