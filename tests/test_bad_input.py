@@ -12,7 +12,6 @@ import json
 import logging
 
 import aiohttp
-import pytest
 
 from gateway.web_state import CALLS, STORE
 from gateway.phone_sim import SimulatedPhone
@@ -24,43 +23,8 @@ def media(phone: SimulatedPhone, payload: str) -> str:
                        "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}})
 
 
-BAD_FRAMES = {
-    "not_json": lambda p: "this is not json {",
-    "json_not_object": lambda p: "[1, 2, 3]",
-    "no_event": lambda p: json.dumps({"streamSid": p.stream_sid}),
-    "unknown_event": lambda p: json.dumps({"event": "teleport", "streamSid": p.stream_sid}),
-    "invalid_base64": lambda p: media(p, "!!!not base64!!!"),
-    "payload_not_string": lambda p: json.dumps({"event": "media", "streamSid": p.stream_sid, "media": {"payload": 5}}),
-    "second_start": lambda p: json.dumps({"event": "start", "streamSid": "MZother", "start": {
-        "streamSid": "MZother", "callSid": "CAother", "customParameters": {"bot": "support"}}}),
-    "wrong_stream_sid": lambda p: json.dumps({"event": "media", "streamSid": "MZnot-this-one",
-                                              "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}),
-    "mark_without_name": lambda p: json.dumps({"event": "mark", "streamSid": p.stream_sid, "mark": {}}),
-    "dtmf_garbage": lambda p: json.dumps({"event": "dtmf", "streamSid": p.stream_sid, "dtmf": "9"}),
-    "binary": lambda p: b"\x00\x01\x02" * 100,
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
-async def test_bad_frame_is_logged_and_survived(make_gateway, caplog, case):
-    gw = await make_gateway(None)
-    with caplog.at_level(logging.INFO, logger="gateway"):
-        bystander = await dial(gw.url, bot="echo")
-        phone = await dial(gw.url, bot="echo")
-        await phone.silence(0.2)
-        await phone.send_raw(BAD_FRAMES[case](phone))
-        await phone.silence(0.2)
-        # The call is still alive and still processing audio: it echoes what we say.
-        await phone.say(ulaw_tone(440, 0.6))
-        await wait_for(lambda: phone.result.first_audio_after(phone.result.speech_ends[0]) is not None,
-                       5, "the echo after the bad frame")
-        await phone.hangup()
-        assert not bystander.closed.is_set()
-        await bystander.hangup()
-    lines = [r.getMessage() for r in caplog.records if "phone_bad_frame" in r.getMessage()]
-    assert len(lines) == 1, lines
-    assert f"call={phone.call_sid}" in lines[0]
-    assert not phone.result.violations
+# Each kind of bad Twilio frame, one call at a time beside another: tests/test_networks_unit.py
+# (the same checks on the fast-forwarded clock, through the same stream loop and codec).
 
 
 async def test_media_before_start_is_dropped_then_call_works(make_gateway, caplog):

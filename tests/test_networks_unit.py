@@ -9,6 +9,8 @@ these checks for networks that are not WebSockets (AudioSocket's TCP)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 
 import pytest
@@ -141,3 +143,52 @@ async def test_too_many_bad_frames_end_the_call_as_a_protocol_error(network, cap
             await phone.send_raw("garbage")
         summary = await asyncio.wait_for(running, 5)
     assert summary.end_reason == "protocol_error" and logged(caplog, "phone_protocol_errors_exceeded")
+
+
+def _twilio_media(phone, payload) -> str:
+    return json.dumps({"event": "media", "streamSid": phone.stream_sid, "sequenceNumber": "9",
+                       "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}})
+
+
+TWILIO_BAD_FRAMES = {  # one of each way a Twilio frame can be wrong
+    "not_json": lambda p: "this is not json {",
+    "json_not_object": lambda p: "[1, 2, 3]",
+    "no_event": lambda p: json.dumps({"streamSid": p.stream_sid}),
+    "unknown_event": lambda p: json.dumps({"event": "teleport", "streamSid": p.stream_sid}),
+    "invalid_base64": lambda p: _twilio_media(p, "!!!not base64!!!"),
+    "payload_not_string": lambda p: json.dumps({"event": "media", "streamSid": p.stream_sid, "media": {"payload": 5}}),
+    "second_start": lambda p: json.dumps({"event": "start", "streamSid": "MZother", "start": {
+        "streamSid": "MZother", "callSid": "CAother", "customParameters": {"bot": "support"}}}),
+    "wrong_stream_sid": lambda p: json.dumps({"event": "media", "streamSid": "MZnot-this-one",
+                                              "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}),
+    "mark_without_name": lambda p: json.dumps({"event": "mark", "streamSid": p.stream_sid, "mark": {}}),
+    "dtmf_garbage": lambda p: json.dumps({"event": "dtmf", "streamSid": p.stream_sid, "dtmf": "9"}),
+    "binary": lambda p: b"\x00\x01\x02" * 100,
+}
+
+
+@pytest.mark.parametrize("case", sorted(TWILIO_BAD_FRAMES))
+async def test_a_bad_twilio_frame_is_logged_once_and_only_that_call_notices(case, caplog):
+    """The call goes on both ways (the caller's audio reaches the model, the model's reaches the
+    caller) and the call beside it never hears of it."""
+    model, other_model = MemoryModel(), MemoryModel()
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        bystander, bystander_stream, bystander_call = await start_call("twilio", other_model)
+        phone, stream, running = await start_call("twilio", model)
+        await phone.silence(0.2)
+        await phone.send_raw(TWILIO_BAD_FRAMES[case](phone))
+        await phone.silence(0.2)
+        before = len(model.audio)
+        await phone.say(ulaw_tone(440, 0.6))
+        assert len(model.audio) - before >= 4000, "the caller's audio still reaches the model"
+        model.reply(600, "Still here.")
+        await asyncio.sleep(1.0)
+        assert phone.result.first_audio_after(phone.result.speech_ends[0]) is not None, "and the reply the caller"
+        await phone.hangup()
+        assert (await running).end_reason == "caller_hangup"
+        assert not bystander.closed.is_set() and bystander_stream.protocol_errors == 0
+        await bystander.hangup()
+        await bystander_call
+    lines = [r.getMessage() for r in caplog.records if "phone_bad_frame" in r.getMessage()]
+    assert len(lines) == 1 and f"call={phone.call_sid}" in lines[0], lines
+    assert not phone.result.violations
