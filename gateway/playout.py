@@ -93,6 +93,7 @@ class Playout:
         self.on_frame = on_frame
         self.on_first_heard = on_first_heard
         self.on_idle = on_idle
+        self.idle = asyncio.Event()  # set when nothing is queued or at the phone (see _check_idle)
         self.frame_bytes = int(bytes_per_ms * frame_ms)
         self.generation = 0
         self._seq = 0
@@ -124,6 +125,7 @@ class Playout:
         for f in frames:
             self._frames.append((f, response_id))
         if frames:
+            self.idle.clear()
             self._wake.set()
 
     @property
@@ -185,13 +187,16 @@ class Playout:
         return True
 
     def _check_idle(self) -> None:
-        """Tell `on_idle` once nothing is queued or at the phone (by the marks, then our clock)."""
-        if self.on_idle is None or self._frames or self._marks or self._writing:
+        """Set `idle` and tell `on_idle` once nothing is queued or at the phone (by the marks,
+        then our clock)."""
+        if self._frames or self._marks or self._writing or self.idle.is_set():
             return
         left = self._play_until - self.clock()
         if left > 0:  # the last mark came back a hair before our clock says the audio ended
             asyncio.get_running_loop().call_later(left + 0.001, self._check_idle)
-        else:
+            return
+        self.idle.set()
+        if self.on_idle is not None:
             self.on_idle()
 
     # ------------------------------------------------------------ holding back
