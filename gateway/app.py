@@ -356,7 +356,8 @@ async def run_stream(app: web.Application, network: Network, stream, clog: CallL
     calls = app[CALLS]
     calls[call.call_id] = call
     try:
-        app[RECENT].append(await call.run())
+        with app[METRICS].live(call.persona.name, network.name):
+            app[RECENT].append(await call.run())
     finally:
         calls.pop(call.call_id, None)
         await capacity.release(grant)
