@@ -27,7 +27,8 @@ from .web_state import CALLS, CAPACITY, CONFIG, INSTANCE, REST, STORE
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 200
-COMMAND_POLL_SECONDS = 0.5  # how soon a hang-up asked of another instance is acted on
+COMMAND_POLL_SECONDS = 0.5  # how soon a hang-up asked of another instance is acted on, with no notifications
+COMMAND_FALLBACK_POLL_SECONDS = 5.0  # ... while PostgreSQL notifications wake the loop (a lost one is found then)
 
 
 def add_operator_routes(app: web.Application) -> None:
@@ -223,7 +224,7 @@ async def live_calls(request: web.Request) -> web.Response:
 
 async def hang_up(request: web.Request) -> web.Response:
     """Hang up a live call: at once when it runs here, else through a command to the instance or
-    worker that runs it (it acts within about half a second)."""
+    worker that runs it (at once on PostgreSQL, which notifies it; within half a second on SQLite)."""
     call_id = request.match_info["call_id"]
     call = request.app[CALLS].get(call_id)
     if call is not None:
@@ -243,11 +244,23 @@ async def hang_up(request: web.Request) -> web.Response:
 async def remote_commands(app: web.Application):
     """Cleanup context: act on commands other instances queued for this one's calls."""
     acting: set[asyncio.Task] = set()
+    store, here = app[STORE], app[INSTANCE]
+    wake = asyncio.Event()
+
+    def notified(payload: str | None) -> None:  # None: (re)connected, notifications may have been missed
+        if payload is None or payload == here:
+            wake.set()
+
+    await store.listen(instances.COMMANDS_CHANNEL, notified)
 
     async def loop() -> None:
-        store, here = app[STORE], app[INSTANCE]
         while True:
-            await asyncio.sleep(COMMAND_POLL_SECONDS)
+            poll = COMMAND_FALLBACK_POLL_SECONDS if store.listening else COMMAND_POLL_SECONDS
+            try:
+                await asyncio.wait_for(wake.wait(), poll)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
             try:
                 for cmd in await instances.take(store, here):
                     call = app[CALLS].get(cmd["call_id"])

@@ -180,3 +180,47 @@ async def test_one_scrape_sees_every_worker_and_counters_never_go_backwards(conf
         out = stop(proc, signal.SIGTERM, timeout=20)
     assert "event=worker_died" in out, out
     assert not any(p.name.startswith("gateway-metrics-") for p in tmp_path.iterdir()), "the run's directory is removed"
+
+
+async def test_a_hang_up_across_instances_on_postgresql_is_carried_out_at_once(config_dir):
+    """PostgreSQL NOTIFY wakes the owner: every hang-up asked of A for a call on B ends it within
+    300 ms (polling alone took up to 500 ms), also after B's listening connection was cut."""
+    from tests.conftest import write_config
+    from tests.pg import fresh_database
+    import time
+
+    import aiohttp
+    import asyncpg
+
+    async with fresh_database() as db:
+        env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
+        env.update(GATEWAY_DATABASE_URL=db, GATEWAY_OPERATOR_TOKEN=TOKEN)
+        config_path = write_config(config_dir)
+        port_a, port_b = free_port(), free_port()
+        url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+        b = serve(port_b, env, config_path)
+        a = serve(port_a, env, config_path)
+        out_b = ""
+        try:
+            await asyncio.sleep(0.5)
+            times = []
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+                for attempt in range(6):
+                    if attempt == 3:  # cut every listening connection: they reconnect, the poll covers the gap
+                        admin = await asyncpg.connect(db)
+                        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+                        await admin.close()
+                        await asyncio.sleep(1.5)  # the first retry is after 0.5 s
+                    phone = await dial(url_b, bot="echo")
+                    await asyncio.sleep(0.6 + attempt * 0.07)  # at various points of B's fallback poll
+                    t0 = time.monotonic()
+                    async with s.post(f"{url_a}/api/calls/{phone.call_sid}/hangup") as r:
+                        assert r.status == 202, await r.text()
+                    assert await phone.wait_closed(5)
+                    times.append((time.monotonic() - t0) * 1000)
+            assert max(times) <= 300, times
+        finally:
+            stop(a, signal.SIGTERM)
+            out_b = stop(b, signal.SIGTERM)
+        assert "event=calllog_listen_lost" in out_b, out_b

@@ -3,10 +3,12 @@ call-log database: which calls run elsewhere, and commands for them.
 
 Every process holds an instance lease (store.hold_lease). A live call is a `calls` row that started,
 has not ended, and whose instance's lease is alive. An operator who asks instance A to hang up a
-call running on B gets a `call_commands` row addressed to B; B polls for its own commands (an
-indexed query of open rows, twice a second) and acts on the call it owns. Polling rather than
-PostgreSQL LISTEN/NOTIFY: the same code works on SQLite (workers on one machine), and half a second
-is quick enough for an operator's click.
+call running on B gets a `call_commands` row addressed to B, and on PostgreSQL a NOTIFY on
+`COMMANDS_CHANNEL` naming B wakes B's command loop at once (operator_api.remote_commands): the hang-up
+is carried out within milliseconds. B also polls for its own commands (an indexed query of open
+rows): every half second on SQLite (workers on one machine: no notifications), and as a fallback
+every few seconds on PostgreSQL, for a notification lost while B's listening connection was down.
+The row, not the notification, is the command: a wake-up that finds nothing does nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import secrets
 import time
 
 from .store import CallStore
+
+COMMANDS_CHANNEL = "gateway_call_commands"  # NOTIFY payload: the instance that has new commands
 
 
 async def live_calls(store: CallStore, now: float | None = None) -> list[dict]:
@@ -31,6 +35,7 @@ async def send(store: CallStore, instance: str, call_id: str, command: str) -> N
     await store._execute(store._sql(
         "INSERT INTO call_commands (id, instance, call_id, command, created_at) VALUES (?, ?, ?, ?, ?)"),
         (secrets.token_hex(8), instance, call_id, command, time.time()))
+    await store.notify(COMMANDS_CHANNEL, instance)  # after the commit: the row is there when B looks
 
 
 async def take(store: CallStore, instance: str) -> list[dict]:

@@ -199,6 +199,15 @@ class CallStore(abc.ABC):
     def _sql(self, sql: str) -> str:
         return sql
 
+    listening = False  # notifications arrive (PostgreSQL LISTEN); SQLite has none: readers poll
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Wake the listeners of `channel` on every instance (PostgreSQL NOTIFY); a no-op elsewhere."""
+
+    async def listen(self, channel: str, callback) -> bool:
+        """Subscribe `callback(payload)` to `channel`; False where the engine has no notifications."""
+        return False
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self._connect()
