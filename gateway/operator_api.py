@@ -188,16 +188,22 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    from .recording import recordings_dir
+    """The call's recording, found through its record (never named after the call id), from this
+    instance's disk or the bucket every instance shares."""
+    from .recording_store import RECORDINGS, RecordingUnavailable
     row = await request.app[STORE].get_call(request.match_info["call_id"])
     if row is None:
         return _error(404, "no such call")
     if not row.get("recording"):
         return _error(404, "this call was not recorded")
-    path = recordings_dir(request.app[CONFIG]) / row["recording"]
-    if not path.is_file():
+    try:
+        response = await request.app[RECORDINGS].response(request, row["recording"])
+    except RecordingUnavailable as e:
+        log.error("event=recording_unavailable call=%s error=%s", row["call_id"], e)
+        return _error(502, "the recording storage cannot be reached; try again later")
+    if response is None:
         return _error(404, "the recording is gone (retention) or still being written")
-    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+    return response
 
 
 async def live_calls(request: web.Request) -> web.Response:
