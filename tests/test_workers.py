@@ -120,7 +120,7 @@ async def _scrape(url: str) -> dict[str, float]:
     """Sample name -> the sum over its label sets, as prometheus-client parses the page."""
     from prometheus_client.parser import text_string_to_metric_families
     status, body = await api(url, "/metrics")
-    assert status == 200
+    assert status == 200, (status, body[:300])
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
