@@ -1,5 +1,5 @@
 # Production image: the gateway on Python 3.13 (audioop-lts), listening on 0.0.0.0:8080.
-# Build: `docker build -t voicebot-gateway .` (README "Deployment"; scripts/build-image builds it
+# Build: `docker build -t voicebot-gateway .` (docs/operations.md "Deployment"; scripts/build-image builds it
 # without a Docker engine). BASE may name another image with Python 3.13 and `python` on PATH.
 ARG BASE=python:3.13-slim
 FROM ${BASE}

@@ -2,7 +2,7 @@
 
 Every route needs `Authorization: Bearer <operator.token>` (GATEWAY_OPERATOR_TOKEN). With no token
 configured the API is closed (401 to everything), never open. JSON in and out; times are ISO 8601
-UTC strings; errors are `{"error": "..."}` with a 4xx status. See README "Operator API".
+UTC strings; errors are `{"error": "..."}` with a 4xx status. See docs/operations.md "Operator API".
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ SECRET = "whsec-test-0123456789abcdef"
 
 
 class Receiver:
-    """A CRM's webhook endpoint on loopback: checks each signature the way README tells receivers to."""
+    """A CRM's webhook endpoint on loopback: checks each signature the way docs/operations.md tells receivers to."""
 
     def __init__(self, secret: str = SECRET, status: int = 200):
         self.secret, self.status = secret, status
