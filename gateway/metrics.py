@@ -13,8 +13,9 @@ writes its values to memory-mapped files there, and whichever worker answers a s
 everyone's files (`MultiProcessCollector`). Counters of a worker that died stay in its files, so a
 sum never goes backwards; live-call gauges are `livesum` (the supervisor removes a dead worker's
 with `mark_process_dead`, as the library documents). One process (`serve`) keeps the plain
-in-memory registry. The per-process call-log figures (queue depth, writes dropped or failed) are
-copied into real metrics at each scrape and, under workers, once a second by each worker.
+in-memory registry. The per-process figures of the call log (queue depth, writes dropped or
+failed) and of recording uploads are copied into real metrics at each scrape and, under workers,
+once a second by each worker.
 
 Guarded by the operator token (Bearer, like /api/) unless `metrics.public: true`.
 """
@@ -34,6 +35,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .operator_api import require_operator
+from .recording_store import RECORDINGS, S3Recordings
 from .web_state import CAPACITY, CONFIG, STORE
 
 log = logging.getLogger("gateway")
@@ -97,7 +99,12 @@ class GatewayMetrics:
                                        "was full (database down or too slow).", registry=r)
         self.calllog_failed = Counter("gateway_calllog_writes_failed", "Call-log writes the database refused.",
                                       registry=r)
-        self._store_seen = (0, 0)  # the store's dropped/failed counts already added to the counters
+        self.recording_uploads = Counter("gateway_recording_uploads", "Recording uploads to the bucket "
+                                         "(recording.url): stored, or failed (the file stays on disk, retried).",
+                                         ["result"], registry=r)
+        self.recordings_waiting = Gauge("gateway_recordings_waiting", "Finished recordings on disk waiting for "
+                                        "their upload to the bucket.", multiprocess_mode="livemax", registry=r)
+        self._seen: dict[str, int] = {}  # per-process totals already added to the counters
 
     def call(self) -> "CallMetrics":
         return CallMetrics(self)
@@ -114,15 +121,28 @@ class GatewayMetrics:
         finally:
             gauge.dec()
 
-    def copy_store_stats(self, store: Any) -> None:
-        """The call-log store's own figures (plain ints, per process) into the metrics."""
-        self.calllog_queue.set(store.pending)
-        dropped, failed = store.dropped, store.failed
-        if dropped > self._store_seen[0]:
-            self.calllog_dropped.inc(dropped - self._store_seen[0])
-        if failed > self._store_seen[1]:
-            self.calllog_failed.inc(failed - self._store_seen[1])
-        self._store_seen = (max(dropped, self._store_seen[0]), max(failed, self._store_seen[1]))
+    def _add_up(self, counter: Any, name: str, total: int) -> None:
+        """Add what a plain per-process total (`total`) grew by since the last copy."""
+        if total > self._seen.get(name, 0):
+            counter.inc(total - self._seen.get(name, 0))
+            self._seen[name] = total
+
+    def copy_process_stats(self, app: web.Application) -> None:
+        """This process's own figures (plain ints of the call-log store and the recordings
+        store) into the metrics."""
+        store = app.get(STORE)
+        if store is not None:
+            self.calllog_queue.set(store.pending)
+            self._add_up(self.calllog_dropped, "calllog_dropped", store.dropped)
+            self._add_up(self.calllog_failed, "calllog_failed", store.failed)
+        recordings = app.get(RECORDINGS)
+        if isinstance(recordings, S3Recordings):
+            self._add_up(self.recording_uploads.labels("stored"), "uploaded", recordings.uploaded)
+            self._add_up(self.recording_uploads.labels("failed"), "upload_failures", recordings.upload_failures)
+            try:
+                self.recordings_waiting.set(len(recordings.pending()))
+            except OSError:
+                pass
 
     def render(self, app: web.Application) -> bytes:
         if self.shared_dir is None:
@@ -232,8 +252,7 @@ async def _count_api_requests(request: web.Request, handler: Callable) -> web.St
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    if STORE in request.app:
-        metrics.copy_store_stats(request.app[STORE])
+    metrics.copy_process_stats(request.app)
     if CAPACITY in request.app:  # read from the call log (all instances) before the synchronous render
         try:
             metrics.slots = await request.app[CAPACITY].report()
@@ -243,8 +262,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def _share_process_stats(app: web.Application):
-    """Cleanup context, under workers only: this worker's call-log figures into the shared files
-    once a second, so that a scrape answered by another worker sees them."""
+    """Cleanup context, under workers only: this worker's call-log and recording figures into the
+    shared files once a second, so that a scrape answered by another worker sees them."""
     metrics = app[METRICS]
     if metrics.shared_dir is None:
         yield
@@ -253,8 +272,7 @@ async def _share_process_stats(app: web.Application):
     async def loop() -> None:
         while True:
             await asyncio.sleep(PROCESS_STATS_EVERY_SECONDS)
-            if STORE in app:
-                metrics.copy_store_stats(app[STORE])
+            metrics.copy_process_stats(app)
 
     task = asyncio.create_task(loop(), name="metrics-share")
     yield

@@ -87,6 +87,17 @@ async def s3(monkeypatch):
     server.stop()
 
 
+async def _metric(url: str, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = await api(url, "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
 def _caller_rms(wav_bytes: bytes) -> float:
     with wave.open(io.BytesIO(wav_bytes)) as w:
         x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float).reshape(-1, 2)
@@ -157,6 +168,8 @@ async def test_recordings_go_to_the_bucket_and_any_instance_serves_them(make_gat
     await wait_for(lambda: not local.exists(), 5, "the upload (the local copy goes once it is stored)")
     stored = await s3.objects("calls/")
     assert list(stored) == [f"calls/{key}"]
+    assert await _metric(a.url, "gateway_recording_uploads_total", result="stored") == 1
+    assert await _metric(a.url, "gateway_recordings_waiting") == 0
     for gw in (a, b):  # b never had the file: it streams it from the bucket
         status, body = await api(gw.url, "/api/calls/CAbucket1/recording")
         assert status == 200 and body == stored[f"calls/{key}"] and _caller_rms(body) > 1000
@@ -195,6 +208,8 @@ async def test_a_bucket_outage_loses_nothing_and_a_restart_uploads_what_waited(m
     local = gw.config.base_dir / "data" / "recordings" / key
     await wait_for(lambda: "event=recording_upload_failed" in caplog.text, 15, "the failed upload to be logged")
     assert local.exists()
+    assert await _metric(gw.url, "gateway_recording_uploads_total", result="failed") >= 1
+    assert await _metric(gw.url, "gateway_recordings_waiting") == 1
     status, body = await api(gw.url, "/api/calls/CAoutage1/recording")  # served from disk meanwhile
     assert status == 200 and _caller_rms(body) > 1000
     await gw.runner.cleanup()  # a restart while the bucket is still down: the file stays
