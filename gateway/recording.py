@@ -93,6 +93,8 @@ def finish_abandoned(folder: Path, now: float | None = None) -> list[str]:
             final = part.with_name(part.name[:-len(PART_SUFFIX)])
             os.replace(part, final)
             done.append(final.name)
+        except FileNotFoundError:
+            continue  # another worker on this disk finished it first
         except OSError as e:
             log.error("event=recording_finish_failed file=%s error=%s", part.name, f"{type(e).__name__}: {e}"[:200])
     if done:
