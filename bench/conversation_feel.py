@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gateway.audio import audioop  # noqa: E402
-from gateway.phone_sim import SimulatedPhone, bot_uuid  # noqa: E402
+from gateway.phone_sim import SimulatedPhone  # noqa: E402
+from gateway.telephony.audiosocket.fake import bot_uuid  # noqa: E402
 from tests.conftest import GLM_KEY, OPENAI_KEY  # noqa: E402
 from tests.fakes import glm_server, openai_server  # noqa: E402
 from tests.phone_helpers import ulaw_tone  # noqa: E402
