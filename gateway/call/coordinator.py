@@ -294,7 +294,7 @@ class Call:
             elif isinstance(ev, SpeechStarted):
                 self.conversation.speech_started()
                 self._speech_from = self.conversation.offset()
-                await self._caller_started_speaking()
+                await self._caller_started_speaking(ev.interrupted)
             elif isinstance(ev, SpeechStopped):
                 self.conversation.speech_stopped()
                 self.journal.log.debug("caller_speech_stopped")
@@ -383,7 +383,8 @@ class Call:
             self.journal.event("latency", log_as="turn_latency", response=response_id, ms=round(latency))
 
     # ------------------------------------------------------------------ barge-in
-    async def _caller_started_speaking(self) -> None:
+    async def _caller_started_speaking(self, model_stopped: bool = False) -> None:
+        """`model_stopped`: the model already cut its reply for the caller (its own barge-in)."""
         if self.hold.waiting and self.hold.only_hold_audible():
             self.hold.stop()  # talking over the hold sound: just stop it
             await self.playout.clear()
@@ -392,7 +393,11 @@ class Call:
             self.journal.log.debug("caller_speech_started")
             return
         policy = self.persona.barge_in
-        if policy.policy == "immediate":
+        if model_stopped and self._barge_check is not None:
+            await self._confirm_barge_in("model")
+        elif model_stopped:
+            await self._barge_in(by="caller", confirmed_by="model")
+        elif policy.policy == "immediate":
             await self._barge_in(by="caller")
         elif self._barge_check is None:
             self.playout.pause()  # not one more frame until we know it is an interruption
