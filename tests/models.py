@@ -17,6 +17,12 @@ class Model:
     secret: str  # the part of the key that must never be logged
     wrong_key: str
     fatal_code: str  # an error the service sends when the session cannot go on
+    key: str = ""  # the whole key the gateway is given
+    # The client cancels a reply at barge-in (and the service keeps talking for a moment); False:
+    # the service stops the reply by itself when the caller talks (Gemini's `interrupted`).
+    client_cancel: bool = True
+    refusal: str = "HTTP 401"  # how a refused key shows in the connect error
+    key_header: str = "Bearer ***"  # the key's header in websockets' debug dump, scrubbed
 
     @property
     def agent(self) -> str:

@@ -11,7 +11,8 @@ import pytest
 from tests.fakes.fault_proxy import FaultProxy
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
 
-URL_ENV = {"glm": "GLM_REALTIME_URL", "openai": "OPENAI_REALTIME_URL"}
+URL_ENV = {"glm": "GLM_REALTIME_URL", "openai": "OPENAI_REALTIME_URL", "qwen": "QWEN_REALTIME_URL",
+           "gemini": "GEMINI_LIVE_URL"}
 
 
 @pytest.fixture
