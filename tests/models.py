@@ -24,6 +24,14 @@ class Model:
     refusal: str = "HTTP 401"  # how a refused key shows in the connect error
     key_header: str = "Bearer ***"  # the key's header in websockets' debug dump, scrubbed
 
+    @staticmethod
+    def instructions(session) -> str:
+        """The system instructions a fake session was configured with (Gemini: setup.systemInstruction)."""
+        cfg = session.session_config or {}
+        if "systemInstruction" in cfg:
+            return "".join(p.get("text", "") for p in cfg["systemInstruction"].get("parts") or [])
+        return cfg["instructions"]
+
     @property
     def agent(self) -> str:
         """A persona with phone actions: end_call, transfer_call, an HTTP tool, DTMF shortcuts."""
