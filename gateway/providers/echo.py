@@ -34,7 +34,7 @@ class EchoProvider(Provider):
         rate = rate or persona.audio.output_rate
         self.rate = rate
         self.capabilities = Capabilities(input_format="pcm16", input_rate=rate,
-                                         output_format="pcm16", output_rate=rate)
+                                         output_format="pcm16", output_rate=rate, tools=False)
         td = persona.turn_detection
         self._vad = EnergyVAD(rate, threshold=td.threshold, stop_ms=td.silence_ms)
         self._queue: asyncio.Queue = asyncio.Queue()
