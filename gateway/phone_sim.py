@@ -40,6 +40,7 @@ import aiohttp
 from .telephony import audiosocket as asock
 from .telephony.plivo import v3_signature
 from .telephony.signature import compute as compute_signature
+from .persona import BargeIn
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
@@ -92,13 +93,16 @@ class PhoneResult:
     violations: list[str] = field(default_factory=list)
     start_sent_at: float | None = None
     first_audio_at: float | None = None
-    speech_ends: list[float] = field(default_factory=list)  # when each spoken segment ended
+    speech_ends: list[float] = field(default_factory=list)  # when each spoken segment's last voiced frame left
+    last_voiced_at: float | None = None  # when the microphone last sent a voiced frame
+    play_times: list[float] = field(default_factory=list)  # ticks at which bot audio began to play after silence
     closed_by: str = ""
     closed_at: float | None = None  # when the socket closed (monotonic)
     close_code: int | None = None
 
     def first_audio_after(self, t: float) -> float | None:
-        return next((m for m in self.media_times if m >= t), None)
+        """When bot audio first played at this phone after `t` (not when it arrived: what the caller heard)."""
+        return next((m for m in self.play_times if m >= t), None)
 
     def summary(self) -> dict:
         greeting = (self.first_audio_at - self.start_sent_at) * 1000 \
@@ -119,6 +123,8 @@ class PhoneResult:
             "closed_by": self.closed_by, "close_code": self.close_code,
         }
 
+
+VOICED_RMS = BargeIn().threshold  # a frame louder than this is speech (the gateway's own measure)
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
@@ -164,6 +170,7 @@ class SimulatedPhone:
         self._tcp: asyncio.StreamWriter | None = None  # AudioSocket: no WebSocket
         self._vonage_headers: dict = {}  # Vonage: the NCCO endpoint's headers, echoed in websocket:connected
         self._fill_ticks = 0
+        self._silent_ticks = 1  # player ticks since bot audio last played (reply latency: when it begins)
         self._starved = True  # AudioSocket's player waits for a little audio before it plays (jitter)
         self.extra_form = extra_form or {}
         self.result = PhoneResult(rate=self.rate)
@@ -399,6 +406,8 @@ class SimulatedPhone:
             frame = bytes(self._mic[:PHONE_FRAME_BYTES])
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
+            if audioop.rms(ulaw_to_pcm16(frame), 2) >= VOICED_RMS:  # the caller's speech, by the gateway's measure
+                self.result.last_voiced_at = time.monotonic()
             if self._mic_up is not None:
                 frame = self._mic_up.process(ulaw_to_pcm16(frame))
             self._chunk += 1
@@ -423,9 +432,13 @@ class SimulatedPhone:
             await asyncio.sleep(FRAME_S / 2)
 
     async def say(self, ulaw: bytes) -> None:
-        """Speak, and remember when the speech ended (for reply latency)."""
+        """Speak, and remember when the speech ended (for reply latency): its last voiced frame,
+        not the end of the file (a WAV's trailing silence is not the caller still talking)."""
+        before = self.result.last_voiced_at
         await self.speak(ulaw)
-        self.result.speech_ends.append(time.monotonic())
+        end = self.result.last_voiced_at
+        if end is not None and end != before:
+            self.result.speech_ends.append(end)
 
     async def silence(self, seconds: float) -> None:
         await self.speak(MULAW_SILENCE * int(seconds * PHONE_RATE))
@@ -681,6 +694,9 @@ class SimulatedPhone:
                     self._buffer[0] = chunk[len(take):]
             if not self.hold_playback:
                 self._echo_leading_marks()
+            if out and self._silent_ticks:  # bot audio begins to play (after a silence)
+                self.result.play_times.append(time.monotonic())
+            self._silent_ticks = 0 if out else self._silent_ticks + 1
             if self._ear_down is None:
                 self.result.heard += out + MULAW_SILENCE * need
             else:

@@ -180,26 +180,24 @@ def test_the_call_bridge_delivers_a_whole_reply_and_drops_a_cut_one():
     assert not ulaw_samples(b"".join(bridge.to_phone(bytes(4800)) + bridge.end_of_reply())).any()
 
 
-def test_the_call_bridge_converts_caller_audio_a_whole_model_append_at_a_time():
-    """A model that takes 100 ms appends (GLM) gets caller audio decoded and upsampled one
-    append at a time: nothing for the first four 20 ms frames, then the whole 100 ms, and the
-    signal is the same as converting frame by frame (the filter's state carries across)."""
+def test_the_call_bridge_converts_any_batch_the_same_as_frame_by_frame():
+    """The Uplink hands the bridge batches of any length (100 ms in quiet stretches, one frame
+    around speech): the signal the model gets is the same as converting frame by frame (the
+    filter's state carries across)."""
     from gateway.audio import pcm16_to_ulaw
     from gateway.call.audio_bridge import AudioBridge
     from gateway.providers.base import Capabilities
-    from gateway.config import Persona, PersonaAudio
-    from gateway.logs import CallLogger
-    from gateway.providers.glm import GlmProviderConfig, GlmRealtime
 
-    glm = GlmRealtime(Persona(provider="glm", audio=PersonaAudio("wav", "pcm")), GlmProviderConfig(),
-                      CallLogger(logging.getLogger("test")))
-    assert glm.capabilities.input_block_ms == 100
+    caps = Capabilities("pcm16", 16000, "pcm16", 24000)
     caller = pcm16_to_ulaw(tone(1000, 0.4, 8000, AMP))
     frames = [caller[i:i + 160] for i in range(0, len(caller), 160)]
-    blocked = AudioBridge(glm.capabilities)
-    out = [blocked.to_model(f) for f in frames]
-    assert [len(o) for o in out[:5]] == [0, 0, 0, 0, 3200] and sum(map(len, out)) == 4 * 3200
-    per_frame = AudioBridge(Capabilities("pcm16", 16000, "pcm16", 24000))
+    batched = AudioBridge(caps)
+    sizes = [5, 1, 1, 3, 5, 5]  # frames per batch, 20 frames in all
+    out, i = [], 0
+    for n in sizes:
+        out.append(batched.to_model(b"".join(frames[i:i + n])))
+        i += n
+    assert [len(o) for o in out] == [n * 640 for n in sizes]
+    per_frame = AudioBridge(caps)
     a = np.frombuffer(b"".join(out), "<i2").astype(int)
     b = np.frombuffer(b"".join(per_frame.to_model(f) for f in frames), "<i2").astype(int)
-    assert len(a) == len(b) and np.abs(a - b).max() <= 1  # float rounding at most

@@ -63,7 +63,7 @@ class GeminiProviderConfig:
     # A connection lasts about 10 minutes: move to a fresh one (resuming the session) before that,
     # at a quiet moment. goAway makes it happen earlier when the service asks.
     session_renew_seconds: float = 540.0
-    append_ms: int = 40  # caller audio per realtimeInput message (a multiple of 20 ms)
+    append_ms: int = 40  # caller audio per realtimeInput message in steady stretches (a multiple of 20 ms)
     # Context window compression (a sliding window): without it an audio session ends at 15 min.
     context_compression: bool = True
 
@@ -96,8 +96,9 @@ class GeminiLive(JsonWsProvider):
         self.capabilities = Capabilities(input_format="pcm16", input_rate=INPUT_RATE, output_format="pcm16",
                                          output_rate=OUTPUT_RATE, truncate=False,
                                          max_session_seconds=settings.session_renew_seconds or None,
-                                         input_block_ms=settings.append_ms, resumption=True, cancel=False)
-        self._append_bytes = INPUT_RATE * 2 * settings.append_ms // 1000
+                                         input_block_ms=settings.append_ms,
+                                         vad_silence_ms=persona.turn_detection.silence_ms, resumption=True,
+                                         cancel=False)
         self.resume_handle = ""  # the newest resumable handle the service gave this session
         self._resuming = False  # this session was opened with a handle (the service has the context)
         self._turns = 0
@@ -168,10 +169,9 @@ class GeminiLive(JsonWsProvider):
         return event  # Live API messages have no event id (unknown fields are refused)
 
     # ------------------------------------------------------------------ intents
-    async def send_audio(self, audio: bytes) -> None:
-        for chunk in self._batch(audio):
-            await self._send({"realtimeInput": {"audio": {"data": base64.b64encode(chunk).decode("ascii"),
-                                                          "mimeType": INPUT_MIME}}})
+    async def send_audio(self, audio: bytes) -> None:  # one message: the call's Uplink batches
+        await self._send({"realtimeInput": {"audio": {"data": base64.b64encode(audio).decode("ascii"),
+                                                      "mimeType": INPUT_MIME}}})
 
     async def cancel_response(self, response_id: str) -> None:
         """No client cancel in the Live API: what still comes of this turn is dropped."""

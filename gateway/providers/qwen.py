@@ -72,7 +72,7 @@ class QwenProviderConfig:
     connect_timeout_seconds: float = 10.0
     # A WebSocket session lasts at most 120 minutes: move the call to a fresh one before that.
     session_renew_seconds: float = 7080.0
-    append_ms: int = 100  # caller audio per input_audio_buffer.append (a multiple of 20 ms)
+    append_ms: int = 100  # caller audio per input_audio_buffer.append in steady stretches (a multiple of 20 ms)
     transcription_model: str = "qwen3-asr-flash-realtime"  # the caller's words for the call log
     vad_threshold: float = 0.5  # server VAD: -1..1, higher ignores more background noise
 
@@ -90,8 +90,8 @@ class QwenRealtime(JsonWsProvider):
         self.capabilities = Capabilities(input_format="pcm16", input_rate=INPUT_RATE, output_format="pcm16",
                                          output_rate=OUTPUT_RATE, truncate=False,
                                          max_session_seconds=settings.session_renew_seconds or None,
-                                         input_block_ms=settings.append_ms, tools=supports_tools(persona.model))
-        self._append_bytes = INPUT_RATE * 2 * settings.append_ms // 1000
+                                         input_block_ms=settings.append_ms, vad_silence_ms=persona.turn_detection.silence_ms,
+                                         tools=supports_tools(persona.model))
         self._tool_names: dict[str, str] = {}  # call_id -> function name (from output_item.added)
 
     # ------------------------------------------------------------------ session
@@ -130,9 +130,8 @@ class QwenRealtime(JsonWsProvider):
                               "response": {"instructions": greeting_instruction(self.persona.greeting)}})
 
     # ------------------------------------------------------------------ intents
-    async def send_audio(self, audio: bytes) -> None:
-        for chunk in self._batch(audio):
-            await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode("ascii")})
+    async def send_audio(self, audio: bytes) -> None:  # one append: the call's Uplink batches
+        await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")})
 
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel"})  # the SDK's cancel names no response
