@@ -22,7 +22,7 @@ from tests.conftest import GLM_KEY, OPENAI_KEY, write_config
 from tests.phone_helpers import dial, ended, new_phone, ulaw_tone, wait_for
 from tests.proc import free_port, serve, stop
 
-CAP1 = "providers:\n" + "".join(f"  {p}:\n    max_sessions: 1\n" for p in ("glm", "openai", "qwen", "gemini"))
+CAP1 = "providers:\n" + "".join(f"  {p}:\n    max_sessions: 1\n" for p in ("glm", "qwen", "gemini", "openai"))  # openai last: tests append to its section
 
 
 async def test_a_slot_is_taken_atomically_held_until_its_lease_lapses_and_freed(store_url, tmp_path):
