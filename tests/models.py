@@ -39,3 +39,9 @@ class Model:
 
     async def gateway(self, make_gateway, **kw):
         return await make_gateway(**{self.name: self.fake}, **kw)
+
+
+# For a test of the call core's own behaviour (timers, pooling, pacing) whose wire part every model's
+# other tests already cover: it runs for the first two models only, to keep the suite fast.
+CORE_ONLY = dict(argnames="model", argvalues=["glm", "openai"], indirect=True)
+

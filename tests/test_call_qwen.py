@@ -85,7 +85,8 @@ async def test_the_dashscope_sdk_client_runs_against_the_fake(fake_qwen):
     await asyncio.to_thread(conv.commit)
     await asyncio.to_thread(conv.clear_appended_audio)
     await until(cb, "input_audio_buffer.cleared")
-    await asyncio.to_thread(conv.end_session, 5)
+    await asyncio.to_thread(conv.end_session, 5)  # returns once session.finished came
+    await asyncio.to_thread(conv.close)
     assert await asyncio.to_thread(cb.closed.wait, 3)
     s = fake_qwen.sessions[0]
     assert parse_qs(urlsplit(s.path).query)["model"] == ["qwen3.5-omni-flash-realtime"]

@@ -23,7 +23,7 @@ conformance test runs against this fake; Model Studio's client/server event refe
   response.function_call_arguments.done (tools only when the session declared them);
 - `response.cancel` settles after ~100 ms (deltas keep coming meanwhile), then response.done
   with status cancelled; a cancel with nothing active is an error (`response_cancel_not_active`);
-- `session.finish` -> `session.finished`, then the server closes;
+- `session.finish` -> `session.finished` (the client then closes the socket);
 - failure switches: drop the socket mid-sentence, a fatal error on session.update, going silent.
 """
 
@@ -166,9 +166,8 @@ class _Conn(_GlmConn):
             self.vad_buf.clear()
             await self.send({"type": "input_audio_buffer.cleared"})
         elif t == "session.finish":
-            self.s.finished = True
+            self.s.finished = True  # the client closes the socket (the SDK's close())
             await self.send({"type": "session.finished"})
-            await self.ws.close(1000)
         # input_audio_buffer.commit (manual turns) and input_image_buffer.append: accepted
 
     def _cancel(self, r: dict) -> None:
