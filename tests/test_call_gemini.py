@@ -170,6 +170,31 @@ async def test_a_dropped_connection_resumes_with_the_last_handle(make_gateway, f
     assert summary.sessions == 2
 
 
+async def test_an_expired_handle_falls_back_to_a_fresh_session_told_the_conversation(make_gateway, fake_gemini,
+                                                                                    caplog):
+    fake_gemini.reply_seconds = 3.0
+    fake_gemini.fail_after_deltas = 2
+    fake_gemini.fail_first_session_only = True
+    gw = await make_gateway(gemini=fake_gemini)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        phone = await dial(gw.url, bot="gemini-greeter")
+        await wait_for(lambda: fake_gemini.sessions and fake_gemini.sessions[0].handles, 3, "a first handle")
+        fake_gemini.resumable.clear()  # the service has forgotten every handle
+        await wait_for(lambda: len(fake_gemini.sessions) == 3 and fake_gemini.sessions[2].session_config, 5,
+                       "a fresh session after the refused resumption")
+        first, refused, fresh = fake_gemini.sessions
+        assert refused.errors_sent and "invalid session handle" in refused.errors_sent[0]["error"]["message"]
+        assert not fresh.resumed_from and "sessionResumption" in fresh.session_config
+        assert fresh.session_config["sessionResumption"] == {}
+        text = fresh.session_config["systemInstruction"]["parts"][0]["text"]
+        assert "already in progress" in text and "Hello, thanks for calling Northwind." in text
+        await phone.silence(0.3)  # the fresh session takes over
+        await phone.hangup()
+        summary = await ended(gw, phone)
+    assert logged(caplog, "model_resume_refused") and summary.sessions == 2
+    refused.errors_sent.clear()  # expected here: not a protocol error of the gateway
+
+
 @pytest.mark.parametrize("policy", ["confirm", "immediate"])
 async def test_interrupted_clears_the_phone_at_once_whatever_the_policy(make_gateway, fake_gemini, config_dir, policy):
     write_bot(config_dir, "gemini-patient", f"""

@@ -150,6 +150,20 @@ class GeminiLive(JsonWsProvider):
         return {"setup": setup}
 
     async def connect(self) -> None:
+        """Opens and sets up the session. A resumption the service refuses (the handle expired:
+        handles live for a limited time after their connection ends) falls back once to a fresh
+        session told the conversation so far."""
+        try:
+            await self._connect_once()
+        except ProviderConnectError as e:
+            if not self._resuming or e.auth_refused:
+                raise
+            self.log.warning("model_resume_refused", error=str(e)[:200])
+            self.resume_handle, self._resuming, self._auth_refused = "", False, False
+            await self._reopen()
+            await self._connect_once()
+
+    async def _connect_once(self) -> None:
         timeout = self.settings.connect_timeout_seconds
         headers = {} if self.settings.auth == "query" else {"x-goog-api-key": self.settings.api_key}
         await self._open(session_url(self.settings.url, self.settings.api_key, self.settings.auth), headers, timeout)
