@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -30,13 +29,9 @@ class Collect(OmniRealtimeCallback):
 
     def __init__(self):
         self.events: list[dict] = []
-        self.closed = threading.Event()
 
     def on_event(self, message) -> None:
         self.events.append(message)
-
-    def on_close(self, close_status_code, close_msg) -> None:
-        self.closed.set()
 
     def types(self) -> list[str]:
         return [e.get("type") for e in self.events]
@@ -87,8 +82,8 @@ async def test_the_dashscope_sdk_client_runs_against_the_fake(fake_qwen):
     await until(cb, "input_audio_buffer.cleared")
     await asyncio.to_thread(conv.end_session, 5)  # returns once session.finished came
     await asyncio.to_thread(conv.close)
-    assert await asyncio.to_thread(cb.closed.wait, 3)
     s = fake_qwen.sessions[0]
+    await asyncio.wait_for(s.closed.wait(), 3)
     assert parse_qs(urlsplit(s.path).query)["model"] == ["qwen3.5-omni-flash-realtime"]
     assert s.auth_header == f"Bearer {QWEN_KEY}" and s.finished
     assert "error" not in cb.types(), [e for e in cb.events if e.get("type") == "error"]
