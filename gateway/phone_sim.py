@@ -95,7 +95,9 @@ class PhoneResult:
     first_audio_at: float | None = None
     speech_ends: list[float] = field(default_factory=list)  # when each spoken segment's last voiced frame left
     last_voiced_at: float | None = None  # when the microphone last sent a voiced frame
+    voiced_edges: list[tuple[float, bool]] = field(default_factory=list)  # (when, voiced) each time that changed
     play_times: list[float] = field(default_factory=list)  # ticks at which bot audio began to play after silence
+    stop_times: list[float] = field(default_factory=list)  # ticks at which it stopped (silence after it)
     closed_by: str = ""
     closed_at: float | None = None  # when the socket closed (monotonic)
     close_code: int | None = None
@@ -170,6 +172,7 @@ class SimulatedPhone:
         self._tcp: asyncio.StreamWriter | None = None  # AudioSocket: no WebSocket
         self._vonage_headers: dict = {}  # Vonage: the NCCO endpoint's headers, echoed in websocket:connected
         self._fill_ticks = 0
+        self._mic_voiced = False
         self._silent_ticks = 1  # player ticks since bot audio last played (reply latency: when it begins)
         self._starved = True  # AudioSocket's player waits for a little audio before it plays (jitter)
         self.extra_form = extra_form or {}
@@ -406,8 +409,12 @@ class SimulatedPhone:
             frame = bytes(self._mic[:PHONE_FRAME_BYTES])
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
-            if audioop.rms(ulaw_to_pcm16(frame), 2) >= VOICED_RMS:  # the caller's speech, by the gateway's measure
+            voiced = audioop.rms(ulaw_to_pcm16(frame), 2) >= VOICED_RMS  # the caller's speech, by the gateway's measure
+            if voiced:
                 self.result.last_voiced_at = time.monotonic()
+            if voiced != self._mic_voiced:
+                self._mic_voiced = voiced
+                self.result.voiced_edges.append((time.monotonic(), voiced))
             if self._mic_up is not None:
                 frame = self._mic_up.process(ulaw_to_pcm16(frame))
             self._chunk += 1
@@ -696,6 +703,8 @@ class SimulatedPhone:
                 self._echo_leading_marks()
             if out and self._silent_ticks:  # bot audio begins to play (after a silence)
                 self.result.play_times.append(time.monotonic())
+            elif not out and not self._silent_ticks and self.result.play_times:
+                self.result.stop_times.append(time.monotonic())
             self._silent_ticks = 0 if out else self._silent_ticks + 1
             if self._ear_down is None:
                 self.result.heard += out + MULAW_SILENCE * need

@@ -115,6 +115,11 @@ class MemoryPhone:
             self._events.put_nowait(Stopped("closed"))
 
 
+def frame_number(frame: bytes) -> int:
+    """The number of a frame of a `numbered` reply."""
+    return frame[0] << 8 | frame[1]
+
+
 class MemoryModel(Provider):
     """A scripted model session: 8 kHz mu-law both ways (passthrough), truncation supported."""
 
@@ -142,8 +147,8 @@ class MemoryModel(Provider):
     def reply(self, ms: int, text: str = "Hello there, how can I help you today?", *, rid: str | None = None,
               delta_ms: int = 200, done: bool = True, numbered: bool = False) -> str:
         """Stream a reply of `ms` of audio, 5x faster than real time like a real model. `numbered`:
-        20 ms frame k is the byte k % 250 repeated (so a test can tell which audio played, in
-        which order), else silence."""
+        20 ms frame k is k as two bytes, repeated (`frame_number` reads it back: a test can tell
+        which audio played, in which order), else silence."""
         rid = rid or f"resp_{next(self._ids)}"
         self._speaking = asyncio.create_task(self._speak(rid, ms, text, delta_ms, done, numbered))
         return rid
@@ -153,7 +158,7 @@ class MemoryModel(Provider):
         status = "completed"
         try:
             for start in range(0, ms, delta_ms):
-                audio = b"".join(bytes([k % 250]) * 160 for k in range(start // 20, (start + delta_ms) // 20)) \
+                audio = b"".join(bytes([k >> 8, k & 0xFF]) * 80 for k in range(start // 20, (start + delta_ms) // 20)) \
                     if numbered else MULAW_SILENCE * (8 * delta_ms)
                 self.emit(AudioDelta(rid, f"item_{rid}", audio))
                 await asyncio.sleep(delta_ms / 5000)

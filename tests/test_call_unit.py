@@ -15,7 +15,7 @@ from gateway.config import Config, DtmfConfig, LimitsConfig, Persona
 from gateway.logs import CallLogger
 from gateway.providers.base import (ContextTurn, InputTranscript, ProviderError, ResponseDone, ResponseStarted,
                                     SpeechStarted, SpeechStopped, ToolCall)
-from tests.call_fakes import MemoryModel, MemoryPhone
+from tests.call_fakes import MemoryModel, MemoryPhone, frame_number
 
 pytestmark = pytest.mark.looptime
 
@@ -251,7 +251,7 @@ def noise_burst(ms: int, seed: int = 1) -> bytes:
 
 
 def played_numbers(phone: MemoryPhone) -> list[int]:
-    return [frame[0] for _, frame in phone.played()]
+    return [frame_number(frame) for _, frame in phone.played()]
 
 
 async def test_confirm_policy_a_noise_burst_silences_the_bot_at_once_and_the_reply_resumes_from_what_was_heard():

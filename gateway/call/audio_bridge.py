@@ -51,7 +51,8 @@ class AudioBridge:
         self.caps = caps
         self.phone = phone
         # Phone and model audio as PCM16 at their rates (None: a format no resampling touches).
-        self._in = Resampler(phone.rate, caps.input_rate) if caps.input_format == "pcm16" or phone.pcm else None
+        self._in = Resampler(phone.rate, caps.input_rate, low_latency=True) \
+            if caps.input_format == "pcm16" or phone.pcm else None
         self._out = Resampler(caps.output_rate, phone.rate) if caps.output_format == "pcm16" or phone.pcm else None
         # to 8 kHz for the recording and the barge-in check: one filter per direction (each a stream)
         self._rec = {side: Resampler(phone.rate, PHONE_RATE) for side in ("caller", "bot")} \
