@@ -373,9 +373,7 @@ class Call:
             self.journal.log.debug("caller_speech_started")
             return
         policy = self.persona.barge_in
-        if model_stopped and self._barge_check is not None:
-            await self._confirm_barge_in("model")
-        elif model_stopped:
+        if model_stopped:  # the model's own decision: cut now (a pending confirmation is decided too)
             await self._barge_in(by="caller", confirmed_by="model")
         elif policy.policy == "immediate":
             await self._barge_in(by="caller")

@@ -267,8 +267,10 @@ class GeminiLive(JsonWsProvider):
         self._turns += 1
         self._turn = f"gemini_turn_{self._turns}"
         out: list[ProviderEvent] = []
-        if self._heard.strip():  # the caller's words end where the model's turn begins
-            out.append(InputTranscript(self._heard.strip()))
+        if self._heard.strip():
+            # The Live API has no end-of-speech event: the caller's turn ended where the model's
+            # begins (the call measures the caller-felt latency from its own last voiced frame).
+            out += [SpeechStopped(), InputTranscript(self._heard.strip())]
         self._heard = ""
         return out + [ResponseStarted(self._turn)]
 
