@@ -392,8 +392,12 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
         raise ConfigError(f"{where}audio.output_rate: expected 8000, 16000, 24000 or 48000")
     if persona.max_call_seconds is not None and persona.max_call_seconds <= 0:
         raise ConfigError(f"{where}max_call_seconds: must be positive")
-    return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio,
-                               model=persona.model or spec.default_model)
+    model = persona.model or spec.default_model
+    if (persona.tools or persona.http_tools) and not spec.supports_tools(model):
+        field_name = "tools" if persona.tools else "http_tools"
+        raise ConfigError(f"{where}{field_name}: {spec.label} model {model!r} takes no functions "
+                          f"(choose a model that does, or remove tools and http_tools)")
+    return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio, model=model)
 
 
 def _check_conversation(p: Persona, path: Path, where: str) -> None:

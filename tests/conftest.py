@@ -19,6 +19,8 @@ from gateway.logs import REDACTOR, setup_logging
 REPO = Path(__file__).resolve().parent.parent
 GLM_KEY = "fakeid0123.fakesecret0123456789"
 OPENAI_KEY = "sk-fake-openai-0123456789abcdef"
+QWEN_KEY = "sk-fake-dashscope-0123456789abcdef"
+GEMINI_KEY = "AIzaFakeGemini0123456789abcdefghijklmno"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "twilio-auth-token-fake-0123"
 TELNYX_KEY = "KEYtelnyx-api-key-fake-0123"
 PLIVO_ID, PLIVO_TOKEN = "MAFAKE0123456789ABCD", "plivo-auth-token-fake-0123"
@@ -91,6 +93,19 @@ TEST_BOTS = {
         """,
     "glm-agent": "provider: glm\n" + textwrap.dedent(AGENT),
     "openai-agent": "provider: openai\n" + textwrap.dedent(AGENT),
+    # Qwen-Omni realtime and Gemini Live: the same three personas.
+    **{f"{p}-greeter": f"""
+        provider: {p}
+        language: en-US
+        greeting: "Hello, thanks for calling Northwind."
+        instructions: You are a test bot.
+        """ for p in ("qwen", "gemini")},
+    **{f"{p}-quiet": f"""
+        provider: {p}
+        language: en-US
+        instructions: You are a test bot.
+        """ for p in ("qwen", "gemini")},
+    **{f"{p}-agent": f"provider: {p}\n" + textwrap.dedent(AGENT) for p in ("qwen", "gemini")},
     "openai-pcm": """
         provider: openai
         language: en-US
@@ -125,7 +140,7 @@ def _no_secret_in_any_gateway_log_line():
     """Across the whole run (every test, every call, every failure path): no line our code logs —
     before any redaction — contains one of the fake secrets the tests use."""
     from tests.calllog_helpers import TOKEN as OPERATOR_TOKEN
-    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, TWILIO_TOKEN, TELNYX_KEY, PLIVO_TOKEN, EXOTEL_TOKEN, VONAGE_SECRET, OPERATOR_TOKEN, "order-secret-xyz",
+    secrets = [GLM_KEY.split(".")[1], OPENAI_KEY, QWEN_KEY, GEMINI_KEY, TWILIO_TOKEN, TELNYX_KEY, PLIVO_TOKEN, EXOTEL_TOKEN, VONAGE_SECRET, OPERATOR_TOKEN, "order-secret-xyz",
                "order-api-secret-123", "wrongsecret123456"]
     logger = logging.getLogger("gateway")
     handler, level = _Collect(), logger.level
@@ -173,6 +188,28 @@ async def fake_openai():
     _no_barge_in_protocol_errors(server)
 
 
+@pytest.fixture
+async def fake_qwen():
+    from tests.fakes.qwen_server import FakeQwen
+
+    server = FakeQwen(api_key=QWEN_KEY)
+    await server.start()
+    yield server
+    await server.stop()
+    _no_barge_in_protocol_errors(server)
+
+
+@pytest.fixture
+async def fake_gemini():
+    from tests.fakes.gemini_server import FakeGemini
+
+    server = FakeGemini(api_key=GEMINI_KEY)
+    await server.start()
+    yield server
+    await server.stop()
+    _no_barge_in_protocol_errors(server)
+
+
 def _no_barge_in_protocol_errors(fake) -> None:
     """In every test, not only the barge-in ones: the gateway never cancels an idle response and
     never truncates past the audio a model generated (the two classic barge-in bugs)."""
@@ -214,7 +251,7 @@ def gateway_log():
     websockets is turned up to DEBUG too: it dumps request headers (Authorization included),
     which is exactly what the redactor has to catch."""
     buf = io.StringIO()
-    setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY, TWILIO_TOKEN])
+    setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY, QWEN_KEY, GEMINI_KEY, TWILIO_TOKEN])
     root = logging.getLogger()
     handler = next(h for h in root.handlers if getattr(h, "_gateway", False))
     handler.setStream(buf)
@@ -259,7 +296,7 @@ async def make_gateway(config_dir: Path):
     runners: list[web.AppRunner] = []
 
     async def start(glm=None, extra: str = "", env: dict | None = None, openai=None, rest=None,
-                    port: int = 0) -> Gateway:
+                    port: int = 0, qwen=None, gemini=None) -> Gateway:
         environ = dict(env or {})
         if rest is not None:
             environ.update(TWILIO_ACCOUNT_SID=TWILIO_SID, TWILIO_AUTH_TOKEN=TWILIO_TOKEN, TWILIO_API_BASE=rest.url)
@@ -269,6 +306,12 @@ async def make_gateway(config_dir: Path):
         if openai is not None:
             environ.setdefault("OPENAI_API_KEY", OPENAI_KEY)
             environ.setdefault("OPENAI_REALTIME_URL", openai.url)
+        if qwen is not None:
+            environ.setdefault("DASHSCOPE_API_KEY", QWEN_KEY)
+            environ.setdefault("QWEN_REALTIME_URL", qwen.url)
+        if gemini is not None:
+            environ.setdefault("GEMINI_API_KEY", GEMINI_KEY)
+            environ.setdefault("GEMINI_LIVE_URL", gemini.url)
         config = load_config(write_config(config_dir, extra), env=environ)
         REDACTOR.add(*config.secrets())
         app = create_app(config)
@@ -288,13 +331,21 @@ async def make_gateway(config_dir: Path):
         await runner.cleanup()
 
 
-@pytest.fixture(params=["glm", "openai"])
-def model(request, fake_glm, fake_openai):
+@pytest.fixture(params=["glm", "openai", "qwen", "gemini"])
+def model(request):
     """Each call-level test that takes `model` runs once per realtime model."""
     from tests.models import Model
 
+    fake = request.getfixturevalue(f"fake_{request.param}")
     if request.param == "glm":
-        return Model("glm", fake_glm, "glm-greeter", "glm-quiet", "ZHIPU_API_KEY", GLM_KEY.split(".")[1],
-                     "wrongid.wrongsecret123456", "1113")
-    return Model("openai", fake_openai, "openai-greeter", "openai-quiet", "OPENAI_API_KEY", OPENAI_KEY[8:],
-                 "sk-wrong-wrongsecret123456", "insufficient_quota")
+        return Model("glm", fake, "glm-greeter", "glm-quiet", "ZHIPU_API_KEY", GLM_KEY.split(".")[1],
+                     "wrongid.wrongsecret123456", "1113", key=GLM_KEY)
+    if request.param == "openai":
+        return Model("openai", fake, "openai-greeter", "openai-quiet", "OPENAI_API_KEY", OPENAI_KEY[8:],
+                     "sk-wrong-wrongsecret123456", "insufficient_quota", key=OPENAI_KEY)
+    if request.param == "qwen":
+        return Model("qwen", fake, "qwen-greeter", "qwen-quiet", "DASHSCOPE_API_KEY", QWEN_KEY[8:],
+                     "sk-wrong-wrongsecret123456", "Arrearage", key=QWEN_KEY)
+    return Model("gemini", fake, "gemini-greeter", "gemini-quiet", "GEMINI_API_KEY", GEMINI_KEY[4:],
+                 "AIza-wrong-wrongsecret123456", "RESOURCE_EXHAUSTED", key=GEMINI_KEY, client_cancel=False,
+                 refusal="API key not valid", key_header="x-goog-api-key: ***")

@@ -17,6 +17,20 @@ class Model:
     secret: str  # the part of the key that must never be logged
     wrong_key: str
     fatal_code: str  # an error the service sends when the session cannot go on
+    key: str = ""  # the whole key the gateway is given
+    # The client cancels a reply at barge-in (and the service keeps talking for a moment); False:
+    # the service stops the reply by itself when the caller talks (Gemini's `interrupted`).
+    client_cancel: bool = True
+    refusal: str = "HTTP 401"  # how a refused key shows in the connect error
+    key_header: str = "Bearer ***"  # the key's header in websockets' debug dump, scrubbed
+
+    @staticmethod
+    def instructions(session) -> str:
+        """The system instructions a fake session was configured with (Gemini: setup.systemInstruction)."""
+        cfg = session.session_config or {}
+        if "systemInstruction" in cfg:
+            return "".join(p.get("text", "") for p in cfg["systemInstruction"].get("parts") or [])
+        return cfg["instructions"]
 
     @property
     def agent(self) -> str:
@@ -25,3 +39,9 @@ class Model:
 
     async def gateway(self, make_gateway, **kw):
         return await make_gateway(**{self.name: self.fake}, **kw)
+
+
+# For a test of the call core's own behaviour (timers, pooling, pacing) whose wire part every model's
+# other tests already cover: it runs for the first two models only, to keep the suite fast.
+CORE_ONLY = dict(argnames="model", argvalues=["glm", "openai"], indirect=True)
+

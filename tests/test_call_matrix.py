@@ -1,4 +1,5 @@
-"""The call-level test matrix: every test here runs once per realtime model (GLM, OpenAI).
+"""The call-level test matrix: every test here runs once per realtime model (GLM, OpenAI, Qwen,
+Gemini).
 
 Real sockets on 127.0.0.1, real 20 ms timing, protocol-faithful fake model servers. The call code
 has no idea which model it talks to; these tests prove it behaves the same with each. What is
@@ -28,7 +29,7 @@ async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, model):
     await phone.hangup()
     s = model.fake.sessions[0]
     assert not s.errors_sent, s.errors_sent
-    rate = s.input_rate  # GLM: 16 kHz WAV chunks; OpenAI: 8 kHz mu-law as it came from the phone
+    rate = s.input_rate  # GLM, Qwen, Gemini: 16 kHz PCM; OpenAI: 8 kHz mu-law as it came from the phone
     x = samples(bytes(s.audio))
     start, stop = max(voiced_runs(x, rate), key=lambda r: r[1] - r[0])
     assert (stop - start) / rate == pytest.approx(1.0, abs=0.05)
@@ -80,10 +81,12 @@ async def test_barge_in_clears_within_a_frame_cancels_and_cuts_transcript(make_g
     assert s.speech_started_at and phone.result.clears, "barge-in should have cleared the phone"
     delay = phone.result.clears[0] - s.speech_started_at[0]
     assert 0 <= delay < 0.020, f"clear {delay * 1000:.1f} ms after speech_started"
+    # The reply stopped at once: cancelled by the gateway, or (Gemini) cut by the service itself.
     assert s.cancels and s.cancels[0] - s.speech_started_at[0] < 0.05
     greeting = s.responses[0]
     assert greeting["kind"] == "greeting" and greeting["status"] == "cancelled"
-    assert greeting["late_deltas"] >= 1  # the fake kept talking for a moment after the cancel...
+    if model.client_cancel:
+        assert greeting["late_deltas"] >= 1  # the fake kept talking for a moment after the cancel...
     clear_at = phone.result.clears[0]
     late = [t for t in phone.result.media_times if clear_at < t < clear_at + 0.5]
     assert not late, "...and none of it reached the caller"
@@ -131,7 +134,7 @@ async def test_talking_again_after_the_reply_played_is_not_a_barge_in(make_gatew
     await phone.hangup()
     s = model.fake.sessions[0]
     assert not phone.result.clears and not s.cancels and not s.errors_sent
-    assert not [e for e in s.events if e["type"] in ("conversation.item.truncate", "conversation.item.delete")]
+    assert not [e for e in s.events if e.get("type") in ("conversation.item.truncate", "conversation.item.delete")]
     summary = await ended(gw, phone)
     assert summary.barge_ins == 0
     assert [e.role for e in summary.transcript][:3] == ["caller", "bot", "caller"]
@@ -213,8 +216,8 @@ async def test_rejected_key_fails_the_call_without_leaking_it(make_gateway, mode
     assert summary.end_reason == "model_error"
     assert model.fake.rejected
     text = gateway_log.getvalue()
-    assert "event=model_connect_failed" in text and "HTTP 401" in text
-    assert "Bearer ***" in text  # websockets' header dump, scrubbed
+    assert "event=model_connect_failed" in text and model.refusal in text
+    assert model.key_header in text  # websockets' header dump, scrubbed
     assert "wrongsecret123456" not in text and "eyJ" not in text
 
 
@@ -231,7 +234,8 @@ async def test_no_secret_in_any_log_line(make_gateway, model, gateway_log):
     assert model.secret not in text and "eyJ" not in text
 
 
-CALL_TASK_PREFIXES = ("phone:", "model:", "playout:", "renew:", "limits:", "tool:", "dtmf:", "glm-", "openai-", "echo-")
+CALL_TASK_PREFIXES = ("phone:", "model:", "playout:", "renew:", "limits:", "tool:", "dtmf:", "glm-", "openai-", "qwen-",
+                      "gemini-", "echo-")
 
 
 async def test_no_task_or_socket_outlives_its_calls(make_gateway, model):

@@ -22,7 +22,7 @@ from tests.conftest import GLM_KEY, OPENAI_KEY, write_config
 from tests.phone_helpers import dial, ended, new_phone, ulaw_tone, wait_for
 from tests.proc import free_port, serve, stop
 
-CAP1 = "providers:\n  glm:\n    max_sessions: 1\n  openai:\n    max_sessions: 1\n"
+CAP1 = "providers:\n" + "".join(f"  {p}:\n    max_sessions: 1\n" for p in ("glm", "qwen", "gemini", "openai"))  # openai last: tests append to its section
 
 
 async def test_a_slot_is_taken_atomically_held_until_its_lease_lapses_and_freed(store_url, tmp_path):
@@ -85,7 +85,7 @@ async def test_max_sessions_1_second_call_busy_third_after_hangup_gets_the_model
     second = new_phone(gw.url, bot=model.quiet, caller="+15550002222")
     with pytest.raises(DialError) as busy:
         await second.dial()
-    fp = fingerprint(GLM_KEY if model.name == "glm" else OPENAI_KEY)
+    fp = fingerprint(model.key)
     assert str(busy.value) == (f"refused: busy: no model capacity: bot {model.quiet!r} full ({model.name} keys "
                                f"{fp} 1/1) (the caller hears: All our lines are busy right now. Please call again "
                                "in a few minutes. Goodbye.)")

@@ -24,6 +24,29 @@ def test_shipped_config_and_bots_are_valid():
     assert openai.provider == "openai" and openai.greeting and openai.instructions
     assert (openai.audio.input_format, openai.audio.output_format) == ("pcmu", "pcmu")
     assert config.bots["support"].audio.input_format == "wav"  # the GLM default, resolved at load
+    qwen, gemini = config.bots["support-qwen"], config.bots["support-gemini"]
+    assert (qwen.provider, qwen.model, gemini.provider, gemini.model) == (
+        "qwen", "qwen3.5-omni-flash-realtime", "gemini", "gemini-3.8-live")
+    for bot in (qwen, gemini):  # the same support agent
+        assert bot.tools == support.tools and bot.greeting and bot.transfer_targets.keys() == {"billing"}
+        assert (bot.audio.input_format, bot.audio.output_format) == ("pcm16", "pcm24")
+    assert qwen.instructions == support.instructions and qwen.greeting == support.greeting
+
+
+def test_qwen_and_gemini_keys_urls_and_pools_come_from_the_environment(config_dir):
+    config = load_config(write_config(config_dir), env={
+        "DASHSCOPE_API_KEY": "sk-q", "QWEN_REALTIME_URL": "wss://dashscope-intl.aliyuncs.com/api-ws/v1/realtime",
+        "GEMINI_API_KEYS": "g1, g2", "GEMINI_LIVE_URL": "ws://127.0.0.1:1/ws/x"})
+    assert config.providers.qwen.api_key == "sk-q" and config.providers.qwen.url.startswith("wss://dashscope-intl")
+    assert config.providers.gemini.api_keys == ["g1", "g2"] and config.providers.gemini.url == "ws://127.0.0.1:1/ws/x"
+    assert config.provider_ready(config.bots["support-qwen"]) and config.provider_ready(config.bots["support-gemini"])
+    assert {"sk-q", "g1", "g2"} <= set(config.secrets())
+    assert config.providers.qwen.url != config.providers.gemini.url
+    default = load_config(write_config(config_dir), env={})
+    assert default.providers.qwen.url == "wss://dashscope.aliyuncs.com/api-ws/v1/realtime"
+    assert default.providers.gemini.url == ("wss://generativelanguage.googleapis.com/ws/"
+                                            "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent")
+    assert not default.provider_ready(default.bots["support-gemini"])
 
 
 def test_provider_defaults_for_audio_formats(config_dir):
@@ -78,7 +101,11 @@ def test_config_errors_name_file_and_field(config_dir, extra, message):
 @pytest.mark.parametrize("yaml_text,message", [
     ("provider: glm\nvoicee: x\n", r"bad.yaml: voicee: unknown key"),
     ("voice: tongtong\n", r"bad.yaml: provider: required"),
-    ("provider: gpt\n", r"bad.yaml: provider: expected one of 'glm', 'openai', 'echo'"),
+    ("provider: gpt\n", r"bad.yaml: provider: expected one of 'glm', 'openai', 'qwen', 'gemini', 'echo'"),
+    ("provider: qwen\nmodel: qwen3-omni-flash-realtime\nhttp_tools:\n  - {name: a, description: b, url: 'http://x'}\n",
+     r"bad.yaml: http_tools: Qwen model 'qwen3-omni-flash-realtime' takes no functions"),
+    ("provider: gemini\naudio:\n  input_format: pcmu\n", r"bad.yaml: audio.input_format: provider gemini takes pcm16, got 'pcmu'"),
+    ("provider: qwen\nturn_detection:\n  type: client_vad\n", r"bad.yaml: turn_detection.type: provider qwen takes server_vad or semantic_vad"),
     ("provider: glm\nvoice: alloy\n", r"bad.yaml: voice: GLM has no voice 'alloy'"),
     ("provider: glm\nturn_detection:\n  type: push_to_talk\n", r"bad.yaml: turn_detection.type: provider glm takes server_vad or client_vad, got 'push_to_talk'"),
     ("provider: glm\ntemperature: 3\n", r"bad.yaml: temperature: expected 0..1"),

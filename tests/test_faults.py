@@ -10,8 +10,10 @@ import pytest
 
 from tests.fakes.fault_proxy import FaultProxy
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
+from tests.models import CORE_ONLY
 
-URL_ENV = {"glm": "GLM_REALTIME_URL", "openai": "OPENAI_REALTIME_URL"}
+URL_ENV = {"glm": "GLM_REALTIME_URL", "openai": "OPENAI_REALTIME_URL", "qwen": "QWEN_REALTIME_URL",
+           "gemini": "GEMINI_LIVE_URL"}
 
 
 @pytest.fixture
@@ -43,6 +45,7 @@ async def test_drop_mid_call_reconnects_and_the_call_goes_on(make_gateway, model
     assert proxy.injected["drop"] == 1 and logged(caplog, "model_session_renewed", "upstream_closed")
 
 
+@pytest.mark.parametrize(**CORE_ONLY)
 async def test_a_slow_upstream_still_makes_a_whole_call(make_gateway, model, proxy):
     proxy.mode, proxy.delay_s = "delay", 0.15  # every model message 150 ms late
     gw = await model.gateway(make_gateway, env={URL_ENV[model.name]: proxy.url})

@@ -52,7 +52,7 @@ async def test_outbound_call_is_placed_and_the_bot_speaks_first(make_gateway, mo
     await wait_for(lambda: phone.result.first_audio_at is not None, 4, "the bot speaking first")
     s = model.fake.sessions[0]
     assert s.texts == [SPEAK_FIRST] and s.responses[0]["kind"] in ("reply", "greeting")
-    instructions = s.session_config["instructions"]
+    instructions = model.instructions(s)
     assert "OUTBOUND call: you called +15551230000" in instructions and "Ada Lovelace" in instructions
     await phone.silence(0.3)
     await phone.hangup()

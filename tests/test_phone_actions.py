@@ -13,6 +13,7 @@ from aiohttp import web
 from tests.audio_check import ulaw_samples, voiced_runs
 from tests.conftest import TWILIO_SID
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
+from tests.models import CORE_ONLY
 
 
 @pytest.fixture
@@ -128,6 +129,7 @@ async def test_http_tool_checks_arguments_calls_the_system_and_the_model_continu
     assert "order-secret-xyz" not in gateway_log.getvalue()  # tool header secrets are redacted
 
 
+@pytest.mark.parametrize(**CORE_ONLY)
 async def test_http_tool_calls_share_the_apps_pooled_connection(make_gateway, model, order_api):
     url, seen = order_api
     gw, phone, s = await agent_call(make_gateway, model, [
@@ -195,6 +197,7 @@ async def test_keypad_shortcut_transfers_without_the_model(make_gateway, fake_op
     assert not s.errors_sent
 
 
+@pytest.mark.parametrize(**CORE_ONLY)
 async def test_time_limit_wraps_up_politely_then_hangs_up(make_gateway, model, fake_rest):
     gw = await model.gateway(make_gateway, rest=fake_rest, extra=(
         "limits:\n  max_call_seconds: 6\n  wrap_up_seconds: 4\n  silence_timeout_seconds: 0\n"))
@@ -209,6 +212,7 @@ async def test_time_limit_wraps_up_politely_then_hangs_up(make_gateway, model, f
     assert fake_rest.requests[0].form == {"Status": "completed"}
 
 
+@pytest.mark.parametrize(**CORE_ONLY)
 async def test_silent_caller_is_reprompted_once_then_bot_says_goodbye(make_gateway, model, fake_rest):
     gw = await model.gateway(make_gateway, rest=fake_rest, extra="limits:\n  silence_timeout_seconds: 1\n")
     phone = await dial(gw.url, bot=model.quiet)

@@ -271,7 +271,7 @@ class Call:
                 self.conversation.speech_started()
                 self.limits.wake(caller_spoke=True)
                 self._speech_from = self.conversation.offset()
-                await self._caller_started_speaking()
+                await self._caller_started_speaking(ev.interrupted)
             elif isinstance(ev, SpeechStopped):
                 self.conversation.speech_stopped(self.uplink.last_voiced_at)
                 self.limits.wake()
@@ -369,7 +369,8 @@ class Call:
                            ms=round(latency), model_ms=round(model) if model is not None else None)
 
     # ------------------------------------------------------------------ barge-in
-    async def _caller_started_speaking(self) -> None:
+    async def _caller_started_speaking(self, model_stopped: bool = False) -> None:
+        """`model_stopped`: the model already cut its reply for the caller (its own barge-in)."""
         if self.hold.waiting and self.hold.only_hold_audible():
             self.hold.stop()  # talking over the hold sound: just stop it
             await self.playout.clear()
@@ -378,7 +379,9 @@ class Call:
             self.journal.log.debug("caller_speech_started")
             return
         policy = self.persona.barge_in
-        if policy.policy == "immediate":
+        if model_stopped:  # the model's own decision: cut now (a pending confirmation is decided too)
+            await self._barge_in(by="caller", confirmed_by="model")
+        elif policy.policy == "immediate":
             await self._barge_in(by="caller")
         else:
             await self.judge.caller_started()  # silent now; the reply resumes if it was a cough

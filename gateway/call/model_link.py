@@ -8,6 +8,11 @@ Reconnect (the service ended the session with a renewable error, or the socket d
 is buffered while a new session opens, with backoff; sessions that keep dying right after opening
 count against `limits.model_reconnect_attempts`, then the call gets the fatal error.
 
+The service may also announce the end of a connection (`SessionEnding`, Gemini's goAway): the
+renewal then happens at the next quiet moment before that time, or when the time is nearly up.
+A fresh session takes what continuing needs from the one it replaces (`Provider.carry_over`:
+Gemini's session-resumption handle), so the service keeps the context itself where it can.
+
 Never needs two sessions for one call for longer than the swap.
 """
 
@@ -20,13 +25,14 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Sequence
 
 from ..config import LimitsConfig
-from ..providers.base import ContextTurn, Provider, ProviderConnectError, ProviderError, ProviderEvent
+from ..providers.base import ContextTurn, Provider, ProviderConnectError, ProviderError, ProviderEvent, SessionEnding
 from .journal import Journal
 
 PREREADY_BUFFER_MS = 2000  # caller audio kept while a session opens (older audio is dropped)
 RENEW_RETRY_SECONDS = 30.0  # a failed early renewal is retried; the service's own expiry is the backstop
 RECONNECT_DELAYS = [0.2, 0.8, 2.0, 4.0, 8.0]  # before each attempt to replace a session that died
 QUICK_DEATH_SECONDS = 15.0  # a session dying sooner than this after opening counts against the budget
+ENDING_MARGIN_SECONDS = 3.0  # an announced end: renew this long before it even if nobody is quiet
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class ModelLink:
         self._swap = asyncio.Lock()
         self._session_started = clock()
         self._quick_deaths = 0
+        self._ending: asyncio.Event = asyncio.Event()  # the service announced the session's end
+        self._ending_at = 0.0
 
     # -------------------------------------------------------------- caller audio
     async def open(self) -> None:
@@ -121,6 +129,12 @@ class ModelLink:
         while True:
             session = self.session
             async for ev in session.events():
+                if isinstance(ev, SessionEnding):
+                    if session is self.session:
+                        self._journal.log.info("model_session_ending", seconds_left=round(ev.seconds_left, 1))
+                        self._ending_at = self._clock() + ev.seconds_left
+                        self._ending.set()
+                    continue
                 if not (isinstance(ev, ProviderError) and ev.fatal):
                     yield ev
                     continue
@@ -138,15 +152,21 @@ class ModelLink:
 
     async def run_renewals(self) -> None:
         """A task for providers with a maximum session age: moves the call to a fresh session
-        before that age, at a quiet moment. Never returns."""
+        before that age, or before an end the service announced, at a quiet moment. Never returns."""
         age = self.capabilities.max_session_seconds or 0.0
         while True:
-            await asyncio.sleep(max(0.05, self._session_started + age - self._clock()))
-            if self._clock() - self._session_started < age or not self.ready:
+            wait = max(0.05, self._session_started + age - self._clock())
+            try:
+                await asyncio.wait_for(self._ending.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            ending = self._ending.is_set()
+            if not ending and (self._clock() - self._session_started < age or not self.ready):
                 continue  # replaced meanwhile (the service ended the session first), or not up yet
-            while not self._quiet():
+            while not self._quiet() and not (ending and self._clock() >= self._ending_at - ENDING_MARGIN_SECONDS):
                 await asyncio.sleep(0.05)
-            if not await self._replace("session_age"):
+            self._ending.clear()
+            if not await self._replace("session_ending" if ending else "session_age"):
                 await asyncio.sleep(RENEW_RETRY_SECONDS)
 
     async def _replace(self, why: str, failed: Provider | None = None) -> bool:
@@ -179,6 +199,7 @@ class ModelLink:
             for attempt, delay in enumerate(delays, 1):
                 await asyncio.sleep(delay)
                 candidate = self._new_session(context)
+                candidate.carry_over(old)
                 try:
                     await candidate.connect()
                     new = candidate

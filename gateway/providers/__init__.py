@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 from ..logs import CallLogger
 from ..persona import Persona
-from . import echo, glm, openai
+from . import echo, gemini, glm, openai, qwen
 from .base import ContextTurn, Provider, ProviderSpec
 
-SPECS: dict[str, ProviderSpec] = {spec.name: spec for spec in (glm.SPEC, openai.SPEC, echo.SPEC)}
+SPECS: dict[str, ProviderSpec] = {spec.name: spec for spec in (glm.SPEC, openai.SPEC, qwen.SPEC, gemini.SPEC, echo.SPEC)}
 
 
 def make_provider(persona: Persona, settings: Any, log: CallLogger, context: Sequence[ContextTurn] = ()) -> Provider:

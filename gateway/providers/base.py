@@ -28,6 +28,13 @@ class Capabilities:
     # How long the service's VAD waits in silence before it ends the caller's turn: after speech
     # the Uplink sends every frame at once for this long, so that clock runs in real time.
     vad_silence_ms: int = 800
+    tools: bool = True  # takes the persona's functions and calls them
+    # A fresh session can continue the old one's context on the service side (Gemini's
+    # session-resumption handles); without it the conversation so far is replayed as text.
+    resumption: bool = False
+    # `cancel_response` stops generation at the service. False: the service stops by itself when
+    # the caller talks (SpeechStarted(interrupted=True)); a cancel then only drops what still comes.
+    cancel: bool = True
 
     @property
     def passthrough(self) -> bool:
@@ -58,6 +65,9 @@ class ProviderSpec:
     needs_key: bool = True  # unusable until `api_key` is set
     # Settings checks beyond their types: (field, ok(settings), what is expected).
     checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = ()
+    # Whether a model of this provider takes functions (a persona with tools on one that does not
+    # is refused at load time instead of failing on the first call).
+    supports_tools: Callable[[str], bool] = lambda model: True
 
     def ready(self, settings: Any) -> bool:
         """It can open a session with these settings (its API key is set, where it needs one)."""
@@ -99,7 +109,9 @@ class AudioDelta:
 
 @dataclass(frozen=True)
 class SpeechStarted:
-    pass
+    # The model already stopped its reply because the caller spoke (Gemini's `interrupted`): that
+    # is the model's own barge-in decision, so the phone is cleared at once whatever the policy.
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,8 +155,15 @@ class ProviderError:
     renewable: bool = False  # ...but a fresh session with the conversation so far can
 
 
+@dataclass(frozen=True)
+class SessionEnding:
+    """The service will close this connection in about `seconds_left` (Gemini's goAway): the call
+    moves to a fresh session at the next quiet moment, or right away when time runs out."""
+    seconds_left: float
+
+
 ProviderEvent = (SessionReady | ResponseStarted | AudioDelta | SpeechStarted | SpeechStopped
-                 | InputTranscript | OutputTranscript | ToolCall | ResponseDone | ProviderError)
+                 | InputTranscript | OutputTranscript | ToolCall | ResponseDone | ProviderError | SessionEnding)
 
 
 class ProviderConnectError(Exception):
@@ -180,6 +199,10 @@ class Provider(abc.ABC):
         """Caller audio in `capabilities.input_format` at `capabilities.input_rate`, sent as one
         append (the call decides the batching: call/uplink.py)."""
 
+    def carry_over(self, previous: "Provider") -> None:
+        """Called on a fresh, unconnected session before it replaces `previous` (renewal or
+        reconnect): take what continuing needs from it (Gemini: its session-resumption handle)."""
+
     @abc.abstractmethod
     async def cancel_response(self, response_id: str) -> None:
         """Stop generating the given response (only called while it is active)."""
@@ -198,6 +221,32 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def context_note(context: Sequence[ContextTurn], max_chars: int = 6000) -> str:
+    """The conversation so far as text appended to the instructions of a fresh session.
+
+    Not every model has a documented way to seed assistant turns, and instructions are honoured
+    by every realtime model, so a continued call is described rather than replayed. The newest
+    lines are kept when it is long.
+    """
+    if not context:
+        return ""
+    lines, size = [], 0
+    for turn in reversed(context):
+        line = f"{'Caller' if turn.role == 'caller' else 'You'}: {turn.text}"
+        size += len(line) + 1
+        if size > max_chars:
+            break
+        lines.append(line)
+    return ("\n\nThis phone call is already in progress (the connection to you was renewed). "
+            "The conversation so far:\n" + "\n".join(reversed(lines)) +
+            "\nContinue from there. Do not greet the caller again.")
+
+
+def greeting_instruction(greeting: str) -> str:
+    """What a model without a greeting setting is told to say first (the greeting quoted exactly)."""
+    return f'The phone call has just connected. Greet the caller by saying exactly: "{greeting}"'
 
 
 def persona_tools(persona) -> list[dict]:

@@ -35,7 +35,7 @@ class EchoProvider(Provider):
         self.rate = rate
         td = persona.turn_detection
         self.capabilities = Capabilities(input_format="pcm16", input_rate=rate, output_format="pcm16",
-                                         output_rate=rate, vad_silence_ms=td.silence_ms)
+                                         output_rate=rate, vad_silence_ms=td.silence_ms, tools=False)
         self._vad = EnergyVAD(rate, threshold=td.threshold, stop_ms=td.silence_ms)
         self._queue: asyncio.Queue = asyncio.Queue()
         self._utterance = bytearray()

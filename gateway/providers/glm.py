@@ -29,7 +29,8 @@ from ..audio import wav_bytes
 from ..persona import Persona
 from ..logs import CallLogger
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderConnectError, ProviderError,
-                   ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
+                   ProviderEvent, ProviderSpec, ResponseDone, ResponseStarted, SessionReady, ToolCall, context_note,
+                   persona_tools)
 from .wsbase import JsonWsProvider
 
 APPEND_MS = 100
@@ -239,28 +240,6 @@ class GlmRealtime(JsonWsProvider):
             return [ResponseDone(rid, status, resp.get("usage") if isinstance(resp.get("usage"), dict) else None)]
         self.log.debug("model_unknown_event", type=str(t)[:80])
         return []
-
-
-
-def context_note(context: Sequence[ContextTurn], max_chars: int = 6000) -> str:
-    """The conversation so far as text appended to the instructions of a fresh session.
-
-    GLM has no documented way to seed assistant turns, and instructions are honoured by every
-    realtime model, so a continued call is described rather than replayed. The newest lines are
-    kept when it is long.
-    """
-    if not context:
-        return ""
-    lines, size = [], 0
-    for turn in reversed(context):
-        line = f"{'Caller' if turn.role == 'caller' else 'You'}: {turn.text}"
-        size += len(line) + 1
-        if size > max_chars:
-            break
-        lines.append(line)
-    return ("\n\nThis phone call is already in progress (the connection to you was renewed). "
-            "The conversation so far:\n" + "\n".join(reversed(lines)) +
-            "\nContinue from there. Do not greet the caller again.")
 
 
 SPEC = ProviderSpec(

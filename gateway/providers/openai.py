@@ -31,7 +31,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..persona import Persona
 from ..logs import CallLogger
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ProviderSpec,
-                   ResponseDone, ResponseStarted, SessionReady, ToolCall, persona_tools)
+                   ResponseDone, ResponseStarted, SessionReady, ToolCall, greeting_instruction,
+                   persona_tools)
 from .wsbase import JsonWsProvider
 
 # Errors after which the session cannot go on. Everything else is logged and survived.
@@ -153,8 +154,8 @@ class OpenAIRealtime(JsonWsProvider):
             await self._send({"type": "conversation.item.create", "item": {
                 "type": "message", "role": role, "content": [{"type": kind, "text": turn.text}]}})
         if self.persona.greeting and not self.context:
-            await self._send({"type": "response.create", "response": {"instructions": (
-                f'The phone call has just connected. Greet the caller by saying exactly: "{self.persona.greeting}"')}})
+            await self._send({"type": "response.create",
+                              "response": {"instructions": greeting_instruction(self.persona.greeting)}})
 
     # ------------------------------------------------------------------ intents
     async def send_audio(self, audio: bytes) -> None:  # OpenAI takes appends of any size

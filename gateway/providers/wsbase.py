@@ -212,13 +212,12 @@ class JsonWsProvider(Provider):
                     if isinstance(ev, ProviderError) and ev.fatal:
                         return
             if not self._closed:
-                self._put_last(ProviderError(
-                    "upstream_closed", f"{self.label} closed the session (code {ws.close_code})", fatal=True,
-                    renewable=True))
+                self._put_last(self._closed_error(ws.close_code, ws.close_reason or ""))
         except websockets.ConnectionClosed as e:
             if not self._closed:
-                self._put_last(ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
-                                                     fatal=True, renewable=True))
+                self._put_last(self._closed_error(e.rcvd.code, e.rcvd.reason) if e.rcvd is not None else
+                               ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
+                                             fatal=True, renewable=True))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug here must end this call, not hang it
@@ -230,6 +229,12 @@ class JsonWsProvider(Provider):
             self._ready.set()  # unblock connect() if the session died during set-up
             if self._reader is asyncio.current_task():
                 self._put_last(_END)
+
+    def _closed_error(self, code: int | None, reason: str) -> ProviderError:
+        """The service closed the socket with a close frame: by default a renewable end (a fresh
+        session continues the call); a service that reports errors as close codes overrides it."""
+        return ProviderError("upstream_closed", f"{self.label} closed the session (code {code})", fatal=True,
+                             renewable=True)
 
     async def _watchdog(self) -> None:
         limit = self.heartbeat_timeout

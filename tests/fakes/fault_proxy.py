@@ -64,9 +64,11 @@ class FaultProxy:
         if self.fault_rate and self._rng.random() < self.fault_rate:  # the soak: some connections get a fault
             plan[self._rng.randint(5, 150)] = self._rng.choice(["drop", "corrupt", "delay"])
         headers = {k: v for k, v in client.request.headers.raw_items()
-                   if k.lower() in ("authorization", "api-key")}
+                   if k.lower() in ("authorization", "api-key", "x-goog-api-key")}
+        # The same path and query as the client asked for (e.g. Qwen's ?model=, Gemini's ?key=).
+        origin = "/".join(self.upstream_url.split("/", 3)[:3])
         try:
-            upstream = await connect(self.upstream_url, additional_headers=headers, max_size=None)
+            upstream = await connect(origin + client.request.path, additional_headers=headers, max_size=None)
         except websockets.InvalidStatus as e:
             await client.close(1011, f"upstream said {e.response.status_code}")
             return
