@@ -164,7 +164,8 @@ class RecordingConfig:
 @dataclass(frozen=True)
 class OperatorConfig:
     token: str = ""  # bearer token for /api/ and the dashboard; empty = the API answers 401 to all
-    # Per client address: sustained requests per second and burst. Wrong tokens count too.
+    # Per client address: sustained requests per second and burst; requests with a wrong or missing
+    # token have a bucket of their own (the same sizes), so they never lock out the right token.
     rate_limit_per_second: float = 10.0
     rate_limit_burst: int = 40
 

@@ -11,6 +11,7 @@ is quick enough for an operator's click.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -26,11 +27,39 @@ async def live_calls(store: CallStore, now: float | None = None) -> list[dict]:
         "ORDER BY started_at DESC LIMIT 500"), (now,))
 
 
-async def send(store: CallStore, instance: str, call_id: str, command: str) -> None:
-    """Ask `instance` to do `command` ("hang_up") to its call `call_id`."""
+async def open_call(store: CallStore, call_id: str, now: float | None = None) -> dict | None:
+    """The call if it started and has not ended (whether its instance lives or not): its
+    `instance` and `alive` (that instance's lease is current)."""
+    now = time.time() if now is None else now
+    rows = await store._fetch(store._sql(
+        "SELECT call_id, instance, EXISTS (SELECT 1 FROM instance_leases l WHERE l.instance = calls.instance "
+        "AND l.expires_at >= ?) AS alive FROM calls WHERE call_id = ? AND ended_at IS NULL AND started_at IS NOT NULL"),
+        (now, call_id))
+    return {**rows[0], "alive": bool(rows[0]["alive"])} if rows else None
+
+
+async def send(store: CallStore, instance: str, call_id: str, command: str) -> str:
+    """Ask `instance` to do `command` ("hang_up") to its call `call_id`; the command's id."""
+    command_id = secrets.token_hex(8)
     await store._execute(store._sql(
         "INSERT INTO call_commands (id, instance, call_id, command, created_at) VALUES (?, ?, ?, ?, ?)"),
-        (secrets.token_hex(8), instance, call_id, command, time.time()))
+        (command_id, instance, call_id, command, time.time()))
+    return command_id
+
+
+async def await_taken(store: CallStore, command_id: str, seconds: float, poll: float = 0.1) -> bool:
+    """True once the addressee took the command; after `seconds` without that the command is
+    withdrawn (so it cannot be acted on after the sender said it failed) and the answer is False."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = await store._fetch(store._sql("SELECT taken_at FROM call_commands WHERE id = ?"), (command_id,))
+        if rows and rows[0]["taken_at"] is not None:
+            return True
+        if time.monotonic() >= deadline:
+            withdrawn = await store._execute(store._sql(
+                "DELETE FROM call_commands WHERE id = ? AND taken_at IS NULL"), (command_id,))
+            return not withdrawn  # taken in the last instant after all
+        await asyncio.sleep(poll)
 
 
 async def take(store: CallStore, instance: str) -> list[dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -172,6 +173,8 @@ class CallStore(abc.ABC):
         self.dropped = 0
         self.failed = 0
         self._lease: tuple[str, float, float] | None = None  # (instance, seconds, stream_wait_seconds)
+        # Calls this process's sweeps closed as crashed, until the call webhooks take them.
+        self.crashed_calls: collections.deque[str] = collections.deque(maxlen=MAX_PENDING_WRITES)
         self._heartbeat: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ engine hooks
@@ -193,8 +196,8 @@ class CallStore(abc.ABC):
         """Run statements in one transaction (all or nothing)."""
 
     @abc.abstractmethod
-    async def _migrate_to(self, version: int, statements: list[str]) -> None:
-        """Apply one migration and record it, atomically."""
+    async def _migrate_to(self, version: int, statements: list[str]) -> bool:
+        """Apply one migration and record it, atomically; False if another process applied it first."""
 
     def _sql(self, sql: str) -> str:
         return sql
@@ -236,9 +239,8 @@ class CallStore(abc.ABC):
             raise StoreError(f"call-log database is at schema version {max(have)}, newer than this "
                                f"gateway ({SCHEMA_VERSION}); upgrade the gateway")
         for version in sorted(MIGRATIONS):
-            if version not in have:
-                await self._migrate_to(version, MIGRATIONS[version])
-                log.info("event=calllog_migrated version=%d", version)
+            if version not in have and await self._migrate_to(version, MIGRATIONS[version]):
+                log.info("event=calllog_migrated version=%d", version)  # once: by the process that applied it
         return SCHEMA_VERSION
 
     # ------------------------------------------------------------------ writes (queued)
@@ -387,12 +389,17 @@ class CallStore(abc.ABC):
         Returns the two counts."""
         now = time.time() if now is None else now
         last_event = "(SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id)"
-        crashed = await self._execute(self._sql(
+        # RETURNING: the calls this statement closed, and no other instance's (PostgreSQL re-checks
+        # `ended_at IS NULL` on a row another sweep just closed; SQLite has one writer at a time), so
+        # each crashed call is reported once: its `call.ended` webhook (gateway/webhooks.py).
+        closed = await self._fetch(self._sql(
             f"UPDATE calls SET end_reason = 'crashed', ended_at = started_at + COALESCE({last_event}, 0), "
             f"duration_s = COALESCE({last_event}, 0) "
             "WHERE ended_at IS NULL AND started_at IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM instance_leases l WHERE l.instance = calls.instance AND l.expires_at >= ?)"),
-            (now,))
+            "AND NOT EXISTS (SELECT 1 FROM instance_leases l WHERE l.instance = calls.instance AND l.expires_at >= ?) "
+            "RETURNING call_id"), (now,))
+        self.crashed_calls.extend(r["call_id"] for r in closed)
+        crashed = len(closed)
         no_stream = await self._execute(self._sql(
             "UPDATE calls SET end_reason = 'no_stream', ended_at = webhook_at, duration_s = 0 "
             "WHERE ended_at IS NULL AND started_at IS NULL AND webhook_at < ?"), (now - stream_wait_seconds,))
