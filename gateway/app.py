@@ -27,6 +27,7 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .capacity import Capacity, Grant
 from .config import Config, Persona
+from .http_limits import body_deadline
 from .ids import started_problem, webhook_problem
 from .logs import CallLogger
 from .machine_detection import amd_callback
@@ -59,7 +60,7 @@ NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel(), AudioSoc
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=1 << 20, middlewares=[body_deadline(config.server.request_timeout_seconds)])
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
@@ -458,7 +459,10 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
 
     socks = socks if socks is not None else listen(host, port)
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # keepalive_timeout: also how long a connection may take to send a request's headers; lingering:
+    # how long the rest of a body too slow to wait for is read after the answer (http_limits.py)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, lingering_time=1.0,
+                           keepalive_timeout=config.server.request_timeout_seconds)
     try:
         await runner.setup()
     except BaseException:

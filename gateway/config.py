@@ -50,6 +50,9 @@ class ServerConfig:
     # On SIGTERM/SIGINT: stop taking calls, let live ones finish for up to this long, then wrap
     # them up (goodbye, hang up). A second signal skips the wait.
     drain_seconds: float = 300.0
+    # A request's headers, and its body, must arrive within this long (slow clients must not hold
+    # connections); idle keep-alive connections are closed after it too.
+    request_timeout_seconds: float = 15.0
 
 
 # `providers:` in config.yaml: one section per provider that has settings, typed by its spec.
@@ -572,6 +575,7 @@ def _check_ranges(cfg: Config, path: Path) -> None:
          "sqlite:///PATH or postgresql://…"),
         ("storage.retention_days", cfg.storage.retention_days >= 0, ">= 0"),
         ("storage.lease_seconds", cfg.storage.lease_seconds >= 1, ">= 1"),
+        ("server.request_timeout_seconds", 1 <= cfg.server.request_timeout_seconds <= 300, "1..300"),
         ("limits.stream_wait_seconds", cfg.limits.stream_wait_seconds >= 1, ">= 1"),
         ("recording.retention_days", cfg.recording.retention_days >= 0, ">= 0"),
     ]
