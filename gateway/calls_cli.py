@@ -18,6 +18,7 @@ from .calllog import CallQuery, open_store
 from .calllog.store import END_REASONS
 from .calllog.views import call_json, parse_time, transcript
 from .config import load_config
+from .ids import positive_int
 
 CSV_FIELDS = ["call_id", "started_at", "ended_at", "duration_s", "from", "to", "bot", "provider", "model",
               "end_reason", "error", "turns", "barge_ins", "first_audio_ms", "transcript"]
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--until", help="ISO date or time (UTC)")
         s.add_argument("--end-reason", choices=END_REASONS)
         s.add_argument("--text", help="words said by the caller or the bot")
-        s.add_argument("--limit", type=int, default=50 if name == "list" else 100000)
+        s.add_argument("--limit", type=positive_int, default=50 if name == "list" else 100000)
         if name == "export":
             s.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
             s.add_argument("--out", help="file (default: standard output)")

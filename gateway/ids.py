@@ -69,3 +69,27 @@ def started_problem(started) -> str | None:
 def ascii_int(raw: str) -> int | None:
     """`raw` as a non-negative integer when it is 1..18 ASCII digits, else None."""
     return int(raw) if _DIGITS.fullmatch(raw) else None
+
+
+# ---------------------------------------------------------------- command-line numbers (argparse types)
+
+def non_negative_float(raw: str) -> float:
+    """`--wait 2.5`: a finite number >= 0 (argparse reports the ValueError's message)."""
+    import argparse
+    import math
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {raw}")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    """`--limit 20`: ASCII digits, at least 1."""
+    import argparse
+    value = ascii_int(raw.strip())
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {raw!r}")
+    return value

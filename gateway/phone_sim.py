@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from .ids import non_negative_float
 from .telephony import audiosocket as asock
 from .telephony.plivo import v3_signature
 from .telephony.signature import compute as compute_signature
@@ -729,9 +730,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number dialed, routed to a bot by routing.numbers (default: %(default)s)")
     p.add_argument("--wav", help="what the caller says (any PCM WAV); default: a 1.2 s 440 Hz tone")
     p.add_argument("--out", default="heard.wav", help="where to write what the caller heard (default: %(default)s)")
-    p.add_argument("--wait", type=float, default=2.0,
+    p.add_argument("--wait", type=non_negative_float, default=2.0,
                    help="seconds of silence before speaking, to hear the greeting (default: %(default)s)")
-    p.add_argument("--hold", type=float, default=None,
+    p.add_argument("--hold", type=non_negative_float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
     p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
     p.add_argument("--sample-rate", type=int, choices=(8000, 16000, 24000), default=8000,
