@@ -335,9 +335,13 @@ def percentile(values: list[float], p: float) -> float | None:
 async def bot_summary(request: web.Request) -> web.Response:
     since = parse_time(request.query["since"], "since") if request.query.get("since") else None
     rows = await request.app[STORE].bot_latencies(since)
+    bots_now = request.app[CONFIG].bots
     by_bot: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by_bot[r["bot"] or "?"].append(r)
+        # Real bots only: one of ours, or one that served a call (since renamed or removed). A name
+        # a caller put in `?bot=` (older records kept it) is not a bot.
+        if r["bot"] in bots_now or (r["bot"] and r["started_at"] is not None):
+            by_bot[r["bot"]].append(r)
     bots = []
     for bot, calls in sorted(by_bot.items()):
         durations = [c["duration_s"] for c in calls if c["duration_s"] is not None]

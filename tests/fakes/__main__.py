@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from tests.conftest import GLM_KEY, OPENAI_KEY
 from tests.fakes.glm_server import FakeGLM
@@ -18,8 +19,14 @@ from tests.fakes.openai_server import FakeOpenAI
 
 async def main(args: argparse.Namespace) -> None:
     glm, openai = FakeGLM(api_key=GLM_KEY), FakeOpenAI(api_key=OPENAI_KEY)
-    await glm.start(port=args.glm_port)
-    await openai.start(port=args.openai_port)
+    for fake, port, flag in ((glm, args.glm_port, "--glm-port"), (openai, args.openai_port, "--openai-port")):
+        try:
+            await fake.start(port=port)
+        except OSError as e:  # a port in use (another run of the fakes?) is one line, not a traceback
+            await glm.stop()
+            why = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"error: cannot listen on 127.0.0.1:{port}: {why} "
+                             f"(choose another with {flag})") from None
     print("fake models running; start the gateway with:\n"
           f"  ZHIPU_API_KEY={GLM_KEY} GLM_REALTIME_URL={glm.url} \\\n"
           f"  OPENAI_API_KEY={OPENAI_KEY} OPENAI_REALTIME_URL='{openai.url}' scripts/serve", flush=True)
