@@ -67,6 +67,14 @@ class PostgresStore(CallStore):
                 for sql, args in statements:
                     await conn.execute(sql, *map(_storable, args))
 
+    async def _create_migrations_table(self, statement: str) -> None:
+        """Under the migration lock: two instances creating it at once would otherwise collide
+        (IF NOT EXISTS is not safe against a concurrent CREATE in PostgreSQL)."""
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(statement)
+
     async def _migrate_to(self, version: int, statements: list[str]) -> bool:
         async with self._pool.acquire() as conn:
             async with conn.transaction():

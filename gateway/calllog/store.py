@@ -135,6 +135,8 @@ MIGRATIONS: dict[int, list[str]] = {
     7: ["ALTER TABLE calls ADD COLUMN answered_by TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
 
 CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", "bot", "provider", "model", "instance",
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",
@@ -202,6 +204,9 @@ class CallStore(abc.ABC):
     def _sql(self, sql: str) -> str:
         return sql
 
+    async def _create_migrations_table(self, statement: str) -> None:
+        await self._execute(statement)
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self._connect()
@@ -231,8 +236,7 @@ class CallStore(abc.ABC):
         await self._close_db()
 
     async def migrate(self) -> int:
-        await self._execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        await self._create_migrations_table(MIGRATIONS_TABLE)
         rows = await self._fetch("SELECT version FROM schema_migrations")
         have = {r["version"] for r in rows}
         if have and max(have) > SCHEMA_VERSION:
