@@ -27,7 +27,7 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .capacity import Capacity, Grant
 from .config import Config, Persona
-from .http_limits import body_deadline
+from . import http_limits
 from .ids import started_problem, webhook_problem
 from .logs import CallLogger
 from .machine_detection import amd_callback
@@ -60,7 +60,8 @@ NETWORKS: tuple[Network, ...] = (Twilio(), Telnyx(), Plivo(), Exotel(), AudioSoc
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=1 << 20, middlewares=[body_deadline(config.server.request_timeout_seconds)])
+    app = web.Application(client_max_size=1 << 20)
+    http_limits.install(app, config.server.request_timeout_seconds)
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
