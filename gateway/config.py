@@ -534,7 +534,7 @@ def _check_conversation(p: Persona, path: Path, where: str) -> None:
                               "(tones, none, or an 8 kHz mono 16-bit WAV next to the persona)")
 
 
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")  # \Z: "$" would also take a trailing newline
 LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")  # BCP 47, as the models and TwiML's <Say> take it
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

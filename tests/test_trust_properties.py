@@ -154,7 +154,11 @@ def operator_request() -> st.SearchStrategy:
     in_path = st.tuples(st.sampled_from(PATH_ROUTES), value).map(
         lambda r: ("POST" if r[0].endswith("hangup") else "GET", r[0].format(_q(r[1])), {}, None))
     place = st.dictionaries(st.sampled_from(PLACE_CALL), value | st.dictionaries(value, value, max_size=2),
-                            max_size=4).map(lambda body: ("POST", "/api/calls", {}, json.dumps(body)))
+                            max_size=4)
+    valid_then_nasty = st.dictionaries(value, value | st.integers(-10 ** 40, 10 ** 40), max_size=3).map(
+        lambda context: {"to": "+15551234567", "bot": "echo", "context": context})  # the context checks too
+    place = (place | valid_then_nasty).map(
+        lambda body: ("POST", "/api/calls", {}, json.dumps(body, ensure_ascii=False)))
     return st.one_of(query, in_path, place)
 
 
@@ -187,7 +191,9 @@ def test_no_input_gets_a_500_or_a_traceback(thread_gateway, store_url):
         kind = "application/json" if path.startswith("/api/") else "application/x-www-form-urlencoded"
         status = client.send(method, path, body, kind if body is not None else "", token=path.startswith("/api/"))
         statuses[status] = statuses.get(status, 0) + 1
-        assert status < 500, (method, path[:300], (body or "")[:300], status)
+        # POST /api/calls may answer 503 (outbound calls need a public URL, which this gateway has
+        # not): a configured refusal, reached only by a request that passed every check.
+        assert status < 500 or (path == "/api/calls" and status == 503), (method, path[:300], (body or "")[:300], status)
 
     one()
     elapsed = time.monotonic() - t0
