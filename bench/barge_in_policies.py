@@ -7,6 +7,11 @@ server VAD that fires on any energy: speech_started at the sound's onset, speech
 after its end, the transcript (speech only) 300 ms after that. Runs the real Call on the in-memory
 phone/model of the unit tests, on a fast-forwarded clock: exact, repeatable, a second of runtime.
 
+Per case: CUT with how long the caller still heard the bot after the sound's onset (talk-over), or
+kept with what the false alarm cost: the pause in the reply, the audio heard twice (the chunk that
+was playing when the phone was cleared) and the audio lost (every 20 ms frame of the reply is
+numbered, so the phone's playback says exactly which played).
+
   .venv/py3.11/bin/python bench/barge_in_policies.py
 """
 
@@ -16,9 +21,9 @@ import asyncio
 import logging
 import math
 import random
-import statistics
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import looptime
@@ -31,7 +36,7 @@ from gateway.config import Config, LimitsConfig, Persona  # noqa: E402
 from gateway.logs import CallLogger  # noqa: E402
 from gateway.persona import BargeIn  # noqa: E402
 from gateway.providers.base import InputTranscript, SpeechStarted, SpeechStopped  # noqa: E402
-from tests.call_fakes import MemoryModel, MemoryPhone  # noqa: E402
+from tests.call_fakes import MemoryModel, MemoryPhone, frame_number  # noqa: E402
 
 
 def noise(ms: int, amplitude: int, seed: int) -> bytes:
@@ -52,6 +57,7 @@ def voiced(ms: int, hz: float = 140, amplitude: int = 6000) -> bytes:
     return struct.pack(f"<{n}h", *out)
 
 
+REPLY_MS = 6000
 # name, kind (False: not an interruption), PCM, transcript
 CASES = [
     *(("noise burst %d ms" % ms, False, noise(ms, 9000, ms), None) for ms in (80, 150, 250)),
@@ -66,8 +72,16 @@ CASES = [
 ]
 
 
-async def run_case(policy: BargeIn, pcm: bytes, transcript: str | None) -> tuple[bool, float | None, float]:
-    """(the bot was cut, ms from the sound's onset to the clear, ms of the reply heard in the end)."""
+@dataclass
+class Outcome:
+    cut: bool
+    talk_over_ms: float  # bot audio the caller heard after the sound's onset, when cut
+    pause_ms: float  # kept: the longest silence in the reply after the onset
+    repeated_ms: float  # kept: reply audio played twice
+    lost_ms: float  # kept: reply audio never played
+
+
+async def run_case(policy: BargeIn, pcm: bytes, transcript: str | None) -> Outcome:
     loop = asyncio.get_running_loop()
     model, phone = MemoryModel(), MemoryPhone()
     call = Call(config=Config(limits=LimitsConfig(silence_timeout_seconds=0)),
@@ -75,7 +89,7 @@ async def run_case(policy: BargeIn, pcm: bytes, transcript: str | None) -> tuple
                 session=model, log=CallLogger(logging.getLogger("bench"), call="CAbench"), clock=loop.time)
     running = asyncio.create_task(call.run())
     await asyncio.sleep(0.1)
-    model.reply(6000, "A long answer. " * 10)
+    model.reply(REPLY_MS, "A long answer. " * 10, numbered=True)
     await asyncio.sleep(1.0)
     onset = loop.time()
     model.emit(SpeechStarted())
@@ -91,9 +105,13 @@ async def run_case(policy: BargeIn, pcm: bytes, transcript: str | None) -> tuple
     await asyncio.sleep(8)
     phone.hang_up()
     summary = await running
-    clears = [t for t, kind, _ in phone.sent if kind == "clear"]
-    heard = phone.heard_ms()
-    return summary.barge_ins > 0, ((clears[0] - onset) * 1000 if clears else None), heard
+    played = phone.played()
+    if summary.barge_ins > 0:
+        return Outcome(True, max(0.0, max((t for t, _ in played), default=onset) + 0.02 - onset) * 1000, 0, 0, 0)
+    starts = [onset] + [t for t, _ in played if t >= onset]
+    numbers = [frame_number(frame) for _, frame in played]
+    return Outcome(False, 0.0, max(b - a for a, b in zip(starts, starts[1:])) * 1000 - 20,
+                   (len(numbers) - len(set(numbers))) * 20, (REPLY_MS // 20 - len(set(numbers))) * 20)
 
 
 def main() -> None:
@@ -108,21 +126,25 @@ def main() -> None:
         for name, policy in policies.items():
             loop = looptime.new_event_loop()
             try:
-                cut, latency, heard = loop.run_until_complete(run_case(policy, pcm, transcript))
+                out = loop.run_until_complete(run_case(policy, pcm, transcript))
             finally:
                 loop.close()
-            results[name].append((real, cut, latency, heard))
-            row += f"{('CUT %4.0f ms' % latency) if cut else 'kept (%4.0f ms heard)' % heard:>22}"
+            results[name].append((real, out))
+            row += f"{('CUT, %3.0f ms over' % out.talk_over_ms) if out.cut else 'kept %3.0f/%3.0f/%.0f' % (out.pause_ms, out.repeated_ms, out.lost_ms):>22}"
         print(row)
+    print("(CUT: ms of bot audio heard after the sound's onset; kept: pause/repeated/lost ms of the reply)")
     print()
-    print(f"{'policy':18}{'false interruptions':>22}{'missed':>8}{'latency p50':>13}{'max':>7}")
+    print(f"{'policy':18}{'false interruptions':>22}{'missed':>8}{'talk-over max':>15}{'pause max':>11}"
+          f"{'repeated max':>14}{'lost':>6}")
     for name, rows in results.items():
-        false = sum(1 for real, cut, _, _ in rows if cut and not real)
-        missed = sum(1 for real, cut, _, _ in rows if real and not cut)
-        lat = [latency for real, cut, latency, _ in rows if real and cut]
+        false = sum(1 for real, out in rows if out.cut and not real)
+        missed = sum(1 for real, out in rows if real and not out.cut)
+        over = max((out.talk_over_ms for _, out in rows if out.cut), default=0)
+        kept = [out for _, out in rows if not out.cut]
         nreal, nfake = sum(1 for r in rows if r[0]), sum(1 for r in rows if not r[0])
-        print(f"{name:18}{f'{false} of {nfake}':>22}{f'{missed}/{nreal}':>8}"
-              f"{statistics.median(lat) if lat else float('nan'):>11.0f}ms{max(lat) if lat else float('nan'):>5.0f}ms")
+        print(f"{name:18}{f'{false} of {nfake}':>22}{f'{missed}/{nreal}':>8}{over:>13.0f}ms"
+              f"{max((k.pause_ms for k in kept), default=0):>9.0f}ms{max((k.repeated_ms for k in kept), default=0):>12.0f}ms"
+              f"{sum(k.lost_ms for k in kept):>4.0f}ms")
 
 
 if __name__ == "__main__":

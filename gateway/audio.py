@@ -128,6 +128,76 @@ class PhoneUpsampler:
         self._history = np.zeros(self.taps_per_phase - 1, dtype=np.float32)
 
 
+class PhoneResampler:
+    """Phone audio to a model's rate by any rational factor L/M (16 kHz -> 8 kHz, 24 kHz -> 16 kHz,
+    16 kHz -> 24 kHz): a low-latency polyphase FIR, for the caller -> model direction.
+
+    Why not soxr: as for PhoneUpsampler, soxr holds back 40-60 ms of a 20 ms-framed stream, and in
+    this direction that wait delays every onset and end of the caller's speech at the model's VAD
+    (measured by bench/conversation_feel.py: Vonage's 16 kHz to OpenAI's 8 kHz mu-law, 80-120 ms).
+    This filter emits every output sample as soon as the input it needs is there; its delay is the
+    linear-phase group delay (1.5-4 ms here). Integer up-sampling keeps PhoneUpsampler (one matrix
+    product per block); this general form gathers one window per output sample.
+
+    The filter: a Kaiser-windowed sinc at the upsampled rate src*L, flat over the phone band
+    (0.425 of the lower rate: 3.4 kHz at 8 kHz) and down by `stopband_db` from the lower rate's
+    Nyquist (down-sampling: nothing aliases back into the band) or from where the first image
+    begins (up-sampling, as PhoneUpsampler). Output j is upsampled index u = j*M; its phase
+    u mod L picks the sub-filter, and the K inputs before u // L are its window.
+    """
+
+    def __init__(self, src_rate: int, dst_rate: int, stopband_db: float = 70.0):
+        g = math.gcd(src_rate, dst_rate)
+        self.up, self.down = dst_rate // g, src_rate // g
+        rate = src_rate * self.up
+        low = min(src_rate, dst_rate)
+        pass_hz = 0.425 * low
+        stop_hz = 0.5 * dst_rate if dst_rate < src_rate else 0.575 * src_rate
+        beta = 0.1102 * (stopband_db - 8.7)
+        ntaps = math.ceil((stopband_db - 7.95) / (2.285 * 2 * math.pi * (stop_hz - pass_hz) / rate)) + 1
+        self.taps_per_phase = k = math.ceil(ntaps / self.up)
+        ntaps = k * self.up
+        fc = (pass_hz + stop_hz) / 2 / rate
+        h = np.sinc(2 * fc * (np.arange(ntaps) - (ntaps - 1) / 2)) * np.kaiser(ntaps, beta)
+        h *= self.up / h.sum()
+        # bank[p] pairs with a window of K inputs, oldest first: h[p + (K-1)L], ..., h[p]
+        self._bank = np.ascontiguousarray(h.reshape(k, self.up).T[:, ::-1], dtype=np.float32)
+        self.delay_samples = (ntaps - 1) / 2 / self.down  # group delay, output samples
+        self.reset()
+
+    def process(self, pcm: bytes) -> bytes:
+        x = np.frombuffer(pcm, dtype="<i2")
+        n = len(x)
+        if not n:
+            return b""
+        k, up = self.taps_per_phase, self.up
+        buf = np.concatenate((self._history, x))  # float32; input i of this block is buf[k - 1 + i]
+        end = (k - 1 + n) * up
+        count = max(0, -(-(end - self._u) // self.down))
+        y = np.empty(count, dtype=np.float32)
+        windows = np.ndarray((n, k), np.float32, buf, 0, (4, 4))  # row i is buf[i:i + k], a view
+        # Outputs j, j+L, j+2L, ... share a phase, and their windows start M inputs apart: one
+        # strided view and one matrix-vector product per phase (L of them), no gathering.
+        for j in range(min(up, count)):
+            u = self._u + j * self.down
+            first = u // up - (k - 1)
+            m = len(range(j, count, up))
+            y[j::up] = np.dot(windows[first:first + (m - 1) * self.down + 1:self.down], self._bank[u % up])
+        self._u += count * self.down - n * up
+        self._history = buf[n:].copy()
+        return _to_pcm16(y)
+
+    def flush(self) -> bytes:
+        """The group delay's worth of output still inside the filter, then a clean state."""
+        tail = self.process(bytes(2 * math.ceil(self.taps_per_phase / 2)))
+        self.reset()
+        return tail
+
+    def reset(self) -> None:
+        self._history = np.zeros(self.taps_per_phase - 1, dtype=np.float32)
+        self._u = (self.taps_per_phase - 1) * self.up  # the first output waits for the first new input
+
+
 class SoxrStream:
     """Any rate pair through libsoxr (python-soxr's ResampleStream), 16-bit in and out.
 
@@ -177,16 +247,19 @@ def _to_pcm16(y: np.ndarray) -> bytes:
 
 class Resampler:
     """Stateful PCM16 mono rate converter: feed a stream in any block sizes, get one continuous
-    signal. Phone -> model (up by an integer factor) uses PhoneUpsampler (no hold-back, the
-    caller waits for nothing); everything else, above all model -> phone, uses SoxrStream."""
+    signal. Phone -> model (`low_latency`) uses PhoneUpsampler (up by an integer factor) or
+    PhoneResampler (any other ratio): no hold-back, the caller waits for nothing; everything
+    else, above all model -> phone, uses SoxrStream."""
 
-    def __init__(self, src_rate: int, dst_rate: int):
+    def __init__(self, src_rate: int, dst_rate: int, low_latency: bool = False):
         self.src_rate = src_rate
         self.dst_rate = dst_rate
         if src_rate == dst_rate:
             self._engine = None
         elif dst_rate > src_rate and dst_rate % src_rate == 0:
             self._engine = PhoneUpsampler(src_rate, dst_rate // src_rate)
+        elif low_latency:
+            self._engine = PhoneResampler(src_rate, dst_rate)
         else:
             self._engine = SoxrStream(src_rate, dst_rate)
 

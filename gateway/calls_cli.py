@@ -155,7 +155,8 @@ def _line(e: dict) -> str:
         if e.get("interrupted"):
             said += f"  [cut after {e.get('heard_ms')} ms; heard: {e.get('heard', '')!r}]"
         if e.get("latency_ms") is not None:
-            said += f"  (reply latency {e['latency_ms']} ms)"
+            model = f"; model {e['model_latency_ms']} ms" if e.get("model_latency_ms") is not None else ""
+            said += f"  (reply latency {e['latency_ms']} ms{model})"
         return said
     if kind == "caller":
         return f"caller: {e.get('text', '')}"

@@ -43,9 +43,12 @@ class GatewayMetrics:
         self.first_audio = Histogram("gateway_first_audio_seconds", "Stream start to the first bot audio sent "
                                      "to the phone (usually the greeting).", ["bot"], buckets=FIRST_AUDIO_BUCKETS,
                                      registry=r)
-        self.turn_latency = Histogram("gateway_turn_latency_seconds", "End of the caller's speech to the "
-                                      "first audio of the bot's reply.", ["bot"], buckets=TURN_LATENCY_BUCKETS,
-                                      registry=r)
+        self.turn_latency = Histogram("gateway_turn_latency_seconds", "What the caller lived through: their "
+                                      "last voiced frame to the bot's reply playing at the phone (by its mark).",
+                                      ["bot"], buckets=TURN_LATENCY_BUCKETS, registry=r)
+        self.model_latency = Histogram("gateway_model_turn_latency_seconds", "The model's own figure: its "
+                                       "speech_stopped to the reply's first audio sent to the phone.", ["bot"],
+                                       buckets=TURN_LATENCY_BUCKETS, registry=r)
         self.barge_ins = Counter("gateway_barge_ins", "Times the caller (or a keypad shortcut) cut the bot off.",
                                  ["bot", "by"], registry=r)
         self.model_errors = Counter("gateway_model_errors", "Errors from the model: recoverable (the call goes "
@@ -102,6 +105,9 @@ class CallMetrics:
         if kind == "latency":  # the summary has it unrounded
             latency_ms = summary.turn_latencies_ms[-1] if summary.turn_latencies_ms else fields["ms"]
             m.turn_latency.labels(self.bot).observe(latency_ms / 1000)
+            if fields.get("model_ms") is not None:
+                model_ms = summary.model_latencies_ms[-1] if summary.model_latencies_ms else fields["model_ms"]
+                m.model_latency.labels(self.bot).observe(model_ms / 1000)
         elif kind == "barge_in":
             m.barge_ins.labels(self.bot, fields.get("by") or "caller").inc()
         elif kind == "model_error":

@@ -41,6 +41,7 @@ from .ids import non_negative_float
 from .telephony import audiosocket as asock
 from .telephony.plivo import v3_signature
 from .telephony.signature import compute as compute_signature
+from .persona import BargeIn
 from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, audioop,
                     pcm16_to_ulaw, tone, ulaw_to_pcm16)
 
@@ -93,13 +94,18 @@ class PhoneResult:
     violations: list[str] = field(default_factory=list)
     start_sent_at: float | None = None
     first_audio_at: float | None = None
-    speech_ends: list[float] = field(default_factory=list)  # when each spoken segment ended
+    speech_ends: list[float] = field(default_factory=list)  # when each spoken segment's last voiced frame left
+    last_voiced_at: float | None = None  # when the microphone last sent a voiced frame
+    voiced_edges: list[tuple[float, bool]] = field(default_factory=list)  # (when, voiced) each time that changed
+    play_times: list[float] = field(default_factory=list)  # ticks at which bot audio began to play after silence
+    stop_times: list[float] = field(default_factory=list)  # ticks at which it stopped (silence after it)
     closed_by: str = ""
     closed_at: float | None = None  # when the socket closed (monotonic)
     close_code: int | None = None
 
     def first_audio_after(self, t: float) -> float | None:
-        return next((m for m in self.media_times if m >= t), None)
+        """When bot audio first played at this phone after `t` (not when it arrived: what the caller heard)."""
+        return next((m for m in self.play_times if m >= t), None)
 
     def summary(self) -> dict:
         greeting = (self.first_audio_at - self.start_sent_at) * 1000 \
@@ -120,6 +126,8 @@ class PhoneResult:
             "closed_by": self.closed_by, "close_code": self.close_code,
         }
 
+
+VOICED_RMS = BargeIn().threshold  # a frame louder than this is speech (the gateway's own measure)
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
@@ -165,6 +173,8 @@ class SimulatedPhone:
         self._tcp: asyncio.StreamWriter | None = None  # AudioSocket: no WebSocket
         self._vonage_headers: dict = {}  # Vonage: the NCCO endpoint's headers, echoed in websocket:connected
         self._fill_ticks = 0
+        self._mic_voiced = False
+        self._silent_ticks = 1  # player ticks since bot audio last played (reply latency: when it begins)
         self._starved = True  # AudioSocket's player waits for a little audio before it plays (jitter)
         self.extra_form = extra_form or {}
         self.result = PhoneResult(rate=self.rate)
@@ -400,6 +410,12 @@ class SimulatedPhone:
             frame = bytes(self._mic[:PHONE_FRAME_BYTES])
             del self._mic[:PHONE_FRAME_BYTES]
             frame += MULAW_SILENCE * (PHONE_FRAME_BYTES - len(frame))
+            voiced = audioop.rms(ulaw_to_pcm16(frame), 2) >= VOICED_RMS  # the caller's speech, by the gateway's measure
+            if voiced:
+                self.result.last_voiced_at = time.monotonic()
+            if voiced != self._mic_voiced:
+                self._mic_voiced = voiced
+                self.result.voiced_edges.append((time.monotonic(), voiced))
             if self._mic_up is not None:
                 frame = self._mic_up.process(ulaw_to_pcm16(frame))
             self._chunk += 1
@@ -424,9 +440,13 @@ class SimulatedPhone:
             await asyncio.sleep(FRAME_S / 2)
 
     async def say(self, ulaw: bytes) -> None:
-        """Speak, and remember when the speech ended (for reply latency)."""
+        """Speak, and remember when the speech ended (for reply latency): its last voiced frame,
+        not the end of the file (a WAV's trailing silence is not the caller still talking)."""
+        before = self.result.last_voiced_at
         await self.speak(ulaw)
-        self.result.speech_ends.append(time.monotonic())
+        end = self.result.last_voiced_at
+        if end is not None and end != before:
+            self.result.speech_ends.append(end)
 
     async def silence(self, seconds: float) -> None:
         await self.speak(MULAW_SILENCE * int(seconds * PHONE_RATE))
@@ -682,6 +702,11 @@ class SimulatedPhone:
                     self._buffer[0] = chunk[len(take):]
             if not self.hold_playback:
                 self._echo_leading_marks()
+            if out and self._silent_ticks:  # bot audio begins to play (after a silence)
+                self.result.play_times.append(time.monotonic())
+            elif not out and not self._silent_ticks and self.result.play_times:
+                self.result.stop_times.append(time.monotonic())
+            self._silent_ticks = 0 if out else self._silent_ticks + 1
             if self._ear_down is None:
                 self.result.heard += out + MULAW_SILENCE * need
             else:

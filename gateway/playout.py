@@ -14,6 +14,12 @@ Every chunk is followed by a mark named `<generation>:<seq>`. Twilio echoes a ma
 audio before it has played, so echoed marks are the ground truth of what the caller heard. A
 `clear` starts a new generation: Twilio echoes all pending marks at once after a clear, and
 those echoes mean "dropped", not "played", so marks of old generations are ignored.
+
+A possible interruption (barge-in policy confirm) is `hold()`: the phone is cleared at once (the
+caller must not hear the bot talk over them while the gateway decides), and the chunks whose marks
+had not come back go back to the front of the queue. `resume()` then plays on from the last
+position the marks say was heard: at most the chunk that was playing is heard twice, no word is
+lost. A confirmed interruption is `clear()` as ever, and drops them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from .audio import FRAME_MS
 # Marks still unechoed after this many chunks (~100 s at 100 ms) are forgotten oldest-first: a phone that
 # never echoes marks must not grow memory for the whole call. Such audio counts as not heard.
 MAX_OUTSTANDING_MARKS = 1000
+# Chunks whose audio is kept until their mark comes back, so a hold can put them back in the queue:
+# ~5 s at 100 ms chunks. A phone that never echoes marks must not make us keep a whole reply.
+MAX_RESUMABLE_CHUNKS = 50
 # Bot audio waiting here to be paced out: 3 minutes. A reply longer than that in one go is not a
 # phone conversation; what does not fit is dropped and counted (frames_dropped, in call_ended).
 MAX_QUEUED_FRAMES = 9000
@@ -44,15 +53,30 @@ class PhoneSink(Protocol):
 class _Mark:
     response_id: str
     played_ms: float  # the response's audio played once this mark is echoed
+    ms: float  # this chunk's length
+    starts_at: float  # when it starts playing, by our clock
+    seq: int
+
+
+@dataclass
+class _Sent:
+    """A chunk at the phone whose mark has not come back: what a hold puts back in the queue."""
+    seq: int
+    name: str
+    response_id: str
+    audio: bytes
 
 
 class Playout:
     def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS, chunk_ms: int = FRAME_MS,
                  clock: Callable[[], float] = time.monotonic, bytes_per_ms: float = 8, min_chunk_frames: int = 1,
                  on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None,
-                 on_frame: Callable[[bytes, float], None] | None = None):
+                 on_frame: Callable[[bytes, float], None] | None = None,
+                 on_first_heard: Callable[[str, float], None] | None = None):
         """`on_first_audio(response_id, sent_at)`: a response's first frame went out.
         `on_frame(audio, starts_at)`: every chunk sent, with when it starts playing (recording).
+        `on_first_heard(response_id, played_at)`: a response's first mark came back; `played_at`
+        is when, by the marks, that audio began to play at the phone (caller-felt latency).
         `bytes_per_ms`: of the phone's format (8: 8 kHz mu-law; 16 kHz PCM16: 32). `min_chunk_frames`:
         a network that wants chunks of at least this many frames (Exotel) gets a shorter one only
         when its buffer would otherwise run dry (a reply's end, or a model slower than real time)."""
@@ -65,6 +89,8 @@ class Playout:
         self.clock = clock
         self.on_first_audio = on_first_audio
         self.on_frame = on_frame
+        self.on_first_heard = on_first_heard
+        self.frame_bytes = int(bytes_per_ms * frame_ms)
         self.generation = 0
         self._seq = 0
         self._frames: deque[tuple[bytes, str]] = deque()
@@ -72,6 +98,8 @@ class Playout:
         self.paused = False  # a barge-in waiting to be confirmed holds the bot back
         self.last_response = ""  # whose audio went to the phone last
         self._marks: dict[str, _Mark] = {}
+        self._unheard: deque[_Sent] = deque(maxlen=MAX_RESUMABLE_CHUNKS)  # oldest first
+        self._writing = False  # a chunk is being written to the phone
         self._play_until = 0.0  # when Twilio's buffer will have run dry, by our clock
         self.sent_ms: dict[str, float] = {}   # per response: audio sent to the phone
         self.heard_ms: dict[str, float] = {}  # per response: audio confirmed played by marks
@@ -81,6 +109,8 @@ class Playout:
         self.marks_sent = 0
         self.marks_played = 0
         self.clears = 0
+        self.holds = 0
+        self.repeated_ms = 0.0  # audio played again after a hold (heard, but its mark was not back yet)
 
     # ------------------------------------------------------------ queueing
     def enqueue(self, frames: list[bytes], response_id: str) -> None:
@@ -113,18 +143,25 @@ class Playout:
         queue and the outstanding marks of this generation.
         """
         cut = {rid for _, rid in self._frames} | {m.response_id for m in self._marks.values()}
-        busy = self.busy()
-        # State first, then the await: nothing queued may slip out while `clear` is being
-        # written, and a frame being written right now must not register a mark.
-        self.generation += 1
         self._frames.clear()
+        self.paused = False
+        await self._silence_phone()
+        return {rid: self.heard_ms.get(rid, 0.0) for rid in cut}
+
+    async def _silence_phone(self) -> bool:
+        """Clear the phone if it may still hold audio of ours; True if a clear was sent.
+        State first, then the await: nothing queued may slip out while `clear` is being written,
+        and a chunk being written right now must not register a mark."""
+        at_phone = bool(self._marks) or self._writing or self.at_phone_ms() > 0
+        self.generation += 1
         self._marks.clear()
+        self._unheard.clear()
         self._play_until = self.clock()
         self._wake.set()  # the pacing loop may be waiting for the old lead to drain
-        if busy:
+        if at_phone:
             await self.phone.clear()
             self.clears += 1
-        return {rid: self.heard_ms.get(rid, 0.0) for rid in cut}
+        return at_phone
 
     def on_mark(self, name: str) -> bool:
         """A mark echoed by the phone; True when it counted as played audio."""
@@ -132,16 +169,40 @@ class Playout:
         if mark is None:
             return False  # from a cleared generation, or not ours
         self.marks_played += 1
-        if mark.played_ms > self.heard_ms.get(mark.response_id, 0.0):
-            self.heard_ms[mark.response_id] = mark.played_ms
+        while self._unheard and self._unheard[0].seq <= mark.seq:  # marks come back in order
+            self._unheard.popleft()
+        rid = mark.response_id
+        if rid not in self.heard_ms and self.on_first_heard is not None:
+            # The echo comes when the chunk has played: it began `ms` earlier, and not before it was sent.
+            self.on_first_heard(rid, max(mark.starts_at, self.clock() - mark.ms / 1000))
+        if mark.played_ms > self.heard_ms.get(rid, 0.0):
+            self.heard_ms[rid] = mark.played_ms
         return True
 
     # ------------------------------------------------------------ holding back
-    def pause(self) -> None:
-        """Stop sending (what is at the phone plays out); the queue keeps what it has and grows."""
+    async def hold(self) -> None:
+        """Silence the bot now and keep what was not heard: the phone is cleared, the chunks whose
+        marks had not come back return to the head of the queue (by the marks, not heard), and
+        nothing is sent until `resume()` (or `clear()`, which drops it all)."""
         self.paused = True
+        self.holds += 1
+        now = self.clock()
+        unheard = list(self._unheard)
+        for sent in unheard:
+            mark = self._marks.get(sent.name)
+            if mark is None:
+                continue
+            # sent again after the resume: the response's position goes back to this chunk's start
+            self.sent_ms[sent.response_id] = min(self.sent_ms.get(sent.response_id, 0.0), mark.played_ms - mark.ms)
+            # by our clock, this much of it had played already and will be heard twice
+            self.repeated_ms += min(max(0.0, (now - mark.starts_at) * 1000), mark.ms)
+        fb = self.frame_bytes
+        frames = [(s.audio[i:i + fb], s.response_id) for s in unheard for i in range(0, len(s.audio), fb)]
+        self._frames.extendleft(reversed(frames))
+        await self._silence_phone()
 
     def resume(self) -> None:
+        """Play on from where the hold left off."""
         self.paused = False
         self._wake.set()
 
@@ -206,10 +267,18 @@ class Playout:
     async def _send(self, audio: bytes, rid: str, frames: int) -> bool:
         gen = self.generation
         first = rid not in self.sent_ms
-        if not await self.phone.play(audio):
-            return False
+        self._seq += 1
+        name = f"{self.generation}:{self._seq}"
+        # Kept from before it is written: a hold while it is being written puts it back in the queue.
+        self._unheard.append(_Sent(self._seq, name, rid, audio))
+        self._writing = True
+        try:
+            if not await self.phone.play(audio):
+                return False
+        finally:
+            self._writing = False
         if gen != self.generation:
-            return True  # a clear overtook this chunk while it was being written: not heard
+            return True  # a clear or hold overtook this chunk while it was being written: not heard
         now = self.clock()
         self.frames_sent += frames
         self.chunks_sent += 1
@@ -220,9 +289,7 @@ class Playout:
         if self.on_frame is not None:
             self.on_frame(audio, starts_at)
         self.sent_ms[rid] = self.sent_ms.get(rid, 0.0) + ms
-        self._seq += 1
-        name = f"{self.generation}:{self._seq}"
-        self._marks[name] = _Mark(rid, self.sent_ms[rid])
+        self._marks[name] = _Mark(rid, self.sent_ms[rid], ms, starts_at, self._seq)
         if len(self._marks) > MAX_OUTSTANDING_MARKS:
             del self._marks[next(iter(self._marks))]
         if not await self.phone.mark(name):

@@ -211,7 +211,8 @@ class CallWebhooks:
                 "end_reason": f.get("end_reason"), "error": f.get("error"), "barge_ins": f.get("barge_ins", 0),
                 "turns": f.get("turns", 0),
                 "latencies": {"first_audio_ms": round((first - f["started_at"]) * 1000) if first else None,
-                              "turn_ms": [round(ms) for ms in summary.turn_latencies_ms]},
+                              "turn_ms": [round(ms) for ms in summary.turn_latencies_ms],
+                              "model_turn_ms": [round(ms) for ms in summary.model_latencies_ms]},
                 "recording_url": recording,
                 "transcript": [entry_json(e) for e in summary.transcript]}
 

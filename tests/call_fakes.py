@@ -56,6 +56,24 @@ class MemoryPhone:
     def kinds(self) -> list[str]:
         return [kind for _, kind, _ in self.sent]
 
+    def played(self, frame_bytes: int = 160) -> list[tuple[float, bytes]]:
+        """(start, frame) of every 20 ms frame that really played, as a phone buffer plays them: in
+        order from when they arrive, a clear dropping what had not started yet."""
+        out: list[tuple[float, bytes]] = []
+        queue: list[tuple[float, bytes]] = []  # (start, frame) scheduled, not yet known to play
+        until = 0.0
+        for t, kind, payload in self.sent:
+            out += [q for q in queue if q[0] < t]  # started before this moment: played (at least in part)
+            queue = [q for q in queue if q[0] >= t]
+            if kind == "clear":
+                queue, until = [], t
+            elif kind == "media":
+                for i in range(0, len(payload), frame_bytes):
+                    start = max(until, t)
+                    queue.append((start, payload[i:i + frame_bytes]))
+                    until = start + frame_bytes / 8000
+        return out + [q for q in queue if q[0] < self.now]
+
     # what the call uses
     async def events(self) -> AsyncIterator:
         while True:
@@ -97,6 +115,11 @@ class MemoryPhone:
             self._events.put_nowait(Stopped("closed"))
 
 
+def frame_number(frame: bytes) -> int:
+    """The number of a frame of a `numbered` reply."""
+    return frame[0] << 8 | frame[1]
+
+
 class MemoryModel(Provider):
     """A scripted model session: 8 kHz mu-law both ways (passthrough), truncation supported."""
 
@@ -122,18 +145,22 @@ class MemoryModel(Provider):
             self._queue.put_nowait(ev)
 
     def reply(self, ms: int, text: str = "Hello there, how can I help you today?", *, rid: str | None = None,
-              delta_ms: int = 200, done: bool = True) -> str:
-        """Stream a reply of `ms` of audio, 5x faster than real time like a real model."""
+              delta_ms: int = 200, done: bool = True, numbered: bool = False) -> str:
+        """Stream a reply of `ms` of audio, 5x faster than real time like a real model. `numbered`:
+        20 ms frame k is k as two bytes, repeated (`frame_number` reads it back: a test can tell
+        which audio played, in which order), else silence."""
         rid = rid or f"resp_{next(self._ids)}"
-        self._speaking = asyncio.create_task(self._speak(rid, ms, text, delta_ms, done))
+        self._speaking = asyncio.create_task(self._speak(rid, ms, text, delta_ms, done, numbered))
         return rid
 
-    async def _speak(self, rid: str, ms: int, text: str, delta_ms: int, done: bool) -> None:
+    async def _speak(self, rid: str, ms: int, text: str, delta_ms: int, done: bool, numbered: bool = False) -> None:
         self.emit(ResponseStarted(rid), OutputTranscript(rid, text))  # transcripts run ahead of audio
         status = "completed"
         try:
-            for _ in range(0, ms, delta_ms):
-                self.emit(AudioDelta(rid, f"item_{rid}", MULAW_SILENCE * (8 * delta_ms)))
+            for start in range(0, ms, delta_ms):
+                audio = b"".join(bytes([k >> 8, k & 0xFF]) * 80 for k in range(start // 20, (start + delta_ms) // 20)) \
+                    if numbered else MULAW_SILENCE * (8 * delta_ms)
+                self.emit(AudioDelta(rid, f"item_{rid}", audio))
                 await asyncio.sleep(delta_ms / 5000)
             self.emit(OutputTranscript(rid, text, final=True))
         except asyncio.CancelledError:

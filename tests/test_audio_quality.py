@@ -3,8 +3,9 @@
 reply's end, barge-in reset, and the latency each path adds.
 
 Phone -> model: 8 kHz up to 16 kHz (GLM wav/pcm16), 24 kHz (GLM pcm24, OpenAI pcm) and 48 kHz
-(echo bot at 48 kHz). Model -> phone: 24, 16 and 48 kHz down to 8 kHz. 8 -> 8 is passthrough.
-All fed in 20 ms frames, as the call does.
+(echo bot at 48 kHz); PCM phones (Vonage 16 kHz, Exotel 16/24 kHz) to the models' rates, by any
+ratio, through the same kind of low-latency filter. Model -> phone: 24, 16 and 48 kHz down to 8 kHz.
+8 -> 8 is passthrough. All fed in 20 ms frames, as the call does.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ from tests.audio_check import (added_latency_ms, db, dominant_hz, max_discontinu
                                samples, tone_fit)
 
 INBOUND = [(8000, 16000), (8000, 24000), (8000, 48000)]
+PCM_INBOUND = [(16000, 8000), (24000, 8000), (24000, 16000), (16000, 24000)]  # PCM phones -> a model
 OUTBOUND = [(24000, 8000), (16000, 8000), (48000, 8000)]
-PATHS = INBOUND + OUTBOUND + [(8000, 8000)]
+PATHS = INBOUND + PCM_INBOUND + OUTBOUND + [(8000, 8000)]
 AMP = 8000  # -12 dBFS: speech level, far from clipping
-LATENCY = [(s, d, 2.5) for s, d in INBOUND] + [(s, d, 70) for s, d in OUTBOUND] + [(8000, 8000, 0)]
+LATENCY = [(s, d, 2.5) for s, d in INBOUND] + [(s, d, 4) for s, d in PCM_INBOUND] + \
+    [(s, d, 70) for s, d in OUTBOUND] + [(8000, 8000, 0)]
+
+
+def resampler(src: int, dst: int) -> Resampler:
+    """The one the call uses on this path: caller -> model low-latency, model -> phone soxr."""
+    return Resampler(src, dst, low_latency=(src, dst) in PCM_INBOUND)
 BAND = [300, 500, 1000, 2000, 3000, 3400]
 
 
@@ -33,7 +41,7 @@ def ids(paths) -> list[str]:
 
 def stream(src: int, dst: int, pcm: bytes, block: int | None = None) -> np.ndarray:
     """The whole output of one stream fed in `block`-byte pieces (20 ms by default), tail included."""
-    r = Resampler(src, dst)
+    r = resampler(src, dst)
     block = block or 2 * src // 50
     out = b"".join(r.process(pcm[i:i + block]) for i in range(0, len(pcm), block)) + r.flush()
     return samples(out)
@@ -50,7 +58,10 @@ def test_passband_is_flat_to_3400_hz(src, dst):
     assert all(abs(level) <= 1.0 for level in levels.values()), levels
 
 
-@pytest.mark.parametrize("src,dst", OUTBOUND, ids=ids(OUTBOUND))
+TO_8K = OUTBOUND + [p for p in PCM_INBOUND if p[1] == 8000]
+
+
+@pytest.mark.parametrize("src,dst", TO_8K, ids=ids(TO_8K))
 def test_downsampling_rejects_aliases(src, dst):
     """Everything above 4.6 kHz would fold into the phone band (4.6 kHz -> 3.4 kHz); none may
     come out louder than -60 dB. Plain ratecv passes these at about 0 dB."""
@@ -59,7 +70,10 @@ def test_downsampling_rejects_aliases(src, dst):
         assert db(rms_as_peak(out), AMP) <= -60, hz
 
 
-@pytest.mark.parametrize("src,dst", INBOUND, ids=ids(INBOUND))
+UP = INBOUND + [p for p in PCM_INBOUND if p[1] > p[0]]
+
+
+@pytest.mark.parametrize("src,dst", UP, ids=ids(UP))
 def test_upsampling_rejects_images(src, dst):
     """Upsampling mirrors the band around 8 kHz (3.4 kHz -> 4.6 kHz, 11.4 kHz, ...): everything
     in the output but the tone itself stays below -60 dB."""
@@ -84,7 +98,7 @@ def test_frame_joins_are_seamless(src, dst):
     rng = random.Random(src + dst)
     for cut in (2 * 37, 2 * 161, None):
         if cut is None:
-            r, out, at = Resampler(src, dst), [], 0
+            r, out, at = resampler(src, dst), [], 0
             while at < len(pcm):
                 step = 2 * rng.randint(1, src // 25)
                 out.append(r.process(pcm[at:at + step]))
@@ -106,7 +120,7 @@ def test_no_clicks_in_20_ms_frames(src, dst):
 def test_added_latency_per_path(src, dst, most_ms):
     """Phone -> model: the caller waits for it on every reply, so (almost) none. Model -> phone:
     hidden behind Playout's pacing (models send faster than real time), so soxr may hold back."""
-    ms = added_latency_ms(Resampler(src, dst), src, dst)
+    ms = added_latency_ms(resampler(src, dst), src, dst)
     assert -0.1 <= ms <= most_ms
 
 
@@ -114,7 +128,7 @@ def test_added_latency_per_path(src, dst, most_ms):
 def test_flush_delivers_the_last_syllable(src, dst):
     """A 200 ms reply fed in 20 ms frames: flush hands on what the filter still holds, so the
     end of the reply comes out at full level; then the resampler starts from clean state."""
-    r = Resampler(src, dst)
+    r = resampler(src, dst)
     reply = tone(1000, 0.2, src, AMP)
     body = b"".join(r.process(reply[i:i + 2 * src // 50]) for i in range(0, len(reply), 2 * src // 50))
     out = samples(body + r.flush())
@@ -128,18 +142,18 @@ def test_flush_delivers_the_last_syllable(src, dst):
 def test_reset_forgets_the_cut_reply(src, dst):
     """Barge-in: after reset, silence comes out as silence (no ring-out of the cut reply), and
     the next reply comes out exactly as from a fresh resampler."""
-    r = Resampler(src, dst)
+    r = resampler(src, dst)
     r.process(tone(1000, 0.1, src, AMP))
     r.reset()
     assert not samples(r.process(b"\x00\x00" * (src // 10))).any()
     r.reset()
-    nxt, fresh = tone(500, 0.1, src, AMP), Resampler(src, dst)
+    nxt, fresh = tone(500, 0.1, src, AMP), resampler(src, dst)
     assert r.process(nxt) + r.flush() == fresh.process(nxt) + fresh.flush()
 
 
 @pytest.mark.parametrize("src,dst", PATHS, ids=ids(PATHS))
 def test_silence_stays_silent(src, dst):
-    assert not samples(Resampler(src, dst).process(b"\x00\x00" * (src // 2))).any()
+    assert not samples(resampler(src, dst).process(b"\x00\x00" * (src // 2))).any()
 
 
 def test_phone_simulator_reads_a_wav_to_its_last_sample(tmp_path):
@@ -180,26 +194,24 @@ def test_the_call_bridge_delivers_a_whole_reply_and_drops_a_cut_one():
     assert not ulaw_samples(b"".join(bridge.to_phone(bytes(4800)) + bridge.end_of_reply())).any()
 
 
-def test_the_call_bridge_converts_caller_audio_a_whole_model_append_at_a_time():
-    """A model that takes 100 ms appends (GLM) gets caller audio decoded and upsampled one
-    append at a time: nothing for the first four 20 ms frames, then the whole 100 ms, and the
-    signal is the same as converting frame by frame (the filter's state carries across)."""
+def test_the_call_bridge_converts_any_batch_the_same_as_frame_by_frame():
+    """The Uplink hands the bridge batches of any length (100 ms in quiet stretches, one frame
+    around speech): the signal the model gets is the same as converting frame by frame (the
+    filter's state carries across)."""
     from gateway.audio import pcm16_to_ulaw
     from gateway.call.audio_bridge import AudioBridge
     from gateway.providers.base import Capabilities
-    from gateway.config import Persona, PersonaAudio
-    from gateway.logs import CallLogger
-    from gateway.providers.glm import GlmProviderConfig, GlmRealtime
 
-    glm = GlmRealtime(Persona(provider="glm", audio=PersonaAudio("wav", "pcm")), GlmProviderConfig(),
-                      CallLogger(logging.getLogger("test")))
-    assert glm.capabilities.input_block_ms == 100
+    caps = Capabilities("pcm16", 16000, "pcm16", 24000)
     caller = pcm16_to_ulaw(tone(1000, 0.4, 8000, AMP))
     frames = [caller[i:i + 160] for i in range(0, len(caller), 160)]
-    blocked = AudioBridge(glm.capabilities)
-    out = [blocked.to_model(f) for f in frames]
-    assert [len(o) for o in out[:5]] == [0, 0, 0, 0, 3200] and sum(map(len, out)) == 4 * 3200
-    per_frame = AudioBridge(Capabilities("pcm16", 16000, "pcm16", 24000))
+    batched = AudioBridge(caps)
+    sizes = [5, 1, 1, 3, 5, 5]  # frames per batch, 20 frames in all
+    out, i = [], 0
+    for n in sizes:
+        out.append(batched.to_model(b"".join(frames[i:i + n])))
+        i += n
+    assert [len(o) for o in out] == [n * 640 for n in sizes]
+    per_frame = AudioBridge(caps)
     a = np.frombuffer(b"".join(out), "<i2").astype(int)
     b = np.frombuffer(b"".join(per_frame.to_model(f) for f in frames), "<i2").astype(int)
-    assert len(a) == len(b) and np.abs(a - b).max() <= 1  # float rounding at most

@@ -67,10 +67,11 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
     port = proc.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
     env["GATEWAY_DATABASE_URL"] = f"sqlite:///{tmp_path}/calls.db"  # the repo's config, a throwaway call log
+    env["GATEWAY_OPERATOR_TOKEN"] = "t" * 32
     server = proc.serve(port, env)
     try:
         said = tmp_path / "said.wav"
-        write_ulaw_as_wav(said, ulaw_tone(440, 1.0))
+        write_ulaw_as_wav(said, ulaw_tone(440, 1.0) + b"\xff" * 4000)  # speech, then half a second of silence
         out = tmp_path / "heard.wav"
         call = subprocess.run([sys.executable, "-m", "gateway", "call", "--url", f"http://127.0.0.1:{port}",
                                "--to", "+19999999999", "--wav", str(said), "--out", str(out), "--wait", "1",
@@ -81,6 +82,23 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
         assert summary["bot"] == "echo"  # default bot has no key -> fallback
         assert summary["protocol_violations"] == 0 and summary["marks_echoed"] > 0
         assert summary["reply_latency_ms"] and summary["reply_latency_ms"][0] < 1500
+        # The latency the caller lived through, three ways, agree within one 100 ms chunk: the phone's
+        # own (its last voiced frame -> the reply playing), the record, and the dashboard's API.
+        # The echo bot's VAD waits its silence_ms (600) before replaying, so it is at least that.
+        (felt,) = summary["reply_latency_ms"]
+        assert 600 <= felt < 1000
+        import urllib.request
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/calls/{summary['call_id']}",
+                                     headers={"Authorization": "Bearer " + "t" * 32})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            timeline = json.loads(resp.read())["timeline"]
+        api = [e["latency_ms"] for e in timeline if e["kind"] == "bot" and e.get("latency_ms") is not None]
+        assert len(api) == 1 and abs(api[0] - felt) <= 100, (api, felt)
+        model = [e["model_latency_ms"] for e in timeline if e["kind"] == "bot" and e.get("model_latency_ms") is not None]
+        assert model and model[0] < api[0]  # the model's own figure starts at its VAD's decision
+        shown = subprocess.run([sys.executable, "-m", "gateway", "calls", "show", summary["call_id"]], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=30)
+        assert f"(reply latency {api[0]} ms; model {model[0]} ms)" in shown.stdout, shown.stdout
         with wave.open(str(out)) as w:
             assert w.getframerate() == 8000
             heard = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float)

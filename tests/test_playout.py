@@ -135,3 +135,77 @@ async def test_a_reply_after_a_clear_goes_out_at_once_not_after_the_cut_replys_l
         await asyncio.sleep(0)
     assert sink.sent[before:before + 1] == [("media", 800)]
     task.cancel()
+
+
+class KeepingSink(Sink):
+    """Keeps the audio too, and can hold a write open (a chunk being written when a hold comes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.audio: list[bytes] = []
+        self.gate: asyncio.Event | None = None
+
+    async def play(self, audio):
+        if self.gate is not None:
+            await self.gate.wait()
+        self.audio.append(audio)
+        return await super().play(audio)
+
+
+def numbered(n: int) -> list[bytes]:
+    return [bytes([k]) * 160 for k in range(n)]
+
+
+async def test_hold_clears_now_and_resume_plays_on_from_the_last_heard_mark():
+    sink = KeepingSink()
+    p = Playout(sink, lead_ms=1000, chunk_ms=40)
+    p.enqueue(numbered(10), "r1")
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.05)
+    marks = [n for kind, n in sink.sent if kind == "mark"]
+    assert len(marks) == 5  # chunks of two frames
+    p.on_mark(marks[0])  # the first chunk played; the rest is at the phone, unheard
+    await p.hold()
+    assert sink.sent[-1] == ("clear", None) and p.paused and p.sent_ms["r1"] == 40
+    assert p.queued_ms == 160  # frames 2..9 back in the queue, in order
+    for name in marks[1:]:  # echoed by the clear: not heard
+        assert not p.on_mark(name)
+    sent = len(sink.audio)
+    await asyncio.sleep(0.05)
+    assert len(sink.audio) == sent, "nothing goes out while held"
+    p.resume()
+    await asyncio.sleep(0.05)
+    again = b"".join(sink.audio[sent:])
+    assert again == b"".join(numbered(10)[2:]) and p.sent_ms["r1"] == 200
+    assert p.holds == 1 and p.clears == 1
+    task.cancel()
+
+
+async def test_a_chunk_being_written_when_the_hold_comes_is_kept_not_lost():
+    sink = KeepingSink()
+    p = Playout(sink, lead_ms=1000, chunk_ms=20)
+    p.enqueue(numbered(3), "r1")
+    sink.gate = asyncio.Event()
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.01)  # frame 0 is being written
+    await p.hold()
+    assert ("clear", None) in sink.sent  # the phone may be getting it: cleared
+    sink.gate.set()
+    await asyncio.sleep(0.01)
+    p.resume()
+    await asyncio.sleep(0.05)
+    assert [a[0] for a in sink.audio] == [0, 0, 1, 2]  # written once into the clear, then again in order
+    task.cancel()
+
+
+async def test_a_confirmed_interruption_after_a_hold_needs_no_second_clear():
+    sink = KeepingSink()
+    p = Playout(sink, lead_ms=1000, chunk_ms=20)
+    p.enqueue(numbered(5), "r1")
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.05)
+    await p.hold()
+    cut = await p.clear()
+    assert cut == {"r1": 0.0} and [k for k, _ in sink.sent].count("clear") == 1
+    assert not p.busy() and not p.paused
+    task.cancel()

@@ -51,32 +51,22 @@ class AudioBridge:
         self.caps = caps
         self.phone = phone
         # Phone and model audio as PCM16 at their rates (None: a format no resampling touches).
-        self._in = Resampler(phone.rate, caps.input_rate) if caps.input_format == "pcm16" or phone.pcm else None
+        self._in = Resampler(phone.rate, caps.input_rate, low_latency=True) \
+            if caps.input_format == "pcm16" or phone.pcm else None
         self._out = Resampler(caps.output_rate, phone.rate) if caps.output_format == "pcm16" or phone.pcm else None
         # to 8 kHz for the recording and the barge-in check: one filter per direction (each a stream)
         self._rec = {side: Resampler(phone.rate, PHONE_RATE) for side in ("caller", "bot")} \
             if phone.pcm and phone.rate != PHONE_RATE else None
         self._framer = Framer(phone.frame_bytes, phone.silence[:1])
-        # Where the model takes appends of a fixed length, caller audio is decoded and resampled a
-        # whole append at a time (the model hears nothing sooner either way; numpy's per-call cost
-        # is most of the resampler's): b"" until the block is complete.
-        self._in_block = int(phone.bytes_per_ms * caps.input_block_ms) if self._in is not None else 0
-        self._in_pending = bytearray()
 
     def _phone_pcm(self, audio: bytes) -> bytes:
         return audio if self.phone.pcm else ulaw_to_pcm16(audio)
 
     def to_model(self, audio: bytes) -> bytes:
-        """Caller audio in the model's input format (b"" while a block is being gathered)."""
+        """Caller audio (one append's worth: the Uplink converts whole batches, one resampler pass
+        per append rather than per frame) in the model's input format."""
         if self._in is None:
             return audio  # mu-law both sides
-        if self._in_block:
-            pending = self._in_pending
-            pending += audio
-            if len(pending) < self._in_block:
-                return b""
-            audio = bytes(pending)
-            pending.clear()
         pcm = self._in.process(self._phone_pcm(audio))
         return pcm if self.caps.input_format == "pcm16" else pcm16_to_ulaw(pcm)
 

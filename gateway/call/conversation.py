@@ -75,6 +75,10 @@ class BotTurn:
     interrupted: bool = False
     heard_ms: float | None = None
     first_audio_at: float | None = None
+    # The turn's latency: where the caller's speech it answers ended (their last voiced frame), and
+    # the model's own figure (its speech_stopped -> our first audio sent), set with first_audio_at.
+    voice_end_at: float | None = None
+    model_latency_ms: float | None = None
     done: bool = False
     line: BotLine | None = None  # its transcript line, once finished
 
@@ -105,7 +109,8 @@ class Conversation:
     t0: float
     transcript: list[TranscriptEntry] = field(default_factory=list)
     caller_speaking: bool = False
-    speech_stopped_at: float | None = None  # end of the caller's last utterance (turn latency)
+    speech_stopped_at: float | None = None  # the model's end of the caller's last utterance (its VAD)
+    voice_end_at: float | None = None  # and by our own measure: the caller's last voiced frame
     active_response: str | None = None
     _turns: dict[str, BotTurn] = field(default_factory=dict)
     _cancelled: set[str] = field(default_factory=set)
@@ -128,9 +133,19 @@ class Conversation:
     def speech_started(self) -> None:
         self.caller_speaking = True
 
-    def speech_stopped(self) -> None:
+    def speech_stopped(self, voice_end_at: float | None = None) -> None:
         self.caller_speaking = False
         self.speech_stopped_at = self.clock()
+        self.voice_end_at = voice_end_at
+
+    def reply_started(self, turn: BotTurn, at: float) -> None:
+        """A reply's first audio went to the phone: it answers the caller's last utterance, if one
+        is still unanswered (a greeting or a second reply in a row answers none)."""
+        turn.first_audio_at = at
+        if self.speech_stopped_at is not None:
+            turn.model_latency_ms = round((at - self.speech_stopped_at) * 1000, 1)
+            turn.voice_end_at = self.voice_end_at
+            self.speech_stopped_at = self.voice_end_at = None
 
     # -------------------------------------------------------------- bot side
     def turn(self, response_id: str) -> BotTurn:

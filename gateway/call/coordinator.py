@@ -28,7 +28,6 @@ from typing import Callable, Sequence
 
 import aiohttp
 
-from ..audio import audioop
 from ..calllog import RecordWriter, NullRecordWriter
 from ..config import Config, Persona
 from ..logs import CallLogger
@@ -45,6 +44,7 @@ from .journal import CallObserver, CallSummary, Journal
 from .limits import CallLimits
 from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
 from .tools import ToolRunner
+from .uplink import Uplink
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
@@ -62,20 +62,29 @@ def interrupts(transcript: str) -> bool:
     return bool(words) and not (len(words) <= 2 and all(w in BACKCHANNELS for w in words))
 
 
+# A held reply comes back only after the caller has been quiet this long (by our energy measure):
+# never into the caller's own pause between two bursts of words.
+RESUME_QUIET_MS = 300
+# A new possible interruption this soon after one was dismissed continues its count of voiced
+# ms: a caller talking in short bursts (each under min_speech_ms) is interrupting.
+BURST_WINDOW_S = 2.0
+
+
 @dataclass
 class BargeInCheck:
     """The caller started talking over the bot (policy confirm): is it a real interruption? Counted
-    in 20 ms phone frames whose energy says speech (cheap: runs only while a check is pending)."""
-    threshold: int
+    in 20 ms phone frames that the Uplink's energy measure calls voiced. "Interruption" as soon as
+    there is `min_speech_ms` of it; "not one" only once `confirm_ms` has passed and the caller has
+    been quiet for RESUME_QUIET_MS (the `timer` is for whichever of those is due next)."""
     min_speech_ms: int
     since: float
-    deadline: asyncio.Task
+    timer: asyncio.TimerHandle
     voiced_ms: int = 0
 
-    def hear(self, ulaw: bytes) -> bool:
+    def hear(self, voiced: bool, frame_ms: int = 20) -> bool:
         """One caller frame; True once there has been enough speech to call it an interruption."""
-        if audioop.rms(audioop.ulaw2lin(ulaw, 2), 2) >= self.threshold:
-            self.voiced_ms += len(ulaw) // 8
+        if voiced:
+            self.voiced_ms += frame_ms
         return self.voiced_ms >= self.min_speech_ms
 
 
@@ -127,12 +136,15 @@ class Call:
         self.playout = Playout(phone, config.audio.playout_lead_ms, chunk_ms=config.audio.chunk_ms, clock=clock,
                                bytes_per_ms=fmt.bytes_per_ms,
                                min_chunk_frames=-(-getattr(phone, "min_chunk_bytes", 0) // fmt.frame_bytes) or 1,
-                               on_first_audio=self._first_audio,
+                               on_first_audio=self._first_audio, on_first_heard=self._first_heard,
                                on_frame=self._record_bot if recording is not None else None)
         self.hold = HoldSound(self.audio.phone_sound(hold_sound), persona.hold.after_ms, self.playout, self.journal,
                               clock, frame_bytes=fmt.frame_bytes)
         self.model = ModelLink(session, new_session=new_session, context=self.conversation.context,
                                quiet=self.quiet, limits=config.limits, journal=self.journal, clock=clock)
+        caps = session.capabilities
+        self.uplink = Uplink(self.audio, self.model, threshold=persona.barge_in.threshold,
+                             block_ms=caps.input_block_ms, vad_silence_ms=caps.vad_silence_ms, clock=clock)
         self.actions = PhoneActions(phone=phone, playout=self.playout, conversation=self.conversation,
                                     model=self.model, journal=self.journal, persona=persona, started=started,
                                     control=control, hold=self.hold, clock=clock)
@@ -146,6 +158,7 @@ class Call:
                                  started_at=self._t0, clock=clock)
         self._model_errors = 0
         self._barge_check: BargeInCheck | None = None  # a barge-in waiting to be confirmed (policy confirm)
+        self._dismissed: tuple[float, int] | None = None  # the last check found "not one": when, voiced ms
         self._speech_from: float | None = None  # when the caller's current speech began (offset, s)
 
     # ------------------------------------------------------------------ public surface
@@ -225,7 +238,7 @@ class Call:
         self.summary.end_reason = reason
         self.hold.stop()
         if self._barge_check is not None:
-            self._barge_check.deadline.cancel()
+            self._barge_check.timer.cancel()
         self.summary.sessions = self.model.sessions
         await self.tools.close()
         await self.model.close_session()
@@ -255,14 +268,10 @@ class Call:
     async def _phone_loop(self) -> str:
         async for ev in self.phone.events():
             if isinstance(ev, Audio):
-                # 8 kHz mu-law for the recording and the barge-in check, only when one wants it (on a
-                # PCM phone it costs a resample; on a mu-law phone it is the phone's own bytes)
-                ulaw = self.audio.to_ulaw8k(ev.payload) \
-                    if self.recording is not None or self._barge_check is not None else b""
-                if self.recording is not None:
-                    self.recording.caller(ulaw)
-                await self.model.send_audio(self.audio.to_model(ev.payload))
-                if self._barge_check is not None and self._barge_check.hear(ulaw):
+                if self.recording is not None:  # 8 kHz mu-law (on a mu-law phone: its own bytes)
+                    self.recording.caller(self.audio.to_ulaw8k(ev.payload))
+                voiced = await self.uplink.frame(ev.payload)
+                if self._barge_check is not None and self._barge_check.hear(voiced):
                     await self._confirm_barge_in("speech")
             elif isinstance(ev, MarkPlayed):
                 self.playout.on_mark(ev.name)
@@ -296,7 +305,7 @@ class Call:
                 self._speech_from = self.conversation.offset()
                 await self._caller_started_speaking()
             elif isinstance(ev, SpeechStopped):
-                self.conversation.speech_stopped()
+                self.conversation.speech_stopped(self.uplink.last_voiced_at)
                 self.journal.log.debug("caller_speech_stopped")
                 if self._speech_from is not None:  # a caller speech segment, for the call's timeline
                     ms = round((self.conversation.offset() - self._speech_from) * 1000)
@@ -372,15 +381,23 @@ class Call:
             return  # not the bot's answer: no latency, no first audio
         turn = self.conversation.find_turn(response_id)
         if turn is not None:
-            turn.first_audio_at = at
+            self.conversation.reply_started(turn, at)
         if self.playout.chunks_sent <= 1:  # the call's first bot audio (usually the greeting)
             self.journal.update(first_audio_at=self._started_wall + (at - self._t0))
-        stopped = self.conversation.speech_stopped_at
-        if stopped is not None:
-            self.conversation.speech_stopped_at = None
-            latency = round((at - stopped) * 1000, 1)
-            self.summary.turn_latencies_ms.append(latency)
-            self.journal.event("latency", log_as="turn_latency", response=response_id, ms=round(latency))
+
+    def _first_heard(self, response_id: str, played_at: float) -> None:
+        """A reply's first audio has played at the phone (its mark came back): the turn latency
+        the caller lived through, from the last voiced frame of what they said to this moment."""
+        turn = self.conversation.find_turn(response_id) if response_id != HOLD else None
+        if turn is None or turn.voice_end_at is None:
+            return  # the hold sound, a greeting, or a reply that answers no caller speech
+        latency = round((played_at - turn.voice_end_at) * 1000, 1)
+        self.summary.turn_latencies_ms.append(latency)
+        model = turn.model_latency_ms
+        if model is not None:
+            self.summary.model_latencies_ms.append(model)
+        self.journal.event("latency", log_as="turn_latency", at=played_at - self._t0, response=response_id,
+                           ms=round(latency), model_ms=round(model) if model is not None else None)
 
     # ------------------------------------------------------------------ barge-in
     async def _caller_started_speaking(self) -> None:
@@ -395,21 +412,39 @@ class Call:
         if policy.policy == "immediate":
             await self._barge_in(by="caller")
         elif self._barge_check is None:
-            self.playout.pause()  # not one more frame until we know it is an interruption
-            self._barge_check = BargeInCheck(policy.threshold, policy.min_speech_ms, self.clock(),
-                                             asyncio.create_task(self._barge_in_deadline(policy.confirm_ms / 1000)))
-            self.journal.log.debug("barge_in_pending")
+            # Silent now, the unheard audio kept: if this is a cough, the reply resumes where it was heard.
+            now = self.clock()
+            carried = self._dismissed[1] if self._dismissed and now - self._dismissed[0] < BURST_WINDOW_S else 0
+            check = self._barge_check = BargeInCheck(
+                policy.min_speech_ms, now, asyncio.get_running_loop().call_later(policy.confirm_ms / 1000,
+                                                                                 self._barge_in_expired),
+                voiced_ms=carried)
+            await self.playout.hold()
+            if self.recording is not None:
+                self.recording.cut_bot(now)
+            self.journal.log.debug("barge_in_pending", carried_ms=carried or None)
+            if check.voiced_ms >= policy.min_speech_ms:  # another burst of a caller who keeps talking
+                await self._confirm_barge_in("bursts")
 
-    async def _barge_in_deadline(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        self._dismiss_barge_in("not confirmed in time")
+    def _barge_in_expired(self) -> None:
+        """confirm_ms passed without enough speech: not an interruption, once the caller is quiet
+        (never resume into the caller's own pause)."""
+        check = self._barge_check
+        if check is None:
+            return
+        last = self.uplink.last_voiced_at
+        wait = 0.0 if last is None else RESUME_QUIET_MS / 1000 - (self.clock() - last)
+        if wait > 0.001:  # (a timer due at exactly that moment may fire a hair early)
+            check.timer = asyncio.get_running_loop().call_later(wait, self._barge_in_expired)
+        else:
+            self._dismiss_barge_in("not confirmed in time")
 
     async def _confirm_barge_in(self, how: str) -> None:
         check, self._barge_check = self._barge_check, None
         if check is None:
             return
-        check.deadline.cancel()
-        self.playout.resume()  # the clear below empties it
+        check.timer.cancel()
+        self._dismissed = None
         await self._barge_in(by="caller", confirmed_by=how, after_ms=round((self.clock() - check.since) * 1000))
 
     def _dismiss_barge_in(self, why: str) -> None:
@@ -417,7 +452,8 @@ class Call:
         check, self._barge_check = self._barge_check, None
         if check is None:
             return
-        check.deadline.cancel()
+        check.timer.cancel()
+        self._dismissed = (self.clock(), check.voiced_ms)
         self.playout.resume()
         self.journal.event("barge_in_ignored", why=why, voiced_ms=check.voiced_ms,
                            paused_ms=round((self.clock() - check.since) * 1000))
@@ -429,6 +465,9 @@ class Call:
 
     async def _barge_in(self, by: str, **why) -> None:
         """Clear first (the caller is talking over us), then cancel, then cut what was not heard."""
+        if self._barge_check is not None:  # decided now (a confirmed interruption, or the keypad)
+            self._barge_check.timer.cancel()
+            self._barge_check = None
         cut = await self.playout.clear()
         cut.pop(HOLD, None)
         if self.recording is not None:

@@ -29,7 +29,10 @@ class CallSummary:
     end_reason: str = ""
     transcript: list[TranscriptEntry] = field(default_factory=list)
     barge_ins: int = 0
+    # Per answered turn: the caller's last voiced frame -> the reply's first audio played at the phone
+    # (what the caller lived through), and the model's own figure (its speech_stopped -> first audio sent).
     turn_latencies_ms: list[float] = field(default_factory=list)
+    model_latencies_ms: list[float] = field(default_factory=list)
     sessions: int = 1  # model sessions used (more than one after a renewal)
     input_tokens: int = 0
     output_tokens: int = 0
@@ -54,10 +57,12 @@ class Journal:
         self.offset = offset
         self.observers = tuple(observers)
 
-    def event(self, kind: str, *, level: str = "info", log_as: str | None = None, **fields: Any) -> None:
-        """One moment of the call: a log line (`log_as` or `kind`) and a timeline event."""
+    def event(self, kind: str, *, level: str = "info", log_as: str | None = None, at: float | None = None,
+              **fields: Any) -> None:
+        """One moment of the call: a log line (`log_as` or `kind`) and a timeline event (at offset
+        `at`, default now)."""
         getattr(self.log, level)(log_as or kind, **fields)
-        self.record.event(kind, self.offset(), **fields)
+        self.record.event(kind, self.offset() if at is None else round(at, 3), **fields)
         self._tell("event", kind, fields)
 
     def line(self, entry: TranscriptEntry, *, status: str = "", generated_ms: float | None = None) -> None:

@@ -62,7 +62,12 @@ class ModelLink:
         self._limits = limits
         self._journal = journal
         self._clock = clock
-        self._buffer: deque[bytes] = deque(maxlen=PREREADY_BUFFER_MS // 20)  # one 20 ms frame each
+        # Caller audio (model format) while no session is ready, bounded by bytes.
+        caps = first.capabilities
+        self._buffer_limit = int(caps.input_rate * (2 if caps.input_format == "pcm16" else 1) * PREREADY_BUFFER_MS / 1000)
+        self._buffer_append = max(1, self._buffer_limit * max(caps.input_block_ms, 100) // PREREADY_BUFFER_MS)
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
         self._swap = asyncio.Lock()
         self._session_started = clock()
         self._quick_deaths = 0
@@ -76,19 +81,21 @@ class ModelLink:
     async def send_audio(self, audio: bytes) -> None:
         if self.ready:
             await self.session.send_audio(audio)
-        else:
-            self._buffer.append(audio)
-
-    def _hand_over(self, old: Provider) -> None:
-        """Caller audio the old session held back for its next append goes to the next one first."""
-        pending = old.take_pending_audio()
-        if pending:
-            self._buffer.appendleft(pending)
+            return
+        self._buffer.append(audio)
+        self._buffered += len(audio)
+        while self._buffered > self._buffer_limit and len(self._buffer) > 1:  # the oldest audio gives way
+            self._buffered -= len(self._buffer.popleft())
 
     async def _now_ready(self) -> None:
+        """Send what was buffered (in appends of the usual size, not one per frame), then go live."""
         self._session_started = self._clock()
         while self._buffer:  # audio arriving while this flushes joins the buffer, keeping order
-            await self.session.send_audio(self._buffer.popleft())
+            audio = b"".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            for i in range(0, len(audio), self._buffer_append):
+                await self.session.send_audio(audio[i:i + self._buffer_append])
         self.ready = True
 
     # -------------------------------------------------------------- intents
@@ -162,7 +169,6 @@ class ModelLink:
                     log.error("model_reconnect_gave_up", why=why, reason="keeps failing", drops=self._quick_deaths)
                     return False
                 self.ready = False
-                self._hand_over(old)
                 await self.close_session(old)
             t0 = self._clock()
             context = self._context()
@@ -187,8 +193,6 @@ class ModelLink:
                 log.error("model_reconnect_gave_up", why=why, attempts=len(delays))
                 return False
             self.session = new
-            if failed is None:
-                self._hand_over(old)
             await self._now_ready()
             if failed is None:  # shielded: a call ending right now must still close it fully
                 await asyncio.shield(self.close_session(old))

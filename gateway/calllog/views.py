@@ -43,24 +43,27 @@ def call_json(row: dict) -> dict:
 
 def transcript(events: list[dict]) -> list[dict]:
     """The call's timeline as an operator reads it: caller and bot lines (bot lines with what was
-    heard, amended by later cuts, their reply latency and `audio_t`, when their first audio went to
-    the phone), caller speech segments (`speech`: start and `ms`), DTMF, barge-ins, tools, errors."""
+    heard, amended by later cuts, their reply latency as the caller lived it (`latency_ms`: their
+    last voiced frame -> this reply playing at the phone), the model's own figure (`model_latency_ms`:
+    its speech_stopped -> our first audio sent) and `audio_t`, when the reply began to play), caller
+    speech segments (`speech`: start and `ms`), DTMF, barge-ins, tools, errors."""
     out: list[dict] = []
     bots: dict[str, dict] = {}
-    latency: dict[str, float] = {}
+    latency: dict[str, dict] = {}
     for e in events:
         kind = e["kind"]
-        if kind == "latency":  # recorded when the reply's first audio went to the phone
-            latency[e.get("response", "")] = (e.get("ms"), e["t"])
+        if kind == "latency":  # recorded at the moment the reply began to play (by its mark)
+            fields = latency[e.get("response", "")] = dict(latency_ms=e.get("ms"), model_latency_ms=e.get("model_ms"),
+                                                          audio_t=e["t"])
             if e.get("response") in bots:
-                bots[e["response"]].update(latency_ms=e.get("ms"), audio_t=e["t"])
+                bots[e["response"]].update(fields)
             continue
         if kind == "bot_cut" and e.get("response") in bots:
             bots[e["response"]].update(interrupted=True, heard=e.get("heard", ""), heard_ms=e.get("heard_ms"))
             continue
         line = {k: v for k, v in e.items() if k != "seq"}
         if kind == "bot":
-            line["latency_ms"], line["audio_t"] = latency.get(e.get("response", ""), (None, None))
+            line.update(latency.get(e.get("response", ""), dict(latency_ms=None, model_latency_ms=None, audio_t=None)))
             bots[e.get("response", "")] = line
         out.append(line)
     # In order of when things happened (a bot line is written when its reply ends but belongs

@@ -22,9 +22,12 @@ class Capabilities:
     truncate: bool = False  # can shorten a reply in the model's memory to what was heard
     # The service ends a session after about this long; the call moves to a fresh one before.
     max_session_seconds: float | None = None
-    # Caller audio goes to the service in appends of this many ms (0: as it comes): the call's
-    # AudioBridge then converts whole blocks, one resampler pass per append instead of per frame.
+    # Caller audio goes to the service in appends of this many ms in steady stretches (0: every
+    # frame as it comes); around speech the call's Uplink sends frames at once (call/uplink.py).
     input_block_ms: int = 0
+    # How long the service's VAD waits in silence before it ends the caller's turn: after speech
+    # the Uplink sends every frame at once for this long, so that clock runs in real time.
+    vad_silence_ms: int = 800
 
     @property
     def passthrough(self) -> bool:
@@ -174,11 +177,8 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def send_audio(self, audio: bytes) -> None:
-        """Caller audio in `capabilities.input_format` at `capabilities.input_rate`."""
-
-    def take_pending_audio(self) -> bytes:
-        """Caller audio held for the next append (batching), handed over to a session's successor."""
-        return b""
+        """Caller audio in `capabilities.input_format` at `capabilities.input_rate`, sent as one
+        append (the call decides the batching: call/uplink.py)."""
 
     @abc.abstractmethod
     async def cancel_response(self, response_id: str) -> None:

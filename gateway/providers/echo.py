@@ -33,9 +33,9 @@ class EchoProvider(Provider):
         self.log = log
         rate = rate or persona.audio.output_rate
         self.rate = rate
-        self.capabilities = Capabilities(input_format="pcm16", input_rate=rate,
-                                         output_format="pcm16", output_rate=rate)
         td = persona.turn_detection
+        self.capabilities = Capabilities(input_format="pcm16", input_rate=rate, output_format="pcm16",
+                                         output_rate=rate, vad_silence_ms=td.silence_ms)
         self._vad = EnergyVAD(rate, threshold=td.threshold, stop_ms=td.silence_ms)
         self._queue: asyncio.Queue = asyncio.Queue()
         self._utterance = bytearray()

@@ -33,6 +33,8 @@ from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderConnectE
 from .wsbase import JsonWsProvider
 
 APPEND_MS = 100
+# GLM's server VAD ends a turn after ~0.8 s of trailing silence (docs/protocols.md); it has no setting.
+VAD_SILENCE_MS = 800
 # Errors after which the session cannot continue. Everything else is logged and survived.
 FATAL_CODES = {"1113", "1000", "1001", "1002", "1003", "1004", "1112", "downstream_reconnect_exceeded",
                "authentication_error", "session_expired"}
@@ -96,8 +98,7 @@ class GlmRealtime(JsonWsProvider):
         fmt = persona.audio.input_format
         self.capabilities = Capabilities(input_format="pcm16", input_rate=_INPUT_RATES[fmt],
                                          output_format="pcm16", output_rate=persona.audio.output_rate,
-                                         input_block_ms=APPEND_MS)
-        self._append_bytes = self.capabilities.input_rate * 2 * APPEND_MS // 1000
+                                         input_block_ms=APPEND_MS, vad_silence_ms=VAD_SILENCE_MS)
         self._exp_unit = settings.jwt_exp_unit
         self._auth_refused = False  # set when an `error` event refuses the token during set-up
 
@@ -174,11 +175,8 @@ class GlmRealtime(JsonWsProvider):
 
     # ------------------------------------------------------------------ intents
     async def send_audio(self, audio: bytes) -> None:
-        for chunk in self._batch(audio):
-            payload = wav_bytes(chunk, self.capabilities.input_rate) \
-                if self.persona.audio.input_format == "wav" else chunk
-            await self._send({"type": "input_audio_buffer.append",
-                              "audio": base64.b64encode(payload).decode("ascii")})
+        payload = wav_bytes(audio, self.capabilities.input_rate) if self.persona.audio.input_format == "wav" else audio
+        await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(payload).decode("ascii")})
 
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel"})

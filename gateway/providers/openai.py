@@ -85,6 +85,16 @@ def session_url(url: str, model: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+# semantic_vad ends a turn when the model thinks the caller is done, at the latest after about
+# this long by eagerness (OpenAI's realtime VAD guide: low 8 s, medium/auto 4 s, high 2 s).
+_SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "auto": 4000, "high": 2000}
+
+
+def _vad_silence_ms(persona) -> int:
+    td = persona.turn_detection
+    return _SEMANTIC_MAX_WAIT_MS[td.eagerness] if td.type == "semantic_vad" else td.silence_ms
+
+
 class OpenAIRealtime(JsonWsProvider):
     label = "OpenAI"
     task_prefix = "openai"
@@ -99,10 +109,9 @@ class OpenAIRealtime(JsonWsProvider):
         _, out_fmt, out_rate = _FORMATS[persona.audio.output_format]
         self.capabilities = Capabilities(input_format=in_fmt, input_rate=in_rate, output_format=out_fmt,
                                          output_rate=out_rate, truncate=True,
-                                         max_session_seconds=settings.session_renew_seconds)
+                                         max_session_seconds=settings.session_renew_seconds,
+                                         input_block_ms=settings.append_ms, vad_silence_ms=_vad_silence_ms(persona))
         self._tool_names: dict[str, str] = {}  # call_id -> function name (from output_item.added)
-        bytes_per_ms = 8 if in_fmt == "mulaw" else in_rate * 2 // 1000
-        self._append_bytes = bytes_per_ms * settings.append_ms
 
     # ------------------------------------------------------------------ session
     def _headers(self) -> dict[str, str]:
@@ -148,9 +157,8 @@ class OpenAIRealtime(JsonWsProvider):
                 f'The phone call has just connected. Greet the caller by saying exactly: "{self.persona.greeting}"')}})
 
     # ------------------------------------------------------------------ intents
-    async def send_audio(self, audio: bytes) -> None:
-        for chunk in self._batch(audio):  # OpenAI takes appends of any size
-            await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode("ascii")})
+    async def send_audio(self, audio: bytes) -> None:  # OpenAI takes appends of any size
+        await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")})
 
     async def cancel_response(self, response_id: str) -> None:
         await self._send({"type": "response.cancel", "response_id": response_id})

@@ -38,7 +38,6 @@ class JsonWsProvider(Provider):
     def __init__(self, log: CallLogger):
         self.log = log
         self._ids = itertools.count(1)
-        self._append_bytes = 0  # caller audio per append (subclasses set it; 0: as it comes)
         self._fresh_connection()
 
     def _fresh_connection(self) -> None:
@@ -52,7 +51,6 @@ class JsonWsProvider(Provider):
         self._closed = False
         self._ready = asyncio.Event()  # set by the subclass when the session is configured
         self._setup_error: str | None = None  # set with _ready when set-up was refused
-        self._pending = bytearray()
 
     async def _reopen(self) -> None:
         """Drop a socket whose set-up was refused, ready to connect again (the settings stay)."""
@@ -85,26 +83,6 @@ class JsonWsProvider(Provider):
             self.log.warning("model_bad_event", reason="audio delta is not base64")
             return []
         return [AudioDelta(rid, str(msg.get("item_id", "")), audio)]
-
-    def _batch(self, audio: bytes) -> list[bytes]:
-        """Caller audio in appends of `_append_bytes` each: the remainder waits for the next frame
-        (fewer messages; the model hears it at most one append later)."""
-        if not self._append_bytes:
-            return [audio]
-        pending = self._pending
-        pending += audio
-        size = self._append_bytes
-        if len(pending) < size:
-            return []
-        n = len(pending) // size * size
-        out = [bytes(pending[i:i + size]) for i in range(0, n, size)]
-        del pending[:n]
-        return out
-
-    def take_pending_audio(self) -> bytes:
-        pending = bytes(self._pending)
-        self._pending.clear()
-        return pending
 
     def _stamp(self, event: dict) -> dict:
         event.setdefault("event_id", f"gw_{next(self._ids)}")
