@@ -220,7 +220,7 @@ class CallWebhooks:
 def ended_from_record(row: dict, public_url: str) -> dict[str, Any]:
     """`call.ended`'s fields from a call-log record (with its events), for a call no process ended."""
     started, first = row.get("started_at"), row.get("first_audio_at")
-    transcript, turn_ms = [], []
+    transcript, turn_ms, model_ms = [], [], []
     for e in row.get("events", []):
         if e["kind"] == "caller":
             transcript.append({"role": "caller", "text": e.get("text", ""), "t": e["t"]})
@@ -229,15 +229,18 @@ def ended_from_record(row: dict, public_url: str) -> dict[str, Any]:
         elif e["kind"] == "bot":
             transcript.append({"role": "bot", "text": e.get("text", ""), "heard": e.get("heard", ""),
                                "interrupted": bool(e.get("interrupted")), "t": e["t"]})
-        elif e["kind"] == "latency" and isinstance(e.get("ms"), (int, float)):
-            turn_ms.append(round(e["ms"]))
+        elif e["kind"] == "latency":
+            if isinstance(e.get("ms"), (int, float)):
+                turn_ms.append(round(e["ms"]))
+            if isinstance(e.get("model_ms"), (int, float)):
+                model_ms.append(round(e["model_ms"]))
     return {"network": row.get("network"), "direction": row.get("direction"), "bot": row.get("bot"),
             "from": row.get("from_number"), "to": row.get("to_number"), "started_at": iso(started),
             "ended_at": iso(row.get("ended_at")), "duration_s": row.get("duration_s"),
             "end_reason": row.get("end_reason"), "error": row.get("error"), "barge_ins": row.get("barge_ins") or 0,
             "turns": row.get("turns") or 0,
             "latencies": {"first_audio_ms": round((first - started) * 1000) if first and started else None,
-                          "turn_ms": turn_ms},
+                          "turn_ms": turn_ms, "model_turn_ms": model_ms},
             "recording_url": f"{public_url}/api/calls/{row['call_id']}/recording" if row.get("recording") else None,
             "transcript": sorted(transcript, key=lambda line: line["t"])}
 
