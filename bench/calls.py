@@ -61,6 +61,7 @@ import aiohttp
 from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
+SRC = REPO  # whose gateway is measured (--src)
 sys.path.insert(0, str(REPO))
 
 from gateway.audio import audioop, pcm16_to_ulaw, tone  # noqa: E402
@@ -464,7 +465,8 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
 
     def spawn(cmd: list[str], name: str, env=None) -> subprocess.Popen:
         log = open(logs / f"{path}-{target}-{n}-{name}.log", "w")
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, cwd=SRC if cmd[1:3] == ["-m", "gateway"] else REPO, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
         procs.append(p)
         return p
 
@@ -475,6 +477,8 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
         await wait_http(f"http://127.0.0.1:{model_port}/stats", model, "the fake model")
         if target == "gateway":
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(work / "config.yaml"), "--port", str(port)]
+            if SRC != REPO:  # another checkout's gateway (before/after in one harness)
+                env = {**env, "PYTHONPATH": str(SRC)}
             env = gateway_config(work, n, proto, model_port)
             if workers > 1:
                 cmd += ["--workers", str(workers)]
@@ -719,6 +723,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20, help="steady measurement window per run (default 20)")
     ap.add_argument("--path", default="glm,passthrough", help="glm, passthrough or both (default both)")
     ap.add_argument("--workers", type=int, default=1, help="gateway worker processes (serve --workers)")
+    ap.add_argument("--src", type=Path, default=REPO, help="the checkout whose gateway to run (default: this one)")
     ap.add_argument("--out", default="build/bench", help="output directory (results.json/.md/.png, logs/)")
     ap.add_argument("--role", choices=["bench", "model", "relay"], default="bench", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -731,6 +736,8 @@ def main() -> int:
     if args.role == "relay":
         run_relay(args.port, args.model_url, args.proto)
         return 0
+    global SRC
+    SRC = args.src.resolve()
     bad = [p for p in args.path.split(",") if p not in PATHS]
     if bad:
         ap.error(f"--path: unknown {', '.join(bad)} (choose from {', '.join(PATHS)})")

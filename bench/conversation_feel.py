@@ -14,7 +14,8 @@ the caller speaks 0.8 s, waits for the reply, talks over it 1 s in, waits for th
 
 Per network x model x policy (p50/p95 over every turn of every call):
 - onset_ms / offset_ms: the phone sent the first voiced frame (first quiet frame after speech) ->
-  the model received the append that holds it (found by level in what the model received);
+  the model received the append that holds it (found by level, in 5 ms windows, in what the
+  model received);
 - talk_over_ms: the model sent speech_started while the bot was audible -> the bot stopped playing
   at the phone (its own 20 ms playout included);
 - first_audio_ms: the model started a reply (response.created, its first delta right after) -> the
@@ -52,7 +53,8 @@ from tests.phone_helpers import ulaw_tone  # noqa: E402
 NETWORKS = ("twilio", "telnyx", "plivo", "vonage", "exotel", "audiosocket")
 MODELS = ("glm", "openai")
 POLICIES = ("confirm", "immediate")
-LEVEL = 2000  # RMS (PCM16) that the model side calls voiced: the caller's tone is ~4200, silence 0
+LEVEL = 2000  # peak (PCM16) of a 5 ms window the model side calls voiced: the caller's tone peaks at 6000
+EAR_MS = 5  # short windows: the resamplers' few ms of delay must not shift an edge by a whole frame
 SPEECH_S = 0.8  # each thing the caller says
 OVER_AFTER_S = 1.0  # the caller talks over a reply this long after it began to play
 
@@ -66,9 +68,9 @@ class ModelEar:
     edges: list[tuple[float, bool]] = field(default_factory=list)
 
     def heard(self, at: float, audio: bytearray) -> None:
-        win = self.rate * 2 // 50
+        win = self.rate * 2 * EAR_MS // 1000
         while len(audio) - self.pos >= win:
-            loud = audioop.rms(bytes(audio[self.pos:self.pos + win]), 2) >= LEVEL
+            loud = audioop.max(bytes(audio[self.pos:self.pos + win]), 2) >= LEVEL
             self.pos += win
             if loud != self.voiced:
                 self.voiced = loud

@@ -57,10 +57,12 @@ class BargeIn:
     """What happens when the caller starts talking while the bot is speaking.
 
     immediate: the bot is cut at once (cleared, cancelled, transcript cut to what was heard).
-    confirm: the bot stops sending audio at once but is only cut once the interruption is confirmed
-    — caller speech of at least `min_speech_ms` by the gateway's own energy measure, or a transcript
-    with words; unconfirmed after `confirm_ms` (a cough, a door, an "mm-hm"), the same reply resumes
-    where it paused, nothing lost and the model not cancelled."""
+    confirm: the bot is silent at once too (the phone is cleared, what it had not played is kept),
+    but only cut once the interruption is confirmed — caller speech of at least `min_speech_ms` by
+    the gateway's own energy measure (short bursts close together add up), or a transcript with
+    words; unconfirmed after `confirm_ms` (a cough, a door, an "mm-hm") and once the caller has been
+    quiet for a moment, the same reply resumes from where the marks say it was heard: nothing lost,
+    at most the chunk that was playing heard twice, and the model not cancelled."""
     policy: Literal["immediate", "confirm"] = "immediate"
     min_speech_ms: int = 300
     confirm_ms: int = 700

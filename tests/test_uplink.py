@@ -9,7 +9,7 @@ import pytest
 
 from gateway.audio import MULAW_SILENCE
 from gateway.call.audio_bridge import AudioBridge, PhoneFormat
-from gateway.call.uplink import ONSET_LIVE_MS, Uplink
+from gateway.call.uplink import Uplink
 from gateway.providers.base import Capabilities
 from tests.phone_helpers import ulaw_tone
 
@@ -65,7 +65,7 @@ async def test_the_onset_and_the_first_silence_go_at_once_and_the_turn_end_runs_
     delay = [a - s for a, s in zip(arrival, sent_at)]
     assert delay[13] == 0, "the onset goes at once"
     assert delay[43] == 0, "so does the first silence after speech"
-    assert all(d == 0 for d in delay[13:13 + ONSET_LIVE_MS // 20]), "the model's speech-start decision"
+    assert all(d == 0 for d in delay[13:43]), "speech goes frame by frame (the model's VAD decides on it)"
     trailing = (800 + 100) // 20
     assert all(d == 0 for d in delay[43:43 + trailing]), "the model's end-of-turn silence, in real time"
     assert max(delay[43 + trailing + 10:]) > 0, "then batched again"

@@ -4,16 +4,17 @@ A model's server VAD can only judge audio it has received. Batching caller audio
 `input_block_ms` (GLM: 100 ms, its recommended size; OpenAI: `append_ms`) saves a message, a
 base64 encoding and a resampler pass per frame, but an onset that waits in a half-full batch
 reaches the model up to one batch late, and so does the first silence after speech: every
-barge-in and every end of turn would start late by that much. So batching is kept only where
-nothing is happening, and these frames go at once (with whatever is pending, in one append):
-- an edge: the first voiced frame after an unvoiced one, and the first unvoiced after a voiced
-  one (the onset, and the first silence);
-- the start of a voiced run (`ONSET_LIVE_MS`): the model's VAD decides "speech started" on
-  those frames, and a barge-in waits on that decision;
-- after speech (a voiced run of at least `SPEECH_MS`), for the model's end-of-turn silence
-  (`Capabilities.vad_silence_ms`) plus one batch: the model's end-of-turn clock then runs on
-  audio that arrives in real time, and the turn ends when the caller's silence says so, not one
-  batch later. Longer than that the model has decided either way, and batching resumes.
+barge-in and every end of turn would start late by that much. So batching is kept for the steady
+quiet stretches only (most of a call: the caller listens, or thinks), and these frames go at once
+(with whatever is pending, in one append):
+- every voiced frame: the onset, and the speech after it, on which the model's VAD decides
+  "speech started" (a barge-in waits on that) and keeps deciding "still speaking";
+- the first unvoiced frame after a voiced one (the first silence);
+- after speech (a voiced run of at least `SPEECH_MS`), every frame for the model's end-of-turn
+  silence (`Capabilities.vad_silence_ms`) plus one batch: the model's end-of-turn clock then runs
+  on audio that arrives in real time, and the turn ends when the caller's silence says so, not
+  one batch later. Longer than that the model has decided either way, and batching resumes.
+A click (a voiced run under SPEECH_MS) costs two sends and no trailing stretch.
 "Voiced" is the energy measure the confirm barge-in policy uses (`BargeIn.threshold`: RMS of the
 frame as 16-bit PCM), computed once per frame here and shared with the barge-in check.
 
@@ -31,7 +32,6 @@ from .audio_bridge import AudioBridge
 from .model_link import ModelLink
 
 SPEECH_MS = 60  # a voiced run this long is speech (shorter: a click, a blip; the echo bot's VAD agrees)
-ONSET_LIVE_MS = 300  # the first ms of every voiced run go frame by frame (the model's speech-start decision)
 # GLM takes at most 50 appends a second: two sends closer than this (a burst of late frames from
 # the network) are merged, the second waits for the next frame.
 MIN_SEND_GAP_S = FRAME_MS / 2000
@@ -76,7 +76,7 @@ class Uplink:
             self.voiced_run_ms = 0
         self.voiced = voiced
         self._pending += audio
-        live = edge or (voiced and self.voiced_run_ms <= ONSET_LIVE_MS) or now < self._live_until
+        live = voiced or edge or now < self._live_until
         if live and now - self._last_send >= MIN_SEND_GAP_S or len(self._pending) >= self._block:
             await self._send(now)
         return voiced
