@@ -201,7 +201,8 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
                     json.dumps(bad), request.remote)
         return web.Response(status=400, text=f"{bad}\n")
     clog = CallLogger(log, call=call_sid or None)
-    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": None,
+    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed,
+              "bot": requested if requested in config.bots else None,  # a caller's made-up name is no bot
               "direction": "outbound" if "outbound" in request.query else "inbound", "network": network.name}
     if request.app[DRAINING]:
         clog.info("webhook_refused", reason="draining", caller=caller)
