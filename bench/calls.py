@@ -477,9 +477,9 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
         await wait_http(f"http://127.0.0.1:{model_port}/stats", model, "the fake model")
         if target == "gateway":
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(work / "config.yaml"), "--port", str(port)]
-            if SRC != REPO:  # another checkout's gateway (before/after in one harness)
-                env = {**env, "PYTHONPATH": str(SRC)}
             env = gateway_config(work, n, proto, model_port)
+            if SRC != REPO:  # another checkout's gateway (before/after in one harness)
+                env["PYTHONPATH"] = str(SRC)
             if workers > 1:
                 cmd += ["--workers", str(workers)]
             proc = spawn(cmd, "gateway", env)

@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.audio import PHONE_RATE, audioop  # noqa: E402
+from gateway.audio import audioop  # noqa: E402
 from gateway.phone_sim import SimulatedPhone, bot_uuid  # noqa: E402
 from tests.conftest import GLM_KEY, OPENAI_KEY  # noqa: E402
 from tests.fakes import glm_server, openai_server  # noqa: E402

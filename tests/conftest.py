@@ -81,6 +81,14 @@ TEST_BOTS = {
         language: en-US
         instructions: You are a test bot.
         """,
+    # The shipped personas' barge-in policy: silent at once, cut only once confirmed.
+    "openai-confirm": """
+        provider: openai
+        language: en-US
+        greeting: "Hello, thanks for calling Northwind."
+        instructions: You are a test bot.
+        barge_in: {policy: confirm, min_speech_ms: 300, confirm_ms: 700}
+        """,
     "glm-agent": "provider: glm\n" + textwrap.dedent(AGENT),
     "openai-agent": "provider: openai\n" + textwrap.dedent(AGENT),
     "openai-pcm": """

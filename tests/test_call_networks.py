@@ -62,7 +62,7 @@ class Net:
                 s.bind(("127.0.0.1", 0))
                 self.port = s.getsockname()[1]
             bots = "".join(f"\n    {bot_uuid(b)}: {b}" for b in ("openai-greeter", "openai-quiet", "openai-agent",
-                                                                 "openai-pcm", "glm-quiet"))
+                                                                 "openai-pcm", "glm-quiet", "openai-confirm"))
             return await make_gateway(env={"GATEWAY_AUDIOSOCKET_PORT": str(self.port)},
                                       extra=f"audiosocket:\n  bots:{bots}\n", **kw)
         return await make_gateway(env=self.env(), **kw)

@@ -1,16 +1,19 @@
 """One phone call: the coordinator that owns the call's tasks and the order of things.
 
 Data path, one direction each:
-  phone Audio --AudioBridge.to_model--> ModelLink --> model session
+  phone Audio --Uplink (voiced? batch or send now) --AudioBridge.to_model--> ModelLink --> model session
   model AudioDelta --AudioBridge.to_phone--> Playout (paced chunks of 20 ms frames + marks) --> phone
 Control: the model hears the caller start speaking while the bot is audible -> barge-in, in this
 order: clear the phone (every ms counts), cancel the reply, cut the transcript and the model's
-memory to what the marks say was heard. Echoed marks tell the Playout what was heard.
+memory to what the marks say was heard. Under the confirm policy the phone is cleared at once too
+(Playout.hold keeps what was not heard) and the BargeInJudge decides: cut, or resume. Echoed marks
+tell the Playout what was heard.
 
 The parts (each owns its state; they reach each other only through the references given here):
 Conversation (turns, transcript, context), Journal (log line + record + summary, written once),
-AudioBridge (formats), ModelLink (sessions, renewal, reconnect), Playout (pacing, marks),
-PhoneActions (hang up, transfer, say, wait until heard), ToolRunner, CallLimits.
+AudioBridge (formats), Uplink (speech-aware batching, the energy measure), ModelLink (sessions,
+renewal, reconnect), Playout (pacing, marks, hold), BargeInJudge (the confirm policy), PhoneActions
+(hang up, transfer, say, wait until heard), ToolRunner, CallLimits.
 
 Tasks per call: phone reader, model reader, playout, limits, and a renewer when the model's
 sessions have a maximum age. When any of them ends, the call ends: the others are cancelled, the
@@ -21,7 +24,6 @@ TwiML after </Connect>), and one `call_ended` line says why.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -38,6 +40,7 @@ from ..providers.base import (AudioDelta, InputTranscript, OutputTranscript, Pro
 from ..telephony import Audio, Dtmf, MarkPlayed, PhoneControl, Started, Stopped
 from .actions import PhoneActions
 from .audio_bridge import AudioBridge, PhoneFormat
+from .barge_in import BargeInJudge
 from .conversation import Conversation, TranscriptEntry
 from .hold import HOLD, HoldSound
 from .journal import CallObserver, CallSummary, Journal
@@ -48,44 +51,6 @@ from .uplink import Uplink
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
-
-
-# A short acknowledgement while the bot talks is not an interruption ("mm-hm", "yeah", "ok").
-BACKCHANNELS = frozenset("mm mmm hm mhm hmm mhmm um uh huh uhhuh mmhmm yeah yes yep ok okay right sure alright aha ah oh i see got it "
-                         "嗯 哦 对 好 是 啊 嗯嗯 好的 对对".split())
-
-
-def interrupts(transcript: str) -> bool:
-    """Caller words that make an interruption: anything but a lone backchannel ("stop" does, "mm-hm"
-    does not)."""
-    words = re.findall(r"\w+", transcript.lower())
-    return bool(words) and not (len(words) <= 2 and all(w in BACKCHANNELS for w in words))
-
-
-# A held reply comes back only after the caller has been quiet this long (by our energy measure):
-# never into the caller's own pause between two bursts of words.
-RESUME_QUIET_MS = 300
-# A new possible interruption this soon after one was dismissed continues its count of voiced
-# ms: a caller talking in short bursts (each under min_speech_ms) is interrupting.
-BURST_WINDOW_S = 2.0
-
-
-@dataclass
-class BargeInCheck:
-    """The caller started talking over the bot (policy confirm): is it a real interruption? Counted
-    in 20 ms phone frames that the Uplink's energy measure calls voiced. "Interruption" as soon as
-    there is `min_speech_ms` of it; "not one" only once `confirm_ms` has passed and the caller has
-    been quiet for RESUME_QUIET_MS (the `timer` is for whichever of those is due next)."""
-    min_speech_ms: int
-    since: float
-    timer: asyncio.TimerHandle
-    voiced_ms: int = 0
-
-    def hear(self, voiced: bool, frame_ms: int = 20) -> bool:
-        """One caller frame; True once there has been enough speech to call it an interruption."""
-        if voiced:
-            self.voiced_ms += frame_ms
-        return self.voiced_ms >= self.min_speech_ms
 
 
 @dataclass(frozen=True)
@@ -156,9 +121,10 @@ class Call:
                                  actions=self.actions, model=self.model, journal=self.journal, quiet=self.quiet,
                                  caller_speaking=lambda: self.conversation.caller_speaking,
                                  started_at=self._t0, clock=clock)
+        self.judge = BargeInJudge(persona.barge_in, playout=self.playout, uplink=self.uplink, journal=self.journal,
+                                  clock=clock, cut=self._barge_in,
+                                  on_hold=self.recording.cut_bot if recording is not None else None)
         self._model_errors = 0
-        self._barge_check: BargeInCheck | None = None  # a barge-in waiting to be confirmed (policy confirm)
-        self._dismissed: tuple[float, int] | None = None  # the last check found "not one": when, voiced ms
         self._speech_from: float | None = None  # when the caller's current speech began (offset, s)
 
     # ------------------------------------------------------------------ public surface
@@ -237,8 +203,7 @@ class Call:
     async def _close(self, reason: str) -> None:
         self.summary.end_reason = reason
         self.hold.stop()
-        if self._barge_check is not None:
-            self._barge_check.timer.cancel()
+        self.judge.decided()
         self.summary.sessions = self.model.sessions
         await self.tools.close()
         await self.model.close_session()
@@ -271,8 +236,8 @@ class Call:
                 if self.recording is not None:  # 8 kHz mu-law (on a mu-law phone: its own bytes)
                     self.recording.caller(self.audio.to_ulaw8k(ev.payload))
                 voiced = await self.uplink.frame(ev.payload)
-                if self._barge_check is not None and self._barge_check.hear(voiced):
-                    await self._confirm_barge_in("speech")
+                if self.judge.pending:
+                    await self.judge.frame(voiced)
             elif isinstance(ev, MarkPlayed):
                 self.playout.on_mark(ev.name)
             elif isinstance(ev, Dtmf):
@@ -311,16 +276,14 @@ class Call:
                     ms = round((self.conversation.offset() - self._speech_from) * 1000)
                     self.journal.record.event("speech", self._speech_from, ms=ms)
                     self._speech_from = None
-                if self._barge_check is not None:
-                    self._dismiss_barge_in("speech ended")
+                self.judge.speech_ended()
             elif isinstance(ev, ResponseStarted):
                 self.conversation.response_started(ev.response_id)
             elif isinstance(ev, OutputTranscript):
                 self.conversation.output_text(ev.response_id, ev.text, ev.final)
             elif isinstance(ev, InputTranscript):
                 self.journal.line(self.conversation.caller_said(ev.text))
-                if self._barge_check is not None and interrupts(ev.text):
-                    await self._confirm_barge_in("words")
+                await self.judge.words(ev.text)
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
             elif isinstance(ev, ToolCall):
@@ -411,52 +374,8 @@ class Call:
         policy = self.persona.barge_in
         if policy.policy == "immediate":
             await self._barge_in(by="caller")
-        elif self._barge_check is None:
-            # Silent now, the unheard audio kept: if this is a cough, the reply resumes where it was heard.
-            now = self.clock()
-            carried = self._dismissed[1] if self._dismissed and now - self._dismissed[0] < BURST_WINDOW_S else 0
-            check = self._barge_check = BargeInCheck(
-                policy.min_speech_ms, now, asyncio.get_running_loop().call_later(policy.confirm_ms / 1000,
-                                                                                 self._barge_in_expired),
-                voiced_ms=carried)
-            await self.playout.hold()
-            if self.recording is not None:
-                self.recording.cut_bot(now)
-            self.journal.log.debug("barge_in_pending", carried_ms=carried or None)
-            if check.voiced_ms >= policy.min_speech_ms:  # another burst of a caller who keeps talking
-                await self._confirm_barge_in("bursts")
-
-    def _barge_in_expired(self) -> None:
-        """confirm_ms passed without enough speech: not an interruption, once the caller is quiet
-        (never resume into the caller's own pause)."""
-        check = self._barge_check
-        if check is None:
-            return
-        last = self.uplink.last_voiced_at
-        wait = 0.0 if last is None else RESUME_QUIET_MS / 1000 - (self.clock() - last)
-        if wait > 0.001:  # (a timer due at exactly that moment may fire a hair early)
-            check.timer = asyncio.get_running_loop().call_later(wait, self._barge_in_expired)
         else:
-            self._dismiss_barge_in("not confirmed in time")
-
-    async def _confirm_barge_in(self, how: str) -> None:
-        check, self._barge_check = self._barge_check, None
-        if check is None:
-            return
-        check.timer.cancel()
-        self._dismissed = None
-        await self._barge_in(by="caller", confirmed_by=how, after_ms=round((self.clock() - check.since) * 1000))
-
-    def _dismiss_barge_in(self, why: str) -> None:
-        """Not an interruption (a cough, a click, an "mm-hm"): the reply goes on where it paused."""
-        check, self._barge_check = self._barge_check, None
-        if check is None:
-            return
-        check.timer.cancel()
-        self._dismissed = (self.clock(), check.voiced_ms)
-        self.playout.resume()
-        self.journal.event("barge_in_ignored", why=why, voiced_ms=check.voiced_ms,
-                           paused_ms=round((self.clock() - check.since) * 1000))
+            await self.judge.caller_started()  # silent now; the reply resumes if it was a cough
 
     async def stop_bot(self) -> None:
         """Silence the bot now (a keypad shortcut acts at once): the same as a barge-in."""
@@ -465,9 +384,7 @@ class Call:
 
     async def _barge_in(self, by: str, **why) -> None:
         """Clear first (the caller is talking over us), then cancel, then cut what was not heard."""
-        if self._barge_check is not None:  # decided now (a confirmed interruption, or the keypad)
-            self._barge_check.timer.cancel()
-            self._barge_check = None
+        self.judge.decided()  # whatever was pending is decided now (confirmed, or the keypad)
         cut = await self.playout.clear()
         cut.pop(HOLD, None)
         if self.recording is not None:
