@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import errno
 import functools
 import itertools
@@ -35,7 +34,7 @@ from .metrics import METRICS, add_metrics
 from .operator_api import add_operator_routes, remote_commands
 from .outbound import read_ticket
 from .providers import SPECS
-from .recording import purge_recordings, recordings_dir
+from .recording_store import RECORDINGS, recordings_ctx
 from .telephony import audiosocket
 from .telephony.audiosocket import AudioSocket
 from .telephony.exotel import Exotel
@@ -82,6 +81,7 @@ def create_app(config: Config) -> web.Application:
     add_metrics(app)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_call_log)
+    app.cleanup_ctx.append(recordings_ctx)
     app.cleanup_ctx.append(remote_commands)
     app.cleanup_ctx.append(webhook_delivery)
     app.cleanup_ctx.append(_purge_old_records)
@@ -134,13 +134,11 @@ async def _purge_old_records(app: web.Application):
         while True:
             try:
                 if config.storage.retention_days:
-                    paths = await app[STORE].purge(time.time() - config.storage.retention_days * 86400)
-                    for path in paths:
-                        with contextlib.suppress(OSError):
-                            (recordings_dir(config) / path).unlink()
-                    if paths:
-                        log.info("event=calllog_purged recordings=%d", len(paths))
-                purge_recordings(config)
+                    keys = await app[STORE].purge(time.time() - config.storage.retention_days * 86400)
+                    await app[RECORDINGS].delete(keys)
+                    if keys:
+                        log.info("event=calllog_purged recordings=%d", len(keys))
+                await app[RECORDINGS].purge()
             except Exception as e:  # noqa: BLE001 - retention must never take the server down
                 log.error("event=calllog_purge_failed error=%s", f"{type(e).__name__}: {e}"[:300])
             await asyncio.sleep(PURGE_EVERY_SECONDS)
@@ -368,13 +366,18 @@ async def run_stream(app: web.Application, network: Network, stream, clog: CallL
         clog.error("stream_rejected", reason=str(e))
         await stream.close(1000)
         return
+    if call.recording is not None:  # the record names its recording from the start: a crash keeps it findable
+        call.journal.update(recording=call.recording.path.name)
     calls = app[CALLS]
     calls[call.call_id] = call
     try:
-        app[RECENT].append(await call.run())
+        with app[METRICS].live(call.persona.name, network.name):
+            app[RECENT].append(await call.run())
     finally:
         calls.pop(call.call_id, None)
         await capacity.release(grant)
+        if call.recording is not None and call.recording.closed:
+            app[RECORDINGS].finished(call.recording.path.name)  # to the bucket, where there is one
 
 
 def call_observers(app: web.Application) -> list:

@@ -179,8 +179,11 @@ class RecordingConfig:
     # Stereo WAV per call (caller left, bot right, as the caller heard it). Off by default; a
     # persona's `record:` overrides it either way.
     enabled: bool = False
-    dir: str = "data/recordings"  # relative to this config file's directory
+    dir: str = "data/recordings"  # relative to this config file's directory; the outbox when `url` is set
     retention_days: int = 30  # 0 keeps them as long as their call record
+    # "" keeps recordings in `dir`; s3://bucket/prefix uploads each when its call ends (any
+    # S3-compatible store: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -259,13 +262,18 @@ class Config:
                             for secret in _as_list(getattr(self.provider_settings(name), f, ""))]
         return [s for s in (*provider_secrets, self.twilio.auth_token, self.telnyx.api_key,
                             self.plivo.auth_token, self.exotel.api_token, self.vonage.signature_secret,
-                            self.operator.token, db_password,
+                            self.operator.token, db_password, *_aws_secrets(),
                             *tool_headers, *(w.secret for w in self.webhooks)) if s]
 
     @property
     def base_dir(self) -> Path:
         """Relative paths in the config (bots, SQLite file, recordings) are relative to this."""
         return Path(self.path).resolve().parent if self.path else Path.cwd()
+
+
+def _aws_secrets() -> list[str]:
+    """The S3 credentials of recording.url (read by the AWS SDK from the environment)."""
+    return [os.environ.get(var, "") for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
 
 
 def _as_list(value: Any) -> list:
@@ -451,6 +459,7 @@ _ENV_OVERRIDES = {
     "GATEWAY_PUBLIC_URL": ("server", "public_url"),
     "GATEWAY_OPERATOR_TOKEN": ("operator", "token"),
     "GATEWAY_DATABASE_URL": ("storage", "url"),
+    "GATEWAY_RECORDING_URL": ("recording", "url"),
 }
 
 
@@ -664,6 +673,8 @@ def _check_ranges(cfg: Config, path: Path) -> None:
         ("server.request_timeout_seconds", 1 <= cfg.server.request_timeout_seconds <= 300, "1..300"),
         ("limits.stream_wait_seconds", cfg.limits.stream_wait_seconds >= 1, ">= 1"),
         ("recording.retention_days", cfg.recording.retention_days >= 0, ">= 0"),
+        ("recording.url", not cfg.recording.url or re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?$",
+                                                            cfg.recording.url), "s3://BUCKET/PREFIX (or empty: local disk)"),
     ]
     checks += [(f"providers.{name}.{key}", ok(cfg.provider_settings(name)), want)
                for name, spec in SPECS.items() for key, ok, want in spec.checks]
@@ -676,6 +687,9 @@ def _check_ranges(cfg: Config, path: Path) -> None:
     for name, ok, want in checks:
         if not ok:
             _problem(f"{path}: {name}: expected {want}")
+    if cfg.recording.url and importlib.util.find_spec("aiobotocore") is None:
+        _problem(f"{path}: recording.url: S3 storage needs aiobotocore, which is not installed: "
+                 "pip install 'voicebot-gateway[s3]'")
     if cfg.storage.url.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
         _problem(f"{path}: storage.url: PostgreSQL needs asyncpg, which is not installed: "
-                          "pip install 'voicebot-gateway[postgres]'")
+                 "pip install 'voicebot-gateway[postgres]'")

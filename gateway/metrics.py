@@ -4,29 +4,53 @@ One registry per app (tests run several apps in one process; nothing goes to the
 registry). Calls are counted where everything a call says about itself already goes, its Journal:
 each call gets a `CallMetrics` observer (see call/journal.py). Nothing is counted per audio frame:
 frame and protocol-error counts are read from the call's own counters when it ends
-(`call_ended`), live calls and the call-log queue at scrape time.
+(`call_ended`). Live calls are counted as they start and end.
+
+`serve --workers N` (gateway/workers.py): every worker is its own process with its own counters,
+and the kernel hands each scrape to one of them. So the supervisor gives the workers one fresh
+directory in `PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode: each process
+writes its values to memory-mapped files there, and whichever worker answers a scrape adds up
+everyone's files (`MultiProcessCollector`). Counters of a worker that died stay in its files, so a
+sum never goes backwards; live-call gauges are `livesum` (the supervisor removes a dead worker's
+with `mark_process_dead`, as the library documents). One process (`serve`) keeps the plain
+in-memory registry. The per-process figures of the call log (queue depth, writes dropped or
+failed) and of recording uploads are copied into real metrics at each scrape and, under workers,
+once a second by each worker.
 
 Guarded by the operator token (Bearer, like /api/) unless `metrics.public: true`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .operator_api import require_operator
-from .web_state import CALLS, CAPACITY, CONFIG, STORE
+from .recording_store import RECORDINGS, S3Recordings
+from .web_state import CAPACITY, CONFIG, STORE
 
 log = logging.getLogger("gateway")
 
 FIRST_AUDIO_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 TURN_LATENCY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+PROCESS_STATS_EVERY_SECONDS = 1.0  # under workers: how stale another worker's call-log figures may be
+
+
+def multiprocess_dir() -> str | None:
+    """The shared directory when this process is a worker of `serve --workers` (set by the
+    supervisor before the worker started, so prometheus-client chose its file-backed values)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return path if path and os.path.isdir(path) else None
 
 
 class GatewayMetrics:
@@ -34,6 +58,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self.shared_dir = multiprocess_dir()
         self.calls_started = Counter("gateway_calls_started", "Calls whose media stream started.",
                                      ["bot", "network"], registry=r)
         self.calls_ended = Counter("gateway_calls_ended", "Calls that ended, by why.", ["bot", "end_reason"],
@@ -66,18 +91,66 @@ class GatewayMetrics:
         self.webhook_deliveries = Counter("gateway_webhook_deliveries", "Call webhook delivery attempts, by result "
                                           "(delivered, failed: will retry, abandoned: gave up).", ["event", "result"],
                                           registry=r)
+        self.calls_live = Gauge("gateway_calls_live", "Calls in progress (every worker of this server).",
+                                ["bot", "network"], multiprocess_mode="livesum", registry=r)
+        self.calllog_queue = Gauge("gateway_calllog_queue_depth", "Call-log writes waiting for the database.",
+                                   multiprocess_mode="livesum", registry=r)
+        self.calllog_dropped = Counter("gateway_calllog_writes_dropped", "Call-log writes dropped: the write queue "
+                                       "was full (database down or too slow).", registry=r)
+        self.calllog_failed = Counter("gateway_calllog_writes_failed", "Call-log writes the database refused.",
+                                      registry=r)
+        self.recording_uploads = Counter("gateway_recording_uploads", "Recording uploads to the bucket "
+                                         "(recording.url): stored, or failed (the file stays on disk, retried).",
+                                         ["result"], registry=r)
+        self.recordings_waiting = Gauge("gateway_recordings_waiting", "Finished recordings on disk waiting for "
+                                        "their upload to the bucket.", multiprocess_mode="livemax", registry=r)
+        self._seen: dict[str, int] = {}  # per-process totals already added to the counters
 
     def call(self) -> "CallMetrics":
         return CallMetrics(self)
 
     slots: list[dict] = []  # model session slots per provider key, refreshed at each scrape
 
-    def watch_app(self, app: web.Application) -> None:
-        """Scrape-time gauges read from the app: live calls, the call-log write queue."""
-        self.registry.register(_AppCollector(app))
+    @contextlib.contextmanager
+    def live(self, bot: str, network: str) -> Iterator[None]:
+        """Counts one call in `gateway_calls_live` while the block runs."""
+        gauge = self.calls_live.labels(bot, network)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def _add_up(self, counter: Any, name: str, total: int) -> None:
+        """Add what a plain per-process total (`total`) grew by since the last copy."""
+        if total > self._seen.get(name, 0):
+            counter.inc(total - self._seen.get(name, 0))
+            self._seen[name] = total
+
+    def copy_process_stats(self, app: web.Application) -> None:
+        """This process's own figures (plain ints of the call-log store and the recordings
+        store) into the metrics."""
+        store = app.get(STORE)
+        if store is not None:
+            self.calllog_queue.set(store.pending)
+            self._add_up(self.calllog_dropped, "calllog_dropped", store.dropped)
+            self._add_up(self.calllog_failed, "calllog_failed", store.failed)
+        recordings = app.get(RECORDINGS)
+        if isinstance(recordings, S3Recordings):
+            self._add_up(self.recording_uploads.labels("stored"), "uploaded", recordings.uploaded)
+            self._add_up(self.recording_uploads.labels("failed"), "upload_failures", recordings.upload_failures)
+            try:
+                self.recordings_waiting.set(len(recordings.pending()))
+            except OSError:
+                pass
+
+    def render(self, app: web.Application) -> bytes:
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # every worker's files, read now, plus what is database-wide
+        MultiProcessCollector(registry, path=self.shared_dir)
+        registry.register(_SlotsCollector(self.slots))
+        return generate_latest(registry)
 
 
 class CallMetrics:
@@ -126,38 +199,33 @@ class CallMetrics:
                 m.protocol_errors.labels(self.network).inc(fields["protocol_errors"])
 
 
-class _AppCollector(Collector):
-    def __init__(self, app: web.Application):
-        self.app = app
+class _SlotsCollector(Collector):
+    """Model session slots, as the call log says at this scrape (the same for every worker)."""
+
+    def __init__(self, slots: list[dict]):
+        self.slots = slots
 
     def collect(self):
-        live = GaugeMetricFamily("gateway_calls_live", "Calls in progress on this process.", labels=["bot", "network"])
-        counts: dict[tuple[str, str], int] = {}
-        for call in list(self.app[CALLS].values()):
-            key = (call.persona.name, getattr(call.phone, "network", "twilio"))
-            counts[key] = counts.get(key, 0) + 1
-        for (bot, network), n in sorted(counts.items()):
-            live.add_metric([bot, network], n)
-        yield live
-        slots = self.app[METRICS].slots if METRICS in self.app else []
         used = GaugeMetricFamily("gateway_model_slots_used", "Model sessions held per provider and key "
                                  "fingerprint, across every instance on the call log.", labels=["provider", "key"])
         limit = GaugeMetricFamily("gateway_model_slots_limit", "Sessions a key allows (providers.<name>.max_sessions; "
                                   "0: no cap).", labels=["provider", "key"])
-        for slot in slots:
+        for slot in self.slots:
             used.add_metric([slot["provider"], slot["key"]], slot["used"])
             limit.add_metric([slot["provider"], slot["key"]], slot["limit"])
         yield used
         yield limit
-        store = self.app.get(STORE)
-        if store is None:
-            return
-        yield GaugeMetricFamily("gateway_calllog_queue_depth", "Call-log writes waiting for the database.",
-                                value=store.pending)
-        yield CounterMetricFamily("gateway_calllog_writes_dropped", "Call-log writes dropped: the write queue was "
-                                  "full (database down or too slow).", value=store.dropped)
-        yield CounterMetricFamily("gateway_calllog_writes_failed", "Call-log writes the database refused.",
-                                  value=store.failed)
+
+
+class _AppSlots(_SlotsCollector):
+    """One process: the registry keeps this collector, which reads the latest slots at each scrape."""
+
+    def __init__(self, metrics: GatewayMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        self.slots = self.metrics.slots
+        yield from super().collect()
 
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
@@ -184,19 +252,40 @@ async def _count_api_requests(request: web.Request, handler: Callable) -> web.St
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
+    metrics.copy_process_stats(request.app)
     if CAPACITY in request.app:  # read from the call log (all instances) before the synchronous render
         try:
             metrics.slots = await request.app[CAPACITY].report()
         except Exception as e:  # noqa: BLE001 - a database hiccup must not cost the other metrics
             log.warning("event=metrics_capacity_failed error=%s", f"{type(e).__name__}: {e}"[:200])
-    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=metrics.render(request.app), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _share_process_stats(app: web.Application):
+    """Cleanup context, under workers only: this worker's call-log and recording figures into the
+    shared files once a second, so that a scrape answered by another worker sees them."""
+    metrics = app[METRICS]
+    if metrics.shared_dir is None:
+        yield
+        return
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(PROCESS_STATS_EVERY_SECONDS)
+            metrics.copy_process_stats(app)
+
+    task = asyncio.create_task(loop(), name="metrics-share")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def add_metrics(app: web.Application) -> None:
     """The registry, `/metrics` (guarded unless metrics.public) and the API request counter."""
     metrics = GatewayMetrics()
-    metrics.watch_app(app)
+    metrics.registry.register(_AppSlots(metrics))
     app[METRICS] = metrics
+    app.cleanup_ctx.append(_share_process_stats)
     app.middlewares.append(_count_api_requests)
     public = app[CONFIG].metrics.public
     app.router.add_get("/metrics", metrics_endpoint if public else require_operator(metrics_endpoint))

@@ -2,7 +2,7 @@
 
 Every route needs `Authorization: Bearer <operator.token>` (GATEWAY_OPERATOR_TOKEN). With no token
 configured the API is closed (401 to everything), never open. JSON in and out; times are ISO 8601
-UTC strings; errors are `{"error": "..."}` with a 4xx status. See README "Operator API".
+UTC strings; errors are `{"error": "..."}` with a 4xx status. See docs/operations.md "Operator API".
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ from .web_state import CALLS, CAPACITY, CONFIG, INSTANCE, REST, STORE
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 200
-COMMAND_POLL_SECONDS = 0.5  # how soon a hang-up asked of another instance is acted on
-COMMAND_TAKE_SECONDS = 4 * COMMAND_POLL_SECONDS + 0.5  # not taken by then: its instance is not running it
+COMMAND_POLL_SECONDS = 0.5  # how soon a hang-up asked of another instance is acted on, with no notifications
+COMMAND_FALLBACK_POLL_SECONDS = 5.0  # ... while PostgreSQL notifications wake the loop (a lost one is found then)
+# Not taken by then: its instance is not running it. An owner is woken at once by a notification,
+# or, while it has none (SQLite, or its listening connection is down), looks every COMMAND_POLL_SECONDS.
+COMMAND_TAKE_SECONDS = 4 * COMMAND_POLL_SECONDS + 0.5
 
 
 def add_operator_routes(app: web.Application) -> None:
@@ -231,16 +234,22 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    from .recording import recordings_dir
+    """The call's recording, found through its record (never named after the call id), from this
+    instance's disk or the bucket every instance shares."""
+    from .recording_store import RECORDINGS, RecordingUnavailable
     row = await request.app[STORE].get_call(_call_id(request))
     if row is None:
         return _error(404, "no such call")
     if not row.get("recording"):
         return _error(404, "this call was not recorded")
-    path = recordings_dir(request.app[CONFIG]) / row["recording"]
-    if not path.is_file():
+    try:
+        response = await request.app[RECORDINGS].response(request, row["recording"])
+    except RecordingUnavailable as e:
+        log.error("event=recording_unavailable call=%s error=%s", row["call_id"], e)
+        return _error(502, "the recording storage cannot be reached; try again later")
+    if response is None:
         return _error(404, "the recording is gone (retention) or still being written")
-    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+    return response
 
 
 async def live_calls(request: web.Request) -> web.Response:
@@ -267,7 +276,8 @@ async def live_calls(request: web.Request) -> web.Response:
 
 async def hang_up(request: web.Request) -> web.Response:
     """Hang up a live call: at once when it runs here, else through a command to the instance or
-    worker that runs it (it acts within about half a second)."""
+    worker that runs it (at once on PostgreSQL, which notifies it; within half a second on SQLite).
+    409 when that instance is gone or does not take the command within COMMAND_TAKE_SECONDS."""
     call_id = _call_id(request)
     call = request.app[CALLS].get(call_id)
     if call is not None:
@@ -295,11 +305,23 @@ async def hang_up(request: web.Request) -> web.Response:
 async def remote_commands(app: web.Application):
     """Cleanup context: act on commands other instances queued for this one's calls."""
     acting: set[asyncio.Task] = set()
+    store, here = app[STORE], app[INSTANCE]
+    wake = asyncio.Event()
+
+    def notified(payload: str | None) -> None:  # None: (re)connected, notifications may have been missed
+        if payload is None or payload == here:
+            wake.set()
+
+    await store.listen(instances.COMMANDS_CHANNEL, notified)
 
     async def loop() -> None:
-        store, here = app[STORE], app[INSTANCE]
         while True:
-            await asyncio.sleep(COMMAND_POLL_SECONDS)
+            poll = COMMAND_FALLBACK_POLL_SECONDS if store.listening else COMMAND_POLL_SECONDS
+            try:
+                await asyncio.wait_for(wake.wait(), poll)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
             try:
                 for cmd in await instances.take(store, here):
                     call = app[CALLS].get(cmd["call_id"])

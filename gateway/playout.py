@@ -72,11 +72,13 @@ class Playout:
                  clock: Callable[[], float] = time.monotonic, bytes_per_ms: float = 8, min_chunk_frames: int = 1,
                  on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None,
                  on_frame: Callable[[bytes, float], None] | None = None,
-                 on_first_heard: Callable[[str, float], None] | None = None):
+                 on_first_heard: Callable[[str, float], None] | None = None,
+                 on_idle: Callable[[], None] | None = None):
         """`on_first_audio(response_id, sent_at)`: a response's first frame went out.
         `on_frame(audio, starts_at)`: every chunk sent, with when it starts playing (recording).
         `on_first_heard(response_id, played_at)`: a response's first mark came back; `played_at`
         is when, by the marks, that audio began to play at the phone (caller-felt latency).
+        `on_idle()`: nothing is queued or at the phone any more (the call's silence clock starts).
         `bytes_per_ms`: of the phone's format (8: 8 kHz mu-law; 16 kHz PCM16: 32). `min_chunk_frames`:
         a network that wants chunks of at least this many frames (Exotel) gets a shorter one only
         when its buffer would otherwise run dry (a reply's end, or a model slower than real time)."""
@@ -90,6 +92,8 @@ class Playout:
         self.on_first_audio = on_first_audio
         self.on_frame = on_frame
         self.on_first_heard = on_first_heard
+        self.on_idle = on_idle
+        self.idle = asyncio.Event()  # set when nothing is queued or at the phone (see _check_idle)
         self.frame_bytes = int(bytes_per_ms * frame_ms)
         self.generation = 0
         self._seq = 0
@@ -121,6 +125,7 @@ class Playout:
         for f in frames:
             self._frames.append((f, response_id))
         if frames:
+            self.idle.clear()
             self._wake.set()
 
     @property
@@ -146,6 +151,7 @@ class Playout:
         self._frames.clear()
         self.paused = False
         await self._silence_phone()
+        self._check_idle()
         return {rid: self.heard_ms.get(rid, 0.0) for rid in cut}
 
     async def _silence_phone(self) -> bool:
@@ -177,7 +183,21 @@ class Playout:
             self.on_first_heard(rid, max(mark.starts_at, self.clock() - mark.ms / 1000))
         if mark.played_ms > self.heard_ms.get(rid, 0.0):
             self.heard_ms[rid] = mark.played_ms
+        self._check_idle()
         return True
+
+    def _check_idle(self) -> None:
+        """Set `idle` and tell `on_idle` once nothing is queued or at the phone (by the marks,
+        then our clock)."""
+        if self._frames or self._marks or self._writing or self.idle.is_set():
+            return
+        left = self._play_until - self.clock()
+        if left > 0:  # the last mark came back a hair before our clock says the audio ended
+            asyncio.get_running_loop().call_later(left + 0.001, self._check_idle)
+            return
+        self.idle.set()
+        if self.on_idle is not None:
+            self.on_idle()
 
     # ------------------------------------------------------------ holding back
     async def hold(self) -> None:
@@ -210,6 +230,7 @@ class Playout:
         """Forget the queued, unsent frames of one response (a hold sound that is no longer needed)."""
         before = len(self._frames)
         self._frames = deque(f for f in self._frames if f[1] != response_id)
+        self._check_idle()
         return before - len(self._frames)
 
     def queued_for(self, response_id: str) -> float:

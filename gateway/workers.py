@@ -18,17 +18,25 @@ serving the port.
 Why processes and SO_REUSEPORT rather than one process: the call path is CPU-bound Python (JSON,
 base64, DSP); one interpreter uses one core. Why not a shared accept socket: with SO_REUSEPORT a
 slow worker does not get a herd of wake-ups, and workers stay plain `serve` processes.
+
+Metrics: one scrape must see every worker, so each run gets a fresh directory for
+prometheus-client's multiprocess mode (see gateway/metrics.py), given to the workers as
+`PROMETHEUS_MULTIPROC_DIR` (inside the operator's own `PROMETHEUS_MULTIPROC_DIR` if one is set).
+A worker that ends is marked dead there, which drops its live gauges and keeps its counters.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -60,16 +68,29 @@ def follow_supervisor() -> None:
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
+def _metrics_dir() -> tuple[str, dict]:
+    """A fresh directory for this run's worker metrics (removed when the supervisor exits), and
+    the workers' environment naming it."""
+    path = tempfile.mkdtemp(prefix="gateway-metrics-", dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
+    atexit.register(shutil.rmtree, path, True)
+    return path, {**os.environ, "PROMETHEUS_MULTIPROC_DIR": path}
+
+
+def _worker_ended(pid: int, metrics_dir: str) -> None:
+    from prometheus_client.multiprocess import mark_process_dead
+    mark_process_dead(pid, metrics_dir)  # its live gauges go; its counters stay in the sums
+
+
 def supervise(workers: int, config_path: str, host: str, socks: list[socket.socket]) -> int:
     """Run `workers` worker processes on the port `socks` reserved; returns the exit status."""
     port = socks[0].getsockname()[1]  # the real port, when 0 asked for any
     argv = [sys.executable, "-m", "gateway", "serve", "--config", config_path, "--host", host,
             "--port", str(port), "--reuse-port"]
+    metrics_dir, env = _metrics_dir()
+    env[SUPERVISOR_VARIABLE] = str(os.getpid())
     procs: dict[int, subprocess.Popen] = {}
     deaths: dict[int, int] = {}
     stopping: list[int] = []
-
-    env = {**os.environ, SUPERVISOR_VARIABLE: str(os.getpid())}
 
     def start(slot: int) -> None:
         # Its own process group: the terminal's SIGINT is the supervisor's alone to pass on.
@@ -98,6 +119,7 @@ def supervise(workers: int, config_path: str, host: str, socks: list[socket.sock
             if code is None:
                 continue
             del procs[slot]
+            _worker_ended(proc.pid, metrics_dir)
             if stopping:
                 status = status or code
                 continue

@@ -376,3 +376,26 @@ async def test_a_slow_http_tool_gets_hold_tones_instead_of_dead_air_and_they_sto
     answer = [a for t, kind, a in phone.sent if kind == "media" and t > answered + 0.35]
     assert answer and all(set(a) == {0xFF} for a in answer)  # past the lead: the answer alone, hold dropped
     assert summary.barge_ins == 0 and summary.turn_latencies_ms == []  # hold audio is not the bot's answer
+
+
+async def test_the_call_limits_sleep_until_something_is_due_not_on_a_ticker():
+    """A 60 s call with the silence limit on: the limits part wakes for what happens and when a
+    silence is up, not ten times a second (it was 600 wake-ups here)."""
+    model = MemoryModel()
+    call, phone = make_call(model, limits={"silence_timeout_seconds": 30})
+    waits = 0
+    until = call.limits._until
+
+    async def counted(timeout):
+        nonlocal waits
+        waits += 1
+        return await until(timeout)
+    call.limits._until = counted
+    running = asyncio.create_task(call.run())
+    await asyncio.sleep(0.1)
+    model.reply(20000)  # the bot talks for 20 s, then 30 s of silence is up at ~50 s
+    await asyncio.sleep(60)
+    phone.hang_up()
+    await running
+    assert model.texts and "still there" in model.texts[0]
+    assert waits <= 12

@@ -23,10 +23,10 @@ async def started(url: str, tmp_path):
 async def test_migrations_apply_once_and_refuse_a_newer_schema(store_url, tmp_path):
     store = await started(store_url, tmp_path)
     assert await store.migrate() == SCHEMA_VERSION  # a second run is a no-op
-    rows = await store._fetch("SELECT version FROM schema_migrations")
+    rows = await store.fetch("SELECT version FROM schema_migrations")
     assert [r["version"] for r in rows] == sorted(MIGRATIONS)
-    await store._execute(store._sql("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"),
-                         (SCHEMA_VERSION + 1, time.time()))
+    await store.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                        (SCHEMA_VERSION + 1, time.time()))
     await store.close()
     again = open_store(store_url, tmp_path)
     with pytest.raises(RuntimeError, match="newer than this gateway"):
@@ -151,7 +151,7 @@ async def test_purge_removes_old_calls_and_their_events(store_url, tmp_path):
     assert await store.purge(now - 90 * 86400) == ["CAold.wav"]
     rows, _ = await store.list_calls(CallQuery())
     assert {r["call_id"] for r in rows} == {"CAnew", "CAlive"}
-    assert await store._fetch(store._sql("SELECT * FROM call_events WHERE call_id = ?"), ("CAold",)) == []
+    assert await store.fetch("SELECT * FROM call_events WHERE call_id = ?", ("CAold",)) == []
     await store.close()
 
 

@@ -72,8 +72,10 @@ def test_dependencies_are_installed_in_a_layer_before_the_code_pinned_by_the_con
     listed = subprocess.run([sys.executable, "-c", snippet],
                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\n")
     listed = [line for line in listed if line]
-    assert listed == project()["dependencies"] + project()["optional-dependencies"]["postgres"]
+    extras = project()["optional-dependencies"]
+    assert listed == project()["dependencies"] + extras["postgres"] + extras["s3"]
     assert any(Requirement(r).name == "asyncpg" for r in listed), "the [postgres] extra is in the image"
+    assert any(Requirement(r).name == "aiobotocore" for r in listed), "the [s3] extra is in the image"
     pinned = pins()
     for r in listed:
         assert canonicalize_name(Requirement(r).name) in pinned, f"{r} has no pin in constraints.txt"

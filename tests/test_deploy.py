@@ -32,6 +32,12 @@ def test_kubernetes_manifests(tmp_path):
     secret_keys = set(docs["Secret"]["stringData"])
     assert {"GATEWAY_DATABASE_URL", "ZHIPU_API_KEY", "TWILIO_AUTH_TOKEN", "GATEWAY_OPERATOR_TOKEN"} <= secret_keys
     assert docs["Secret"]["stringData"]["GATEWAY_DATABASE_URL"].startswith("postgresql://")
+    # Recordings: in a bucket every replica reads, a local outbox on a volume until uploaded.
+    assert config.recording.url.startswith("s3://") and {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= secret_keys
+    assert "AWS_REGION" in {e["name"] for e in container["env"]}
+    outbox = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["outbox"]
+    assert str(config.recording.dir).startswith(outbox + "/")
+    assert any(v["name"] == "outbox" for v in pod["volumes"])
 
 
 def test_compose_runs_two_gateways_on_one_postgresql_behind_tls():
@@ -43,5 +49,9 @@ def test_compose_runs_two_gateways_on_one_postgresql_behind_tls():
         assert g["environment"]["GATEWAY_DATABASE_URL"].startswith("postgresql://")
         assert g["environment"]["GATEWAY_PUBLIC_URL"].startswith("https://")
         assert int(g["stop_grace_period"].rstrip("s")) >= 300
+        env = g["environment"]
+        assert env["GATEWAY_RECORDING_URL"].startswith("s3://") and "AWS_SECRET_ACCESS_KEY" in env
+        assert env["AWS_ENDPOINT_URL"].endswith("minio:9000}") and any(v.endswith(":/app/data") for v in g["volumes"])
+    assert "minio" in services and "minio-bucket" in services
     caddy = (DEPLOY / "Caddyfile").read_text()
     assert "gateway-1:8080" in caddy and "gateway-2:8080" in caddy and "health_uri /readyz" in caddy

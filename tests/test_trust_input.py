@@ -141,7 +141,7 @@ async def test_a_crashed_call_gets_one_call_ended_whoever_sweeps(store_url):
             await store.flush()
         hooks[0].enqueue("call.ended", "CAcrashed", {"end_reason": "caller_hangup"})  # the lapsed owner, late
         await stores[0].flush()
-        rows = await stores[0]._fetch("SELECT event, body FROM webhook_deliveries WHERE call_id = 'CAcrashed'")
+        rows = await stores[0].fetch("SELECT event, body FROM webhook_deliveries WHERE call_id = 'CAcrashed'")
     finally:
         for store in stores:
             await store.close()
@@ -178,7 +178,7 @@ async def test_hang_up_of_a_call_whose_instance_is_dead_is_a_409(make_gateway, s
     assert status == 409 and body["error"].startswith(
         "the instance that runs this call (killed:2:b) did not take the hang-up within 2.5 s: it has crashed or stalled")
     assert time.monotonic() - t0 < 4
-    assert not await store._fetch("SELECT id FROM call_commands")  # withdrawn: it will not fire later
+    assert not await store.fetch("SELECT id FROM call_commands")  # withdrawn: it will not fire later
     status, body = await api(gw.url, "/api/calls/CAnobody/hangup", method="POST")
     assert (status, body) == (404, {"error": "no live call with that id"})
 

@@ -72,11 +72,11 @@ async def test_the_onset_and_the_first_silence_go_at_once_and_the_turn_end_runs_
     assert max(delay) <= 0.08 + 1e-9  # and never more than a batch late
 
 
-async def test_a_click_is_not_speech_it_costs_two_sends_and_no_live_stretch():
+async def test_a_click_is_not_speech_it_costs_one_early_send_and_no_live_stretch():
     up, sink = make()
-    await play(up, [QUIET] * 5 + [LOUD] + [QUIET] * 44)
-    # the batch up to the click, the click (with nothing pending), the first frame after it, then batches
-    assert up.appends <= 10 + 2
+    sent_at = await play(up, [QUIET] * 7 + [LOUD] + [QUIET] * 42)
+    assert sink.sent[1] == (sent_at[7], b"".join([QUIET] * 2 + [LOUD]))  # the click at once, what waited with it
+    assert [len(a) // 160 for _, a in sink.sent[2:]] == [5] * 8  # then batches again
 
 
 async def test_a_burst_of_late_frames_is_merged_not_sent_faster_than_50_a_second():

@@ -24,7 +24,7 @@ SECRET = "whsec-test-0123456789abcdef"
 
 
 class Receiver:
-    """A CRM's webhook endpoint on loopback: checks each signature the way README tells receivers to."""
+    """A CRM's webhook endpoint on loopback: checks each signature the way docs/operations.md tells receivers to."""
 
     def __init__(self, secret: str = SECRET, status: int = 200):
         self.secret, self.status = secret, status
@@ -97,7 +97,7 @@ async def test_a_call_is_posted_signed_with_its_transcript(make_gateway, fake_gl
     assert done["latencies"]["turn_ms"] == [round(ms) for ms in summary.turn_latencies_ms]
     assert done["recording_url"] == f"/api/calls/{phone.call_sid}/recording"
     assert not receiver.bad
-    rows = await gw.app[STORE]._fetch("SELECT delivered_at, attempts FROM webhook_deliveries")
+    rows = await gw.app[STORE].fetch("SELECT delivered_at, attempts FROM webhook_deliveries")
     assert len(rows) == 2 and all(r["delivered_at"] and r["attempts"] == 1 for r in rows)
 
 

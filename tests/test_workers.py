@@ -100,3 +100,127 @@ async def test_two_instances_on_one_database_webhook_on_one_stream_on_the_other(
         out_a = stop(a, signal.SIGTERM) if a is not None else ""
         out_b = stop(b, signal.SIGTERM)
     assert "crashed_calls_closed=1" not in out_a + out_b
+
+
+def _children(pid: int) -> list[int]:
+    """Worker pids of a supervisor (from /proc: no extra package)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+async def _scrape(url: str) -> dict[str, float]:
+    """Sample name -> the sum over its label sets, as prometheus-client parses the page."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = await api(url, "/metrics")
+    assert status == 200, (status, body[:300])
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
+
+
+async def test_one_scrape_sees_every_worker_and_counters_never_go_backwards(config_dir, tmp_path):
+    """Whichever worker answers, /metrics sums every worker: live calls while they run, ended
+    calls after; a worker killed mid-call takes its live calls out of the gauge, not its counts."""
+    from tests.conftest import write_config
+    config_path = write_config(config_dir, "storage:\n  lease_seconds: 6\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
+    env.update(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db", GATEWAY_OPERATOR_TOKEN=TOKEN,
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path))  # the supervisor makes its fresh directory in here
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = serve(port, env, config_path, args=("--workers", "2"))
+    try:
+        await asyncio.sleep(1.0)
+        run_dirs = [p for p in tmp_path.iterdir() if p.name.startswith("gateway-metrics-")]
+        assert len(run_dirs) == 1, list(tmp_path.iterdir())
+        phones = [await dial(url, bot="echo") for _ in range(6)]
+        await asyncio.sleep(1.0)
+        _, live = await api(url, "/api/live")
+        owners = {c["call_id"]: c["instance"] for c in live["calls"]}
+        assert len(owners) == 6 and len(set(owners.values())) == 2, owners
+        for _ in range(6):
+            assert (await _scrape(url))["gateway_calls_live"] == 6
+        for phone in phones[:3]:
+            await phone.hangup()
+        await wait_for(lambda: all(p.closed.is_set() for p in phones[:3]), 5, "three calls to end")
+        await asyncio.sleep(0.3)
+        seen = []
+        for _ in range(6):
+            m = await _scrape(url)
+            seen.append(m["gateway_calls_ended_total"])
+            assert m["gateway_calls_live"] == 3 and m["gateway_calls_started_total"] == 6, m
+        assert seen == [3] * 6, seen
+        # SIGKILL one worker: its live calls leave the gauge once the supervisor has noticed (and
+        # marked it dead); what it counted stays in the sums.
+        left = phones[3:]
+        worker_pids = _children(proc.pid)
+        assert len(worker_pids) == 2
+        os.kill(worker_pids[0], signal.SIGKILL)
+        killed_calls = sum(f":{worker_pids[0]}:" in owners[p.call_sid] for p in left)  # instance: name:pid:random
+        await wait_for(lambda: len(_children(proc.pid)) == 2 and worker_pids[0] not in _children(proc.pid), 10,
+                       "the supervisor to restart the worker")
+        await asyncio.sleep(1.0)
+        for _ in range(6):
+            m = await _scrape(url)
+            assert m["gateway_calls_started_total"] == 6 and m["gateway_calls_ended_total"] >= 3, m
+            assert m["gateway_calls_live"] == 3 - killed_calls, (m, killed_calls)
+        for phone in left:
+            await phone.hangup()
+    finally:
+        out = stop(proc, signal.SIGTERM, timeout=20)
+    assert "event=worker_died" in out, out
+    assert not any(p.name.startswith("gateway-metrics-") for p in tmp_path.iterdir()), "the run's directory is removed"
+
+
+async def test_a_hang_up_across_instances_on_postgresql_is_carried_out_at_once(config_dir):
+    """PostgreSQL NOTIFY wakes the owner: every hang-up asked of A for a call on B ends it within
+    300 ms (polling alone took up to 500 ms), also after B's listening connection was cut."""
+    from tests.conftest import write_config
+    from tests.pg import fresh_database
+    import time
+
+    import aiohttp
+    import asyncpg
+
+    async with fresh_database() as db:
+        env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
+        env.update(GATEWAY_DATABASE_URL=db, GATEWAY_OPERATOR_TOKEN=TOKEN)
+        config_path = write_config(config_dir)
+        port_a, port_b = free_port(), free_port()
+        url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+        b = serve(port_b, env, config_path)
+        a = serve(port_a, env, config_path)
+        out_b = ""
+        try:
+            await asyncio.sleep(0.5)
+            times = []
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+                for attempt in range(6):
+                    if attempt == 3:  # cut every listening connection: they reconnect, the poll covers the gap
+                        admin = await asyncpg.connect(db)
+                        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+                        await admin.close()
+                        await asyncio.sleep(1.5)  # the first retry is after 0.5 s
+                    phone = await dial(url_b, bot="echo")
+                    await asyncio.sleep(0.6 + attempt * 0.07)  # at various points of B's fallback poll
+                    t0 = time.monotonic()
+                    async with s.post(f"{url_a}/api/calls/{phone.call_sid}/hangup") as r:
+                        assert r.status == 202, await r.text()
+                    assert await phone.wait_closed(5)
+                    times.append((time.monotonic() - t0) * 1000)
+            assert max(times) <= 300, times
+        finally:
+            stop(a, signal.SIGTERM)
+            out_b = stop(b, signal.SIGTERM)
+        assert "event=calllog_listen_lost" in out_b, out_b

@@ -51,13 +51,22 @@ class PhoneActions:
                 return
 
     async def wait_played(self, timeout: float) -> bool:
-        """Until every bot frame sent has been confirmed played by its mark (or `timeout`)."""
+        """Until every bot frame sent has been confirmed played by its mark (or `timeout`): woken
+        by the playout going idle, not polled."""
         deadline = self.clock() + timeout
         while self.playout.busy():
-            if self.clock() > deadline:
+            left = deadline - self.clock()
+            if left <= 0:
                 self.journal.log.warning("played_wait_timeout", queued_ms=round(self.playout.queued_ms))
                 return False
-            await asyncio.sleep(0.02)
+            if self.playout.idle.is_set():  # idle by the marks, our clock not quite there: a frame at most
+                await asyncio.sleep(min(left, 0.02))
+                continue
+            timer = asyncio.get_running_loop().call_later(left, self.playout.idle.set)
+            try:
+                await self.playout.idle.wait()
+            finally:
+                timer.cancel()
         return True
 
     # -------------------------------------------------------------- speaking

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +17,7 @@ from ..config import Config, Persona
 from ..logs import CallLogger
 from ..outbound import outbound_persona
 from ..providers import make_provider
-from ..recording import AudioRecording, recordings_dir
+from ..recording import new_recording
 from ..telephony import PhoneControl, Started
 from .coordinator import Call
 from .hold import load_hold_sound
@@ -47,7 +46,7 @@ def assemble_call(*, config: Config, persona: Persona, phone, started: Started, 
     recording = None
     if persona.record if persona.record is not None else config.recording.enabled:
         try:
-            recording = AudioRecording(recordings_dir(config) / f"{re.sub(r'[^A-Za-z0-9_-]', '_', call_id)[:64]}.wav")
+            recording = new_recording(config)  # a random key: never named after the caller's call id
         except OSError as e:
             log.error("recording_failed", error=f"{type(e).__name__}: {e}"[:200])
     try:

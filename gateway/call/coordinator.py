@@ -102,6 +102,7 @@ class Call:
                                bytes_per_ms=fmt.bytes_per_ms,
                                min_chunk_frames=-(-getattr(phone, "min_chunk_bytes", 0) // fmt.frame_bytes) or 1,
                                on_first_audio=self._first_audio, on_first_heard=self._first_heard,
+                               on_idle=lambda: self.limits.wake(),
                                on_frame=self._record_bot if recording is not None else None)
         self.hold = HoldSound(self.audio.phone_sound(hold_sound), persona.hold.after_ms, self.playout, self.journal,
                               clock, frame_bytes=fmt.frame_bytes)
@@ -260,6 +261,7 @@ class Call:
             self.journal.error("model_connect_failed", str(e))
             return "model_error"
         self.journal.log.info("model_session_ready", provider=self.persona.provider)
+        self.limits.wake()
         if self.speak_first:
             await self.model.send_text(SPEAK_FIRST)
         async for ev in self.model.events():
@@ -267,10 +269,12 @@ class Call:
                 self._bot_audio(ev)
             elif isinstance(ev, SpeechStarted):
                 self.conversation.speech_started()
+                self.limits.wake(caller_spoke=True)
                 self._speech_from = self.conversation.offset()
                 await self._caller_started_speaking()
             elif isinstance(ev, SpeechStopped):
                 self.conversation.speech_stopped(self.uplink.last_voiced_at)
+                self.limits.wake()
                 self.journal.log.debug("caller_speech_stopped")
                 if self._speech_from is not None:  # a caller speech segment, for the call's timeline
                     ms = round((self.conversation.offset() - self._speech_from) * 1000)
@@ -279,6 +283,7 @@ class Call:
                 self.judge.speech_ended()
             elif isinstance(ev, ResponseStarted):
                 self.conversation.response_started(ev.response_id)
+                self.limits.wake()
             elif isinstance(ev, OutputTranscript):
                 self.conversation.output_text(ev.response_id, ev.text, ev.final)
             elif isinstance(ev, InputTranscript):
@@ -286,6 +291,7 @@ class Call:
                 await self.judge.words(ev.text)
             elif isinstance(ev, ResponseDone):
                 self._response_done(ev)
+                self.limits.wake()
             elif isinstance(ev, ToolCall):
                 self.tools.handle(ev)
             elif isinstance(ev, (SessionLost, SessionReplaced)):

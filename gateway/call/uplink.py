@@ -9,12 +9,12 @@ quiet stretches only (most of a call: the caller listens, or thinks), and these 
 (with whatever is pending, in one append):
 - every voiced frame: the onset, and the speech after it, on which the model's VAD decides
   "speech started" (a barge-in waits on that) and keeps deciding "still speaking";
-- the first unvoiced frame after a voiced one (the first silence);
+- the first unvoiced frame after speech (the first silence);
 - after speech (a voiced run of at least `SPEECH_MS`), every frame for the model's end-of-turn
   silence (`Capabilities.vad_silence_ms`) plus one batch: the model's end-of-turn clock then runs
   on audio that arrives in real time, and the turn ends when the caller's silence says so, not
   one batch later. Longer than that the model has decided either way, and batching resumes.
-A click (a voiced run under SPEECH_MS) costs two sends and no trailing stretch.
+A click (a voiced run under SPEECH_MS) costs one early send and no trailing stretch.
 "Voiced" is the energy measure the confirm barge-in policy uses (`BargeIn.threshold`: RMS of the
 frame as 16-bit PCM), computed once per frame here and shared with the barge-in check.
 
@@ -66,17 +66,17 @@ class Uplink:
         """One caller frame (phone format): sent now or batched; returns whether it was voiced."""
         now = self._clock()
         voiced = self.energy(audio) >= self._threshold
-        edge = voiced != self.voiced
+        speech_ended = not voiced and self.voiced and self.voiced_run_ms >= SPEECH_MS
         if voiced:
             self.voiced_run_ms += FRAME_MS
             self.last_voiced_at = now
-        elif self.voiced and self.voiced_run_ms >= SPEECH_MS:  # speech just ended: the model's turn clock starts
+        elif speech_ended:  # the first silence after speech: the model's end-of-turn clock starts
             self._live_until = now + self._trailing_s
         if not voiced:
             self.voiced_run_ms = 0
         self.voiced = voiced
         self._pending += audio
-        live = voiced or edge or now < self._live_until
+        live = voiced or now < self._live_until
         if live and now - self._last_send >= MIN_SEND_GAP_S or len(self._pending) >= self._block:
             await self._send(now)
         return voiced

@@ -4,17 +4,26 @@ Same schema and queries as SQLite (store.py writes SQL both accept; `?` placehol
 `$1, $2, …` here). asyncpg is natively async, so there is no thread: a small pool serves the
 writer task and the API's reads. Migrations run in a transaction under an advisory lock, so two
 instances starting at once do not both apply them.
+
+LISTEN/NOTIFY: `listen()` keeps one connection of its own (outside the pool: a pooled connection
+goes back after each query) subscribed to a channel, and reconnects after losing it. Instances use
+it to wake the one that owns a call at once (calllog/instances.py); their poll stays as the fallback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
+from typing import Callable
 from urllib.parse import urlsplit
 
 from .store import CallStore, StoreError
 
 _MIGRATION_LOCK = 0x6761_7465  # any constant shared by every gateway instance
+LISTEN_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)  # after the listening connection is lost or refused
+log = logging.getLogger("gateway.calllog")
 
 
 def _storable(value: object) -> object:
@@ -33,6 +42,9 @@ class PostgresStore(CallStore):
         super().__init__()
         self.url = url
         self._pool = None
+        self._listeners: list[tuple[str, Callable[[str | None], None]]] = []
+        self._listen_task: asyncio.Task | None = None
+        self.listening = False  # the listening connection is up (notifications arrive)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)
@@ -49,6 +61,10 @@ class PostgresStore(CallStore):
             raise StoreError(f"cannot connect to the call-log database {self!r}: {type(e).__name__}") from None
 
     async def _close_db(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            await asyncio.gather(self._listen_task, return_exceptions=True)
+            self._listen_task = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -87,3 +103,42 @@ class PostgresStore(CallStore):
                 await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                                    version, time.time())
         return True
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self._pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+    async def listen(self, channel: str, callback: Callable[[str | None], None]) -> bool:
+        """Call `callback(payload)` for each NOTIFY on `channel`, and `callback(None)` whenever the
+        listening connection (re)connects, since notifications sent while it was down are lost."""
+        self._listeners.append((channel, callback))
+        if self._listen_task is None:
+            self._listen_task = asyncio.create_task(self._listen_loop(), name="calllog-listen")
+        return True
+
+    async def _listen_loop(self) -> None:
+        import asyncpg
+        failures = 0
+        while True:
+            lost = asyncio.Event()
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.url, timeout=10)
+                conn.add_termination_listener(lambda _conn: lost.set())
+                for channel, callback in self._listeners:
+                    await conn.add_listener(channel, lambda _c, _pid, _ch, payload, cb=callback: cb(payload))
+                self.listening, failures = True, 0
+                for _, callback in self._listeners:
+                    callback(None)
+                await lost.wait()
+                log.warning("event=calllog_listen_lost note=\"falling back to polling until reconnected\"")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the database may be down for a while; keep trying
+                if failures == 0:
+                    log.error("event=calllog_listen_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(LISTEN_RETRY_SECONDS[min(failures, len(LISTEN_RETRY_SECONDS) - 1)])
+            failures += 1
