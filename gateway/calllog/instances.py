@@ -56,8 +56,11 @@ async def send(store: CallStore, instance: str, call_id: str, command: str) -> s
 
 async def await_taken(store: CallStore, command_id: str, seconds: float, poll: float = 0.1) -> bool:
     """True once the addressee took the command; after `seconds` without that the command is
-    withdrawn (so it cannot be acted on after the sender said it failed) and the answer is False."""
+    withdrawn (so it cannot be acted on after the sender said it failed) and the answer is False.
+    Looks again after 5 ms, then twice as long each time up to `poll`: a notified owner takes
+    the command within milliseconds, and the operator's answer should not wait a whole poll."""
     deadline = time.monotonic() + seconds
+    wait = min(0.005, poll)
     while True:
         rows = await store.fetch("SELECT taken_at FROM call_commands WHERE id = ?", (command_id,))
         if rows and rows[0]["taken_at"] is not None:
@@ -66,7 +69,8 @@ async def await_taken(store: CallStore, command_id: str, seconds: float, poll: f
             withdrawn = await store.execute("DELETE FROM call_commands WHERE id = ? AND taken_at IS NULL",
                                             (command_id,))
             return not withdrawn  # taken in the last instant after all
-        await asyncio.sleep(poll)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, poll)
 
 
 async def take(store: CallStore, instance: str) -> list[dict]:
