@@ -26,8 +26,16 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.reuse_port:  # a worker of `serve --workers N`
+        from .workers import follow_supervisor
+        follow_supervisor()
     try:
         # Before anything else: a second gateway stops here. Workers share the port (SO_REUSEPORT).
+        if args.workers > 1 and port:
+            # SO_REUSEPORT would bind beside another supervisor's workers (even orphaned ones): a
+            # plain bind first finds the port in use.
+            for sock in listen(host, port):
+                sock.close()
         socks = listen(host, port, reuse_port=args.workers > 1 or args.reuse_port)
     except ListenError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,6 +26,8 @@ from .call.assembly import assemble_call
 from .calllog import open_store
 from .capacity import Capacity, Grant
 from .config import Config, Persona
+from . import http_limits
+from .ids import started_problem, webhook_problem
 from .logs import CallLogger
 from .metrics import METRICS, add_metrics
 from .operator_api import add_operator_routes, remote_commands
@@ -50,6 +52,7 @@ REFUSED_HEADER = "X-Gateway-Refused"  # on a webhook answer that turns the call 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
+    http_limits.install(app, config.server.request_timeout_seconds)
     app[CONFIG] = config
     app[CALLS] = {}
     app[RECENT] = collections.deque(maxlen=200)
@@ -182,8 +185,14 @@ async def voice_webhook(request: web.Request, network: NetworkSpec) -> web.Respo
         return web.Response(status=403, text=f"{hook}\n")
     call_sid, caller, dialed = hook.call_id, hook.caller, hook.dialed
     requested = request.query.get("bot")
+    bad = webhook_problem(call_sid, caller, dialed, requested)
+    if bad:  # checked once, here: what passes is used as it is by stream, slots, records and events
+        log.warning("event=webhook_refused network=%s reason=bad_input problem=%s remote=%s", network.name,
+                    json.dumps(bad), request.remote)
+        return web.Response(status=400, text=f"{bad}\n")
     clog = CallLogger(log, call=call_sid or None)
-    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed, "bot": requested and requested[:64],
+    record = {"call_sid": call_sid, "from_number": caller, "to_number": dialed,
+              "bot": requested if requested in config.bots else None,  # a caller's made-up name is no bot
               "direction": "outbound" if "outbound" in request.query else "inbound", "network": network.name}
     if request.app[DRAINING]:
         clog.info("webhook_refused", reason="draining", caller=caller)
@@ -197,10 +206,11 @@ async def voice_webhook(request: web.Request, network: NetworkSpec) -> web.Respo
     if persona is None:
         wanted = requested or config.routing.numbers.get(dialed)
         why = "unknown bot" if wanted not in config.bots else "bot's provider has no API key"
-        clog.warning("webhook_rejected", bot=str(wanted)[:64], reason=why, caller=caller, dialed=dialed)
-        return _refused(request, network, network.refusal(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)[:64]),
-                        record | {"bot": str(wanted)[:64],
-                                  "provider": getattr(config.bots.get(str(wanted)), "provider", None)})
+        clog.warning("webhook_rejected", bot=str(wanted), reason=why, caller=caller, dialed=dialed)
+        # The record names a bot only when it is one of ours: a caller's `?bot=` is not a bot.
+        known = config.bots.get(str(wanted))
+        return _refused(request, network, network.refusal(SORRY_UNKNOWN_BOT), _unavailable(config, str(wanted)),
+                        record | {"bot": known and known.name, "provider": known and known.provider})
     if how == "fallback":
         clog.warning("webhook_fallback_bot", wanted=config.routing.default_bot, bot=persona.name,
                      reason="default bot's provider has no API key")
@@ -311,6 +321,11 @@ async def run_stream(app: web.Application, network: NetworkSpec, stream: PhoneSt
         return
     if started is None:
         clog.info("stream_ended_before_start")
+        return
+    bad = started_problem(started)
+    if bad:  # the same check as the webhook's: one canonical call id, taken as sent or refused
+        clog.warning("stream_rejected", reason="bad_input", problem=bad)
+        await stream.close(1008, b"bad call id or parameters")
         return
     # The bot: as the media URL or the stream's parameters name it, else the dialed number's route,
     # else the default (networks that pass neither a query nor parameters).
@@ -442,7 +457,10 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
 
     socks = socks if socks is not None else listen(host, port)
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # keepalive_timeout: also how long a connection may take to send a request's headers; lingering:
+    # how long the rest of a body too slow to wait for is read after the answer (http_limits.py)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, lingering_time=1.0,
+                           keepalive_timeout=config.server.request_timeout_seconds)
     try:
         await runner.setup()
     except BaseException:

@@ -18,8 +18,9 @@ from .calllog import CallQuery, open_store
 from .calllog.store import END_REASONS
 from .calllog.views import call_json, parse_time, transcript
 from .config import load_config
+from .ids import positive_int
 
-CSV_FIELDS = ["call_id", "started_at", "ended_at", "duration_s", "from", "to", "bot", "provider", "model",
+CSV_FIELDS = ["call_id", "network", "started_at", "ended_at", "duration_s", "from", "to", "bot", "provider", "model",
               "end_reason", "error", "turns", "barge_ins", "first_audio_ms", "transcript"]
 
 
@@ -38,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--until", help="ISO date or time (UTC)")
         s.add_argument("--end-reason", choices=END_REASONS)
         s.add_argument("--text", help="words said by the caller or the bot")
-        s.add_argument("--limit", type=int, default=50 if name == "list" else 100000)
+        s.add_argument("--limit", type=positive_int, default=50 if name == "list" else 100000)
+        if name == "list":
+            s.add_argument("--json", action="store_true", help="the calls as one JSON document (calls, total)")
         if name == "export":
             s.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
             s.add_argument("--out", help="file (default: standard output)")
@@ -70,7 +73,10 @@ async def _run(args: argparse.Namespace) -> int:
                           until=parse_time(args.until) if args.until else None, limit=args.limit)
         rows, total = await store.list_calls(query)
         if args.calls_command == "list":
-            _print_list(rows, total, sys.stdout)
+            if args.json:
+                print(json.dumps({"calls": [call_json(r) for r in rows], "total": total}, ensure_ascii=False, indent=2))
+            else:
+                _print_list(rows, total, sys.stdout)
             return 0
         out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
         try:
@@ -119,13 +125,27 @@ async def _show(store, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(call, ensure_ascii=False, indent=2))
         return 0
-    for key in ("call_id", "bot", "provider", "model", "from", "to", "started_at", "first_audio_ms", "ended_at",
-                "duration_s", "end_reason", "error", "turns", "barge_ins", "usage", "has_recording"):
-        print(f"{key:15} {shown(call[key])}")
+    for key, value in _details(call):
+        print(f"{key:15} {shown(value)}")
     print("timeline:")
     for e in call["timeline"]:
         print(f"  {e['t']:7.2f}s  {shown(_line(e))}")
     return 0
+
+
+def _details(call: dict) -> list[tuple[str, str]]:
+    """`calls show`'s fields as a person reads them: "-" for nothing, units, no Python reprs."""
+    def text(value, unit: str = "") -> str:
+        return "-" if value is None or value == "" else f"{value}{unit}"
+    usage = call["usage"] or {}
+    return [("call_id", call["call_id"]), ("network", text(call["network"])), ("direction", text(call["direction"])),
+            ("bot", text(call["bot"])), ("provider", text(call["provider"])), ("model", text(call["model"])),
+            ("from", text(call["from"])), ("to", text(call["to"])), ("started_at", text(call["started_at"])),
+            ("first_audio_ms", text(call["first_audio_ms"], " ms")), ("ended_at", text(call["ended_at"])),
+            ("duration_s", text(call["duration_s"], " s")), ("end_reason", text(call["end_reason"] or "live")),
+            ("error", text(call["error"])), ("turns", text(call["turns"])), ("barge_ins", text(call["barge_ins"])),
+            ("usage", f"{usage.get('input_tokens') or 0} input tokens, {usage.get('output_tokens') or 0} output tokens"),
+            ("recording", "yes" if call["has_recording"] else "no")]
 
 
 def _line(e: dict) -> str:
@@ -140,7 +160,8 @@ def _line(e: dict) -> str:
         return said
     if kind == "caller":
         return f"caller: {e.get('text', '')}"
-    details = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("kind", "t"))
+    details = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+                       for k, v in e.items() if k not in ("kind", "t") and v is not None)
     return f"[{kind}] {details}"
 
 

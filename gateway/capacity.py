@@ -14,13 +14,15 @@ nothing is written: the key with the fewest of this process's calls is used.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .calllog import CallStore
+from .calllog import CallStore, StoreError
 from .config import Config, Persona
 from .providers import SPECS
 
@@ -30,6 +32,21 @@ log = logging.getLogger("gateway")
 def fingerprint(key: str) -> str:
     """What logs, records and the dashboard show of a key: 8 hex digits of its SHA-256."""
     return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def store_unreachable(e: BaseException) -> bool:
+    """The call log cannot be reached or is overloaded (no connection, a timeout, SQLite busy), as
+    opposed to a query that failed on its input or a bug: only then may calls go uncapped."""
+    if isinstance(e, (OSError, asyncio.TimeoutError, StoreError)):
+        return True
+    if isinstance(e, sqlite3.OperationalError):
+        return True  # locked, busy, disk I/O: the database, not the query
+    kind = type(e)
+    return kind.__module__.startswith("asyncpg") and any(
+        c.__name__ in ("PostgresConnectionError", "InterfaceError", "ConnectionDoesNotExistError",
+                       "TooManyConnectionsError", "CannotConnectNowError", "QueryCanceledError",
+                       "AdminShutdownError", "CrashShutdownError")
+        for c in kind.__mro__)
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,7 @@ class Capacity:
                     return Grant(persona.provider, call_id, key, held="slot")
                 if fp is not None:  # held under a key this config no longer has
                     await self.store.release_slot(persona.provider, call_id)
-            except Exception as e:  # noqa: BLE001 - _take logs the same and serves uncapped
+            except Exception as e:  # noqa: BLE001 - _take tries again, and serves uncapped only if the store is down
                 log.error("event=capacity_check_failed provider=%s error=%s", persona.provider,
                           f"{type(e).__name__}: {e}"[:300])
         return await self._take(persona.provider, call_id, None)
@@ -103,7 +120,12 @@ class Capacity:
         if limit:
             try:
                 return await self._take_slot(provider, keys, limit, call_id, hold_until)
-            except Exception as e:  # noqa: BLE001 - the call log is down: serve uncapped rather than refuse all
+            except Exception as e:  # noqa: BLE001 - classified right below
+                if not store_unreachable(e):  # a query that failed on what it was given: never "no cap"
+                    log.error("event=capacity_check_failed provider=%s error=%s note=\"refusing the call\"",
+                              provider, f"{type(e).__name__}: {e}"[:300])
+                    return None
+                # The call log is down: serve uncapped rather than refuse every call.
                 log.error("event=capacity_check_failed provider=%s error=%s note=\"serving without the "
                           "max_sessions cap\"", provider, f"{type(e).__name__}: {e}"[:300])
         # Counted from the stream's start (a webhook's pick is only a forecast).

@@ -8,6 +8,7 @@ overrides listed in docs/design.md ("Contracts") win over the file.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import importlib.util
 import os
@@ -32,7 +33,25 @@ __all__ = ["BUILTIN_TOOLS", "Config", "ConfigError", "DtmfConfig", "HttpTool", "
 
 
 class ConfigError(Exception):
-    """A config or persona problem; the message names the file and the field."""
+    """A config or persona problem; the message names the file and the field (one line each)."""
+
+
+# While load_config runs: the problems found so far (checking goes on after each).
+_PROBLEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("config_problems", default=None)
+
+
+def _problem(message: str) -> None:
+    """A problem: noted, and checking goes on (load_config reports them all at the end); raised at
+    once when the checks run outside load_config (load_persona on its own)."""
+    problems = _PROBLEMS.get()
+    if problems is None:
+        raise ConfigError(message)
+    problems.append(message)
+
+
+class _FromEnvironment(str):
+    """A value that `${VAR}` put in: a string, which a number or true/false field may also read
+    (`max_sessions: ${GLM_MAX_SESSIONS}`), as YAML would had it been written in the file."""
 
 
 # ---------------------------------------------------------------- schema: config.yaml
@@ -50,6 +69,9 @@ class ServerConfig:
     # On SIGTERM/SIGINT: stop taking calls, let live ones finish for up to this long, then wrap
     # them up (goodbye, hang up). A second signal skips the wait.
     drain_seconds: float = 300.0
+    # A request's headers, and its body, must arrive within this long (slow clients must not hold
+    # connections); idle keep-alive connections are closed after it too.
+    request_timeout_seconds: float = 15.0
 
 
 # `providers:` in config.yaml: one section per provider that has settings, typed by its spec.
@@ -121,7 +143,8 @@ class RecordingConfig:
 @dataclass(frozen=True)
 class OperatorConfig:
     token: str = ""  # bearer token for /api/ and the dashboard; empty = the API answers 401 to all
-    # Per client address: sustained requests per second and burst. Wrong tokens count too.
+    # Per client address: sustained requests per second and burst; requests with a wrong or missing
+    # token have a bucket of their own (the same sizes), so they never lock out the right token.
     rate_limit_per_second: float = 10.0
     rate_limit_burst: int = 40
 
@@ -222,9 +245,14 @@ def _substitute_env(value: str, where: str, env: typing.Mapping[str, str]) -> st
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"{where}: environment variable {name} is not set "
-                          f"(write ${{{name}:-}} to make it optional)")
-    return _ENV_RE.sub(repl, value)
+        _problem(f"{where}: environment variable {name} is not set (write ${{{name}:-}} to make it optional)")
+        return ""
+    result = _ENV_RE.sub(repl, value)
+    return _FromEnvironment(result) if result != value else value
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def _describe(value: Any) -> str:
@@ -258,6 +286,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
+    if isinstance(value, _FromEnvironment) and tp in (bool, int, float):
+        text = value.strip()
+        if tp is bool and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if tp is int and _INTEGER.fullmatch(text):
+            return int(text)
+        if tp is float and _NUMBER.fullmatch(text):
+            return float(text)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
@@ -275,7 +311,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             value = str(value)  # phone numbers and "inf"-like values written bare in YAML
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
-        return value
+        return str(value)
     raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not in the file
 
 
@@ -288,16 +324,44 @@ def _build(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     public = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     sep = "" if where.endswith(": ") else "."
-    unknown = sorted(set(map(str, data)) - set(public))
-    if unknown:
-        raise ConfigError(f"{where}{sep}{unknown[0]}: unknown key (known: {', '.join(sorted(public))})")
+    for key in sorted(set(map(str, data)) - set(public)):
+        _problem(f"{where}{sep}{key}: unknown key (known: {', '.join(sorted(public))})")
     kwargs = {}
     for name, f in public.items():
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{where}{sep}{name}")
+            try:
+                kwargs[name] = _coerce(hints[name], data[name], f"{where}{sep}{name}")
+            except ConfigError as e:  # noted; the field keeps its default and the others are checked
+                _problem(str(e))
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise ConfigError(str(e)) from None  # nothing to build this without
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}{sep}{name}: required")
     return cls(**kwargs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error: YAML would keep the
+    last one silently, and a second `max_sessions:` further down is how a setting gets lost."""
+
+
+def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)  # merge keys (<<) may be overridden: that is what they are for
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                    f"duplicate key {key!r}", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _load_yaml(path: Path, env: typing.Mapping[str, str]) -> Any:
@@ -306,7 +370,7 @@ def _load_yaml(path: Path, env: typing.Mapping[str, str]) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -370,11 +434,11 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
     if spec is None:
         raise ConfigError(f"{where}provider: expected one of {', '.join(map(repr, SPECS))}, got {persona.provider!r}")
     if persona.voice and spec.voices and persona.voice not in spec.voices:
-        raise ConfigError(f"{where}voice: {spec.label} has no voice {persona.voice!r} "
+        _problem(f"{where}voice: {spec.label} has no voice {persona.voice!r} "
                           f"(one of {', '.join(sorted(spec.voices))})")
     tokens = persona.max_response_output_tokens
     if spec.max_output_tokens and tokens != "inf" and not (tokens.isdigit() and 1 <= int(tokens) <= spec.max_output_tokens):
-        raise ConfigError(f"{where}max_response_output_tokens: expected 1..{spec.max_output_tokens} or \"inf\", "
+        _problem(f"{where}max_response_output_tokens: expected 1..{spec.max_output_tokens} or \"inf\", "
                           f"got {tokens!r}")
     audio = dataclasses.replace(persona.audio, input_format=persona.audio.input_format or spec.input_formats[0],
                                 output_format=persona.audio.output_format or spec.output_formats[0])
@@ -382,21 +446,23 @@ def load_persona(path: Path, env: typing.Mapping[str, str] | None = None) -> Per
                                  ("audio.output_format", audio.output_format, spec.output_formats),
                                  ("turn_detection.type", persona.turn_detection.type, spec.turn_detection)):
         if value not in allowed:
-            raise ConfigError(f"{where}{name}: provider {persona.provider} takes "
+            _problem(f"{where}{name}: provider {persona.provider} takes "
                               f"{' or '.join(allowed)}, got {value!r}")
     _check_phone_actions(persona, where)
     _check_conversation(persona, path, where)
+    if persona.language and not LANGUAGE_TAG.fullmatch(persona.language):
+        _problem(f"{where}language: expected a language tag like en-US or zh-CN, got {persona.language!r}")
     if persona.temperature is not None and not 0 <= persona.temperature <= 1:
-        raise ConfigError(f"{where}temperature: expected 0..1, got {persona.temperature}")
+        _problem(f"{where}temperature: expected 0..1, got {persona.temperature}")
     if persona.audio.output_rate not in (8000, 16000, 24000, 48000):
-        raise ConfigError(f"{where}audio.output_rate: expected 8000, 16000, 24000 or 48000")
+        _problem(f"{where}audio.output_rate: expected 8000, 16000, 24000 or 48000")
     if persona.max_call_seconds is not None and persona.max_call_seconds <= 0:
-        raise ConfigError(f"{where}max_call_seconds: must be positive")
+        _problem(f"{where}max_call_seconds: must be positive")
     model = persona.model or spec.default_model
     if (persona.tools or persona.http_tools) and not spec.supports_tools(model):
         field_name = "tools" if persona.tools else "http_tools"
-        raise ConfigError(f"{where}{field_name}: {spec.label} model {model!r} takes no functions "
-                          f"(choose a model that does, or remove tools and http_tools)")
+        _problem(f"{where}{field_name}: {spec.label} model {model!r} takes no functions "
+                 f"(choose a model that does, or remove tools and http_tools)")
     return dataclasses.replace(persona, name=path.stem, path=str(path), audio=audio, model=model)
 
 
@@ -404,22 +470,23 @@ def _check_conversation(p: Persona, path: Path, where: str) -> None:
     """Barge-in policy and hold sound: catch at load what would misbehave mid-call."""
     b = p.barge_in
     if not 40 <= b.min_speech_ms <= 3000:
-        raise ConfigError(f"{where}barge_in.min_speech_ms: expected 40..3000")
+        _problem(f"{where}barge_in.min_speech_ms: expected 40..3000")
     if not b.min_speech_ms <= b.confirm_ms <= 5000:
-        raise ConfigError(f"{where}barge_in.confirm_ms: expected min_speech_ms..5000")
+        _problem(f"{where}barge_in.confirm_ms: expected min_speech_ms..5000")
     if not 0 < b.threshold < 32768:
-        raise ConfigError(f"{where}barge_in.threshold: expected 1..32767")
+        _problem(f"{where}barge_in.threshold: expected 1..32767")
     if not 0 <= p.hold.after_ms <= 30000:
-        raise ConfigError(f"{where}hold.after_ms: expected 0..30000")
+        _problem(f"{where}hold.after_ms: expected 0..30000")
     if p.hold.sound not in ("tones", "none"):
         try:
             load_phone_sound(path.parent / p.hold.sound)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{where}hold.sound: {getattr(e, 'strerror', None) or e} "
-                              "(tones, none, or an 8 kHz mono 16-bit WAV next to the persona)") from None
+            _problem(f"{where}hold.sound: {getattr(e, 'strerror', None) or e} "
+                              "(tones, none, or an 8 kHz mono 16-bit WAV next to the persona)")
 
 
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")  # \Z: "$" would also take a trailing newline
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")  # BCP 47, as the models and TwiML's <Say> take it
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -427,46 +494,62 @@ def _check_phone_actions(p: Persona, where: str) -> None:
     """Tools, transfer targets and DTMF shortcuts: catch at load what would fail mid-call."""
     for i, name in enumerate(p.tools):
         if name not in BUILTIN_TOOLS:
-            raise ConfigError(f"{where}tools[{i}]: unknown built-in tool {name!r} (one of {', '.join(BUILTIN_TOOLS)}; "
+            _problem(f"{where}tools[{i}]: unknown built-in tool {name!r} (one of {', '.join(BUILTIN_TOOLS)}; "
                               "HTTP tools go under http_tools)")
     for name, number in [("transfer_to", p.transfer_to), ("transfer_caller_id", p.transfer_caller_id),
                          *((f"transfer_targets.{k}", v) for k, v in p.transfer_targets.items())]:
         if number and not E164.match(number):
-            raise ConfigError(f"{where}{name}: expected an E.164 number like +15551234567, got {number!r}")
+            _problem(f"{where}{name}: expected an E.164 number like +15551234567, got {number!r}")
     if "transfer_call" in p.tools and not (p.transfer_to or p.transfer_targets):
-        raise ConfigError(f"{where}tools: transfer_call needs transfer_to or transfer_targets")
+        _problem(f"{where}tools: transfer_call needs transfer_to or transfer_targets")
     names = set(BUILTIN_TOOLS)
     for i, tool in enumerate(p.http_tools):
         at = f"{where}http_tools[{i}]"
         if not TOOL_NAME.match(tool.name) or tool.name in names:
-            raise ConfigError(f"{at}.name: {tool.name!r} must be unique, letters/digits/_/- (and not a built-in)")
+            _problem(f"{at}.name: {tool.name!r} must be unique, letters/digits/_/- (and not a built-in)")
         names.add(tool.name)
         if not re.match(r"^https?://", tool.url):
-            raise ConfigError(f"{at}.url: expected an http(s):// URL")
+            _problem(f"{at}.url: expected an http(s):// URL")
         if tool.parameters.get("type") != "object":
-            raise ConfigError(f"{at}.parameters: expected a JSON Schema with type: object")
+            _problem(f"{at}.parameters: expected a JSON Schema with type: object")
         if problem := schema_problem(tool.parameters):
-            raise ConfigError(f"{at}.parameters{problem}")
+            _problem(f"{at}.parameters{problem}")
         if not 0 < tool.timeout_seconds <= 60:
-            raise ConfigError(f"{at}.timeout_seconds: expected 0..60")
+            _problem(f"{at}.timeout_seconds: expected 0..60")
     if not 100 <= p.dtmf.inter_digit_ms <= 10000:
-        raise ConfigError(f"{where}dtmf.inter_digit_ms: expected 100..10000")
+        _problem(f"{where}dtmf.inter_digit_ms: expected 100..10000")
     for digit, action in p.dtmf.shortcuts.items():
         if digit not in "0123456789*#" or len(digit) != 1:
-            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: expected a single key 0-9, * or #")
+            _problem(f"{where}dtmf.shortcuts.{digit}: expected a single key 0-9, * or #")
         target = action.split(":", 1)[1] if action.startswith("transfer:") else None
         if action not in ("transfer", "end_call") and target is None:
-            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: expected transfer, transfer:<target> or end_call")
+            _problem(f"{where}dtmf.shortcuts.{digit}: expected transfer, transfer:<target> or end_call")
         if action == "transfer" and not p.transfer_to:
-            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: transfer needs transfer_to")
+            _problem(f"{where}dtmf.shortcuts.{digit}: transfer needs transfer_to")
         if target is not None and target not in p.transfer_targets:
-            raise ConfigError(f"{where}dtmf.shortcuts.{digit}: no transfer target {target!r}")
+            _problem(f"{where}dtmf.shortcuts.{digit}: no transfer target {target!r}")
 
 
 def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] | None = None) -> Config:
-    """Load and validate config.yaml and every persona in its bots_dir."""
-    env = os.environ if env is None else env
-    path = Path(path)
+    """Load and validate config.yaml and every persona in its bots_dir. Every problem found is
+    reported at once (one ConfigError, one line each), not just the first."""
+    problems: list[str] = []
+    token = _PROBLEMS.set(problems)
+    try:
+        config = _load_config(Path(path), os.environ if env is None else env)
+    except ConfigError as e:  # one that stops the checking (the file cannot be read, no bots_dir)
+        problems.append(str(e))
+    finally:
+        _PROBLEMS.reset(token)
+    problems = list(dict.fromkeys(problems))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _load_config(path: Path, env: typing.Mapping[str, str]) -> Config:
     data = _load_yaml(path, env) if path.exists() else None
     if path.exists() and data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
@@ -483,23 +566,31 @@ def load_config(path: str | Path = "config.yaml", env: typing.Mapping[str, str] 
         bots_dir = path.resolve().parent / bots_dir
     if not bots_dir.is_dir():
         raise ConfigError(f"{path}: bots_dir: {bots_dir} is not a directory")
-    bots = {p.stem: load_persona(p, env) for p in sorted(bots_dir.glob("*.yaml"))}
+    bots, broken = {}, set()
+    for persona_path in sorted(bots_dir.glob("*.yaml")):
+        try:
+            bots[persona_path.stem] = load_persona(persona_path, env)
+        except ConfigError as e:  # reported; the other personas are still checked
+            _problem(str(e))
+            broken.add(persona_path.stem)
     where = f"{path}: routing"
     for key, bot in [("default_bot", cfg.routing.default_bot), ("fallback_bot", cfg.routing.fallback_bot),
                      *((f"numbers.{n}", b) for n, b in cfg.routing.numbers.items())]:
-        if bot not in bots:
-            raise ConfigError(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
+        if bot not in bots and bot not in broken:
+            _problem(f"{where}.{key}: no bot {bot!r} in {bots_dir} "
                               f"(have: {', '.join(sorted(bots)) or 'none'})")
+    known = {**bots, **dict.fromkeys(broken)}  # a bot that failed to load is reported once, above
     for spec in NETWORKS:  # settings that name bots, checked now that the bots are known
         if spec.settings is not None:
             try:
-                cfg = dataclasses.replace(cfg, **{spec.name: spec.finish_settings(spec.settings_of(cfg), bots,
+                cfg = dataclasses.replace(cfg, **{spec.name: spec.finish_settings(spec.settings_of(cfg), known,
                                                                                   f"{path}: {spec.name}")})
             except ValueError as e:
-                raise ConfigError(str(e)) from None
+                _problem(str(e))
     for name, persona in bots.items():
-        if persona.overflow != "busy" and (persona.overflow not in bots or persona.overflow == name):
-            raise ConfigError(f"{persona.path}: overflow: expected busy or another bot, got {persona.overflow!r} "
+        if persona.overflow != "busy" and persona.overflow not in broken and (
+                persona.overflow not in bots or persona.overflow == name):
+            _problem(f"{persona.path}: overflow: expected busy or another bot, got {persona.overflow!r} "
                               f"(bots: {', '.join(sorted(set(bots) - {name}))})")
     return dataclasses.replace(cfg, bots=bots, path=str(path))
 
@@ -518,6 +609,7 @@ def _check_ranges(cfg: Config, path: Path) -> None:
          "sqlite:///PATH or postgresql://…"),
         ("storage.retention_days", cfg.storage.retention_days >= 0, ">= 0"),
         ("storage.lease_seconds", cfg.storage.lease_seconds >= 1, ">= 1"),
+        ("server.request_timeout_seconds", 1 <= cfg.server.request_timeout_seconds <= 300, "1..300"),
         ("limits.stream_wait_seconds", cfg.limits.stream_wait_seconds >= 1, ">= 1"),
         ("recording.retention_days", cfg.recording.retention_days >= 0, ">= 0"),
         ("recording.url", not cfg.recording.url or re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\x00-\x1f]*)?$",
@@ -534,10 +626,10 @@ def _check_ranges(cfg: Config, path: Path) -> None:
                      for j, e in enumerate(hook.events))]
     for name, ok, want in checks:
         if not ok:
-            raise ConfigError(f"{path}: {name}: expected {want}")
+            _problem(f"{path}: {name}: expected {want}")
     if cfg.recording.url and importlib.util.find_spec("aiobotocore") is None:
-        raise ConfigError(f"{path}: recording.url: S3 storage needs aiobotocore, which is not installed: "
-                          "pip install 'voicebot-gateway[s3]'")
+        _problem(f"{path}: recording.url: S3 storage needs aiobotocore, which is not installed: "
+                 "pip install 'voicebot-gateway[s3]'")
     if cfg.storage.url.startswith("postgres") and importlib.util.find_spec("asyncpg") is None:
-        raise ConfigError(f"{path}: storage.url: PostgreSQL needs asyncpg, which is not installed: "
-                          "pip install 'voicebot-gateway[postgres]'")
+        _problem(f"{path}: storage.url: PostgreSQL needs asyncpg, which is not installed: "
+                 "pip install 'voicebot-gateway[postgres]'")

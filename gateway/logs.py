@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import warnings
 import time
 from typing import Any
 
@@ -99,6 +100,15 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: list[str] | N
     root.setLevel(level)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning (PyJWT's InsecureKeyLengthWarning for a short HMAC key: GLM's API keys'
+    secrets and Vonage's signature secrets are what they are) as one log line, once per place,
+    instead of raw text with a source line on stderr."""
+    logging.getLogger("gateway").warning("event=library_warning category=%s message=%s", category.__name__,
+                                         _fmt_value(str(message)[:300]))
 
 
 class CallLogger:

@@ -25,6 +25,7 @@ from typing import Callable
 from aiohttp import web
 
 from .config import Config
+from .ids import id_problem
 from .logs import CallLogger
 from .telephony.twilio.signature import request_signature, signed
 from .telephony.twilio.twiml import say_and_hangup_twiml
@@ -62,10 +63,12 @@ async def _verdict(request: web.Request, signed_url: str) -> web.Response:
             log.warning("event=amd_signature_invalid remote=%s had_signature=%s", request.remote,
                         bool(request_signature(request)))
             return web.Response(status=403, text="invalid X-Twilio-Signature\n")
-    call_sid = str(form.get("CallSid", ""))[:64]
+    call_sid = str(form.get("CallSid", ""))
     answered_by = str(form.get("AnsweredBy", ""))[:32]
     if not call_sid or not answered_by:
         return web.Response(status=400, text="expected CallSid and AnsweredBy\n")
+    if bad := id_problem(call_sid, "CallSid"):
+        return web.Response(status=400, text=f"{bad}\n")
     if answered_by not in ANSWERED_BY:
         answered_by = "unknown"  # a value Twilio may add later: treated like "unknown", the call goes on
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from .call import entry_json
 from .calllog import CallQuery, instances, views
 from .calllog.views import call_json, iso, transcript
 from .calllog.store import END_REASONS
+from .ids import ascii_int, id_problem, text_problem
 from .web_state import CALLS, CAPACITY, CONFIG, INSTANCE, REST, STORE
 
 log = logging.getLogger("gateway")
@@ -29,11 +31,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 200
 COMMAND_POLL_SECONDS = 0.5  # how soon a hang-up asked of another instance is acted on, with no notifications
 COMMAND_FALLBACK_POLL_SECONDS = 5.0  # ... while PostgreSQL notifications wake the loop (a lost one is found then)
+# Not taken by then: its instance is not running it. An owner is woken at once by a notification,
+# or, while it has none (SQLite, or its listening connection is down), looks every COMMAND_POLL_SECONDS.
+COMMAND_TAKE_SECONDS = 4 * COMMAND_POLL_SECONDS + 0.5
 
 
 def add_operator_routes(app: web.Application) -> None:
     operator = app[CONFIG].operator
     app[LIMITER] = RateLimiter(operator.rate_limit_per_second, operator.rate_limit_burst)
+    app[FAILED_LIMITER] = RateLimiter(operator.rate_limit_per_second, operator.rate_limit_burst)
+    app.middlewares.append(_api_headers)
     r = app.router
     r.add_get("/api/calls", _guard(list_calls))
     r.add_post("/api/calls", _guard(place_call))
@@ -89,27 +96,46 @@ class RateLimiter:
         return wait
 
 
-LIMITER = web.AppKey("operator_rate_limiter", RateLimiter)
+LIMITER = web.AppKey("operator_rate_limiter", RateLimiter)  # requests with the right token
+FAILED_LIMITER = web.AppKey("operator_failed_token_limiter", RateLimiter)  # requests without it
 
 
 def _guard(handler: Handler) -> Handler:
+    """The bearer token first, then the rate limit of its kind: wrong or missing tokens use up a
+    bucket of their own per address, so a flood of them (an attacker behind the same proxy as
+    every operator) never locks out the right token."""
     async def guarded(request: web.Request) -> web.StreamResponse:
-        operator = request.app[CONFIG].operator
-        wait = request.app[LIMITER].allow(request.remote or "?")
+        token = request.app[CONFIG].operator.token
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else ""
+        right = bool(token) and bool(given) and hmac.compare_digest(given.encode(), token.encode())
+        wait = request.app[LIMITER if right else FAILED_LIMITER].allow(request.remote or "?")
         if wait:
             return web.json_response({"error": "too many requests"}, status=429,
                                      headers={"Retry-After": str(max(1, round(wait)))})
-        token = operator.token
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else ""
         if not token:
             return _error(401, "the operator API is disabled: set operator.token / GATEWAY_OPERATOR_TOKEN")
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        if not right:
             log.warning("event=operator_auth_failed path=%s remote=%s", request.path, request.remote)
             return _error(401, "missing or wrong bearer token")
         return await handler(request)
     guarded.__name__ = handler.__name__
     return guarded
+
+
+@web.middleware
+async def _api_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Operator data is never kept by a browser or proxy cache: `Cache-Control: no-store` on every
+    /api/ answer, errors (raised as HTTPException) included."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        e.headers["Cache-Control"] = "no-store"
+        raise
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 require_operator = _guard  # for routes registered elsewhere (/metrics)
@@ -120,18 +146,38 @@ def parse_time(value: str, name: str) -> float:
     try:
         return views.parse_time(value)
     except ValueError:
-        raise web.HTTPBadRequest(text=f'{{"error": "{name}: expected an ISO 8601 date or time"}}',
-                                 content_type="application/json") from None
+        raise _bad_request(f"{name}: expected an ISO 8601 date or time") from None
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """A query integer: ASCII digits only (`isdigit` would take "²", `int` full-width digits)."""
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise web.HTTPBadRequest(text=f'{{"error": "{name}: expected an integer {lo}..{hi}"}}',
-                                 content_type="application/json")
-    return int(raw)
+    value = ascii_int(raw)
+    if value is None or not lo <= value <= hi:
+        raise _bad_request(f"{name}: expected an integer {lo}..{hi}")
+    return value
+
+
+def _text(request: web.Request, name: str, max_chars: int = 200) -> str | None:
+    """A query string filter (bot, number, search words): bounded, no control characters."""
+    value = request.query.get(name) or None
+    if value is not None and (bad := text_problem(value, name, max_chars)):
+        raise _bad_request(bad)
+    return value
+
+
+def _call_id(request: web.Request) -> str:
+    """The call id in the path, checked as the webhook checks it (no stored call has another form)."""
+    call_id = request.match_info["call_id"]
+    if bad := id_problem(call_id):
+        raise _bad_request(bad)
+    return call_id
 
 
 # ------------------------------------------------------------------ handlers
@@ -143,10 +189,10 @@ async def list_calls(request: web.Request) -> web.Response:
     live = {"true": True, "false": False, None: None}.get(q.get("live"), "bad")
     if live == "bad":
         return _error(400, "live: true or false")
-    query = CallQuery(bot=q.get("bot") or None, number=q.get("number") or None,
+    query = CallQuery(bot=_text(request, "bot"), number=_text(request, "number"),
                       since=parse_time(q["since"], "since") if q.get("since") else None,
                       until=parse_time(q["until"], "until") if q.get("until") else None,
-                      end_reason=end_reason, text=(q.get("q") or "").strip()[:200] or None, live=live,
+                      end_reason=end_reason, text=(_text(request, "q") or "").strip() or None, live=live,
                       limit=_int(request, "limit", 50, 1, MAX_PAGE), offset=_int(request, "offset", 0, 0, 10**9))
     rows, total = await request.app[STORE].list_calls(query)
     return web.json_response({"calls": [call_json(r) for r in rows], "total": total,
@@ -181,7 +227,7 @@ async def place_call(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
-    row = await request.app[STORE].get_call(request.match_info["call_id"])
+    row = await request.app[STORE].get_call(_call_id(request))
     if row is None:
         return _error(404, "no such call")
     return web.json_response({**call_json(row), "timeline": transcript(row["events"])})
@@ -191,7 +237,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     """The call's recording, found through its record (never named after the call id), from this
     instance's disk or the bucket every instance shares."""
     from .recording_store import RECORDINGS, RecordingUnavailable
-    row = await request.app[STORE].get_call(request.match_info["call_id"])
+    row = await request.app[STORE].get_call(_call_id(request))
     if row is None:
         return _error(404, "no such call")
     if not row.get("recording"):
@@ -230,19 +276,28 @@ async def live_calls(request: web.Request) -> web.Response:
 
 async def hang_up(request: web.Request) -> web.Response:
     """Hang up a live call: at once when it runs here, else through a command to the instance or
-    worker that runs it (at once on PostgreSQL, which notifies it; within half a second on SQLite)."""
-    call_id = request.match_info["call_id"]
+    worker that runs it (at once on PostgreSQL, which notifies it; within half a second on SQLite).
+    409 when that instance is gone or does not take the command within COMMAND_TAKE_SECONDS."""
+    call_id = _call_id(request)
     call = request.app[CALLS].get(call_id)
     if call is not None:
         log.info("event=operator_hangup call=%s", call_id)
         await call.hang_up("operator_hangup", why="operator")  # Twilio REST when configured: no fallback message
         return web.json_response({"call_id": call_id, "status": "ending", "instance": request.app[INSTANCE]},
                                  status=202)
-    owner = next((r["instance"] for r in await instances.live_calls(request.app[STORE]) if r["call_id"] == call_id),
-                 None)
-    if owner is None:
+    row = await instances.open_call(request.app[STORE], call_id)
+    if row is None:
         return _error(404, "no live call with that id")
-    await instances.send(request.app[STORE], owner, call_id, "hang_up")
+    owner = row["instance"]
+    if not row["alive"]:
+        return _error(409, f"the instance that runs this call ({owner}) is gone (its lease lapsed): nobody can "
+                           "hang it up; the call log closes it as crashed at the next sweep")
+    command = await instances.send(request.app[STORE], owner, call_id, "hang_up")
+    if not await instances.await_taken(request.app[STORE], command, COMMAND_TAKE_SECONDS):
+        log.warning("event=operator_hangup_failed call=%s via=%s reason=not_taken", call_id, owner)
+        return _error(409, f"the instance that runs this call ({owner}) did not take the hang-up within "
+                           f"{COMMAND_TAKE_SECONDS:g} s: it has crashed or stalled; if it is gone, its calls are "
+                           "closed as crashed when its lease lapses")
     log.info("event=operator_hangup call=%s via=%s", call_id, owner)
     return web.json_response({"call_id": call_id, "status": "ending", "instance": owner}, status=202)
 
@@ -302,9 +357,13 @@ def percentile(values: list[float], p: float) -> float | None:
 async def bot_summary(request: web.Request) -> web.Response:
     since = parse_time(request.query["since"], "since") if request.query.get("since") else None
     rows = await request.app[STORE].bot_latencies(since)
+    bots_now = request.app[CONFIG].bots
     by_bot: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by_bot[r["bot"] or "?"].append(r)
+        # Real bots only: one of ours, or one that served a call (since renamed or removed). A name
+        # a caller put in `?bot=` (older records kept it) is not a bot.
+        if r["bot"] in bots_now or (r["bot"] and r["started_at"] is not None):
+            by_bot[r["bot"]].append(r)
     bots = []
     for bot, calls in sorted(by_bot.items()):
         durations = [c["duration_s"] for c in calls if c["duration_s"] is not None]

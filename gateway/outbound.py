@@ -24,6 +24,7 @@ import time
 from urllib.parse import urlencode
 
 from .config import E164, Config, Persona
+from .ids import text_problem
 
 TICKET_TTL_SECONDS = 3600  # Twilio fetches the webhook when the callee answers: well within this
 MAX_CONTEXT_BYTES = 1500  # travels in the URL and as a stream <Parameter>
@@ -79,6 +80,11 @@ def plan_call(config: Config, body: object) -> dict:
     if not isinstance(context, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
                                                 for k, v in context.items()):
         raise OutboundError(400, "context: an object of names to strings or numbers")
+    for k, v in context.items():  # they reach the model's instructions and the media URL
+        bad = text_problem(k, "context: a name", 10 ** 6) or (
+            isinstance(v, str) and text_problem(v, f"context.{k}", 10 ** 6))  # (sizes: checked below)
+        if bad:
+            raise OutboundError(400, bad)
     if len(json.dumps(context, ensure_ascii=False).encode()) > MAX_CONTEXT_BYTES:
         raise OutboundError(400, f"context: at most {MAX_CONTEXT_BYTES} bytes")
     if from_ is None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .audio import PHONE_RATE, pcm16_to_ulaw, tone
+from .ids import non_negative_float
 from .phone_sim import NETWORKS, DialError, SimulatedPhone, read_wav_as_ulaw, write_ulaw_as_wav
 from .telephony.registry import BY_NAME
 
@@ -34,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number dialed, routed to a bot by routing.numbers (default: %(default)s)")
     p.add_argument("--wav", help="what the caller says (any PCM WAV); default: a 1.2 s 440 Hz tone")
     p.add_argument("--out", default="heard.wav", help="where to write what the caller heard (default: %(default)s)")
-    p.add_argument("--wait", type=float, default=2.0,
+    p.add_argument("--wait", type=non_negative_float, default=2.0,
                    help="seconds of silence before speaking, to hear the greeting (default: %(default)s)")
-    p.add_argument("--hold", type=float, default=None,
+    p.add_argument("--hold", type=non_negative_float, default=None,
                    help="seconds to keep listening after speaking (default: speech length + 3)")
     p.add_argument("--json", action="store_true", help="print the summary, with the call id, as JSON")
     p.add_argument("--sample-rate", type=int, choices=(8000, 16000, 24000), default=8000,

@@ -55,6 +55,15 @@ def sign(secret: str, body: bytes, t: int) -> str:
     return f"t={t},v1={mac}"
 
 
+def delivery_key(event: str, call_id: str, url: str) -> str:
+    """A delivery's id: the same for the same event of the same call to the same receiver, so it is
+    queued once (the table's key) whoever queues it: the call itself or, after a crash, the sweep
+    of another instance. A call's record is closed once, so it gets one `call.ended`."""
+    if not call_id:
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"{event}\n{call_id}\n{url}".encode()).hexdigest()[:32]
+
+
 def retry_delay(attempts: int) -> float:
     """Seconds before the next try after `attempts` failed ones (1, 2, ...)."""
     base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (attempts - 1))
@@ -84,7 +93,7 @@ class Webhooks:
         for hook in self.hooks:
             if event not in hook.events:
                 continue
-            delivery_id = uuid.uuid4().hex
+            delivery_id = delivery_key(event, call_id, hook.url)
             body = json.dumps({"id": delivery_id, "type": event, "created_at": iso(now), "call_id": call_id,
                                **payload}, ensure_ascii=False)
             self.store.enqueue("add_webhook", delivery_id, hook.url, event, call_id, body, now)
@@ -101,6 +110,7 @@ class Webhooks:
                 pass
             self._kick.clear()
             try:
+                await self.crashed_calls_ended()
                 await self.store.flush()  # what calls enqueued is in the table now
                 while await self.deliver_due():
                     pass
@@ -109,6 +119,17 @@ class Webhooks:
                     await self.store.purge_webhooks(last_purge - KEEP_DONE_SECONDS)
             except Exception as e:  # noqa: BLE001 - the database may be down for a while; keep trying
                 log.error("event=webhook_queue_failed error=%s", f"{type(e).__name__}: {e}"[:300])
+
+    async def crashed_calls_ended(self) -> None:
+        """`call.ended` (end reason `crashed`) for each call the call log's sweep closed because its
+        instance died: that instance can no longer send it. Built from the record, as the call
+        would have (its transcript as far as it was written)."""
+        while self.store.crashed_calls:
+            call_id = self.store.crashed_calls[0]
+            row = await self.store.get_call(call_id)
+            self.store.crashed_calls.popleft()
+            if row is not None:
+                self.enqueue("call.ended", call_id, ended_from_record(row, self.public_url))
 
     async def deliver_due(self) -> int:
         """One claimed batch, delivered concurrently; how many rows it had."""
@@ -194,6 +215,34 @@ class CallWebhooks:
                               "model_turn_ms": [round(ms) for ms in summary.model_latencies_ms]},
                 "recording_url": recording,
                 "transcript": [entry_json(e) for e in summary.transcript]}
+
+
+def ended_from_record(row: dict, public_url: str) -> dict[str, Any]:
+    """`call.ended`'s fields from a call-log record (with its events), for a call no process ended."""
+    started, first = row.get("started_at"), row.get("first_audio_at")
+    transcript, turn_ms, model_ms = [], [], []
+    for e in row.get("events", []):
+        if e["kind"] == "caller":
+            transcript.append({"role": "caller", "text": e.get("text", ""), "t": e["t"]})
+        elif e["kind"] == "dtmf":
+            transcript.append({"role": "dtmf", "text": e.get("digit", ""), "t": e["t"]})
+        elif e["kind"] == "bot":
+            transcript.append({"role": "bot", "text": e.get("text", ""), "heard": e.get("heard", ""),
+                               "interrupted": bool(e.get("interrupted")), "t": e["t"]})
+        elif e["kind"] == "latency":
+            if isinstance(e.get("ms"), (int, float)):
+                turn_ms.append(round(e["ms"]))
+            if isinstance(e.get("model_ms"), (int, float)):
+                model_ms.append(round(e["model_ms"]))
+    return {"network": row.get("network"), "direction": row.get("direction"), "bot": row.get("bot"),
+            "from": row.get("from_number"), "to": row.get("to_number"), "started_at": iso(started),
+            "ended_at": iso(row.get("ended_at")), "duration_s": row.get("duration_s"),
+            "end_reason": row.get("end_reason"), "error": row.get("error"), "barge_ins": row.get("barge_ins") or 0,
+            "turns": row.get("turns") or 0,
+            "latencies": {"first_audio_ms": round((first - started) * 1000) if first and started else None,
+                          "turn_ms": turn_ms, "model_turn_ms": model_ms},
+            "recording_url": f"{public_url}/api/calls/{row['call_id']}/recording" if row.get("recording") else None,
+            "transcript": sorted(transcript, key=lambda line: line["t"])}
 
 
 WEBHOOKS = web.AppKey("webhooks", Webhooks)

@@ -5,8 +5,15 @@ socket has SO_REUSEPORT: the kernel spreads new connections over the workers. A 
 and its media stream may land on different workers; that works as it does across instances (the
 stream carries what the webhook decided). Workers see each other's live calls and forward an
 operator's hang-up through the shared call log (calllog/instances.py). This process only
-supervises: it reserves the port first (a busy port is one line and exit 1), starts the workers,
-restarts one that dies unexpectedly, and passes SIGTERM/SIGINT on (each worker drains its calls).
+supervises: it reserves the port first (a busy port is one line and exit 1, also when the port is
+held by the workers of a supervisor that was killed), starts the workers, restarts one that dies
+unexpectedly, and passes SIGTERM/SIGINT on (each worker drains its calls).
+
+Workers take orders from their supervisor only: each runs in its own process group, so a Ctrl-C
+in the terminal reaches the supervisor alone (which passes it on once: the workers drain; a second
+Ctrl-C hurries them), and each dies with its supervisor (Linux: the parent-death signal, SIGTERM;
+elsewhere a thread that watches the parent), so a killed supervisor leaves no unmanaged worker
+serving the port.
 
 Why processes and SO_REUSEPORT rather than one process: the call path is CPU-bound Python (JSON,
 base64, DSP); one interpreter uses one core. Why not a shared accept socket: with SO_REUSEPORT a
@@ -21,6 +28,7 @@ A worker that ends is marked dead there, which drops its live gauges and keeps i
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
 import shutil
@@ -29,10 +37,35 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 log = logging.getLogger("gateway")
 RESTART_BACKOFF = [1.0, 2.0, 5.0, 10.0, 30.0]  # before restarting a worker that died on its own
+SUPERVISOR_VARIABLE = "GATEWAY_SUPERVISOR_PID"  # set for workers: their supervisor's pid
+PR_SET_PDEATHSIG = 1
+
+
+def follow_supervisor() -> None:
+    """In a worker: end (SIGTERM: drain, then exit) when the supervisor does, however it died."""
+    supervisor = int(os.environ.pop(SUPERVISOR_VARIABLE, "0") or 0)
+    if not supervisor:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+                if os.getppid() != supervisor:  # it died before the signal was armed
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def _metrics_dir() -> tuple[str, dict]:
@@ -54,12 +87,14 @@ def supervise(workers: int, config_path: str, host: str, socks: list[socket.sock
     argv = [sys.executable, "-m", "gateway", "serve", "--config", config_path, "--host", host,
             "--port", str(port), "--reuse-port"]
     metrics_dir, env = _metrics_dir()
+    env[SUPERVISOR_VARIABLE] = str(os.getpid())
     procs: dict[int, subprocess.Popen] = {}
     deaths: dict[int, int] = {}
     stopping: list[int] = []
 
     def start(slot: int) -> None:
-        procs[slot] = subprocess.Popen(argv, env=env)
+        # Its own process group: the terminal's SIGINT is the supervisor's alone to pass on.
+        procs[slot] = subprocess.Popen(argv, env=env, process_group=0)
         log.info("event=worker_started worker=%d pid=%d", slot, procs[slot].pid)
 
     def on_signal(sig: int, _frame) -> None:

@@ -273,8 +273,11 @@ def config_dir(tmp_path: Path) -> Path:
 
 
 def write_config(config_dir: Path, extra: str = "") -> Path:
+    """The tests' config.yaml plus `extra`; a section `extra` also has is merged into the base one
+    (the loader refuses a key written twice)."""
+    import yaml
     path = config_dir / "config.yaml"
-    path.write_text(textwrap.dedent("""
+    base = textwrap.dedent("""
         routing:
           default_bot: support
           fallback_bot: echo
@@ -286,7 +289,24 @@ def write_config(config_dir: Path, extra: str = "") -> Path:
           start_timeout_seconds: 3
         audio:
           playout_lead_ms: 200
-        """) + textwrap.dedent(extra))
+        """)
+    extra = textwrap.dedent(extra)
+    try:
+        more = yaml.safe_load(extra)
+    except yaml.YAMLError:
+        more = None
+    if isinstance(more, dict) and set(more) & {"routing", "limits", "audio"}:
+        merged = yaml.safe_load(base)
+        for key, value in more.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                for k, v in value.items():
+                    merged[key][k] = {**merged[key][k], **v} if isinstance(v, dict) and isinstance(
+                        merged[key].get(k), dict) else v
+            else:
+                merged[key] = value
+        path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    else:
+        path.write_text(base + extra)
     return path
 
 

@@ -10,7 +10,9 @@ import numpy as np
 from gateway.audio import PHONE_RATE
 from tests.audio_check import dominant_hz, ulaw_samples
 from tests.phone_helpers import ended, ulaw_tone
-from tests.test_call_networks import net  # noqa: F401  (the network fixture: every network in turn)
+from tests import test_call_networks
+
+net = test_call_networks.net  # the network fixture: every network in turn
 
 SILENT_WITHIN_S = 0.120
 
@@ -34,7 +36,7 @@ def stopped_after(phone, t: float) -> float:
     return stops[0] - t
 
 
-async def test_confirm_policy_silences_the_bot_at_once_on_every_network(make_gateway, fake_openai, net):  # noqa: F811
+async def test_confirm_policy_silences_the_bot_at_once_on_every_network(make_gateway, fake_openai, net):
     fake_openai.reply_seconds = 3.0
     fake_openai.greeting_tone_hz, fake_openai.reply_tone_hz = 660, 1500  # told apart in what was heard
     fake_openai.delta_interval = 0.2

@@ -95,7 +95,7 @@ async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_o
     assert [r["call_id"] for r in rows] == [broken.call_sid] and rows[0]["timeline"]
     csv_out = subprocess.run(cli + ["--config", gw.config.path, "export", "--format", "csv"], env=env,
                              capture_output=True, text=True, cwd=REPO, timeout=30)
-    assert csv_out.stdout.startswith("call_id,started_at") and csv_out.stdout.count("\nCA") == 3
+    assert csv_out.stdout.startswith("call_id,network,started_at") and csv_out.stdout.count("\nCA") == 3
 
 
 async def test_operator_api_needs_the_token(make_gateway, fake_glm):

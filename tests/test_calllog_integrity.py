@@ -36,11 +36,14 @@ async def test_refused_calls_are_recorded_and_the_phone_says_why(make_gateway, c
         "call not connected: refused: bot 'openai-quiet' (provider openai) has no API key: set OPENAI_API_KEY or "
         "providers.openai.api_key (the caller hears: Sorry, this number is not in service right now. Goodbye.)\n")
 
-    async with aiohttp.ClientSession() as s:  # a bot name made to split the header: no 500, one clean header
+    async with aiohttp.ClientSession() as s:  # a bot name made to split a header: refused at the edge (issue 20)
         async with s.post(f"{gw.url}/twilio/voice?bot=x%0d%0aSet-Cookie:%20a=b", data={"CallSid": "CAevil"}) as r:
-            assert r.status == 200 and "Set-Cookie" not in r.headers
+            assert r.status == 400 and "Set-Cookie" not in r.headers and "X-Gateway-Refused" not in r.headers
+            assert await r.text() == "bot: control characters (NUL, newline, ...) or invalid Unicode are not allowed\n"
+        async with s.post(f"{gw.url}/twilio/voice?bot=x%20Set-Cookie:%20a=b", data={"CallSid": "CAodd"}) as r:
+            assert r.status == 200  # a printable name we do not have: refused as an unknown bot, recorded
             listing_header = r.headers["X-Gateway-Refused"]
-            assert r.headers["X-Gateway-Refused"].startswith("unknown bot 'x\\r\\nSet-Cookie: a=b' (bots: echo, ")
+            assert listing_header.startswith("unknown bot 'x Set-Cookie: a=b' (bots: echo, ")
     outbound = new_phone(gw.url, bot="echo")
     outbound.webhook_url = f"{gw.url}/twilio/voice?bot=echo&outbound=forged.ticket"
     with pytest.raises(DialError, match="refused: invalid or expired outbound ticket"):
@@ -63,7 +66,7 @@ async def test_refused_calls_are_recorded_and_the_phone_says_why(make_gateway, c
         ("support", "+15550001111", "+15005550006", False, 0.0)
     assert first["error"].startswith("bot 'support' (provider glm) has no API key: set ZHIPU_API_KEY")
     assert first["webhook_at"] == first["ended_at"] and first["started_at"] is None
-    assert by_id["CAevil"]["error"] == listing_header
+    assert by_id["CAodd"]["error"] == listing_header and by_id["CAodd"]["bot"] is None and "CAevil" not in by_id
     assert (by_id[outbound.call_sid]["direction"], by_id[outbound.call_sid]["provider"]) == ("outbound", "echo")
     assert {c["from"]: c["error"] for c in listing["calls"] if c["bot"] == "echo" and c["direction"] == "inbound"} == {
         "+15550002222": "draining: this instance is shutting down",

@@ -89,7 +89,7 @@ async def test_a_call_is_closed_as_crashed_only_once_its_instance_lease_expired(
     assert mine["end_reason"] == "crashed" and mine["duration_s"] == 12.5
     assert mine["ended_at"] == pytest.approx(now - 50 + 12.5)  # the last thing recorded
     assert (await b.get_call("CAb"))["ended_at"] is None  # B renewed
-    leases = await b._fetch("SELECT instance FROM instance_leases")
+    leases = await b.fetch("SELECT instance FROM instance_leases")
     assert [r["instance"] for r in leases] == ["gw:200:bb"]  # the expired lease is gone
     assert not await a.renew_lease("gw:100:aa", 30, now + 32)  # A was only stalled: it learns it lapsed...
     assert await a.renew_lease("gw:100:aa", 30, now + 33)  # ...and holds a lease again
@@ -108,7 +108,7 @@ async def test_a_clean_shutdown_releases_the_lease(store_url, tmp_path):
     await a.flush()
     assert await b.sweep(30) == (0, 0)
     await a.close()  # its call was left open (a failed write): with no lease, it is not live
-    assert [r["instance"] for r in await b._fetch("SELECT instance FROM instance_leases")] == ["gw:200:bb"]
+    assert [r["instance"] for r in await b.fetch("SELECT instance FROM instance_leases")] == ["gw:200:bb"]
     assert await b.sweep(30) == (1, 0)
     assert (await b.get_call("CAa"))["end_reason"] == "crashed"
     await b.close()

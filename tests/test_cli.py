@@ -130,10 +130,13 @@ async def test_control_characters_in_a_callers_number_are_shown_escaped_and_stor
     nul = "\x00" if store_url.startswith("sqlite") else "\x7f"
     caller = f"+1555\n0100{nul}\x1b[2J\x1b[31mred\u202e"
     call_sid = "CA" + "c" * 32
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession() as s:  # the webhook refuses them now (issue 20)...
         async with s.post(gw.url + "/twilio/voice?bot=echo", data={"CallSid": call_sid, "From": caller,
                                                                   "To": "+15005550007"}) as r:
-            assert r.status == 200
+            assert r.status == 400
+    # ...but records written before that, or by other tools, may hold them
+    gw.app[STORE].enqueue("upsert_call", call_sid, {"webhook_at": time.time(), "from_number": caller,
+                                                    "to_number": "+15005550007", "bot": "echo"})
     await gw.app[STORE].flush()
     assert (await gw.app[STORE].get_call(call_sid))["from_number"] == caller  # unchanged in the store
     config = str(gw.config.path)

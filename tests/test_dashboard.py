@@ -64,8 +64,14 @@ async def test_dashboard_after_three_calls(make_gateway, fake_glm, fake_openai, 
     links = await page.eval("[...document.querySelectorAll('#history tbody tr td:first-child a')]"
                             ".map(a => [a.innerText, a.getAttribute('href')])")
     assert [cut.call_sid, f"/?call={cut.call_sid}"] in links and len(links) == 4
-    assert await page.eval("[...document.querySelectorAll('#history th')].slice(0, 2).map(t => t.innerText)") \
-        == ["Call", "Started (UTC)"]
+    assert await page.eval("[...document.querySelectorAll('#history th')].slice(0, 4).map(t => t.innerText)") \
+        == ["Call", "Started (UTC)", "Bot", "Network"]
+    # The network, in both tables (issue 20): the live row's third cell, each history row's fourth.
+    assert await page.eval("[...document.querySelectorAll('#history tbody tr td:nth-child(4)')]"
+                           ".map(td => td.innerText)") == ["twilio"] * 4
+    assert await page.eval("[...document.querySelectorAll('#live th')].slice(0, 3).map(t => t.innerText)") \
+        == ["Call", "Bot", "Network"]
+    assert await page.eval("document.querySelector('#live tbody tr td:nth-child(3)').innerText") == "twilio"
     # UTC everywhere: the header's clock says so, like the table's column.
     assert re.fullmatch(r"updated \d\d:\d\d:\d\d UTC", await page.text("#status"))
     # One page of calls: both paging buttons are disabled, and look it.
@@ -126,6 +132,7 @@ async def test_dashboard_after_three_calls(make_gateway, fake_glm, fake_openai, 
     assert "responses=" not in timeline and "cancelled=" not in timeline
     details = await page.text("#call-details")
     assert "openai-greeter" in details and "caller_hangup" in details and "+15550000002" in details
+    assert re.search(r"Network\stwilio", details), details
     assert re.search(r"Started\s\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", details), details
     duration = await page.wait_for("(() => { const a = document.querySelector('#recording');"
                                    " return a && a.readyState >= 1 && a.duration; })()")
@@ -220,9 +227,9 @@ async def test_dashboard_shows_control_characters_in_a_number_escaped(make_gatew
     await page.goto(f"{gw.url}/#token={TOKEN}")
     await page.wait_for("document.querySelectorAll('#history tbody tr').length === 2")
     shown = "+1555\\n01" + ("\\x00" if nul else "") + "\\x1b[2J\\u202e9"
-    cell = "#history tbody tr:first-child td:nth-child(4)"
+    cell = "#history tbody tr:first-child td:nth-child(5)"  # (the 4th is the network)
     assert await page.text(cell) == shown
-    assert await page.text("#history tbody tr:first-child td:nth-child(5)") == "<b>+1500</b>"
+    assert await page.text("#history tbody tr:first-child td:nth-child(6)") == "<b>+1500</b>"
     assert await page.eval(f"[...document.querySelectorAll('{cell} .ctl')].map(s => s.innerText)") \
         == ["\\n", *(["\\x00"] if nul else []), "\\x1b", "\\u202e"]
     assert await page.eval("document.querySelectorAll('#history b').length") == 0  # text, not HTML

@@ -90,8 +90,9 @@ async def test_health_endpoints(make_gateway):
                 assert r.status == 200
 
 
-async def test_control_characters_in_a_number_still_give_readable_twiml(make_gateway, fake_glm):
-    """XML cannot carry NUL or ESC even escaped: they become U+FFFD, so Twilio can read the answer."""
+async def test_control_characters_in_a_number_are_refused_at_the_edge(make_gateway, fake_glm):
+    """No caller ID has NUL, ESC or a newline: refused where it enters (ids.py), with a 400 that
+    says why, before anything is stored, reserved or answered (issue 20)."""
     gw = await make_gateway(fake_glm)
-    _, _, twiml = await post(gw.url, {**FORM, "From": "+1555\x00\x1b[31m\n0001", "To": "+15005550007"})
-    assert stream_of(twiml)[1]["from"] == "+1555\ufffd\ufffd[31m\n0001"
+    status, _, text = await post(gw.url, {**FORM, "From": "+1555\x00\x1b[31m\n0001", "To": "+15005550007"})
+    assert (status, text) == (400, "caller: control characters (NUL, newline, ...) or invalid Unicode are not allowed\n")

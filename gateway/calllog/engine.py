@@ -22,7 +22,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from .schema import MIGRATIONS, SCHEMA_VERSION
+from .schema import MIGRATIONS, MIGRATIONS_TABLE, SCHEMA_VERSION
 
 log = logging.getLogger("gateway.calllog")
 
@@ -36,7 +36,8 @@ class StoreError(RuntimeError):
 
 class Engine(abc.ABC):
     """Subclasses (sqlite.py, postgres.py) implement the hooks: `_connect`, `_close_db`, `_execute`,
-    `_fetch`, `_execute_batch`, `_migrate_to`, and `_sql` where placeholders differ."""
+    `_fetch`, `_execute_batch`, `_migrate_to`, and `_sql` where placeholders differ
+    (`_create_migrations_table` where creating that table needs a lock)."""
 
     placeholder = "?"
     listening = False  # notifications arrive (PostgreSQL LISTEN); SQLite has none: readers poll
@@ -66,11 +67,14 @@ class Engine(abc.ABC):
         """Run statements in one transaction (all or nothing)."""
 
     @abc.abstractmethod
-    async def _migrate_to(self, version: int, statements: list[str]) -> None:
-        """Apply one migration and record it, atomically."""
+    async def _migrate_to(self, version: int, statements: list[str]) -> bool:
+        """Apply one migration and record it, atomically; False if another process applied it first."""
 
     def _sql(self, sql: str) -> str:
         return sql
+
+    async def _create_migrations_table(self, statement: str) -> None:
+        await self._execute(statement)
 
     # ------------------------------------------------------------------ what the concerns use
     def sql(self, sql: str) -> str:
@@ -118,17 +122,15 @@ class Engine(abc.ABC):
         this process's lease here)."""
 
     async def migrate(self) -> int:
-        await self._execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        await self._create_migrations_table(MIGRATIONS_TABLE)
         rows = await self._fetch("SELECT version FROM schema_migrations")
         have = {r["version"] for r in rows}
         if have and max(have) > SCHEMA_VERSION:
             raise StoreError(f"call-log database is at schema version {max(have)}, newer than this "
                              f"gateway ({SCHEMA_VERSION}); upgrade the gateway")
         for version in sorted(MIGRATIONS):
-            if version not in have:
-                await self._migrate_to(version, MIGRATIONS[version])
-                log.info("event=calllog_migrated version=%d", version)
+            if version not in have and await self._migrate_to(version, MIGRATIONS[version]):
+                log.info("event=calllog_migrated version=%d", version)  # once: by the process that applied it
         return SCHEMA_VERSION
 
     # ------------------------------------------------------------------ writes (queued)

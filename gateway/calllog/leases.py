@@ -5,8 +5,10 @@ Each running gateway process holds a lease row under its own instance id (the on
 carry) and renews it from a heartbeat task; a clean shutdown deletes it. A process that dies
 (SIGKILL, power loss) stops renewing, so its lease expires and any live instance's sweep closes
 its open calls as `crashed`, while the calls of every live process, on this machine or another
-sharing the database, are left alone. Times are each host's clock: hosts sharing a PostgreSQL
-database need synchronised clocks (NTP), skew eats into the lease.
+sharing the database, are left alone. The sweep that closes a call keeps its id in `crashed_calls`
+until gateway/webhooks.py sends the call's `call.ended` (the dead process cannot). Times are each
+host's clock: hosts sharing a PostgreSQL database need synchronised clocks (NTP), skew eats into
+the lease.
 
 Model session slots (capacity.py) are held by a live lease too, which is why they live here.
 """
@@ -14,10 +16,11 @@ Model session slots (capacity.py) are held by a live lease too, which is why the
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
-from .engine import Engine
+from .engine import MAX_PENDING_WRITES, Engine
 
 log = logging.getLogger("gateway.calllog")
 
@@ -30,6 +33,11 @@ HEARTBEATS_PER_LEASE = 3
 class InstanceLeases(Engine):
     _lease: tuple[str, float, float] | None = None  # (instance, seconds, stream_wait_seconds)
     _heartbeat: asyncio.Task | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Calls this process's sweeps closed as crashed, until the call webhooks take them.
+        self.crashed_calls: collections.deque[str] = collections.deque(maxlen=MAX_PENDING_WRITES)
 
     async def hold_lease(self, instance: str, seconds: float, stream_wait_seconds: float) -> tuple[int, int]:
         """Take this process's lease, sweep once, and keep renewing and sweeping in the background
@@ -66,12 +74,17 @@ class InstanceLeases(Engine):
         Returns the two counts."""
         now = time.time() if now is None else now
         last_event = "(SELECT MAX(e.t) FROM call_events e WHERE e.call_id = calls.call_id)"
-        crashed = await self.execute(
+        # RETURNING: the calls this statement closed, and no other instance's (PostgreSQL re-checks
+        # `ended_at IS NULL` on a row another sweep just closed; SQLite has one writer at a time), so
+        # each crashed call is reported once: its `call.ended` webhook (gateway/webhooks.py).
+        closed = await self.fetch(
             f"UPDATE calls SET end_reason = 'crashed', ended_at = started_at + COALESCE({last_event}, 0), "
             f"duration_s = COALESCE({last_event}, 0) "
             "WHERE ended_at IS NULL AND started_at IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM instance_leases l WHERE l.instance = calls.instance AND l.expires_at >= ?)",
-            (now,))
+            "AND NOT EXISTS (SELECT 1 FROM instance_leases l WHERE l.instance = calls.instance AND l.expires_at >= ?) "
+            "RETURNING call_id", (now,))
+        self.crashed_calls.extend(r["call_id"] for r in closed)
+        crashed = len(closed)
         no_stream = await self.execute(
             "UPDATE calls SET end_reason = 'no_stream', ended_at = webhook_at, duration_s = 0 "
             "WHERE ended_at IS NULL AND started_at IS NULL AND webhook_at < ?", (now - stream_wait_seconds,))

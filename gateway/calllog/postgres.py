@@ -83,17 +83,26 @@ class PostgresStore(CallStore):
                 for sql, args in statements:
                     await conn.execute(sql, *map(_storable, args))
 
-    async def _migrate_to(self, version: int, statements: list[str]) -> None:
+    async def _create_migrations_table(self, statement: str) -> None:
+        """Under the migration lock: two instances creating it at once would otherwise collide
+        (IF NOT EXISTS is not safe against a concurrent CREATE in PostgreSQL)."""
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(statement)
+
+    async def _migrate_to(self, version: int, statements: list[str]) -> bool:
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version)
                 if done:
-                    return  # another instance applied it while we waited for the lock
+                    return False  # another instance applied it while we waited for the lock
                 for stmt in statements:
                     await conn.execute(stmt)
                 await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                                    version, time.time())
+        return True
 
     async def notify(self, channel: str, payload: str) -> None:
         await self._pool.execute("SELECT pg_notify($1, $2)", channel, payload)

@@ -111,6 +111,8 @@ MIGRATIONS: dict[int, list[str]] = {
     7: ["ALTER TABLE calls ADD COLUMN answered_by TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
 
 CALL_FIELDS = ("stream_id", "network", "direction", "from_number", "to_number", "bot", "provider", "model", "instance",
                "webhook_at", "started_at", "first_audio_at", "ended_at", "duration_s", "end_reason", "error",

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .store import CallStore
+from .store import CallStore, StoreError
 
 
 class SqliteStore(CallStore):
@@ -26,6 +26,19 @@ class SqliteStore(CallStore):
 
     def __repr__(self) -> str:
         return f"sqlite:{self.path}"
+
+    async def start(self) -> None:
+        """As every store's, with one clean error for a path that cannot be a database (a
+        directory, another kind of file, a place this user cannot write) instead of a traceback."""
+        try:
+            await super().start()
+        except (sqlite3.Error, OSError) as e:
+            await self._close_db()
+            why = getattr(e, "strerror", None) or str(e)
+            if self.path.is_dir():
+                why = "it is a directory"
+            raise StoreError(f"cannot open the call-log database {self.path}: {why} "
+                             "(storage.url / GATEWAY_DATABASE_URL)") from None
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -72,20 +85,21 @@ class SqliteStore(CallStore):
                 raise
         await self._run(run)
 
-    async def _migrate_to(self, version: int, statements: list[str]) -> None:
-        def run() -> None:
+    async def _migrate_to(self, version: int, statements: list[str]) -> bool:
+        def run() -> bool:
             assert self._db is not None
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if self._db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
                     self._db.execute("COMMIT")
-                    return  # another process (a worker starting at the same moment) applied it first
+                    return False  # another process (a worker starting at the same moment) applied it first
                 for stmt in statements:
                     self._db.execute(stmt)
                 self._db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                                  (version, time.time()))
                 self._db.execute("COMMIT")
+                return True
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        await self._run(run)
+        return await self._run(run)

@@ -13,10 +13,13 @@ def iso(ts: float | None) -> str | None:
 
 def parse_time(value: str) -> float:
     """ISO 8601 date or date-time (UTC unless it says otherwise) -> UNIX seconds; ValueError if not."""
-    dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    except (OverflowError, OSError):  # year 9999 with an offset past the end of time
+        raise ValueError(f"{value!r} is out of range") from None
 
 
 def call_json(row: dict) -> dict:

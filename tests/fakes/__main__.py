@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from tests.conftest import GEMINI_KEY, GLM_KEY, OPENAI_KEY, QWEN_KEY
 from tests.fakes.gemini_server import FakeGemini
@@ -23,9 +24,17 @@ from tests.fakes.qwen_server import FakeQwen
 async def main(args: argparse.Namespace) -> None:
     glm, openai = FakeGLM(api_key=GLM_KEY), FakeOpenAI(api_key=OPENAI_KEY)
     qwen, gemini = FakeQwen(api_key=QWEN_KEY), FakeGemini(api_key=GEMINI_KEY)
-    fakes = [(glm, args.glm_port), (openai, args.openai_port), (qwen, args.qwen_port), (gemini, args.gemini_port)]
-    for fake, port in fakes:
-        await fake.start(port=port)
+    fakes = [(glm, args.glm_port, "--glm-port"), (openai, args.openai_port, "--openai-port"),
+             (qwen, args.qwen_port, "--qwen-port"), (gemini, args.gemini_port, "--gemini-port")]
+    for i, (fake, port, flag) in enumerate(fakes):
+        try:
+            await fake.start(port=port)
+        except OSError as e:  # a port in use (another run of the fakes?) is one line, not a traceback
+            for started, _, _ in fakes[:i]:
+                await started.stop()
+            why = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise SystemExit(f"error: cannot listen on 127.0.0.1:{port}: {why} "
+                             f"(choose another with {flag})") from None
     print("fake models running; start the gateway with:\n"
           f"  ZHIPU_API_KEY={GLM_KEY} GLM_REALTIME_URL={glm.url} \\\n"
           f"  OPENAI_API_KEY={OPENAI_KEY} OPENAI_REALTIME_URL='{openai.url}' \\\n"

@@ -101,7 +101,7 @@ class Jambonz(NetworkSpec):
         except ValueError:
             data = {}
         data = data if isinstance(data, dict) else {}
-        return Webhook(as_str(data.get("callSid"))[:64], as_str(data.get("from"))[:64], as_str(data.get("to"))[:64])
+        return Webhook(as_str(data.get("callSid")), as_str(data.get("from")), as_str(data.get("to")))  # checked by ids.py
 
     def answer(self, config, request, persona, hook, params) -> str:
         query = {"bot": params["bot"]}

@@ -79,7 +79,7 @@ class Plivo(NetworkSpec):
             log.warning("event=webhook_signature_invalid network=plivo remote=%s had_signature=%s",
                         request.remote, bool(request.headers.get("X-Plivo-Signature-V3")))
             return "invalid X-Plivo-Signature-V3"
-        return Webhook(str(form.get("CallUUID", ""))[:64], str(form.get("From", ""))[:64], str(form.get("To", ""))[:64])
+        return Webhook(str(form.get("CallUUID", "")), str(form.get("From", "")), str(form.get("To", "")))  # checked by ids.py
 
     def answer(self, config, request, persona, hook, params) -> str:
         query = {"bot": params["bot"], "from": params.get("from", ""), "to": params.get("to", "")}

@@ -130,8 +130,8 @@ class Telnyx(NetworkSpec):
                 pass
         else:
             fields = dict(parse_qsl(text, keep_blank_values=True))
-        return Webhook(_str(fields.get("CallSid") or fields.get("call_control_id"))[:128],
-                       _str(fields.get("From") or fields.get("from"))[:64], _str(fields.get("To") or fields.get("to"))[:64])
+        return Webhook(_str(fields.get("CallSid") or fields.get("call_control_id")),  # checked by ids.py
+                       _str(fields.get("From") or fields.get("from")), _str(fields.get("To") or fields.get("to")))
 
     def answer(self, config, request, persona, hook, params) -> str:
         query = {"bot": params["bot"]}

@@ -91,7 +91,7 @@ class Twilio(NetworkSpec):
                 log.warning("event=webhook_signature_invalid remote=%s had_signature=%s path=%s",
                             request.remote, bool(request_signature(request)), request.path)
                 return "invalid X-Twilio-Signature"
-        return Webhook(str(form.get("CallSid", ""))[:64], str(form.get("From", ""))[:64], str(form.get("To", ""))[:64])
+        return Webhook(str(form.get("CallSid", "")), str(form.get("From", "")), str(form.get("To", "")))  # checked by ids.py
 
     def answer(self, config, request, persona, hook, params) -> str:
         """Twilio forbids query strings on stream URLs: everything rides as `<Parameter>`s."""

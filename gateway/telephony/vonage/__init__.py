@@ -139,7 +139,7 @@ class Vonage(NetworkSpec):
                         request.remote, bool(request.headers.get("Authorization")))
             return "invalid or missing signed-webhook JWT (Authorization: Bearer)"
         q = request.query
-        return Webhook(q.get("uuid", "")[:64], q.get("from", "")[:64], q.get("to", "")[:64])
+        return Webhook(q.get("uuid", ""), q.get("from", ""), q.get("to", ""))  # checked by ids.py
 
     def answer(self, config, request, persona, hook, params) -> str:
         query = {"bot": params["bot"], "from": params.get("from", ""), "to": params.get("to", ""), "uuid": hook.call_id}
