@@ -52,7 +52,8 @@ def read_ticket(secret: str, ticket: str, bot: str, now: float | None = None) ->
     try:
         encoded, signature = ticket.split(".", 1)
         body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        if not hmac.compare_digest(signature, _sign(secret, body)):
+        # as bytes: compare_digest refuses str with non-ASCII characters (a forged ticket may have them)
+        if not hmac.compare_digest(signature.encode(), _sign(secret, body).encode()):
             return None
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):

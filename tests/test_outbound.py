@@ -91,6 +91,7 @@ async def test_a_forged_or_expired_ticket_gets_no_bot(make_gateway, fake_glm, fa
     assert read_ticket(TWILIO_TOKEN, good, "glm-greeter") is None  # another bot
     assert read_ticket("other-token", good, "glm-quiet") is None
     assert read_ticket(TWILIO_TOKEN, make_ticket(TWILIO_TOKEN, "glm-quiet", "+1", {}, now=0), "glm-quiet") is None
+    assert read_ticket(TWILIO_TOKEN, good.split(".")[0] + ".ü²", "glm-quiet") is None  # not a TypeError
     body, sig = good.split(".")
     forged = body[:-4] + "AAAA." + sig
     url = f"{gw.url}/twilio/voice?bot=glm-quiet&outbound={forged}"
