@@ -94,10 +94,10 @@ logging: {{level: WARNING}}
                                 "-r", "50", "--nonblocking"] + (["-f", "raw"] if args.py_spy.endswith(".txt") else []),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     c0, t0 = cpu_seconds(gw.pid), time.monotonic()
-    before = [(p.result.media_frames, p.result.media_bytes, p.result.marks_received, p._seq) for p in phones]
+    before = [(p.result.media_frames, p.result.media_bytes, p.result.marks_received, p._chunk + p.result.marks_echoed) for p in phones]
     await asyncio.sleep(args.seconds)
     c1, t1 = cpu_seconds(gw.pid), time.monotonic()
-    after = [(p.result.media_frames, p.result.media_bytes, p.result.marks_received, p._seq) for p in phones]
+    after = [(p.result.media_frames, p.result.media_bytes, p.result.marks_received, p._chunk + p.result.marks_echoed) for p in phones]
     if spy is not None:
         spy.wait(timeout=60)
     for p in phones:
