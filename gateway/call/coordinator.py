@@ -276,8 +276,12 @@ class Call:
                 self.conversation.speech_stopped(self.uplink.last_voiced_at)
                 self.limits.wake()
                 self.journal.log.debug("caller_speech_stopped")
-                if self._speech_from is not None:  # a caller speech segment, for the call's timeline
-                    ms = round((self.conversation.offset() - self._speech_from) * 1000)
+                if self._speech_from is not None:  # a caller speech segment, for the call's timeline:
+                    # to their last voiced frame (the model's VAD says so only after its silence wait)
+                    voiced = self.uplink.last_voiced_at
+                    end = voiced - self._t0 if voiced is not None and voiced - self._t0 > self._speech_from \
+                        else self.conversation.offset()
+                    ms = round((end - self._speech_from) * 1000)
                     self.journal.record.event("speech", self._speech_from, ms=ms)
                     self._speech_from = None
                 self.judge.speech_ended()
