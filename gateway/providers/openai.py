@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..persona import Persona
 from ..logs import CallLogger
-from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ProviderSpec,
+from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderEvent, ProviderSpec,
                    ResponseDone, ResponseStarted, SessionReady, ToolCall, greeting_instruction,
                    persona_tools)
 from .wsbase import JsonWsProvider
@@ -99,6 +99,7 @@ def _vad_silence_ms(persona) -> int:
 class OpenAIRealtime(JsonWsProvider):
     label = "OpenAI"
     task_prefix = "openai"
+    fatal_codes, renewable_codes, benign_codes = FATAL_CODES, RENEWABLE_CODES, BENIGN_CODES
 
     def __init__(self, persona: Persona, settings: OpenAIProviderConfig, log: CallLogger,
                  context: Sequence[ContextTurn] = ()):
@@ -216,22 +217,8 @@ class OpenAIRealtime(JsonWsProvider):
         self.log.debug("model_unknown_event", type=str(t)[:80])
         return []
 
-    def _error(self, msg: dict) -> list[ProviderEvent]:
-        err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-        code = str(err.get("code") or err.get("type") or "unknown")
-        text = str(err.get("message", ""))
-        if not self._ready.is_set():  # session.update refused: connect() reports it
-            self._setup_error = f"{code}: {text[:200]}"
-            self._ready.set()
-            return []
-        if code in BENIGN_CODES:
-            self.log.debug("model_error_benign", code=code)
-            return [ProviderError(code, text)]
-        fatal = code in FATAL_CODES
-        self.log.warning("model_error", code=code, type=err.get("type"), message=text[:300], fatal=fatal,
-                         client_event=err.get("event_id"))
-        return [ProviderError(code, text, fatal=fatal, renewable=code in RENEWABLE_CODES)]
-
+    def _error_log_fields(self, err: dict) -> dict:
+        return dict(client_event=err.get("event_id"))
 
 SPEC = ProviderSpec(
     name="openai", label="OpenAI", default_model="gpt-realtime",

@@ -34,7 +34,7 @@ from typing import Sequence
 
 from ..logs import CallLogger
 from ..persona import Persona
-from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderError, ProviderEvent, ProviderSpec,
+from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderEvent, ProviderSpec,
                    ResponseDone, ResponseStarted, SessionReady, ToolCall, context_note, greeting_instruction,
                    persona_tools)
 from .openai import session_url
@@ -80,6 +80,7 @@ class QwenProviderConfig:
 class QwenRealtime(JsonWsProvider):
     label = "Qwen"
     task_prefix = "qwen"
+    fatal_codes, renewable_codes, benign_codes = FATAL_CODES, RENEWABLE_CODES, BENIGN_CODES
 
     def __init__(self, persona: Persona, settings: QwenProviderConfig, log: CallLogger,
                  context: Sequence[ContextTurn] = ()):
@@ -175,22 +176,8 @@ class QwenRealtime(JsonWsProvider):
         self.log.debug("model_unknown_event", type=str(t)[:80])
         return []
 
-    def _error(self, msg: dict) -> list[ProviderEvent]:
-        err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-        code = str(err.get("code") or err.get("type") or "unknown")
-        text = str(err.get("message", ""))
-        if not self._ready.is_set():  # session.update refused: connect() reports it
-            self._setup_error = f"{code}: {text[:200]}"
-            self._ready.set()
-            return []
-        if code in BENIGN_CODES:
-            self.log.debug("model_error_benign", code=code)
-            return [ProviderError(code, text)]
-        fatal = code in FATAL_CODES
-        self.log.warning("model_error", code=code, type=err.get("type"), message=text[:300], fatal=fatal,
-                         param=err.get("param"))
-        return [ProviderError(code, text, fatal=fatal, renewable=code in RENEWABLE_CODES)]
-
+    def _error_log_fields(self, err: dict) -> dict:
+        return dict(param=err.get("param"))
 
 SPEC = ProviderSpec(
     name="qwen", label="Qwen", default_model="qwen3.5-omni-flash-realtime",

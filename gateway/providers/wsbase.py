@@ -15,7 +15,7 @@ import base64
 import contextlib
 import itertools
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Collection
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -75,6 +75,32 @@ class JsonWsProvider(Provider):
             self.log.info("model_transcription_failed", error=str(msg.get("error", ""))[:200])
             return []
         return None
+
+    # The `error` event as OpenAI's protocol shapes it (Qwen's follows it): which codes end the
+    # session, which a fresh session survives, which are a harmless race. Subclasses set them.
+    fatal_codes: Collection[str] = ()
+    renewable_codes: Collection[str] = ()
+    benign_codes: Collection[str] = ()
+
+    def _error_log_fields(self, err: dict) -> dict:
+        """What else of an error event goes into its log line."""
+        return {}
+
+    def _error(self, msg: dict) -> list[ProviderEvent]:
+        err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+        code = str(err.get("code") or err.get("type") or "unknown")
+        text = str(err.get("message", ""))
+        if not self._ready.is_set():  # session.update refused: connect() reports it
+            self._setup_error = f"{code}: {text[:200]}"
+            self._ready.set()
+            return []
+        if code in self.benign_codes:
+            self.log.debug("model_error_benign", code=code)
+            return [ProviderError(code, text)]
+        fatal = code in self.fatal_codes
+        self.log.warning("model_error", code=code, type=err.get("type"), message=text[:300], fatal=fatal,
+                         **self._error_log_fields(err))
+        return [ProviderError(code, text, fatal=fatal, renewable=code in self.renewable_codes)]
 
     def _audio_delta(self, msg: dict, rid: str) -> list[ProviderEvent]:
         try:
