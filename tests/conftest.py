@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import shutil
@@ -164,50 +165,49 @@ async def _close_phones():
         await OPEN_PHONES.pop().close()
 
 
-@pytest.fixture
-async def fake_glm():
-    from tests.fakes.glm_server import FakeGLM
-
-    server = FakeGLM(api_key=GLM_KEY)
+@contextlib.asynccontextmanager
+async def _running(server):
+    """A fake model server for one test: started, then stopped and checked for barge-in protocol errors."""
     await server.start()
     yield server
     await server.stop()
-    from gateway.providers.glm import LEARNED_EXP_UNITS
-    LEARNED_EXP_UNITS.clear()  # what a gateway learned about this fake's port must not outlive it
     _no_barge_in_protocol_errors(server)
+
+
+@pytest.fixture
+async def fake_glm():
+    from gateway.providers.glm import LEARNED_EXP_UNITS
+    from tests.fakes.glm_server import FakeGLM
+
+    try:
+        async with _running(FakeGLM(api_key=GLM_KEY)) as server:
+            yield server
+    finally:
+        LEARNED_EXP_UNITS.clear()  # what a gateway learned about this fake's port must not outlive it
 
 
 @pytest.fixture
 async def fake_openai():
     from tests.fakes.openai_server import FakeOpenAI
 
-    server = FakeOpenAI(api_key=OPENAI_KEY)
-    await server.start()
-    yield server
-    await server.stop()
-    _no_barge_in_protocol_errors(server)
+    async with _running(FakeOpenAI(api_key=OPENAI_KEY)) as server:
+        yield server
 
 
 @pytest.fixture
 async def fake_qwen():
     from tests.fakes.qwen_server import FakeQwen
 
-    server = FakeQwen(api_key=QWEN_KEY)
-    await server.start()
-    yield server
-    await server.stop()
-    _no_barge_in_protocol_errors(server)
+    async with _running(FakeQwen(api_key=QWEN_KEY)) as server:
+        yield server
 
 
 @pytest.fixture
 async def fake_gemini():
     from tests.fakes.gemini_server import FakeGemini
 
-    server = FakeGemini(api_key=GEMINI_KEY)
-    await server.start()
-    yield server
-    await server.stop()
-    _no_barge_in_protocol_errors(server)
+    async with _running(FakeGemini(api_key=GEMINI_KEY)) as server:
+        yield server
 
 
 def _no_barge_in_protocol_errors(fake) -> None:

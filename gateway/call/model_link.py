@@ -70,8 +70,9 @@ class ModelLink:
         self._clock = clock
         # Caller audio (model format) while no session is ready, bounded by bytes.
         caps = first.capabilities
-        self._buffer_limit = int(caps.input_rate * (2 if caps.input_format == "pcm16" else 1) * PREREADY_BUFFER_MS / 1000)
-        self._buffer_append = max(1, self._buffer_limit * max(caps.input_block_ms, 100) // PREREADY_BUFFER_MS)
+        bytes_per_ms = caps.input_rate * (2 if caps.input_format == "pcm16" else 1) / 1000
+        self._buffer_limit = int(bytes_per_ms * PREREADY_BUFFER_MS)
+        self._buffer_append = int(bytes_per_ms * max(caps.input_block_ms, 100))  # sent in appends this big
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
         self._swap = asyncio.Lock()
