@@ -11,13 +11,13 @@ Processes (all on this machine; CLOCK_MONOTONIC is shared, so times compare acro
   into 20 ms frames of the model's own format, sent at once; speech_started -> clear + cancel);
 - the fake model (`--role model`): answers session.update, then streams non-stop like the real
   ones, faster than real time up to 3 s ahead (GLM: 1.5 s deltas of 24 kHz PCM16; passthrough =
-  OpenAI with audio/pcmu: 1.5 s deltas of mu-law); every 3 s it sends speech_started (a barge-in),
-  and on response.cancel starts a new response at once;
+  OpenAI with audio/pcmu: 1.5 s deltas of mu-law); every 3 s (--barge-every) it sends
+  speech_started (a barge-in), and on response.cancel starts a new response at once;
 - the callers (this process, uvloop and orjson when installed): one 20 ms clock for all calls
   sends Twilio-faithful media frames (silence, and one loud 1 kHz frame every 500 ms per call),
   plays the received audio at real time like Twilio's buffer and echoes each mark once played.
 
-Figures (over the steady window, after all calls are connected and 2 s of warm-up):
+Figures (over the steady window, after all calls are connected and 2 s of warm-up, --warmup):
 - cpu_s_per_call_min: utime+stime of the target's whole process tree / (calls x minutes);
   calls_per_core = 60 / that. The model's and the callers' own CPU are reported too: when they
   near 100 % of a core the figures are bounded by the harness, not the target.
@@ -77,7 +77,7 @@ except ImportError:  # the bench extra is not installed: still works, a little d
 FRAME_S = 0.02
 DELTA_S = 1.5          # the fake model's delta length
 MODEL_LEAD_S = 3.0     # how far ahead of real time the fake model streams
-BARGE_EVERY_S = 3.0    # a barge-in per call this often
+BARGE_EVERY_S = 3.0    # a barge-in per call this often (default of --barge-every)
 BURST_EVERY = 25       # a loud caller frame every 25 ticks (500 ms)
 ONSET_LEVEL = 8000     # PCM16 peak that counts as the loud frame at the model
 MATCH_WINDOW_S = 2.5   # an event not answered within this is counted as missed
@@ -145,7 +145,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 # ---------------------------------------------------------------------- the fake model
 
-def run_model(port: int, proto: str) -> None:
+def run_model(port: int, proto: str, barge_every: float = BARGE_EVERY_S) -> None:
     """A realtime model that streams non-stop; GET /stats returns what it saw, per call."""
     if proto == "glm":
         audio, delta_type = tone(440, DELTA_S, 24000, 8000), "response.audio.delta"
@@ -186,11 +186,11 @@ def run_model(port: int, proto: str) -> None:
                 await ws.send_str('{"type":"input_audio_buffer.speech_stopped"}')
 
         async def barge_ins() -> None:
-            await asyncio.sleep(random.uniform(1.0, 1.0 + BARGE_EVERY_S))
+            await asyncio.sleep(random.uniform(1.0, 1.0 + barge_every))
             while True:
                 mine["barge"].append(time.monotonic())
                 await ws.send_str('{"type":"input_audio_buffer.speech_started"}')
-                await asyncio.sleep(BARGE_EVERY_S)
+                await asyncio.sleep(barge_every)
 
         try:
             async for msg in ws:
@@ -345,6 +345,7 @@ class Caller:
         try:
             while True:
                 await self.ws.send_str(await self.out.get())
+                self.out.task_done()
         except (ConnectionError, RuntimeError):
             self.closed = True
 
@@ -454,7 +455,44 @@ def gateway_config(work: Path, n: int, proto: str, model_port: int) -> dict[str,
             "GATEWAY_DATABASE_URL": f"sqlite:///{work}/calls.db"}
 
 
-async def measure(path: str, target: str, n: int, seconds: float, workers: int, out: Path) -> dict:
+def match_events(callers: list[Caller], model_stats: dict, w0: float, w1: float,
+                 barge_every: float) -> tuple[dict, dict]:
+    """The latency samples of the window's events and how many went unanswered: each start in
+    [w0, w1] -> the first answer after it within MATCH_WINDOW_S, and within one barge-in period for
+    barge-ins and new replies, so that a missed answer is not matched to the next one's (answers are
+    appended in time order, so a sample once found never changes)."""
+    within = min(MATCH_WINDOW_S, barge_every)
+    samples: dict[str, list[float]] = {"p2m": [], "m2p": [], "bargein": []}
+    missed = {"p2m": 0, "m2p": 0, "bargein": 0}
+
+    def match(starts: list[float], ends: list[float], key: str) -> None:
+        for s in starts:
+            if not w0 <= s <= w1:
+                continue
+            i = bisect.bisect_left(ends, s)
+            if i < len(ends) and ends[i] - s <= within:
+                samples[key].append(ends[i] - s)
+            else:
+                missed[key] += 1
+
+    for c in callers:
+        seen = model_stats.get(str(c.idx))
+        if seen is None:
+            continue
+        match(seen["barge"], c.clears, "bargein")
+        match(seen["first_delta"], c.fresh, "m2p")
+        # the k-th loud frame is the k-th onset the model saw: exact even when latency exceeds 500 ms
+        for k, sent in enumerate(c.bursts):
+            if w0 <= sent <= w1:
+                if k < len(seen["onsets"]):
+                    samples["p2m"].append(seen["onsets"][k] - sent)
+                else:
+                    missed["p2m"] += 1
+    return samples, missed
+
+
+async def measure(path: str, target: str, n: int, seconds: float, workers: int, out: Path,
+                  warmup: float = 2.0, barge_every: float = BARGE_EVERY_S) -> dict:
     proto = PATHS[path]
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     logs = out / "logs"
@@ -473,7 +511,8 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     callers: list[Caller] = []
     try:
-        model = spawn(me + ["--role", "model", "--port", str(model_port), "--proto", proto], "model")
+        model = spawn(me + ["--role", "model", "--port", str(model_port), "--proto", proto,
+                            "--barge-every", str(barge_every)], "model")
         await wait_http(f"http://127.0.0.1:{model_port}/stats", model, "the fake model")
         if target == "gateway":
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(work / "config.yaml"), "--port", str(port)]
@@ -523,7 +562,7 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
 
         ticker = asyncio.create_task(clock())
         await asyncio.gather(*(connect(c) for c in callers))
-        await asyncio.sleep(2.0)  # warm-up: every call's first reply is playing
+        await asyncio.sleep(warmup)  # every call's first reply is playing
         pids, me_pid, model_pids = await asyncio.to_thread(tree, proc.pid), os.getpid(), [model.pid]
         late["max"] = 0.0
         for c in callers:
@@ -540,16 +579,28 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
         longest = max((c.longest_gap for c in callers), default=0)
         late_max = late["max"]
         rss = rss_kib(await asyncio.to_thread(tree, proc.pid))
-        await asyncio.sleep(MATCH_WINDOW_S)  # answers to the window's last events arrive under the same load
+        # the answers to the window's last events arrive under the same load: up to MATCH_WINDOW_S,
+        # or as soon as every event of the window has its answer
+        answered_by = time.monotonic() + MATCH_WINDOW_S
+        while True:
+            async with http.get(f"http://127.0.0.1:{model_port}/stats") as r:
+                model_stats = await r.json()
+            samples, missed = match_events(callers, model_stats, w0, w1, barge_every)
+            if not any(missed.values()) or time.monotonic() >= answered_by:
+                break
+            await asyncio.sleep(0.1)
         running = False
         await ticker
-        async with http.get(f"http://127.0.0.1:{model_port}/stats") as r:
-            model_stats = await r.json()
         for c in callers:
             c.seq += 1
             c.send(json.dumps({"event": "stop", "sequenceNumber": str(c.seq), "streamSid": c.stream_sid,
                                "stop": {"accountSid": "AC" + "0" * 32, "callSid": c.call_sid}}))
-        await asyncio.sleep(0.5)
+        # every call's stop is on the wire before its socket closes (a closed call's writer drains nothing)
+        flushing = [asyncio.create_task(c.out.join()) for c in callers if not c.closed]
+        if flushing:
+            _, stuck = await asyncio.wait(flushing, timeout=2)
+            for task in stuck:
+                task.cancel()
         for c in callers:
             if c.ws is not None:
                 try:
@@ -571,33 +622,7 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
                 p.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    p2m, m2p, barge = [], [], []
-    missed = {"p2m": 0, "m2p": 0, "bargein": 0}
-
-    def match(starts: list[float], ends: list[float], into: list[float], key: str, within: float) -> None:
-        """Each start in the window -> the first end after it (ends are sorted: they were appended)."""
-        for s in starts:
-            if not w0 <= s <= w1:
-                continue
-            i = bisect.bisect_left(ends, s)
-            if i < len(ends) and ends[i] - s <= within:
-                into.append(ends[i] - s)
-            else:
-                missed[key] += 1
-
-    for c in callers:
-        seen = model_stats.get(str(c.idx))
-        if seen is None:
-            continue
-        match(seen["barge"], c.clears, barge, "bargein", MATCH_WINDOW_S)
-        match(seen["first_delta"], c.fresh, m2p, "m2p", MATCH_WINDOW_S)
-        # the k-th loud frame is the k-th onset the model saw: exact even when latency exceeds 500 ms
-        for k, sent in enumerate(c.bursts):
-            if w0 <= sent <= w1:
-                if k < len(seen["onsets"]):
-                    p2m.append(seen["onsets"][k] - sent)
-                else:
-                    missed["p2m"] += 1
+    p2m, m2p, barge = samples["p2m"], samples["m2p"], samples["bargein"]
     minutes = (w1 - w0) / 60
     cpu_per_call_min = (cpu1 - cpu0) / (n * minutes)
     return {
@@ -702,7 +727,7 @@ async def run(args: argparse.Namespace) -> list[dict]:
         for path in args.path.split(","):
             for target in ("relay", "gateway"):
                 print(f"==> {path} {target} N={n} ({args.seconds:g} s, load {os.getloadavg()[0]:.2f})", flush=True)
-                row = await measure(path, target, n, args.seconds, args.workers, out)
+                row = await measure(path, target, n, args.seconds, args.workers, out, args.warmup, args.barge_every)
                 row["load_before"] = round(load, 2)
                 load = os.getloadavg()[0]
                 print("    " + json.dumps({k: v for k, v in row.items() if k not in ("errors",)}), flush=True)
@@ -721,6 +746,11 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--n", default="50,100,200", help="concurrent calls, comma-separated (default 50,100,200)")
     ap.add_argument("--seconds", type=float, default=20, help="steady measurement window per run (default 20)")
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help="seconds between the last call connecting and the window (default 2)")
+    ap.add_argument("--barge-every", type=float, default=BARGE_EVERY_S,
+                    help="seconds between the fake model's barge-ins per call; the first comes 1 s to 1 s + this "
+                         f"after the call starts (default {BARGE_EVERY_S:g})")
     ap.add_argument("--path", default="glm,passthrough", help="glm, passthrough or both (default both)")
     ap.add_argument("--workers", type=int, default=1, help="gateway worker processes (serve --workers)")
     ap.add_argument("--src", type=Path, default=REPO, help="the checkout whose gateway to run (default: this one)")
@@ -731,7 +761,7 @@ def main() -> int:
     ap.add_argument("--model-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "model":
-        run_model(args.port, args.proto)
+        run_model(args.port, args.proto, args.barge_every)
         return 0
     if args.role == "relay":
         run_relay(args.port, args.model_url, args.proto)
