@@ -162,6 +162,10 @@ class WebhookConfig:
     url: str  # http(s)://… that receives the JSON events (POST)
     secret: str  # signs each delivery (X-Gateway-Signature); the receiver checks it
     events: list[str] = field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    # A failed delivery is tried again after first_retry_seconds, then doubling up to max_retry_seconds
+    # (the schedule is kept in the call log, so a restart does not reset it).
+    first_retry_seconds: float = 2.0
+    max_retry_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -623,7 +627,10 @@ def _check_ranges(cfg: Config, path: Path) -> None:
                    (f"webhooks[{i}].secret", len(hook.secret) >= 16,
                     "a secret of at least 16 characters (GATEWAY_WEBHOOK_SECRET for GATEWAY_WEBHOOK_URL)"),
                    *((f"webhooks[{i}].events[{j}]", e in WEBHOOK_EVENTS, " or ".join(WEBHOOK_EVENTS))
-                     for j, e in enumerate(hook.events))]
+                     for j, e in enumerate(hook.events)),
+                   (f"webhooks[{i}].first_retry_seconds", 0.1 <= hook.first_retry_seconds <= 3600, "0.1..3600"),
+                   (f"webhooks[{i}].max_retry_seconds", hook.first_retry_seconds <= hook.max_retry_seconds <= 86400,
+                    f"first_retry_seconds ({hook.first_retry_seconds:g})..86400")]
     for name, ok, want in checks:
         if not ok:
             _problem(f"{path}: {name}: expected {want}")

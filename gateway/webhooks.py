@@ -5,8 +5,10 @@ puts one row per receiver on the call log's write queue (table `webhook_deliveri
 all. One delivery task per app drains the table: it claims due rows for a short lease (two
 instances sharing a database never deliver the same row together), POSTs each through the app's
 shared client session, and records the outcome. A failed attempt (no answer, a timeout, any status
-but 2xx) is retried with exponential backoff up to hourly, for up to `MAX_AGE_SECONDS`; rows
-survive a restart or a receiver outage because they are in the database, not in memory.
+but 2xx) is retried with exponential backoff (the receiver's `first_retry_seconds`, doubling up to
+its `max_retry_seconds`: 2 s to hourly by default), for up to `MAX_AGE_SECONDS`; rows survive a
+restart or a receiver outage because they are in the database, not in memory, and a starting
+instance delivers what is due at once.
 
 Delivery is at least once: a receiver may see an event twice (say, the answer was lost); the
 `id` in the body is the same each time, so receivers can drop repeats.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -44,8 +47,6 @@ TIMEOUT_SECONDS = 10.0  # per attempt
 LEASE_SECONDS = 3 * TIMEOUT_SECONDS  # a claimed batch is delivered concurrently, well within this
 BATCH = 20
 POLL_SECONDS = 1.0  # how often the table is looked at (rows other instances wrote, retries due)
-FIRST_RETRY_SECONDS = 2.0  # then doubling, with a little jitter...
-MAX_RETRY_SECONDS = 3600.0  # ...up to hourly
 MAX_AGE_SECONDS = 3 * 86400  # undelivered after this long: given up (logged, counted)
 KEEP_DONE_SECONDS = 7 * 86400  # delivered/abandoned rows are kept this long (for inspection)
 
@@ -64,9 +65,10 @@ def delivery_key(event: str, call_id: str, url: str) -> str:
     return hashlib.sha256(f"{event}\n{call_id}\n{url}".encode()).hexdigest()[:32]
 
 
-def retry_delay(attempts: int) -> float:
-    """Seconds before the next try after `attempts` failed ones (1, 2, ...)."""
-    base = min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (attempts - 1))
+def retry_delay(hook: WebhookConfig, attempts: int) -> float:
+    """Seconds before the next try after `attempts` failed ones (1, 2, ...): the receiver's first
+    retry delay, doubling up to its maximum, with a little jitter."""
+    base = min(hook.max_retry_seconds, hook.first_retry_seconds * 2 ** min(attempts - 1, 40))
     return base * random.uniform(1.0, 1.1)
 
 
@@ -83,6 +85,8 @@ class Webhooks:
         self.instance = instance
         self.counter = counter
         self._kick = asyncio.Event()
+        self._kick.set()  # what is due (queued before a restart, by another instance) goes at once
+        self._retries: list[float] = []  # a heap: when the retries this instance scheduled are due
 
     def call(self) -> "CallWebhooks":
         return CallWebhooks(self)
@@ -101,14 +105,18 @@ class Webhooks:
 
     # ------------------------------------------------------------------ delivery
     async def run(self) -> None:
-        """Deliver until cancelled: right after a call enqueued something, else every POLL_SECONDS."""
+        """Deliver until cancelled: right after a call enqueued something, when a retry this
+        instance scheduled is due, else every POLL_SECONDS (what other instances queued)."""
         last_purge = 0.0
         while True:
+            wait = POLL_SECONDS if not self._retries else max(0.0, min(POLL_SECONDS, self._retries[0] - time.time()))
             try:
-                await asyncio.wait_for(self._kick.wait(), POLL_SECONDS)
+                await asyncio.wait_for(self._kick.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             self._kick.clear()
+            while self._retries and self._retries[0] <= time.time():
+                heapq.heappop(self._retries)
             try:
                 await self.crashed_calls_ended()
                 await self.store.flush()  # what calls enqueued is in the table now
@@ -150,7 +158,8 @@ class Webhooks:
         elif hook is None or time.time() - row["created_at"] > MAX_AGE_SECONDS:
             result, next_at = "abandoned", None
         else:
-            result, next_at = "failed", time.time() + retry_delay(attempts)
+            result, next_at = "failed", time.time() + retry_delay(hook, attempts)
+            heapq.heappush(self._retries, next_at)
         level = logging.INFO if error is None else logging.ERROR if next_at is None else logging.WARNING
         log.log(level, "event=webhook_%s type=%s call=%s url=%s attempt=%d%s", result, row["event"], row["call_id"],
                 _safe_url(row["url"]), attempts, f" error={error!r}" if error else "")

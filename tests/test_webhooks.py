@@ -4,10 +4,12 @@ whichever gateway runs, after receiver outages and restarts; never twice by two 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import time
 
 import pytest
@@ -31,10 +33,12 @@ class Receiver:
         self.events: list[dict] = []
         self.bad: list[str] = []
         self.hits = 0
+        self.hit_times: list[float] = []
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits += 1
+        self.hit_times.append(time.monotonic())
         body = await request.read()
         header = request.headers.get("X-Gateway-Signature", "")
         parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
@@ -108,7 +112,6 @@ def summary_duration(event: dict) -> float:
 
 async def test_a_refusing_receiver_gets_retries_and_events_filter(make_gateway, receiver):
     """Non-2xx answers are retried with backoff; a receiver subscribed to call.ended gets only that."""
-    import gateway.webhooks as webhooks
     receiver.status = 503
     url = await receiver.start()
     gw = await make_gateway(extra=f"""
@@ -116,21 +119,25 @@ async def test_a_refusing_receiver_gets_retries_and_events_filter(make_gateway, 
           - url: {url}
             secret: {SECRET}
             events: [call.ended]
+            first_retry_seconds: 0.2
         """)
-    old = webhooks.FIRST_RETRY_SECONDS
-    webhooks.FIRST_RETRY_SECONDS = 0.2
-    try:
-        phone = await dial(gw.url, bot="echo")
-        await phone.silence(0.2)
-        await phone.hangup()
-        await ended(gw, phone)
-        await wait_for(lambda: receiver.hits >= 3, 8, "three attempts")
-        receiver.status = 200
-        await wait_for(lambda: receiver.events, 8, "the delivery once the receiver answers 200")
-    finally:
-        webhooks.FIRST_RETRY_SECONDS = old
+    phone = await dial(gw.url, bot="echo")
+    await phone.silence(0.2)
+    await phone.hangup()
+    await ended(gw, phone)
+    await wait_for(lambda: receiver.hits >= 3, 8, "three attempts")
+    first, second, third = receiver.hit_times[:3]
+    # after 0.2 s, then twice that (plus up to 10 % jitter): each when due, not at the next 1 s poll
+    assert 0.2 <= second - first < 0.9 and 0.4 <= third - second < 1.1, receiver.hit_times
+    receiver.status = 200
+    await wait_for(lambda: receiver.events, 8, "the delivery once the receiver answers 200")
     assert [e["type"] for e in receiver.events] == ["call.ended"]
-    await asyncio.sleep(1.2)  # nothing more comes: delivered once
+    # nothing more comes: the one row is recorded as delivered and unclaimed (none claims it again)
+    deadline = time.monotonic() + 5
+    while (rows := await gw.app[STORE].fetch("SELECT event, delivered_at, claimed_by FROM webhook_deliveries")) \
+            and not rows[0]["delivered_at"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert [(r["event"], bool(r["delivered_at"]), r["claimed_by"]) for r in rows] == [("call.ended", True, None)]
     assert len(receiver.events) == 1 and not receiver.bad
 
 
@@ -154,9 +161,18 @@ async def test_nothing_is_lost_when_the_receiver_is_down_across_a_gateway_restar
     """Gateway 1 takes a call while the receiver is down and stops; the receiver comes up; gateway 2
     (another process, same SQLite file) delivers both events."""
     port = proc.free_port()
-    config_path = write_config(config_dir, "storage:\n  url: sqlite:///data/restart.db\n")
+    # retries at most a second apart: however long the first gateway runs on a loaded machine, the
+    # second finds both rows due about when it starts (the backoff is kept across the restart)
+    config_path = write_config(config_dir, f"""
+        storage:
+          url: sqlite:///data/restart.db
+        webhooks:
+          - url: http://127.0.0.1:{port}/hook
+            secret: {SECRET}
+            first_retry_seconds: 0.2
+            max_retry_seconds: 1
+        """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZHIPU", "OPENAI", "GATEWAY_"))}
-    env.update(GATEWAY_WEBHOOK_URL=f"http://127.0.0.1:{port}/hook", GATEWAY_WEBHOOK_SECRET=SECRET)
     gw_port = proc.free_port()
     first = proc.serve(gw_port, env, config_path)
     try:
@@ -165,20 +181,34 @@ async def test_nothing_is_lost_when_the_receiver_is_down_across_a_gateway_restar
         await phone.say(ulaw_tone(440, 0.4))
         await phone.silence(0.8)
         await phone.hangup()
-        await asyncio.sleep(1.0)  # the delivery task tries (connection refused) and schedules a retry
+        # both events are queued; call.started was tried (connection refused) and waits for its retry,
+        # call.ended waits behind it (a call's events go in order)
+        await wait_for(lambda: outbox(config_dir / "data" / "restart.db") == [("call.ended", 0), ("call.started", 1)],
+                       10, "call.started tried once, call.ended queued")
     finally:
         log1 = proc.stop(first)
     assert "event=webhook_failed type=call.started" in log1 and "event=webhook_delivered" not in log1, log1
     await receiver.start(port)
     second = proc.serve(gw_port, env, config_path)
     try:
-        await wait_for(lambda: len(receiver.events) == 2, 45, "both events from the second gateway")
+        await wait_for(lambda: len(receiver.events) == 2, 15, "both events from the second gateway")
     finally:
         log2 = proc.stop(second)
     assert [e["type"] for e in receiver.events] == ["call.started", "call.ended"], log2
     assert all(e["call_id"] == call_id for e in receiver.events)
     assert receiver.events[1]["end_reason"] == "caller_hangup" and receiver.events[1]["transcript"]
     assert not receiver.bad
+
+
+def outbox(db) -> list[tuple[str, int]]:
+    """(event, tried at all) of each delivery in the SQLite call log at `db`, by event name."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)) as conn:
+        try:
+            return conn.execute("SELECT event, min(attempts, 1) FROM webhook_deliveries ORDER BY event").fetchall()
+        except sqlite3.OperationalError:  # the table is not there yet
+            return []
 
 
 def test_webhook_config_is_checked(config_dir):
@@ -189,11 +219,15 @@ def test_webhook_config_is_checked(config_dir):
     with pytest.raises(ConfigError, match=r"webhooks\[0\]\.secret: expected a secret of at least 16"):
         load_config(path, env={"GATEWAY_WEBHOOK_URL": "https://crm.example.com/hook"})
     path = write_config(config_dir, "webhooks:\n  - url: https://a.example.com\n    secret: " + SECRET +
+                        "\n    first_retry_seconds: 10\n    max_retry_seconds: 5\n")
+    with pytest.raises(ConfigError, match=r"webhooks\[0\]\.max_retry_seconds: expected first_retry_seconds \(10\)\.\.86400"):
+        load_config(path, env={})
+    path = write_config(config_dir, "webhooks:\n  - url: https://a.example.com\n    secret: " + SECRET +
                         "\n    events: [call.ringing]\n")
     with pytest.raises(ConfigError, match=r"webhooks\[0\]\.events\[0\]: expected call\.started or call\.ended"):
         load_config(path, env={})
     cfg = load_config(write_config(config_dir), env={"GATEWAY_WEBHOOK_URL": "https://crm.example.com/hook",
                                                      "GATEWAY_WEBHOOK_SECRET": SECRET})
-    assert [(w.url, w.events) for w in cfg.webhooks] == [("https://crm.example.com/hook",
-                                                          ["call.started", "call.ended"])]
+    assert [(w.url, w.events, w.first_retry_seconds, w.max_retry_seconds) for w in cfg.webhooks] == [
+        ("https://crm.example.com/hook", ["call.started", "call.ended"], 2.0, 3600.0)]
     assert SECRET in cfg.secrets()
