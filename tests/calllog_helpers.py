@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -22,26 +23,31 @@ async def api(gw_url: str, path: str, token: str | None = TOKEN, method: str = "
 
 
 async def three_calls(make_gateway, fake_glm, fake_openai, store_url, extra: str = ""):
-    """A normal GLM call, an OpenAI call the caller interrupts, a GLM call that ends in a model error."""
+    """A normal GLM call, an OpenAI call the caller interrupts (started just after the first, the two
+    at the same time: each has its own fake model), then a GLM call that ends in a model error."""
     # No reconnection, so that the dropped model socket really ends the third call with a model error.
     gw = await make_gateway(glm=fake_glm, openai=fake_openai, extra="limits:\n  model_reconnect_attempts: 0\n" + extra,
                             env={"GATEWAY_DATABASE_URL": store_url, "GATEWAY_OPERATOR_TOKEN": TOKEN})
     normal = await dial(gw.url, bot="glm-greeter", caller="+15550000001")
-    await normal.silence(1.9)
-    await normal.say(ulaw_tone(440, 0.5))
-    await normal.silence(2.3)
-    await normal.hangup()
-    await ended(gw, normal)
-
     fake_openai.reply_seconds, fake_openai.delta_interval = 4.0, 0.4
     cut = await dial(gw.url, bot="openai-greeter", caller="+15550000002")
-    await cut.silence(1.2)
-    await cut.say(ulaw_tone(440, 0.6))
-    await cut.silence(1.0)
-    await cut.hangup()
-    await ended(gw, cut)
 
-    fake_glm.fail_after_deltas = 2
+    async def talk_after_the_greeting() -> None:
+        await normal.silence(1.9)
+        await normal.say(ulaw_tone(440, 0.5))
+        await normal.silence(2.3)
+        await normal.hangup()
+        await ended(gw, normal)
+
+    async def talk_over_the_greeting() -> None:
+        await cut.silence(1.2)
+        await cut.say(ulaw_tone(440, 0.6))
+        await cut.silence(1.0)
+        await cut.hangup()
+        await ended(gw, cut)
+
+    await asyncio.gather(talk_after_the_greeting(), talk_over_the_greeting())
+    fake_glm.fail_after_deltas = 2  # the first GLM call is over: only this one fails
     broken = await dial(gw.url, bot="glm-greeter", caller="+15550000003")
     assert await broken.wait_closed(3)
     await ended(gw, broken)
