@@ -20,20 +20,32 @@ def free_port() -> int:
 
 def serve(port: int, env: dict, config_path=None, timeout: float = 20, args: tuple = ()) -> subprocess.Popen:
     """Start the gateway and wait until it accepts connections."""
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args]
-    if config_path is not None:
-        cmd += ["--config", str(config_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return serve_all([(port, env, config_path)], timeout, args)[0]
+
+
+def serve_all(gateways: list[tuple], timeout: float = 20, args: tuple = ()) -> list[subprocess.Popen]:
+    """Start gateways given as (port, env, config_path), all at once (their start-ups overlap), and
+    wait until each accepts connections; if one does not, all are killed."""
+    procs = []
+    for port, env, config_path in gateways:
+        cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args]
+        if config_path is not None:
+            cmd += ["--config", str(config_path)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise AssertionError("gateway did not start: " + (proc.communicate()[0] or ""))
-            time.sleep(0.1)
+    for (port, _, _), proc in zip(gateways, procs):
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    for p in procs:
+                        p.kill()
+                    raise AssertionError("gateway did not start: " + (proc.communicate()[0] or ""))
+                time.sleep(0.05)
+    return procs
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10) -> str:

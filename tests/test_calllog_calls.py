@@ -16,12 +16,13 @@ import wave
 import numpy as np
 import pytest
 
+from gateway.calllog import open_store
 from gateway.web_state import CALLS
 from tests.audio_check import dominant_hz, voiced_runs
 from tests.conftest import REPO
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
 from tests.calllog_helpers import TOKEN, api, three_calls
-from tests.proc import free_port, serve, stop
+from tests.proc import free_port, serve_all, stop
 
 async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_openai, store_url):
     gw, normal, cut, broken = await three_calls(make_gateway, fake_glm, fake_openai, store_url)
@@ -78,24 +79,25 @@ async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_o
     assert bots["glm-greeter"]["end_reasons"] == {"caller_hangup": 1, "model_error": 1}
     assert 0 <= bots["glm-greeter"]["first_audio_ms_p50"] <= bots["glm-greeter"]["first_audio_ms_p95"] < 1000
 
-    # the CLI reads the same store
+    # the CLI reads the same store (four commands, run side by side)
     env = {**os.environ, "GATEWAY_DATABASE_URL": store_url}
-    cli = [sys.executable, "-m", "gateway", "calls"]
-    listed = subprocess.run(cli + ["--config", gw.config.path, "list"], env=env, capture_output=True, text=True,
-                            cwd=REPO, timeout=30)
-    assert listed.returncode == 0, listed.stderr
-    assert all(p.call_sid in listed.stdout for p in (normal, cut, broken)) and "(3 of 3)" in listed.stdout
-    shown = subprocess.run(cli + ["--config", gw.config.path, "show", cut.call_sid], env=env, capture_output=True,
-                           text=True, cwd=REPO, timeout=30)
-    assert shown.returncode == 0 and "cut after" in shown.stdout and "caller: caller spoke 0.6 seconds" in shown.stdout
-    exported = subprocess.run(cli + ["--config", gw.config.path, "export", "--format", "jsonl",
-                                     "--end-reason", "model_error"], env=env, capture_output=True, text=True,
-                              cwd=REPO, timeout=30)
-    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        run = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "calls", "--config", gw.config.path,
+                                                   *args, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(run.communicate(), 30)
+        return run.returncode, out.decode(), err.decode()
+
+    listed, shown, exported, csv_out = await asyncio.gather(
+        cli("list"), cli("show", cut.call_sid), cli("export", "--format", "jsonl", "--end-reason", "model_error"),
+        cli("export", "--format", "csv"))
+    assert listed[0] == 0, listed[2]
+    assert all(p.call_sid in listed[1] for p in (normal, cut, broken)) and "(3 of 3)" in listed[1]
+    assert shown[0] == 0 and "cut after" in shown[1] and "caller: caller spoke 0.6 seconds" in shown[1]
+    rows = [json.loads(line) for line in exported[1].splitlines()]
     assert [r["call_id"] for r in rows] == [broken.call_sid] and rows[0]["timeline"]
-    csv_out = subprocess.run(cli + ["--config", gw.config.path, "export", "--format", "csv"], env=env,
-                             capture_output=True, text=True, cwd=REPO, timeout=30)
-    assert csv_out.stdout.startswith("call_id,network,started_at") and csv_out.stdout.count("\nCA") == 3
+    assert csv_out[1].startswith("call_id,network,started_at") and csv_out[1].count("\nCA") == 3
 
 
 async def test_operator_api_needs_the_token(make_gateway, fake_glm):
@@ -131,13 +133,13 @@ async def test_live_calls_and_operator_hangup(make_gateway, fake_glm):
 
 
 async def test_recording_is_stereo_and_aligned_as_heard(make_gateway, fake_glm):
-    fake_glm.greeting_tone_hz = 1000
+    fake_glm.greeting_tone_hz, fake_glm.reply_seconds = 1000, 1.0
     gw = await make_gateway(glm=fake_glm, env={"GATEWAY_OPERATOR_TOKEN": TOKEN},
                             extra="recording:\n  enabled: true\n")
     phone = await dial(gw.url, bot="glm-greeter")
-    await phone.silence(2.0)  # the 1.5 s greeting plays
+    await phone.silence(1.4)  # the 1 s greeting plays
     await phone.say(ulaw_tone(440, 0.5))
-    await phone.silence(2.5)  # the fake's 1.5 s, 600 Hz reply
+    await phone.silence(1.9)  # the fake's 1 s, 600 Hz reply, 0.6 s after the caller stopped
     await phone.hangup()
     await ended(gw, phone)
     status, wav_bytes = await api(gw.url, f"/api/calls/{phone.call_sid}/recording")
@@ -146,14 +148,15 @@ async def test_recording_is_stereo_and_aligned_as_heard(make_gateway, fake_glm):
         assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
         x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float).reshape(-1, 2)
     caller, bot = x[:, 0], x[:, 1]
-    assert len(x) / 8000 == pytest.approx(5.0, abs=0.3)  # the whole call: 2.0 + 0.5 + 2.5 s
+    assert len(x) / 8000 == pytest.approx(3.8, abs=0.3)  # the whole call: 1.4 + 0.5 + 1.9 s
     c_runs, b_runs = voiced_runs(caller, 8000), voiced_runs(bot, 8000)
     assert len(c_runs) == 1 and len(b_runs) == 2, (c_runs, b_runs)
     (cs, ce), (g_s, g_e), (r_s, r_e) = c_runs[0], b_runs[0], b_runs[1]
     assert dominant_hz(caller[cs:ce], 8000) == pytest.approx(440, rel=0.02)
     assert dominant_hz(bot[g_s:g_e], 8000) == pytest.approx(1000, rel=0.02)
     assert dominant_hz(bot[r_s:r_e], 8000) == pytest.approx(600, rel=0.02)
-    assert g_s / 8000 < 0.5 and (g_e - g_s) / 8000 == pytest.approx(1.5, abs=0.1)  # greeting first, whole
+    assert g_s / 8000 < 0.5 and (g_e - g_s) / 8000 == pytest.approx(1.0, abs=0.1)  # greeting first, whole
+    assert (r_e - r_s) / 8000 == pytest.approx(1.0, abs=0.1)  # the reply, whole
     assert g_e < cs < ce < r_s  # greeting, then the caller, then the reply: never overlapping
     # The reply starts ~ the fake's 500 ms end-of-speech silence after the caller stops, as heard.
     assert (r_s - ce) / 8000 == pytest.approx(0.6, abs=0.25)
@@ -164,33 +167,41 @@ async def test_sigkill_mid_call_keeps_the_record_and_another_instance_closes_it_
         config_dir, store_url):
     """Two gateway processes on one machine, one database, the same instance name: the one that
     is SIGKILLed mid-call has its call closed as `crashed` by the other, and only after its lease
-    (3 s here) expired, never while it was alive."""
+    (2 s here) expired, never while it was alive."""
     from tests.conftest import write_config
-    config_path = write_config(config_dir, "storage:\n  lease_seconds: 3\nserver:\n  instance_id: gw\n")
+    config_path = write_config(config_dir, "storage:\n  lease_seconds: 2\nserver:\n  instance_id: gw\n")
     env = {k: v for k, v in os.environ.items() if k not in ("ZHIPU_API_KEY", "OPENAI_API_KEY")}
     env.update(GATEWAY_DATABASE_URL=store_url, GATEWAY_OPERATOR_TOKEN=TOKEN)
     port, other_port = free_port(), free_port()
     url, other_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{other_port}"
-    other = serve(other_port, env, config_path)
-    server = serve(port, env, config_path)
+    other, server = serve_all([(other_port, env, config_path), (port, env, config_path)])
     try:
         phone = await dial(url, bot="echo")
+        dialed_at = time.monotonic()
         await phone.silence(1.2)  # the chime greeting
         await phone.say(ulaw_tone(440, 0.8))
         await wait_for(lambda: phone.result.media_bytes >= 70 * 160, 5, "the echo of what was said")  # 30 greeting + 40
-        await phone.silence(3.0)  # a lease period with both alive: the other instance sweeps and leaves it
+        await phone.silence(0.7)  # one more sweep of the other instance (every 0.67 s)
+        assert time.monotonic() - dialed_at > 2.0  # a whole lease period with both alive: the sweeps left it
         status, call = await api(other_url, f"/api/calls/{phone.call_sid}")
         assert status == 200 and call["live"] and call["instance"].startswith("gw:"), call
         server.send_signal(signal.SIGKILL)
         server.wait(5)
         killed_at = time.monotonic()
+        store = open_store(store_url)
+        await store.start()
+        try:  # when the dead instance's lease runs out: it renewed it for the last time before the kill
+            lease = await store.fetch("SELECT expires_at FROM instance_leases WHERE instance = ?", (call["instance"],))
+        finally:
+            await store.close()
+        lease_end = lease[0]["expires_at"] if lease else 0.0  # none: already run out and swept away
 
         async def closed() -> bool:
             return (await api(other_url, f"/api/calls/{phone.call_sid}"))[1]["end_reason"] == "crashed"
         while not await closed():
             assert time.monotonic() - killed_at < 10, "the other instance never closed the dead one's call"
-            await asyncio.sleep(0.2)
-        assert time.monotonic() - killed_at > 1.5  # not before its lease (3 s, renewed every 1 s) ran out
+            await asyncio.sleep(0.1)
+        assert time.time() >= lease_end  # not before its lease ran out (seen within 0.1 s)
         status, call = await api(other_url, f"/api/calls/{phone.call_sid}")
         assert call["bot"] == "echo" and call["from"] == "+15550001111"
         assert any(e["kind"] == "speech" and e["ms"] > 0 for e in call["timeline"])  # the caller's speech segment
