@@ -32,21 +32,15 @@ async def three_calls(make_gateway, fake_glm, fake_openai, store_url, extra: str
     fake_openai.reply_seconds, fake_openai.delta_interval = 4.0, 0.4
     cut = await dial(gw.url, bot="openai-greeter", caller="+15550000002")
 
-    async def talk_after_the_greeting() -> None:
-        await normal.silence(1.9)
-        await normal.say(ulaw_tone(440, 0.5))
-        await normal.silence(2.3)
-        await normal.hangup()
-        await ended(gw, normal)
+    async def talk(phone, wait: float, say: float, listen: float) -> None:
+        await phone.silence(wait)
+        await phone.say(ulaw_tone(440, say))
+        await phone.silence(listen)
+        await phone.hangup()
+        await ended(gw, phone)
 
-    async def talk_over_the_greeting() -> None:
-        await cut.silence(1.2)
-        await cut.say(ulaw_tone(440, 0.6))
-        await cut.silence(1.0)
-        await cut.hangup()
-        await ended(gw, cut)
-
-    await asyncio.gather(talk_after_the_greeting(), talk_over_the_greeting())
+    # the first speaks after the greeting and hears the reply; the second talks over the greeting
+    await asyncio.gather(talk(normal, 1.9, 0.5, 2.3), talk(cut, 1.2, 0.6, 1.0))
     fake_glm.fail_after_deltas = 2  # the first GLM call is over: only this one fails
     broken = await dial(gw.url, bot="glm-greeter", caller="+15550000003")
     assert await broken.wait_closed(3)
