@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 
@@ -20,6 +22,26 @@ async def api(gw_url: str, path: str, token: str | None = TOKEN, method: str = "
             body = await r.read()
             ctype = r.headers.get("Content-Type", "")
             return r.status, (json.loads(body) if ctype.startswith("application/json") else body)
+
+
+async def until(get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float = 5.0,
+                what: str = "condition") -> Any:
+    """Await `get()` until `ok` holds for what it returns (every 50 ms); that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await get()
+        if ok(got):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}: {got!r:.500}")
+        await asyncio.sleep(0.05)
+
+
+async def api_until(gw_url: str, path: str, ok: Callable[[Any], bool], timeout: float = 5.0,
+                    what: str = "") -> Any:
+    """GET `path` until it answers 200 with a body `ok` holds for; that body."""
+    got = await until(lambda: api(gw_url, path), lambda r: r[0] == 200 and ok(r[1]), timeout, what or path)
+    return got[1]
 
 
 async def three_calls(make_gateway, fake_glm, fake_openai, store_url, extra: str = ""):

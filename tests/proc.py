@@ -48,6 +48,14 @@ def serve_all(gateways: list[tuple], timeout: float = 20, args: tuple = ()) -> l
     return procs
 
 
+def listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:`port` (from /proc/net/tcp): with `serve --workers N`, one per
+    worker that accepts calls (the supervisor's reserved sockets are bound, not listening)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return sum(fields[1] == local and fields[3] == "0A" for fields in (line.split() for line in f) if len(fields) > 3)
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10) -> str:
     """Signal the gateway and collect its output (killing it if it does not exit in time)."""
     if proc.poll() is None:

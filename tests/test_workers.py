@@ -8,9 +8,9 @@ import asyncio
 import os
 import signal
 
-from tests.calllog_helpers import TOKEN, api
+from tests.calllog_helpers import TOKEN, api, api_until, until
 from tests.phone_helpers import dial, wait_for
-from tests.proc import free_port, serve, stop
+from tests.proc import free_port, listeners, serve, serve_all, stop
 
 
 async def test_two_workers_share_the_port_the_live_calls_and_the_hang_ups(config_dir, store_url):
@@ -22,24 +22,21 @@ async def test_two_workers_share_the_port_the_live_calls_and_the_hang_ups(config
     url = f"http://127.0.0.1:{port}"
     proc = serve(port, env, config_path, args=("--workers", "2"))
     try:
-        await asyncio.sleep(1.0)  # both workers up
+        await wait_for(lambda: listeners(port) == 2, 10, "both workers to listen")
         phones = [await dial(url, bot="echo") for _ in range(8)]
-        await asyncio.sleep(1.5)
-        status, live = await api(url, "/api/live")
-        assert status == 200
-        assert sorted(c["call_id"] for c in live["calls"]) == sorted(p.call_sid for p in phones), live
+        calls = sorted(p.call_sid for p in phones)
+        live = await api_until(url, "/api/live", lambda b: sorted(c["call_id"] for c in b["calls"]) == calls, 5,
+                               "every call live in one listing")
         owners = {c["call_id"]: c["instance"] for c in live["calls"]}
         assert len(set(owners.values())) == 2, "the kernel spread the calls over both workers"
         for phone in phones:  # each request lands on either worker; remote calls are forwarded
             status, body = await api(url, f"/api/calls/{phone.call_sid}/hangup", method="POST")
             assert status == 202 and body["instance"] == owners[phone.call_sid], body
         await wait_for(lambda: all(p.closed.is_set() for p in phones), 5, "every call to be hung up")
-        await asyncio.sleep(0.5)
+        await api_until(url, "/api/live", lambda b: b["calls"] == [], 5, "no live calls")
         for phone in phones:
             status, call = await api(url, f"/api/calls/{phone.call_sid}")
             assert call["end_reason"] == "operator_hangup", call
-        status, live = await api(url, "/api/live")
-        assert live["calls"] == []
     finally:
         out = stop(proc, signal.SIGTERM, timeout=20)
     assert proc.returncode == 0, out
@@ -78,23 +75,25 @@ async def test_two_instances_on_one_database_webhook_on_one_stream_on_the_other(
     a = None
     try:
         first = await dial(url_b, bot="echo")  # already live on B when A starts
-        await asyncio.sleep(0.5)
+        await api_until(url_b, f"/api/calls/{first.call_sid}", lambda c: c["live"] and c["started_at"], 5, "the first call live on B")
         config_a = config_dir / "config-a.yaml"
         config_a.write_text(config_b.read_text() + f"  public_url: {url_b}\n")  # same instance name too
         a = serve(port_a, env, config_a)
         phone = await dial(url_a, bot="echo")
         assert phone.result.stream_url == f"ws://127.0.0.1:{port_b}/twilio/media"
-        await asyncio.sleep(1.0)
+        both = sorted([first.call_sid, phone.call_sid])
         for url in (url_a, url_b):
-            status, live = await api(url, "/api/live")
+            live = await api_until(url, "/api/live", lambda b: sorted(c["call_id"] for c in b["calls"]) == both, 5,
+                                   "both calls live")
             owners = {c["call_id"]: c["instance"] for c in live["calls"]}
             assert sorted(owners) == sorted([first.call_sid, phone.call_sid]) and len(set(owners.values())) == 1
         status, body = await api(url_a, f"/api/calls/{phone.call_sid}/hangup", method="POST")
         assert status == 202 and body["instance"] == owners[phone.call_sid]
         await wait_for(lambda: phone.closed.is_set(), 5, "the call on B to be hung up via A")
         await first.hangup()
-        await asyncio.sleep(0.5)
-        reasons = {p.call_sid: (await api(url_a, f"/api/calls/{p.call_sid}"))[1]["end_reason"] for p in (first, phone)}
+        ended = await api_until(url_a, "/api/calls", lambda b: len(b["calls"]) == 2 and all(c["end_reason"] for c in b["calls"]), 5,
+                                "both calls ended")
+        reasons = {c["call_id"]: c["end_reason"] for c in ended["calls"]}
         assert reasons == {first.call_sid: "caller_hangup", phone.call_sid: "operator_hangup"}
     finally:
         out_a = stop(a, signal.SIGTERM) if a is not None else ""
@@ -140,20 +139,20 @@ async def test_one_scrape_sees_every_worker_and_counters_never_go_backwards(conf
     url = f"http://127.0.0.1:{port}"
     proc = serve(port, env, config_path, args=("--workers", "2"))
     try:
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: listeners(port) == 2, 10, "both workers to listen")
         run_dirs = [p for p in tmp_path.iterdir() if p.name.startswith("gateway-metrics-")]
         assert len(run_dirs) == 1, list(tmp_path.iterdir())
         phones = [await dial(url, bot="echo") for _ in range(6)]
-        await asyncio.sleep(1.0)
-        _, live = await api(url, "/api/live")
+        live = await api_until(url, "/api/live", lambda b: len(b["calls"]) == 6, 5, "six live calls")
         owners = {c["call_id"]: c["instance"] for c in live["calls"]}
         assert len(owners) == 6 and len(set(owners.values())) == 2, owners
+        await until(lambda: _scrape(url), lambda m: m["gateway_calls_live"] == 6, 5, "six live calls in the gauge")
         for _ in range(6):
             assert (await _scrape(url))["gateway_calls_live"] == 6
         for phone in phones[:3]:
             await phone.hangup()
         await wait_for(lambda: all(p.closed.is_set() for p in phones[:3]), 5, "three calls to end")
-        await asyncio.sleep(0.3)
+        await until(lambda: _scrape(url), lambda m: m["gateway_calls_ended_total"] == 3, 5, "three ended calls counted")
         seen = []
         for _ in range(6):
             m = await _scrape(url)
@@ -169,7 +168,8 @@ async def test_one_scrape_sees_every_worker_and_counters_never_go_backwards(conf
         killed_calls = sum(f":{worker_pids[0]}:" in owners[p.call_sid] for p in left)  # instance: name:pid:random
         await wait_for(lambda: len(_children(proc.pid)) == 2 and worker_pids[0] not in _children(proc.pid), 10,
                        "the supervisor to restart the worker")
-        await asyncio.sleep(1.0)
+        await until(lambda: _scrape(url), lambda m: m["gateway_calls_live"] == 3 - killed_calls, 5,
+                    "the killed worker's calls out of the gauge")
         for _ in range(6):
             m = await _scrape(url)
             assert m["gateway_calls_started_total"] == 6 and m["gateway_calls_ended_total"] >= 3, m
@@ -198,22 +198,26 @@ async def test_a_hang_up_across_instances_on_postgresql_is_carried_out_at_once(c
         config_path = write_config(config_dir)
         port_a, port_b = free_port(), free_port()
         url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-        b = serve(port_b, env, config_path)
-        a = serve(port_a, env, config_path)
+        b, a = serve_all([(port_b, env, config_path), (port_a, env, config_path)])
         out_b = ""
+        admin = await asyncpg.connect(db)
         try:
-            await asyncio.sleep(0.5)
+            # this database's listening connections (other tests' databases share the server)
+            listening = "FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+
+            async def backends() -> list:
+                return await admin.fetch(f"SELECT pid {listening}")
+            await until(backends, lambda rows: len(rows) == 2, 10, "both instances listening")
             times = []
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
                 for attempt in range(6):
                     if attempt == 3:  # cut every listening connection: they reconnect, the poll covers the gap
-                        admin = await asyncpg.connect(db)
-                        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
-                        await admin.close()
-                        await asyncio.sleep(1.5)  # the first retry is after 0.5 s
+                        cut = {r["pid"] for r in await admin.fetch(f"SELECT pid, pg_terminate_backend(pid) {listening}")}
+                        await until(backends, lambda rows: len(rows) == 2 and not {r["pid"] for r in rows} & cut, 10,
+                                    "both listening again (the first retry is after 0.5 s)")
                     phone = await dial(url_b, bot="echo")
-                    await asyncio.sleep(0.6 + attempt * 0.07)  # at various points of B's fallback poll
+                    await api_until(url_a, f"/api/calls/{phone.call_sid}", lambda c: c["live"] and c["started_at"], 5, "the call live on B")
+                    await asyncio.sleep(attempt * 0.07)  # at various points of B's fallback poll
                     t0 = time.monotonic()
                     async with s.post(f"{url_a}/api/calls/{phone.call_sid}/hangup") as r:
                         assert r.status == 202, await r.text()
@@ -221,6 +225,7 @@ async def test_a_hang_up_across_instances_on_postgresql_is_carried_out_at_once(c
                     times.append((time.monotonic() - t0) * 1000)
             assert max(times) <= 300, times
         finally:
+            await admin.close()
             stop(a, signal.SIGTERM)
             out_b = stop(b, signal.SIGTERM)
         assert "event=calllog_listen_lost" in out_b, out_b
