@@ -13,7 +13,7 @@ import time
 
 from tests.conftest import REPO
 from tests.phone_helpers import dial, wait_for
-from tests.proc import free_port, stop
+from tests.proc import free_port, listeners, stop
 
 
 def _env(store_url: str | None = None) -> dict:
@@ -62,11 +62,11 @@ async def test_killed_supervisor_takes_its_workers_and_a_new_one_refuses_while_t
     supervisor = _supervisor(port, config_path, _env(f"sqlite:///{tmp_path}/calls.db"))
     workers: list[int] = []
     try:
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: listeners(port) == 2, 10, "both workers to listen")
         workers = _children(supervisor.pid)
         assert len(workers) == 2
         phone = await dial(url, bot="echo")  # keeps one worker draining (holding the port) after the kill
-        await phone.silence(1.0)  # the call is running on its worker
+        await wait_for(lambda: phone.result.first_audio_at is not None, 5, "the call running on its worker")
         supervisor.kill()
         supervisor.wait()
         await asyncio.sleep(0.5)
@@ -101,11 +101,12 @@ async def test_one_ctrl_c_in_the_terminal_drains_the_workers_instead_of_hurrying
     url = f"http://127.0.0.1:{port}"
     supervisor = _supervisor(port, config_path, _env(f"sqlite:///{tmp_path}/calls.db"))
     try:
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: listeners(port) == 2, 10, "both workers to listen")
         phone = await dial(url, bot="echo")
-        await phone.silence(1.0)
+        await wait_for(lambda: phone.result.first_audio_at is not None, 5, "the call running on its worker")
         os.killpg(supervisor.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: the whole foreground group
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(0.8)  # a worker that quit on the signal would have dropped the call by now (a hurried
+        # drain shows in the log, checked below)
         assert not phone.closed.is_set(), "a drain lets the live call go on"
         await phone.hangup()
         out = stop(supervisor, signal.SIGCONT, timeout=15)  # (no second signal: it exits on its own)
