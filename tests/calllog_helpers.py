@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
+from gateway.calllog import open_store
 from gateway.web_state import STORE
 from tests.phone_helpers import dial, ended, ulaw_tone
 
@@ -42,6 +43,18 @@ async def api_until(gw_url: str, path: str, ok: Callable[[Any], bool], timeout: 
     """GET `path` until it answers 200 with a body `ok` holds for; that body."""
     got = await until(lambda: api(gw_url, path), lambda r: r[0] == 200 and ok(r[1]), timeout, what or path)
     return got[1]
+
+
+async def lease_end(store_url: str, instance: str) -> float:
+    """When `instance`'s lease in the call log at `store_url` runs out (0: it has run out and been
+    swept away). Read after the instance was killed, it is when its slots and calls become free."""
+    store = open_store(store_url)
+    await store.start()
+    try:
+        rows = await store.fetch("SELECT expires_at FROM instance_leases WHERE instance = ?", (instance,))
+    finally:
+        await store.close()
+    return rows[0]["expires_at"] if rows else 0.0
 
 
 async def three_calls(make_gateway, fake_glm, fake_openai, store_url, extra: str = ""):

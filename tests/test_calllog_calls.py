@@ -16,12 +16,11 @@ import wave
 import numpy as np
 import pytest
 
-from gateway.calllog import open_store
 from gateway.web_state import CALLS
 from tests.audio_check import dominant_hz, voiced_runs
 from tests.conftest import REPO
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
-from tests.calllog_helpers import TOKEN, api, three_calls
+from tests.calllog_helpers import TOKEN, api, lease_end, three_calls
 from tests.proc import free_port, serve_all, stop
 
 async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_openai, store_url):
@@ -188,20 +187,14 @@ async def test_sigkill_mid_call_keeps_the_record_and_another_instance_closes_it_
         server.send_signal(signal.SIGKILL)
         server.wait(5)
         killed_at = time.monotonic()
-        store = open_store(store_url)
-        await store.start()
-        try:  # when the dead instance's lease runs out: it renewed it for the last time before the kill
-            lease = await store.fetch("SELECT expires_at FROM instance_leases WHERE instance = ?", (call["instance"],))
-        finally:
-            await store.close()
-        lease_end = lease[0]["expires_at"] if lease else 0.0  # none: already run out and swept away
+        lease_ends = await lease_end(store_url, call["instance"])  # it renewed it for the last time before the kill
 
         async def closed() -> bool:
             return (await api(other_url, f"/api/calls/{phone.call_sid}"))[1]["end_reason"] == "crashed"
         while not await closed():
             assert time.monotonic() - killed_at < 10, "the other instance never closed the dead one's call"
             await asyncio.sleep(0.1)
-        assert time.time() >= lease_end  # not before its lease ran out (seen within 0.1 s)
+        assert time.time() >= lease_ends  # not before its lease ran out (seen within 0.1 s)
         status, call = await api(other_url, f"/api/calls/{phone.call_sid}")
         assert call["bot"] == "echo" and call["from"] == "+15550001111"
         assert any(e["kind"] == "speech" and e["ms"] > 0 for e in call["timeline"])  # the caller's speech segment
