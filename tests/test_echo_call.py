@@ -20,6 +20,12 @@ from tests import proc
 from tests.phone_helpers import dial, ulaw_tone, wait_for
 
 
+async def _played_out(phone, after: float) -> None:
+    """Until the bot audio that began after `after` has stopped playing, and 0.3 s more of quiet."""
+    await wait_for(lambda: any(t > after for t in phone.result.stop_times), 5, "the echo to play out")
+    await phone.silence(0.3)
+
+
 async def test_echo_plays_the_utterance_back(make_gateway):
     gw = await make_gateway(None)
     phone = await dial(gw.url, bot="echo")
@@ -27,7 +33,7 @@ async def test_echo_plays_the_utterance_back(make_gateway):
     await phone.say(ulaw_tone(440, 1.0))
     end = phone.result.speech_ends[0]
     await wait_for(lambda: phone.result.first_audio_after(end) is not None, 3, "echo to start")
-    await phone.silence(2.0)
+    await _played_out(phone, end)
     await phone.hangup()
     heard = ulaw_samples(phone.result.heard)
     runs = voiced_runs(heard, PHONE_RATE)
@@ -48,7 +54,7 @@ async def test_two_calls_to_different_bots_stay_isolated(make_gateway, fake_glm)
     await glm.silence(0.3)
     await echo.say(ulaw_tone(523, 1.0))
     await wait_for(lambda: echo.result.first_audio_after(echo.result.speech_ends[0]) is not None, 3, "echo")
-    await echo.silence(1.5)
+    await _played_out(echo, echo.result.speech_ends[0])
     await echo.hangup()
     await glm.silence(0.5)
     await glm.hangup()
@@ -75,7 +81,7 @@ def test_serve_and_call_commands_end_to_end(tmp_path):
         out = tmp_path / "heard.wav"
         call = subprocess.run([sys.executable, "-m", "gateway", "call", "--url", f"http://127.0.0.1:{port}",
                                "--to", "+19999999999", "--wav", str(said), "--out", str(out), "--wait", "1",
-                               "--hold", "2.5", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                               "--hold", "1.8", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=30)
         assert call.returncode == 0, call.stdout + call.stderr
         summary = json.loads(call.stdout)
