@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -10,6 +11,15 @@ import sys
 import time
 
 from tests.conftest import REPO
+
+
+async def run(cmd: list[str], env: dict, cwd=REPO) -> tuple[int, str, str]:
+    """A command run without blocking the event loop (a phone or gateway in this test may be live):
+    its exit status, stdout and stderr."""
+    p = await asyncio.create_subprocess_exec(*cmd, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 30)
+    return p.returncode, out.decode(), err.decode()
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import wave
@@ -18,10 +17,9 @@ import pytest
 
 from gateway.web_state import CALLS
 from tests.audio_check import dominant_hz, voiced_runs
-from tests.conftest import REPO
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
 from tests.calllog_helpers import TOKEN, api, lease_end, three_calls
-from tests.proc import free_port, serve_all, stop
+from tests.proc import free_port, run, serve_all, stop
 
 async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_openai, store_url):
     gw, normal, cut, broken = await three_calls(make_gateway, fake_glm, fake_openai, store_url)
@@ -81,12 +79,8 @@ async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_o
     # the CLI reads the same store (four commands, run side by side)
     env = {**os.environ, "GATEWAY_DATABASE_URL": store_url}
 
-    async def cli(*args: str) -> tuple[int, str, str]:
-        run = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "calls", "--config", gw.config.path,
-                                                   *args, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.PIPE)
-        out, err = await asyncio.wait_for(run.communicate(), 30)
-        return run.returncode, out.decode(), err.decode()
+    def cli(*args: str):
+        return run([sys.executable, "-m", "gateway", "calls", "--config", gw.config.path, *args], env)
 
     listed, shown, exported, csv_out = await asyncio.gather(
         cli("list"), cli("show", cut.call_sid), cli("export", "--format", "jsonl", "--end-reason", "model_error"),

@@ -21,19 +21,12 @@ from gateway.app import STORE
 from gateway.web_state import CALLS
 from gateway.calllog import open_store
 from tests import proc
+from tests.proc import run
 from tests.calllog_helpers import TOKEN, api
 from tests.conftest import REPO, TWILIO_SID, TWILIO_TOKEN, write_config
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
 
 CLI = [sys.executable, "-m", "gateway"]
-
-
-async def run(cmd: list[str], env: dict, cwd=REPO) -> tuple[int, str, str]:
-    """A command run without blocking the event loop (a phone or gateway in this test may be live)."""
-    p = await asyncio.create_subprocess_exec(*cmd, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(p.communicate(), 30)
-    return p.returncode, out.decode(), err.decode()
 
 
 def _env(**extra: str) -> dict:
@@ -184,26 +177,30 @@ async def test_simulated_phone_signs_the_public_urls_twilio_would_sign(make_gate
                                "its TWILIO_AUTH_TOKEN)\n")
 
 
-def test_options_where_a_new_user_puts_them_and_help_that_says_the_defaults(tmp_path):
+async def test_options_where_a_new_user_puts_them_and_help_that_says_the_defaults(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for command in (["calls", "list"], ["serve"], ["check-config"], ["calls", "show", "CA1"]):
-        done = subprocess.run(CLI + command, cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=20)
-        assert (done.returncode, done.stderr) == (2, f"error: no config.yaml in {elsewhere}; pass --config PATH\n")
-    done = subprocess.run(CLI + ["calls", "list", "--config", str(REPO / "config.yaml")], cwd=elsewhere,
-                          env=_env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db"), capture_output=True,
-                          text=True, timeout=20)
-    assert done.returncode == 0 and done.stdout.endswith("(0 of 0)\n"), done.stderr
-    for command in (["serve"], ["check-config"], ["calls", "list"]):  # a typo is not "run on defaults"
-        done = subprocess.run(CLI + command + ["--config", "prod.yaml"], cwd=REPO, env=_env(), capture_output=True,
-                              text=True, timeout=20)
-        assert (done.returncode, done.stderr) == (2, "error: config file prod.yaml not found\n")
-    helps = {name: subprocess.run(CLI + [name, "--help"], env=_env(), capture_output=True, text=True).stdout
-             for name in ("serve", "check-config", "call")}
-    assert "(default: config.yaml)" in " ".join(helps["serve"].split())
-    assert "(default: the config's server.port, else 8080)" in " ".join(helps["serve"].split())
-    assert "(default: config.yaml)" in " ".join(helps["check-config"].split())
-    assert "to hear the greeting (default: 2.0)" in " ".join(helps["call"].split())
+    # eleven commands, run side by side: each answers on its own
+    no_config = [run(CLI + command, _env(), cwd=elsewhere)
+                 for command in (["calls", "list"], ["serve"], ["check-config"], ["calls", "show", "CA1"])]
+    listing = run(CLI + ["calls", "list", "--config", str(REPO / "config.yaml")],
+                  _env(GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/calls.db"), cwd=elsewhere)
+    typos = [run(CLI + command + ["--config", "prod.yaml"], _env())  # a typo is not "run on defaults"
+             for command in (["serve"], ["check-config"], ["calls", "list"])]
+    names = ("serve", "check-config", "call")
+    helps = [run(CLI + [name, "--help"], _env()) for name in names]
+    done = await asyncio.gather(*no_config, listing, *typos, *helps)
+    for rc, _, err in done[:4]:
+        assert (rc, err) == (2, f"error: no config.yaml in {elsewhere}; pass --config PATH\n")
+    rc, out, err = done[4]
+    assert rc == 0 and out.endswith("(0 of 0)\n"), err
+    for rc, _, err in done[5:8]:
+        assert (rc, err) == (2, "error: config file prod.yaml not found\n")
+    helps = {name: " ".join(out.split()) for name, (_, out, _) in zip(names, done[8:])}
+    assert "(default: config.yaml)" in helps["serve"]
+    assert "(default: the config's server.port, else 8080)" in helps["serve"]
+    assert "(default: config.yaml)" in helps["check-config"]
+    assert "to hear the greeting (default: 2.0)" in helps["call"]
 
 
 def test_serve_and_test_scripts_do_not_reinstall_when_run_in_turn(tmp_path):
