@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import wave
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, aud
 from .persona import BargeIn
 from .telephony.fake import DialError
 from .telephony.registry import BY_NAME, NAMES
+from .clock import monotonic
 
 __all__ = ["DialError", "NETWORKS", "PhoneResult", "SimulatedPhone", "read_wav_as_ulaw", "write_ulaw_as_wav"]
 FRAME_S = 0.02
@@ -101,7 +101,7 @@ class SimulatedPhone:
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
                  auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None,
-                 sample_rate: int = PHONE_RATE, clock: Callable[[], float] = time.monotonic):
+                 sample_rate: int = PHONE_RATE, clock: Callable[[], float] = monotonic):
         """`auth_token`: the network's secret to sign with (Twilio, Plivo V3, Vonage's signature
         secret; Exotel "KEY:TOKEN" for the URL's basic auth); `signing_key`: an Ed25519 private key
         (cryptography) to sign Telnyx webhooks with; `public_url`: what the network dials (the
