@@ -96,6 +96,9 @@ VOICED_RMS = BargeIn().threshold  # a frame louder than this is speech (the gate
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
+CLOSE_WAIT_S = 2.0  # how long a hanging-up phone waits for the gateway's close reply
+
+
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
@@ -185,9 +188,12 @@ class SimulatedPhone:
             receiver = self._tcp_receiver(reader)
         else:
             self._session = self._session or aiohttp.ClientSession()
+            # A phone that hangs up does not wait long for the gateway's close reply (aiohttp's
+            # default is 10 s): Ctrl-C on `call` must end the command promptly.
             self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0,
                                                      headers=self.fake.connect_headers(),
-                                                     protocols=self.fake.ws_protocols)
+                                                     protocols=self.fake.ws_protocols,
+                                                     timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT_S))
             if self.fake.ws_protocols and self.ws.protocol not in self.fake.ws_protocols:
                 self.violation(f"WebSocket subprotocol {self.ws.protocol!r}: the network asks for "
                                f"{', '.join(self.fake.ws_protocols)}")
