@@ -220,7 +220,8 @@ def _no_barge_in_protocol_errors(fake) -> None:
             assert "already shorter than" not in str(err.get("message")), err
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# PostgreSQL is another process whose timeouts run on the real clock: its tests never fast-forward.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.looptime(False))])
 async def store_url(request, tmp_path):
     """A fresh, empty call-log database per test, for each engine.
 
