@@ -170,6 +170,7 @@ async def test_a_frame_over_the_size_limit_ends_the_session_instead_of_hanging(m
         with caplog.at_level(logging.WARNING, logger="gateway"):
             events = await events_until_end(p)
         await p.close()
+        await asyncio.wait_for(ep.connections[0].wait_closed(), 2)
         code = ep.connections[0].close_code
     last = events[-1]
     assert (last.code, last.fatal, last.renewable) == ("upstream_closed", True, True)
