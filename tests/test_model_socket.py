@@ -15,6 +15,7 @@ import logging
 import time
 from http import HTTPStatus
 
+import aiohttp
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -343,3 +344,31 @@ async def test_a_peer_that_stops_answering_pings_ends_the_session_renewably():
     assert (last.code, last.fatal, last.renewable) == ("upstream_closed", True, True)
     assert "No PONG" in last.message
     assert wsclient.PING_SECONDS <= took <= wsclient.PING_SECONDS * 1.5 + 2
+
+
+@pytest.mark.looptime
+async def test_a_session_total_timeout_does_not_end_a_model_socket():
+    """The app's session keeps aiohttp's default total timeout (300 s) for its HTTP requests; it
+    covers a model socket's upgrade only, never the call that follows (here 5 s against 60 s of
+    a call, pings answered, on the fast-forwarded clock)."""
+    heard: list = []
+
+    async def listen(ws):
+        async for raw in ws:
+            heard.append(json.loads(raw)["type"])
+
+    async with Endpoint(listen) as ep:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            p = openai(ep.url, http=http)
+            await p.connect()
+            events = p.events()
+            assert await anext(events) == SessionReady("sess_1")
+            await asyncio.sleep(60)
+            await p.send_audio(b"\xff" * 160)
+            for _ in range(100):
+                if heard:
+                    break
+                await asyncio.sleep(0.01)
+            assert p._queue.empty() and not p._ws.closed  # no error, still open
+            await p.close()
+    assert heard == ["input_audio_buffer.append"]
