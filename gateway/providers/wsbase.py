@@ -18,12 +18,12 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import time
 from typing import AsyncIterator, Collection
 
 import aiohttp
 from aiohttp import WSMsgType
 
+from ..clock import monotonic
 from ..logs import CallLogger
 from ..speedups import dumps, loads
 from .base import (AudioDelta, InputTranscript, Provider, ProviderConnectError, ProviderError, ProviderEvent,
@@ -55,7 +55,7 @@ class JsonWsProvider(Provider):
         # through TCP) instead of buffering without limit.
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=MAX_PENDING_EVENTS)
         self._reader: asyncio.Task | None = None
-        self._last_rx = time.monotonic()
+        self._last_rx = monotonic()
         self._closed = False
         self._ready = asyncio.Event()  # set by the subclass when the session is configured
         self._setup_error: str | None = None  # set with _ready when set-up was refused
@@ -137,7 +137,7 @@ class JsonWsProvider(Provider):
                                        auth_refused=isinstance(e, aiohttp.WSServerHandshakeError)
                                        and e.status == 401) from None
         self._transport = transport_of(self._ws)
-        self._last_rx = time.monotonic()
+        self._last_rx = monotonic()
         self._reader = asyncio.create_task(self._read_loop(), name=f"{self.task_prefix}-reader")
 
     async def _close_own_http(self) -> None:
@@ -251,7 +251,7 @@ class JsonWsProvider(Provider):
                 msg = await ws.receive()  # pings are answered inside; text and binary frames come out
                 if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
                     break
-                self._last_rx = time.monotonic()
+                self._last_rx = monotonic()
                 for ev in self._decode(msg.data):
                     await self._queue.put(ev)
                     if isinstance(ev, ProviderError) and ev.fatal:
@@ -294,7 +294,7 @@ class JsonWsProvider(Provider):
         assert limit
         while True:
             await asyncio.sleep(min(limit / 4, 5.0))
-            silent = time.monotonic() - self._last_rx
+            silent = monotonic() - self._last_rx
             if silent > limit:
                 self._put_last(ProviderError("heartbeat_timeout",
                                                      f"no event from {self.label} for {silent:.0f} s", fatal=True,
