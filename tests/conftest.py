@@ -249,8 +249,9 @@ async def fake_rest():
 def gateway_log():
     """The production log pipeline (handler + redactor) at DEBUG, written to a buffer.
 
-    websockets is turned up to DEBUG too: it dumps request headers (Authorization included),
-    which is exactly what the redactor has to catch."""
+    websockets (the fake model servers, in this process) is turned up to DEBUG too: it dumps the
+    upgrade requests' headers (Authorization included), which is exactly what the redactor has to
+    catch."""
     buf = io.StringIO()
     setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY, QWEN_KEY, GEMINI_KEY, TWILIO_TOKEN])
     root = logging.getLogger()

@@ -222,7 +222,7 @@ async def test_rejected_key_fails_the_call_without_leaking_it(make_gateway, mode
     assert model.fake.rejected
     text = gateway_log.getvalue()
     assert "event=model_connect_failed" in text and model.refusal in text
-    assert model.key_header in text  # websockets' header dump, scrubbed
+    assert model.key_header in text  # the fake's websockets server dumps the upgrade's headers: scrubbed
     assert "wrongsecret123456" not in text and "eyJ" not in text
 
 

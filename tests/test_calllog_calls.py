@@ -85,6 +85,9 @@ async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_o
                             cwd=REPO, timeout=30)
     assert listed.returncode == 0, listed.stderr
     assert all(p.call_sid in listed.stdout for p in (normal, cut, broken)) and "(3 of 3)" in listed.stdout
+    header, *lines = listed.stdout.splitlines()
+    assert header.split()[:6] == ["started", "(UTC)", "dur", "s", "bot", "network"]
+    assert all(line.split()[4] == "twilio" for line in lines[:3]), listed.stdout  # date, time, dur, bot, network
     shown = subprocess.run(cli + ["--config", gw.config.path, "show", cut.call_sid], env=env, capture_output=True,
                            text=True, cwd=REPO, timeout=30)
     assert shown.returncode == 0 and "cut after" in shown.stdout and "caller: caller spoke 0.6 seconds" in shown.stdout

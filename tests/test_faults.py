@@ -77,7 +77,6 @@ async def test_corrupted_model_messages_are_dropped_and_the_call_goes_on(make_ga
     assert logged(caplog, "model_bad_event")
 
 
-@pytest.mark.looptime(False)  # the model socket's heartbeat watchdog reads the real clock
 async def test_a_silent_glm_upstream_is_replaced(make_gateway, fake_glm, caplog):
     fake_glm.heartbeat_interval = 0.2  # a healthy GLM is never silent for long
     proxy = FaultProxy(fake_glm.url)
