@@ -1,14 +1,19 @@
-"""Load benchmark: N simulated full-duplex calls through the gateway and, in the same run, through a
-bare relay, with the same fake model and the same callers. What the gateway costs on top of moving
-the bytes.
+"""Load benchmark: N simulated full-duplex calls through the gateway and, in the same run, through
+baseline relays, with the same fake model and the same callers. What the gateway costs on top of
+moving the bytes, against the bare relay, Twilio's own Python sample and the floor of the design.
 
-    .venv/py3.11/bin/python bench/calls.py --n 50,100,200 --seconds 20 --path glm,passthrough --out build/bench/
+    scripts/python bench/calls.py --n 50,100,200 --seconds 20 --path glm,passthrough --out build/bench/
 
 Processes (all on this machine; CLOCK_MONOTONIC is shared, so times compare across them):
 - the target: `python -m gateway serve` on a temporary config (one persona per call, so the fake
-  model knows which call a session belongs to), or the bare relay (`--role relay` below: aiohttp,
-  stdlib json, no DSP, no logic: phone media -> one model append per 20 ms frame; model deltas cut
-  into 20 ms frames of the model's own format, sent at once; speech_started -> clear + cancel);
+  model knows which call a session belongs to), or a baseline (bench/baselines.py, `--baselines`,
+  default every one whose libraries are installed): `relay` (aiohttp, stdlib json, no DSP, no
+  logic: phone media -> one model append per 20 ms frame; model deltas cut into 20 ms frames of
+  the model's own format, sent at once; speech_started -> clear + cancel), `sample` (the way
+  Twilio's Python sample for OpenAI Realtime is written: FastAPI + uvicorn, `websockets` to the
+  model, each delta one media message and a mark, truncate + clear on barge-in) and `floor` (the
+  relay on uvloop and orjson, 100 ms uplink appends). Per path and N, the baselines run first,
+  then the gateway, one at a time;
 - the fake model (`--role model`): answers session.update, then streams non-stop like the real
   ones, faster than real time up to 3 s ahead (GLM: 1.5 s deltas of 24 kHz PCM16; passthrough =
   OpenAI with audio/pcmu: 1.5 s deltas of mu-law); every 3 s (--barge-every) it sends
@@ -30,9 +35,10 @@ Figures (over the steady window, after all calls are connected and 2 s of warm-u
   GLM's 100 ms WAV batching is included); the k-th frame sent is the k-th onset seen.
 - m2p_ms (model -> phone): a new reply's first delta sent by the model -> its first media frame at
   the caller (the buffer is empty then, so this is the added latency, not the pacing lead). The
-  relay has no logic to drop a cancelled reply's late delta: when one reaches the caller after the
-  clear, that reply's sample is counted as missed.
+  baselines have no logic to drop a cancelled reply's late delta: when one reaches the caller
+  after the clear, that reply's sample is counted as missed.
 - bargein_ms: speech_started sent by the model -> `clear` received by the caller.
+- cpu_ratio (gateway rows): the gateway's cpu_s_per_call_min / each baseline's, same path and N.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ REPO = Path(__file__).resolve().parent.parent
 SRC = REPO  # whose gateway is measured (--src)
 sys.path.insert(0, str(REPO))
 
+from bench import baselines  # noqa: E402
+from bench.baselines import OUT_FRAME_BYTES  # noqa: E402
 from gateway.audio import audioop, pcm16_to_ulaw, tone  # noqa: E402
 
 try:
@@ -82,7 +90,6 @@ BURST_EVERY = 25       # a loud caller frame every 25 ticks (500 ms)
 ONSET_LEVEL = 8000     # PCM16 peak that counts as the loud frame at the model
 MATCH_WINDOW_S = 2.5   # an event not answered within this is counted as missed
 PATHS = {"glm": "glm", "passthrough": "openai"}  # --path -> the fake model's protocol
-OUT_FRAME_BYTES = {"glm": 960, "openai": 160}  # what the relay sends per 20 ms (the model's format)
 SILENCE_B64 = base64.b64encode(b"\xff" * 160).decode()
 BURST_B64 = base64.b64encode(pcm16_to_ulaw(tone(1000, FRAME_S, 8000, 20000))).decode()
 
@@ -232,70 +239,6 @@ def run_model(port: int, proto: str, barge_every: float = BARGE_EVERY_S) -> None
     web.run_app(app, host="127.0.0.1", port=port, print=None, handle_signals=True)
 
 
-# ---------------------------------------------------------------------- the bare relay (baseline)
-
-def run_relay(port: int, model_url: str, proto: str) -> None:
-    """Phone WS <-> model WS and nothing else: the cost of moving the bytes with aiohttp."""
-    frame = OUT_FRAME_BYTES[proto]
-
-    async def media(request: web.Request) -> web.WebSocketResponse:
-        phone = web.WebSocketResponse(max_msg_size=0)
-        await phone.prepare(request)
-        sid, model, pump = "", None, None
-        session = request.app["http"]
-
-        async def model_to_phone() -> None:
-            async for msg in model:
-                ev = json.loads(msg.data)
-                t = ev.get("type", "")
-                if t.endswith("audio.delta"):
-                    audio = base64.b64decode(ev["delta"])
-                    for i in range(0, len(audio), frame):
-                        await phone.send_str(json.dumps({"event": "media", "streamSid": sid, "media": {
-                            "payload": base64.b64encode(audio[i:i + frame]).decode()}}))
-                elif t == "input_audio_buffer.speech_started":
-                    await phone.send_str(json.dumps({"event": "clear", "streamSid": sid}))
-                    await model.send_str(json.dumps({"type": "response.cancel"}))
-            await phone.close()
-
-        try:
-            async for msg in phone:
-                ev = json.loads(msg.data)
-                e = ev.get("event")
-                if e == "media" and model is not None:
-                    await model.send_str(json.dumps({"type": "input_audio_buffer.append",
-                                                     "audio": ev["media"]["payload"]}))
-                elif e == "start":
-                    sid = ev["streamSid"]
-                    call = ev["start"]["customParameters"]["call"]
-                    model = await session.ws_connect(model_url, max_msg_size=0)
-                    await model.send_str(json.dumps({"type": "session.update",
-                                                     "session": {"instructions": f"bench-call-{call}"}}))
-                    pump = asyncio.create_task(model_to_phone())
-                elif e == "stop":
-                    break
-        finally:
-            if pump is not None:
-                pump.cancel()
-            if model is not None:
-                await model.close()
-        return phone
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def start(app: web.Application):
-        app["http"] = aiohttp.ClientSession()
-        yield
-        await app["http"].close()
-
-    app = web.Application()
-    app.cleanup_ctx.append(start)
-    app.router.add_get("/twilio/media", media)
-    app.router.add_get("/healthz", healthz)
-    web.run_app(app, host="127.0.0.1", port=port, print=None)
-
-
 # ---------------------------------------------------------------------- the callers
 
 class Caller:
@@ -303,7 +246,7 @@ class Caller:
 
     def __init__(self, idx: int, frame_bytes: int):
         self.idx = idx
-        self.frame_bytes = frame_bytes  # received audio per 20 ms (8 kHz mu-law, or the relay's PCM)
+        self.frame_bytes = frame_bytes  # received audio per 20 ms (8 kHz mu-law, or a baseline's PCM)
         self.call_sid = f"CA{idx:032x}"
         self.stream_sid = f"MZ{idx:032x}"
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -395,9 +338,9 @@ class Caller:
         self.closed = True
 
 
-async def dial(http: aiohttp.ClientSession, base: str, c: Caller, relay: bool) -> None:
+async def dial(http: aiohttp.ClientSession, base: str, c: Caller, baseline: bool) -> None:
     params = {"call": str(c.idx)}
-    if relay:
+    if baseline:
         url = base.replace("http://", "ws://") + "/twilio/media"
     else:
         form = {"CallSid": c.call_sid, "AccountSid": "AC" + "0" * 32, "From": f"+1555{c.idx:07d}",
@@ -523,14 +466,15 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
                 cmd += ["--workers", str(workers)]
             proc = spawn(cmd, "gateway", env)
         else:
-            proc = spawn(me + ["--role", "relay", "--port", str(port), "--proto", proto,
-                               "--model-url", f"ws://127.0.0.1:{model_port}/relay"], "relay")
+            # bench/baselines.py itself, not this file: the baseline's process loads only its own libraries
+            proc = spawn([sys.executable, baselines.__file__, "--role", target, "--port", str(port), "--proto", proto,
+                          "--model-url", f"ws://127.0.0.1:{model_port}/{target}"], target)
         base = f"http://127.0.0.1:{port}"
         await wait_http(f"{base}/healthz", proc, target)
         await asyncio.sleep(0.5)
         rss_idle = rss_kib(tree(proc.pid))
 
-        frame_bytes = OUT_FRAME_BYTES[proto] if target == "relay" else 160
+        frame_bytes = 160 if target == "gateway" else OUT_FRAME_BYTES[proto]
         callers = [Caller(i, frame_bytes) for i in range(n)]
         gate = asyncio.Semaphore(20)
         failed: list[str] = []
@@ -539,7 +483,7 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
         async def connect(c: Caller) -> None:
             async with gate:
                 try:
-                    await dial(http, base, c, target == "relay")
+                    await dial(http, base, c, target != "gateway")
                     receivers.extend((asyncio.create_task(c.receive()), asyncio.create_task(c.writer())))
                 except (aiohttp.ClientError, RuntimeError, asyncio.TimeoutError, ET.ParseError) as e:
                     failed.append(f"{type(e).__name__}: {e}"[:200])
@@ -644,8 +588,9 @@ async def measure(path: str, target: str, n: int, seconds: float, workers: int, 
 
 # ---------------------------------------------------------------------- reports
 
+BASELINES = ("relay", "sample", "floor")  # bench/baselines.py, in the order they run and are shown
 COLUMNS = [("path", "path"), ("n", "N"), ("target", "target"), ("cpu_s_per_call_min", "CPU-s/call-min"),
-           ("ratio", "gw/relay"), ("calls_per_core", "calls/core"), ("rss_kib_per_call", "RSS KiB/call"),
+           ("ratios", ""), ("calls_per_core", "calls/core"), ("rss_kib_per_call", "RSS KiB/call"),
            ("delivered_pct", "delivered %"), ("longest_gap_ms", "longest gap ms"),
            ("p2m", "phone→model p50/p95/p99 ms"), ("m2p", "model→phone p50/p95/p99 ms"),
            ("bargein", "barge-in p50/p95/p99 ms"), ("calls_failed", "failed"), ("target_cpu_pct", "target CPU %"),
@@ -656,24 +601,35 @@ def caveat(r: dict) -> str:
     """Why a row's CPU figure may not be comparable: a starved target does (and costs) less work."""
     out = []
     if (r["delivered_pct"] is not None and r["delivered_pct"] < 99) or (r["p2m_p50_ms"] or 0) > 150:
-        out.append("target starved")  # the relay plays out unpaced: its lag shows in phone→model
+        out.append("target starved")  # a baseline plays out unpaced: its lag shows in phone→model
     if r["loadgen_late_max_ms"] > 100 or r["loadgen_cpu_pct"] > 80:
         out.append("callers late")
     return ", ".join(out)
 
 
+def cpu_ratios(row: dict, rows: list[dict]) -> dict[str, float]:
+    """The gateway row's CPU per call-minute over each baseline's measured at the same path and N
+    (none over a baseline run in which calls failed: it carried fewer calls than it is divided by)."""
+    return {r["target"]: round(row["cpu_s_per_call_min"] / r["cpu_s_per_call_min"], 2) for r in rows
+            if r["target"] in BASELINES and (r["path"], r["n"]) == (row["path"], row["n"])
+            and r["cpu_s_per_call_min"] and not r["calls_failed"]}
+
+
 def table(rows: list[dict]) -> str:
-    relay = {(r["path"], r["n"]): r for r in rows if r["target"] == "relay"}
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    """The markdown table: one row per run, a gw/<baseline> CPU ratio column per baseline run."""
+    ran = [b for b in BASELINES if any(r["target"] == b for r in rows)]
+    columns = []
+    for key, head in COLUMNS:
+        columns += [(f"ratio:{b}", f"gw/{b}") for b in ran] if key == "ratios" else [(key, head)]
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             if key in ("p2m", "m2p", "bargein"):
                 v = "/".join("-" if r[f"{key}_p{q}_ms"] is None else f"{r[f'{key}_p{q}_ms']:g}" for q in (50, 95, 99))
-            elif key == "ratio":
-                base = relay.get((r["path"], r["n"]))
-                v = f"{r['cpu_s_per_call_min'] / base['cpu_s_per_call_min']:.2f}" \
-                    if r["target"] == "gateway" and base and base["cpu_s_per_call_min"] else ""
+            elif key.startswith("ratio:"):
+                ratio = r.get("cpu_ratio", {}).get(key[6:])
+                v = "" if ratio is None else f"{ratio:.2f}"
             elif key == "caveat":
                 v = caveat(r)
             else:
@@ -693,7 +649,7 @@ def plot(rows: list[dict], png: Path) -> bool:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for path in sorted({r["path"] for r in rows}):
-        for target, style in (("gateway", "-o"), ("relay", "--s")):
+        for target, style in (("gateway", "-o"), ("relay", "--s"), ("sample", ":^"), ("floor", "-.v")):
             pts = sorted((r["n"], r) for r in rows if r["path"] == path and r["target"] == target)
             if not pts:
                 continue
@@ -725,9 +681,11 @@ async def run(args: argparse.Namespace) -> list[dict]:
     load = os.getloadavg()[0]
     for n in [int(x) for x in args.n.split(",")]:
         for path in args.path.split(","):
-            for target in ("relay", "gateway"):
+            for target in (*args.baselines, "gateway"):
                 print(f"==> {path} {target} N={n} ({args.seconds:g} s, load {os.getloadavg()[0]:.2f})", flush=True)
                 row = await measure(path, target, n, args.seconds, args.workers, out, args.warmup, args.barge_every)
+                if target == "gateway":
+                    row["cpu_ratio"] = cpu_ratios(row, rows)
                 row["load_before"] = round(load, 2)
                 load = os.getloadavg()[0]
                 print("    " + json.dumps({k: v for k, v in row.items() if k not in ("errors",)}), flush=True)
@@ -739,6 +697,24 @@ async def run(args: argparse.Namespace) -> list[dict]:
     print(md)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
     return rows
+
+
+def pick_baselines(ap: argparse.ArgumentParser, asked: str | None) -> list[str]:
+    """--baselines as a list in BASELINES order; by default those installed, the others named."""
+    if asked is None:
+        lacking = {b: baselines.missing(b) for b in BASELINES}
+        for b, mods in lacking.items():
+            if mods:
+                print(f"baseline {b} skipped: needs {', '.join(mods)} (pip install -e '.[bench]')", file=sys.stderr)
+        return [b for b in BASELINES if not lacking[b]]
+    names = [b.strip() for b in asked.split(",") if b.strip()]
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        ap.error(f"--baselines: unknown {', '.join(bad)} (choose from {', '.join(BASELINES)})")
+    for b in names:
+        if baselines.missing(b):
+            ap.error(f"--baselines: {b} needs {', '.join(baselines.missing(b))} (pip install -e '.[bench]')")
+    return [b for b in BASELINES if b in names]
 
 
 def main() -> int:
@@ -755,7 +731,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="gateway worker processes (serve --workers)")
     ap.add_argument("--src", type=Path, default=REPO, help="the checkout whose gateway to run (default: this one)")
     ap.add_argument("--out", default="build/bench", help="output directory (results.json/.md/.png, logs/)")
-    ap.add_argument("--role", choices=["bench", "model", "relay"], default="bench", help=argparse.SUPPRESS)
+    ap.add_argument("--baselines", help=f"what to measure the gateway against, comma-separated: {', '.join(BASELINES)} "
+                    "(bench/baselines.py; default every one whose libraries are installed)")
+    ap.add_argument("--role", choices=["bench", "model", *BASELINES], default="bench", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--proto", choices=["glm", "openai"], help=argparse.SUPPRESS)
     ap.add_argument("--model-url", help=argparse.SUPPRESS)
@@ -763,14 +741,15 @@ def main() -> int:
     if args.role == "model":
         run_model(args.port, args.proto, args.barge_every)
         return 0
-    if args.role == "relay":
-        run_relay(args.port, args.model_url, args.proto)
+    if args.role in BASELINES:
+        baselines.run(args.role, args.port, args.model_url, args.proto)
         return 0
     global SRC
     SRC = args.src.resolve()
     bad = [p for p in args.path.split(",") if p not in PATHS]
     if bad:
         ap.error(f"--path: unknown {', '.join(bad)} (choose from {', '.join(PATHS)})")
+    args.baselines = pick_baselines(ap, args.baselines)
     _use_uvloop()
     asyncio.run(run(args))
     return 0

@@ -1,5 +1,6 @@
 """What the model socket's client library costs per call: `websockets` (what providers/wsbase.py
-uses) against aiohttp's client (what the phone side uses), on the traffic of one GLM call.
+used until issue 22) against aiohttp's client (what it and the phone side use now, with the same
+options as providers/wsclient.py), on the traffic of one GLM call.
 
     .venv/py3.11/bin/python bench/ws_client_cost.py [--calls 50] [--seconds 10]
 
@@ -27,7 +28,8 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import connect
 
-APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(3200)).decode()})
+# As the providers send it: UTF-8 bytes of JSON (gateway/speedups.dumps) in a text frame.
+APPEND = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(3200)).decode()}).encode()
 DELTA = json.dumps({"type": "response.audio.delta", "response_id": "r", "item_id": "i",
                     "delta": base64.b64encode(bytes(72000)).decode()})
 
@@ -64,19 +66,19 @@ async def client_websockets(url: str, stop: float) -> None:
                 json.loads(raw)
         reader = asyncio.create_task(read())
         while time.monotonic() < stop:
-            await ws.send(APPEND)
+            await ws.send(APPEND, text=True)
             await asyncio.sleep(0.1)
         reader.cancel()
 
 
 async def client_aiohttp(session: aiohttp.ClientSession, url: str, stop: float) -> None:
-    async with session.ws_connect(url, compress=0, max_msg_size=16 * 2**20, autoping=True) as ws:
+    async with session.ws_connect(url, compress=0, max_msg_size=16 * 2**20, heartbeat=20) as ws:
         async def read():
             async for msg in ws:
                 json.loads(msg.data)
         reader = asyncio.create_task(read())
         while time.monotonic() < stop:
-            await ws.send_str(APPEND)
+            await ws.send_frame(APPEND, aiohttp.WSMsgType.TEXT)
             await asyncio.sleep(0.1)
         reader.cancel()
 
@@ -88,7 +90,7 @@ async def run(which: str, url: str, calls: int, seconds: float) -> float:
     if which == "websockets":
         await asyncio.gather(*(client_websockets(url, stop) for _ in range(calls)))
     else:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:  # as the app
             await asyncio.gather(*(client_aiohttp(session, url, stop) for _ in range(calls)))
     return (time.process_time() - cpu0) / (calls * seconds / 60)
 

@@ -92,10 +92,14 @@ def process_instance_id(config: Config) -> str:
 
 async def _http_client(app: web.Application):
     """One aiohttp client session for everything the app calls over HTTP (networks' REST APIs, HTTP
-    tools): connections and TLS sessions are reused instead of a handshake per request. No cookie
-    jar: one caller's cookies must never ride along on another caller's tool call. Closed last."""
+    tools, the model sockets): connections and TLS sessions are reused instead of a handshake per
+    request. No cookie jar: one caller's cookies must never ride along on another caller's tool
+    call. No connection limit (aiohttp's default is 100): every model socket holds its connection
+    for the whole call, so a limit would cap concurrent calls and then starve the REST requests;
+    the calls' capacity bounds the connections. Closed last."""
     config = app[CONFIG]
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[HTTP] = session
         for network in NETWORKS:
             network.attach(app, config, session)

@@ -105,12 +105,13 @@ def shown(value):
 
 
 def _print_list(rows: list[dict], total: int, out: TextIO) -> None:
-    print(f"{'started (UTC)':20} {'dur s':>6} {'bot':14} {'from':16} {'end':16} {'turns':>5} {'cut':>3}  call", file=out)
+    print(f"{'started (UTC)':20} {'dur s':>6} {'bot':14} {'network':11} {'from':16} {'end':16} {'turns':>5} {'cut':>3}  call",
+          file=out)
     for r in rows:
         c = {k: shown(v) for k, v in call_json(r).items()}
         started = (c["started_at"] or c["webhook_at"] or "")[:19].replace("T", " ")
         duration = f"{c['duration_s']:.1f}" if c["duration_s"] is not None else "live"
-        print(f"{started:20} {duration:>6} {(c['bot'] or '-')[:14]:14} {(c['from'] or '-')[:16]:16} "
+        print(f"{started:20} {duration:>6} {(c['bot'] or '-')[:14]:14} {(c['network'] or '-')[:11]:11} {(c['from'] or '-')[:16]:16} "
               f"{(c['end_reason'] or 'live')[:16]:16} {c['turns'] or 0:>5} {c['barge_ins'] or 0:>3}  {c['call_id']}",
               file=out)
     print(f"({len(rows)} of {total})", file=out)

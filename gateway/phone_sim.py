@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import wave
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from .audio import (MULAW_SILENCE, PHONE_FRAME_BYTES, PHONE_RATE, Resampler, aud
 from .persona import BargeIn
 from .telephony.fake import DialError
 from .telephony.registry import BY_NAME, NAMES
+from .clock import monotonic
 
 __all__ = ["DialError", "NETWORKS", "PhoneResult", "SimulatedPhone", "read_wav_as_ulaw", "write_ulaw_as_wav"]
 FRAME_S = 0.02
@@ -96,12 +96,15 @@ VOICED_RMS = BargeIn().threshold  # a frame louder than this is speech (the gate
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
+CLOSE_WAIT_S = 2.0  # how long a hanging-up phone waits for the gateway's close reply
+
+
 class SimulatedPhone:
     def __init__(self, base_url: str, *, bot: str | None = None, caller: str = "+15550001111",
                  dialed: str = "+15005550006", call_sid: str | None = None,
                  account_sid: str = "AC00000000000000000000000000000000", extra_form: dict | None = None,
                  auth_token: str = "", public_url: str = "", network: str = "twilio", signing_key=None,
-                 sample_rate: int = PHONE_RATE, clock: Callable[[], float] = time.monotonic):
+                 sample_rate: int = PHONE_RATE, clock: Callable[[], float] = monotonic):
         """`auth_token`: the network's secret to sign with (Twilio, Plivo V3, Vonage's signature
         secret; Exotel "KEY:TOKEN" for the URL's basic auth); `signing_key`: an Ed25519 private key
         (cryptography) to sign Telnyx webhooks with; `public_url`: what the network dials (the
@@ -185,9 +188,12 @@ class SimulatedPhone:
             receiver = self._tcp_receiver(reader)
         else:
             self._session = self._session or aiohttp.ClientSession()
+            # A phone that hangs up does not wait long for the gateway's close reply (aiohttp's
+            # default is 10 s): Ctrl-C on `call` must end the command promptly.
             self.ws = await self._session.ws_connect(self.reach(self.result.stream_url), max_msg_size=0,
                                                      headers=self.fake.connect_headers(),
-                                                     protocols=self.fake.ws_protocols)
+                                                     protocols=self.fake.ws_protocols,
+                                                     timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT_S))
             if self.fake.ws_protocols and self.ws.protocol not in self.fake.ws_protocols:
                 self.violation(f"WebSocket subprotocol {self.ws.protocol!r}: the network asks for "
                                f"{', '.join(self.fake.ws_protocols)}")

@@ -25,12 +25,12 @@ lost. A confirmed interruption is `clear()` as ever, and drops them.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 from .audio import FRAME_MS
+from .clock import monotonic
 
 # Marks still unechoed after this many chunks (~100 s at 100 ms) are forgotten oldest-first: a phone that
 # never echoes marks must not grow memory for the whole call. Such audio counts as not heard.
@@ -69,7 +69,7 @@ class _Sent:
 
 class Playout:
     def __init__(self, phone: PhoneSink, lead_ms: int = 200, frame_ms: int = FRAME_MS, chunk_ms: int = FRAME_MS,
-                 clock: Callable[[], float] = time.monotonic, bytes_per_ms: float = 8, min_chunk_frames: int = 1,
+                 clock: Callable[[], float] = monotonic, bytes_per_ms: float = 8, min_chunk_frames: int = 1,
                  on_first_audio: Callable[[str, float], Awaitable[None] | None] | None = None,
                  on_frame: Callable[[bytes, float], None] | None = None,
                  on_first_heard: Callable[[str, float], None] | None = None,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .audio import PHONE_RATE, audioop
 from .config import Config
+from .clock import monotonic
 
 log = logging.getLogger("gateway")
 COMMIT_LAG_SAMPLES = PHONE_RATE  # keep the last second editable (a clear may still cut the bot track)
@@ -47,7 +48,7 @@ def is_recording_key(name: str) -> bool:
     return bool(name) and name == Path(name).name and not name.startswith(".") and name.endswith(".wav")
 
 
-def new_recording(config: Config, clock=time.monotonic) -> "AudioRecording":
+def new_recording(config: Config, clock=monotonic) -> "AudioRecording":
     return AudioRecording(recordings_dir(config) / new_recording_key(), clock)
 
 
@@ -112,7 +113,7 @@ def _wav_header(data_bytes: int) -> bytes:
 class AudioRecording:
     """Incremental stereo WAV writer for one call. All inputs are 8 kHz mu-law."""
 
-    def __init__(self, path: Path, clock=time.monotonic):
+    def __init__(self, path: Path, clock=monotonic):
         """`path`: the finished recording's; it is written as `path` + `.part` until `close()`."""
         self.path = path
         self.clock = clock

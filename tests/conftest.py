@@ -220,7 +220,8 @@ def _no_barge_in_protocol_errors(fake) -> None:
             assert "already shorter than" not in str(err.get("message")), err
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# PostgreSQL is another process whose timeouts run on the real clock: its tests never fast-forward.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.looptime(False))])
 async def store_url(request, tmp_path):
     """A fresh, empty call-log database per test, for each engine.
 
@@ -248,8 +249,9 @@ async def fake_rest():
 def gateway_log():
     """The production log pipeline (handler + redactor) at DEBUG, written to a buffer.
 
-    websockets is turned up to DEBUG too: it dumps request headers (Authorization included),
-    which is exactly what the redactor has to catch."""
+    websockets (the fake model servers, in this process) is turned up to DEBUG too: it dumps the
+    upgrade requests' headers (Authorization included), which is exactly what the redactor has to
+    catch."""
     buf = io.StringIO()
     setup_logging("DEBUG", "text", [GLM_KEY, OPENAI_KEY, QWEN_KEY, GEMINI_KEY, TWILIO_TOKEN])
     root = logging.getLogger()
@@ -369,3 +371,18 @@ def model(request):
     return Model("gemini", fake, "gemini-greeter", "gemini-quiet", "GEMINI_API_KEY", GEMINI_KEY[4:],
                  "AIza-wrong-wrongsecret123456", "RESOURCE_EXHAUSTED", key=GEMINI_KEY, client_cancel=False,
                  refusal="API key not valid", key_header="x-goog-api-key: ***")
+
+
+@pytest.fixture(autouse=True)
+async def _call_path_clock(request):
+    """In a test marked `looptime`, the gateway, the fakes and the simulated phone read the event
+    loop's fast-forwarded clock (gateway/clock.py), so the whole call runs in virtual time."""
+    marker = request.node.get_closest_marker("looptime")
+    if marker is None or (marker.args and not marker.args[0]):  # looptime(False): the real clock
+        yield
+        return
+    import asyncio
+    from gateway import clock
+    previous = clock.use(asyncio.get_running_loop().time)
+    yield
+    clock.use(previous)

@@ -22,7 +22,7 @@ class Model:
     # the service stops the reply by itself when the caller talks (Gemini's `interrupted`).
     client_cancel: bool = True
     refusal: str = "HTTP 401"  # how a refused key shows in the connect error
-    key_header: str = "Bearer ***"  # the key's header in websockets' debug dump, scrubbed
+    key_header: str = "Bearer ***"  # the key's header in the fake server's debug dump of the upgrade, scrubbed
 
     @staticmethod
     def instructions(session) -> str:

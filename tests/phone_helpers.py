@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Callable
 
 from gateway.audio import PHONE_RATE, pcm16_to_ulaw, tone
@@ -30,9 +29,10 @@ async def dial(gw_url: str, bot: str | None = None, **kw) -> SimulatedPhone:
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    loop = asyncio.get_running_loop()  # its clock: fast-forwarded in looptime tests, else real time
+    deadline = loop.time() + timeout
     while not cond():
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
 

@@ -9,9 +9,13 @@ import logging
 import socket
 import uuid
 
+import pytest
+
 from gateway.telephony.audiosocket.codec import AUDIO, UUID, message
 from gateway.telephony.paced import InboundBudget
 from tests.phone_helpers import logged, wait_for
+
+pytestmark = pytest.mark.looptime
 
 FRAME = b"\x01\x00" * 160  # 20 ms of 8 kHz PCM16
 

@@ -13,9 +13,13 @@ import logging
 
 import aiohttp
 
+import pytest
+
 from gateway.web_state import CALLS, STORE
 from gateway.phone_sim import SimulatedPhone
 from tests.phone_helpers import dial, logged, new_phone, ulaw_tone, wait_for
+
+pytestmark = pytest.mark.looptime
 
 
 def media(phone: SimulatedPhone, payload: str) -> str:

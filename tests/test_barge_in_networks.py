@@ -6,11 +6,16 @@ interruption is cut without the caller hearing the bot again."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gateway.audio import PHONE_RATE
 from tests.audio_check import dominant_hz, ulaw_samples
-from tests.phone_helpers import ended, ulaw_tone
 from tests import test_call_networks
+from tests.phone_helpers import ended, ulaw_tone
+
+# Every network on the fast-forwarded clock (exact timings); two of them, one per transport (a
+# WebSocket with marks, AudioSocket's TCP with our own pacing), on the real clock at the end.
+pytestmark = pytest.mark.looptime
 
 net = test_call_networks.net  # the network fixture: every network in turn
 
@@ -66,3 +71,10 @@ async def test_confirm_policy_silences_the_bot_at_once_on_every_network(make_gat
     assert not phone.result.violations, phone.result.violations
     bot = [e for e in summary.transcript if e.role == "bot"]
     assert not bot[0].interrupted and bot[1].interrupted and summary.barge_ins == 1
+
+
+@pytest.mark.looptime(False)
+@pytest.mark.parametrize("net", ["twilio", "audiosocket"], indirect=True)
+async def test_the_same_on_the_real_clock_over_a_websocket_and_over_tcp(make_gateway, fake_openai, net):
+    """Real 20 ms pacing, real scheduling: the 120 ms bound holds outside virtual time too."""
+    await test_confirm_policy_silences_the_bot_at_once_on_every_network(make_gateway, fake_openai, net)

@@ -21,6 +21,8 @@ from gateway.providers.gemini import session_url
 from tests.conftest import GEMINI_KEY
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
 
+pytestmark = pytest.mark.looptime
+
 
 def conformance(sessions) -> Counter:
     """Validates every message the gateway sent to these fake sessions as the SDK's

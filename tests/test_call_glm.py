@@ -16,6 +16,8 @@ from tests.audio_check import dominant_hz, max_discontinuity, samples, voiced_ru
 from tests.conftest import GLM_KEY
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
 
+pytestmark = pytest.mark.looptime
+
 
 async def test_session_update_and_jwt_are_what_glm_expects(make_gateway, fake_glm):
     gw = await make_gateway(fake_glm)

@@ -1,7 +1,9 @@
 """The call-level test matrix: every test here runs once per realtime model (GLM, OpenAI, Qwen,
 Gemini).
 
-Real sockets on 127.0.0.1, real 20 ms timing, protocol-faithful fake model servers. The call code
+Real sockets on 127.0.0.1, protocol-faithful fake model servers, on the fast-forwarded event-loop
+clock (looptime; gateway/clock.py): every timing is exact and a call takes milliseconds. What is
+about timing itself runs once more on the real clock at the end of this module. The call code
 has no idea which model it talks to; these tests prove it behaves the same with each. What is
 specific to one model's wire protocol lives in test_call_glm.py / test_call_openai.py.
 """
@@ -17,7 +19,10 @@ import pytest
 from gateway.web_state import CALLS, RECENT
 from gateway.audio import PHONE_RATE
 from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samples, voiced_runs
+from tests.models import CORE_ONLY
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
+
+pytestmark = pytest.mark.looptime
 
 
 async def test_caller_440hz_reaches_the_model_at_440hz(make_gateway, model):
@@ -217,7 +222,7 @@ async def test_rejected_key_fails_the_call_without_leaking_it(make_gateway, mode
     assert model.fake.rejected
     text = gateway_log.getvalue()
     assert "event=model_connect_failed" in text and model.refusal in text
-    assert model.key_header in text  # websockets' header dump, scrubbed
+    assert model.key_header in text  # the fake's websockets server dumps the upgrade's headers: scrubbed
     assert "wrongsecret123456" not in text and "eyJ" not in text
 
 
@@ -280,3 +285,23 @@ async def test_garbage_from_the_model_is_dropped_and_the_call_goes_on(make_gatew
     assert summary.end_reason == "caller_hangup"
     assert [e.role for e in summary.transcript][:2] == ["caller", "bot"]
     assert logged(caplog, "model_bad_event", f"call={phone.call_sid}")
+
+
+# What timing itself is about, once more on the real clock (real 20 ms pacing, real scheduling, the
+# sockets' real delays), for two models: the rest of the matrix is exact on the fast-forwarded one.
+@pytest.mark.looptime(False)
+@pytest.mark.parametrize(**CORE_ONLY)
+async def test_on_the_real_clock_the_greeting_is_paced_clean_and_first(make_gateway, model):
+    await test_greeting_first_and_model_tone_reaches_caller_clean(make_gateway, model)
+
+
+@pytest.mark.looptime(False)
+@pytest.mark.parametrize(**CORE_ONLY)
+async def test_on_the_real_clock_a_barge_in_clears_within_a_frame(make_gateway, model):
+    await test_barge_in_clears_within_a_frame_cancels_and_cuts_transcript(make_gateway, model)
+
+
+@pytest.mark.looptime(False)
+@pytest.mark.parametrize(**CORE_ONLY)
+async def test_on_the_real_clock_440hz_arrives_at_440hz(make_gateway, model):
+    await test_caller_440hz_reaches_the_model_at_440hz(make_gateway, model)

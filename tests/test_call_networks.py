@@ -3,7 +3,9 @@
 its secrets, its fake REST API where it has one, what it does and does not do). Nothing here names a
 network but the network-specific tests at the end.
 
-Real sockets on 127.0.0.1, real 20 ms timing. The call core does not know which network it
+Real sockets on 127.0.0.1, on the fast-forwarded event-loop clock (looptime; gateway/clock.py):
+20 ms pacing and every timing exact, a call in milliseconds (test_barge_in_networks.py runs two
+networks on the real clock as well). The call core does not know which network it
 serves; these tests prove each network module turns its frames into the same call: greeting
 heard, a caller tone reaching the model at its pitch, the model's tone reaching the caller clean,
 barge-in (clear within a frame, cancel, cut to what was heard — whether the network acknowledges
@@ -29,6 +31,8 @@ from tests.audio_check import dominant_hz, max_discontinuity, samples, ulaw_samp
 from tests.conftest import EXOTEL_KEY, VONAGE_SECRET
 from tests.networks import JSON_JUNK, profile
 from tests.phone_helpers import OPEN_PHONES, ended, logged, ulaw_tone, wait_for
+
+pytestmark = pytest.mark.looptime
 
 
 def heard_samples(phone: SimulatedPhone):

@@ -23,6 +23,8 @@ from gateway.config import ConfigError, load_persona
 from tests.conftest import QWEN_KEY
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
 
+pytestmark = pytest.mark.looptime
+
 
 class Collect(OmniRealtimeCallback):
     """The SDK's callback (it runs on the SDK's thread): every server event it hands over."""

@@ -87,6 +87,9 @@ async def test_three_calls_in_the_api_and_the_cli(make_gateway, fake_glm, fake_o
         cli("export", "--format", "csv"))
     assert listed[0] == 0, listed[2]
     assert all(p.call_sid in listed[1] for p in (normal, cut, broken)) and "(3 of 3)" in listed[1]
+    header, *lines = listed[1].splitlines()
+    assert header.split()[:6] == ["started", "(UTC)", "dur", "s", "bot", "network"]
+    assert all(line.split()[4] == "twilio" for line in lines[:3]), listed[1]  # date, time, dur, bot, network
     assert shown[0] == 0 and "cut after" in shown[1] and "caller: caller spoke 0.6 seconds" in shown[1]
     rows = [json.loads(line) for line in exported[1].splitlines()]
     assert [r["call_id"] for r in rows] == [broken.call_sid] and rows[0]["timeline"]

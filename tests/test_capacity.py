@@ -22,6 +22,8 @@ from tests.conftest import GLM_KEY, OPENAI_KEY, write_config
 from tests.phone_helpers import dial, ended, new_phone, ulaw_tone, wait_for
 from tests.proc import free_port, serve_all, stop
 
+pytestmark = pytest.mark.looptime
+
 CAP1 = "providers:\n" + "".join(f"  {p}:\n    max_sessions: 1\n" for p in ("glm", "qwen", "gemini", "openai"))  # openai last: tests append to its section
 
 
@@ -159,6 +161,7 @@ async def test_a_key_pool_spreads_calls_over_its_keys_and_each_key_has_its_cap(m
         await ended(gw, phone)
 
 
+@pytest.mark.looptime(False)  # leases lapse on the database's wall clock
 async def test_two_instances_share_the_cap_and_a_killed_ones_slot_comes_back_with_its_lease(
         config_dir, fake_glm, store_url):
     """Two gateway processes on one database (PostgreSQL: all instances; SQLite: one machine), one
@@ -220,6 +223,7 @@ async def test_renewals_and_reconnects_keep_the_calls_one_slot_and_key(make_gate
     await ended(gw, phone)
 
 
+@pytest.mark.looptime(False)  # a slot's hold lapses on the database's wall clock
 async def test_a_stream_after_its_hold_lapsed_takes_a_free_slot_or_is_closed_without_a_model_session(
         make_gateway, fake_glm):
     gw = await make_gateway(glm=fake_glm, extra=CAP1 + "limits:\n  stream_wait_seconds: 1\n")

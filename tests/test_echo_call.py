@@ -161,7 +161,7 @@ async def test_barge_in_truncates_model_memory_to_heard_time(make_gateway, monke
         async def delete_item(self, item_id):
             calls.append(("delete", item_id))
 
-    monkeypatch.setattr(assembly, "make_provider", lambda persona, settings, log, context=(): TruncatingEcho(persona, log))
+    monkeypatch.setattr(assembly, "make_provider", lambda persona, settings, log, context=(), http=None: TruncatingEcho(persona, log))
     gw = await make_gateway(None)
     phone = await dial(gw.url, bot="echo")
     await phone.silence(0.35)  # part of the 0.6 s chime is heard

@@ -13,6 +13,8 @@ from tests.fakes.fault_proxy import FaultProxy
 from tests.phone_helpers import dial, ended, logged, ulaw_tone, wait_for
 from tests.models import CORE_ONLY
 
+pytestmark = pytest.mark.looptime
+
 URL_ENV = {"glm": "GLM_REALTIME_URL", "openai": "OPENAI_REALTIME_URL", "qwen": "QWEN_REALTIME_URL",
            "gemini": "GEMINI_LIVE_URL"}
 

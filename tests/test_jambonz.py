@@ -18,6 +18,8 @@ from tests.networks import profile
 from tests.networks.jambonz import SECRET
 from tests.phone_helpers import ended, ulaw_tone, wait_for
 
+pytestmark = pytest.mark.looptime
+
 
 def test_signature_is_hmac_sha256_of_time_and_body_and_recent():
     body = b'{"callSid": "abc"}'

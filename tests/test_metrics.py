@@ -4,11 +4,14 @@ guarded by the operator token unless metrics.public."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.fault_proxy import FaultProxy
 from tests.calllog_helpers import TOKEN, api
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
+
+pytestmark = pytest.mark.looptime
 
 
 async def scrape(gw_url: str, token: str | None = TOKEN) -> dict[tuple[str, frozenset], float]:
@@ -44,7 +47,7 @@ async def test_a_call_with_a_barge_in_shows_up_in_the_metrics(make_gateway, fake
     assert value(m, "gateway_calls_live", bot="glm-greeter", network="twilio") == 0  # stays, at 0: no gap in graphs
     assert value(m, "gateway_first_audio_seconds_count", bot="glm-greeter") == 1
     first = value(m, "gateway_first_audio_seconds_sum", bot="glm-greeter")
-    assert 0 < first < 1.0
+    assert 0 <= first < 1.0  # on the fast-forwarded clock a fake that answers at once takes 0 s
     assert value(m, "gateway_turn_latency_seconds_count", bot="glm-greeter") == 1
     assert value(m, "gateway_turn_latency_seconds_sum", bot="glm-greeter") == summary.turn_latencies_ms[0] / 1000
     assert value(m, "gateway_barge_ins_total", bot="glm-greeter", by="caller") == 1

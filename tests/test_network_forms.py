@@ -21,6 +21,8 @@ from gateway.telephony.telnyx import signature_ok
 from tests.phone_helpers import OPEN_PHONES, ended, ulaw_tone, wait_for
 from gateway.phone_sim import SimulatedPhone
 
+pytestmark = pytest.mark.looptime
+
 DEVELOPER_SITE = {"event": "start", "sequence_number": "1", "stream_sid": "st1", "start": {
     "stream_sid": "st1", "call_sid": "ca1", "account_sid": "ac1", "from": "+911", "to": "+912",
     "custom_parameters": {}, "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"}}}

@@ -2,9 +2,9 @@
 the registry, its fake caller (the simulated phone), an in-memory WebSocket, the shared stream loop
 with the network's codec, and the real call core with a scripted model — no socket, no real time, so
 every timing is exact (a barge-in's clear in the same instant, not "within 20 ms if the machine is
-idle"). What needs real time or a real socket (audio heard clean at a real pace, a model's wire
-protocol, REST hang-up and transfer, signatures) stays in test_call_networks.py, which also runs
-these checks for networks that are not WebSockets (AudioSocket's TCP)."""
+idle"). What needs a real socket (a model's wire protocol, REST hang-up and transfer, signatures)
+stays in test_call_networks.py — on the same fast-forwarded clock — which also runs these checks for
+networks that are not WebSockets (AudioSocket's TCP)."""
 
 from __future__ import annotations
 

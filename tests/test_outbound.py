@@ -7,6 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
+import pytest
+
 from gateway.outbound import SPEAK_FIRST, make_ticket, read_ticket
 from gateway.telephony.twilio.signature import compute
 from tests.calllog_helpers import TOKEN, api
@@ -14,6 +16,8 @@ from gateway.web_state import STORE
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 from tests.phone_helpers import ended, new_phone, ulaw_tone, wait_for
 from tests.proc import free_port
+
+pytestmark = pytest.mark.looptime
 
 
 async def post(url: str, body, token: str | None = TOKEN):

@@ -1,6 +1,7 @@
 """Phone actions through function calling, against both models' fakes and the fake Twilio REST
 API: hang up after the goodbye is heard, transfer with <Dial>, a failed transfer told to the
-model, HTTP tools (schema-checked), and the keypad (digits to the model, shortcuts without it)."""
+model, HTTP tools (schema-checked), and the keypad (digits to the model, shortcuts without it). On the fast-forwarded clock
+(looptime; gateway/clock.py): silence timers and reprompts of many seconds take milliseconds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from aiohttp import web
 from tests.audio_check import ulaw_samples, voiced_runs
 from tests.conftest import TWILIO_SID
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
+
+pytestmark = pytest.mark.looptime
 from tests.models import CORE_ONLY
 
 

@@ -25,6 +25,8 @@ from tests.calllog_helpers import TOKEN, api
 from tests.phone_helpers import dial, ended, ulaw_tone, wait_for
 from tests.proc import free_port
 
+pytestmark = pytest.mark.looptime
+
 BUCKET = "gw-recordings"
 KEY_RE = re.compile(r"^[0-9a-f]{32}\.wav$")
 
@@ -185,6 +187,7 @@ async def test_recordings_go_to_the_bucket_and_any_instance_serves_them(make_gat
     assert status == 404 and "gone" in body["error"]
 
 
+@pytest.mark.looptime(False)  # the S3 server is another process, on the real clock
 async def test_recording_retention_applies_in_the_bucket(make_gateway, s3):
     gw = await make_gateway(extra=f"recording:\n  enabled: true\n  retention_days: 30\n  url: s3://{BUCKET}/r\n")
     async with s3.client() as c:
@@ -197,6 +200,7 @@ async def test_recording_retention_applies_in_the_bucket(make_gateway, s3):
     assert list(await s3.objects()) == ["elsewhere/c.wav"]
 
 
+@pytest.mark.looptime(False)  # the S3 server is another process; the upload retries on the real clock
 async def test_a_bucket_outage_loses_nothing_and_a_restart_uploads_what_waited(make_gateway, s3, caplog):
     extra = f"recording:\n  enabled: true\n  url: s3://{BUCKET}/calls\n"
     gw = await make_gateway(env={"GATEWAY_OPERATOR_TOKEN": TOKEN}, extra=extra)

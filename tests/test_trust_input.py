@@ -21,6 +21,8 @@ from gateway.webhooks import Webhooks
 from tests.calllog_helpers import TOKEN, api
 from tests.phone_helpers import dial, ended, new_phone
 
+pytestmark = pytest.mark.looptime
+
 CAP3 = "providers:\n  glm:\n    max_sessions: 3\n"
 
 
@@ -160,6 +162,7 @@ async def test_wrong_tokens_never_lock_out_the_right_one(make_gateway):
     assert status == 200
 
 
+@pytest.mark.looptime(False)  # the API's real 2.5 s wait for the owner, timed by the client
 async def test_hang_up_of_a_call_whose_instance_is_dead_is_a_409(make_gateway, store_url):
     """Item 12: it answered 202 "ending" and nothing happened."""
     gw = await make_gateway(env={"GATEWAY_DATABASE_URL": store_url, "GATEWAY_OPERATOR_TOKEN": TOKEN})

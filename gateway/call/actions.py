@@ -6,7 +6,6 @@ keypad shortcuts, the limits, the drain at shutdown and the operator API.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Callable
 
 from ..config import Persona
@@ -16,12 +15,13 @@ from .conversation import Conversation
 from .hold import HoldSound
 from .journal import Journal
 from .model_link import ModelLink
+from ..clock import monotonic
 
 
 class PhoneActions:
     def __init__(self, *, phone: PhoneStream, playout: Playout, conversation: Conversation, model: ModelLink,
                  journal: Journal, persona: Persona, started: Started, control: PhoneControl | None,
-                 hold: HoldSound | None = None, clock: Callable[[], float] = time.monotonic):
+                 hold: HoldSound | None = None, clock: Callable[[], float] = monotonic):
         self.phone = phone
         self.playout = playout
         self.conversation = conversation

@@ -29,7 +29,8 @@ def assemble_call(*, config: Config, persona: Persona, phone: PhoneStream, start
                   observers: Sequence[CallObserver] = (), api_key: str = "") -> Call:
     """A ready-to-run Call. Raises ValueError for a persona whose provider this build lacks.
     `api_key`: the pool key whose slot the call holds; every session of the call (renewals and
-    reconnects too) uses it."""
+    reconnects too) uses it. `http`: the app's client session; the model sessions' sockets and the
+    HTTP tools go through it."""
     params = started.custom_parameters
     speak_first = params.get("direction") == "outbound"
     if speak_first:
@@ -41,7 +42,7 @@ def assemble_call(*, config: Config, persona: Persona, phone: PhoneStream, start
     settings = config.provider_settings(persona.provider)
     if api_key:
         settings = dataclasses.replace(settings, api_key=api_key)
-    session = make_provider(persona, settings, log)
+    session = make_provider(persona, settings, log, http=http)
     call_id = started.call_sid or started.stream_sid
     recording = None
     if persona.record if persona.record is not None else config.recording.enabled:
@@ -55,7 +56,7 @@ def assemble_call(*, config: Config, persona: Persona, phone: PhoneStream, start
         log.error("hold_sound_unavailable", error=f"{type(e).__name__}: {e}"[:200])
         hold_sound = None
     call = Call(config=config, persona=persona, phone=phone, started=started, session=session, log=log,
-                new_session=lambda context: make_provider(persona, settings, log, context),
+                new_session=lambda context: make_provider(persona, settings, log, context, http=http),
                 record=RecordWriter(store, call_id), instance=instance, recording=recording, control=control, http=http,
                 speak_first=speak_first, hold_sound=hold_sound, observers=observers)
     if api_key:

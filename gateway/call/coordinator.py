@@ -48,6 +48,7 @@ from .limits import CallLimits
 from .model_link import ModelLink, SessionFactory, SessionLost, SessionReplaced
 from .tools import ToolRunner
 from .uplink import Uplink
+from ..clock import monotonic
 
 RESTARTING = ("(The service is restarting now. Apologise briefly, say the caller can call back in a minute, "
               "and say goodbye.)")
@@ -73,7 +74,7 @@ class Call:
                  log: CallLogger, new_session: SessionFactory | None = None, record: RecordWriter | None = None,
                  recording=None, control: PhoneControl | None = None, http: aiohttp.ClientSession | None = None,
                  speak_first: bool = False, instance: str = "", hold_sound: bytes | None = None,
-                 clock: Callable[[], float] = time.monotonic, observers: Sequence[CallObserver] = ()):
+                 clock: Callable[[], float] = monotonic, observers: Sequence[CallObserver] = ()):
         """`session`: the first (unconnected) model session; `new_session(context)` makes the next
         one (renewal, reconnect; None: a session that ends ends the call). `record` writes the call
         log; `recording` (a recording.AudioRecording) gets both sides' audio; `control` (made by the

@@ -10,7 +10,6 @@ and a caller who starts talking over it simply clears it (it is not a barge-in: 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +17,7 @@ from ..audio import PHONE_FRAME_BYTES, hold_tones, load_phone_sound
 from ..persona import HoldAudio
 from ..playout import Playout
 from .journal import Journal
+from ..clock import monotonic
 
 HOLD = "hold"  # the playout's response id for hold audio
 AHEAD_MS = 300  # hold audio queued ahead of the phone at most
@@ -33,7 +33,7 @@ def load_hold_sound(setting: HoldAudio, base_dir: Path) -> bytes | None:
 
 class HoldSound:
     def __init__(self, sound: bytes | None, after_ms: int, playout: Playout, journal: Journal,
-                 clock: Callable[[], float] = time.monotonic, frame_bytes: int = PHONE_FRAME_BYTES):
+                 clock: Callable[[], float] = monotonic, frame_bytes: int = PHONE_FRAME_BYTES):
         cut = len(sound) - len(sound) % frame_bytes if sound else 0
         self.frames = [sound[i:i + frame_bytes] for i in range(0, cut, frame_bytes)] if sound else []
         self.after = after_ms / 1000

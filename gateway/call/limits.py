@@ -9,19 +9,19 @@ call costs nothing here between those moments (it was ten wake-ups a second for 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Callable
 
 from ..config import LimitsConfig
 from .actions import PhoneActions
 from .journal import Journal
 from .model_link import ModelLink
+from ..clock import monotonic
 
 
 class CallLimits:
     def __init__(self, *, limits: LimitsConfig, max_call_seconds: float, actions: PhoneActions, model: ModelLink,
                  journal: Journal, quiet: Callable[[], bool], caller_speaking: Callable[[], bool],
-                 started_at: float, clock: Callable[[], float] = time.monotonic):
+                 started_at: float, clock: Callable[[], float] = monotonic):
         self.limits = limits
         self.max_call_seconds = max_call_seconds
         self.actions = actions

@@ -19,7 +19,6 @@ Never needs two sessions for one call for longer than the swap.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Sequence
@@ -27,6 +26,7 @@ from typing import AsyncIterator, Callable, Sequence
 from ..config import LimitsConfig
 from ..providers.base import ContextTurn, Provider, ProviderConnectError, ProviderError, ProviderEvent, SessionEnding
 from .journal import Journal
+from ..clock import monotonic
 
 PREREADY_BUFFER_MS = 2000  # caller audio kept while a session opens (older audio is dropped)
 RENEW_RETRY_SECONDS = 30.0  # a failed early renewal is retried; the service's own expiry is the backstop
@@ -54,7 +54,7 @@ SessionFactory = Callable[[Sequence[ContextTurn]], Provider]
 class ModelLink:
     def __init__(self, first: Provider, *, new_session: SessionFactory | None, context: Callable[[], list[ContextTurn]],
                  quiet: Callable[[], bool], limits: LimitsConfig, journal: Journal,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = monotonic):
         """`new_session(context)`: an unconnected session continuing the conversation (None: a
         session that ends ends the call). `context()`: the conversation so far. `quiet()`:
         nobody is talking (the moment for an early renewal)."""

@@ -24,12 +24,12 @@ The pending batch lives here, not in a model session, so it survives a session s
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 from ..audio import FRAME_MS, audioop
 from .audio_bridge import AudioBridge
 from .model_link import ModelLink
+from ..clock import monotonic
 
 SPEECH_MS = 60  # a voiced run this long is speech (shorter: a click, a blip; the echo bot's VAD agrees)
 # GLM takes at most 50 appends a second: two sends closer than this (a burst of late frames from
@@ -39,7 +39,7 @@ MIN_SEND_GAP_S = FRAME_MS / 2000
 
 class Uplink:
     def __init__(self, bridge: AudioBridge, model: ModelLink, *, threshold: int, block_ms: int,
-                 vad_silence_ms: int, clock: Callable[[], float] = time.monotonic):
+                 vad_silence_ms: int, clock: Callable[[], float] = monotonic):
         """`threshold`: frame RMS that counts as voiced; `block_ms`: the append size in steady
         stretches (0: every frame at once); `vad_silence_ms`: how long the model's VAD waits in
         silence before it ends a turn."""

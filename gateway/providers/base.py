@@ -55,8 +55,9 @@ class ProviderSpec:
     input_formats: tuple[str, ...]
     output_formats: tuple[str, ...]
     turn_detection: tuple[str, ...]
-    # Builds a session: (persona, settings, log, context) -> Provider.
-    factory: Callable[[Any, Any, Any, Sequence["ContextTurn"]], "Provider"]
+    # Builds a session: (persona, settings, log, context, http=...) -> Provider. `http` is the app's
+    # aiohttp ClientSession for the provider's connections, or None (it then makes its own).
+    factory: Callable[..., "Provider"]
     voices: frozenset[str] = frozenset()  # empty: any voice name is passed through
     max_output_tokens: int | None = None  # upper bound of a persona's max_response_output_tokens
     settings: type | None = None  # dataclass of `providers.<name>` in config.yaml (None: no settings)

@@ -123,6 +123,6 @@ class EchoProvider(Provider):
 SPEC = ProviderSpec(
     name="echo", label="echo", default_model="echo",
     input_formats=("pcm16",), output_formats=("pcm",), turn_detection=("server_vad",),
-    factory=lambda persona, settings, log, context: EchoProvider(persona, log, context=context),
+    factory=lambda persona, settings, log, context, http=None: EchoProvider(persona, log, context=context),
     needs_key=False,
 )

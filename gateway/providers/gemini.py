@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aiohttp
+
 from ..logs import CallLogger
 from ..persona import Persona
 from .base import (AudioDelta, Capabilities, ContextTurn, InputTranscript, OutputTranscript, Provider,
@@ -88,8 +90,8 @@ class GeminiLive(JsonWsProvider):
     task_prefix = "gemini"
 
     def __init__(self, persona: Persona, settings: GeminiProviderConfig, log: CallLogger,
-                 context: Sequence[ContextTurn] = ()):
-        super().__init__(log)
+                 context: Sequence[ContextTurn] = (), http: aiohttp.ClientSession | None = None):
+        super().__init__(log, http)
         self.persona = persona
         self.settings = settings
         self.context = tuple(context)

@@ -1,4 +1,4 @@
-"""Zhipu GLM-Realtime: one websockets session per call.
+"""Zhipu GLM-Realtime: one WebSocket session per call (renewals and reconnects open the next).
 
 Wire facts this module relies on (see docs/protocols.md and Zhipu's AsyncAPI spec):
 - Auth is the upgrade's `Authorization: Bearer <token>`: a fresh HS256 JWT per connection built
@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import aiohttp
 import jwt
 
 from ..audio import wav_bytes
@@ -90,8 +91,8 @@ class GlmRealtime(JsonWsProvider):
     task_prefix = "glm"
 
     def __init__(self, persona: Persona, settings: GlmProviderConfig, log: CallLogger,
-                 context: Sequence[ContextTurn] = ()):
-        super().__init__(log)
+                 context: Sequence[ContextTurn] = (), http: aiohttp.ClientSession | None = None):
+        super().__init__(log, http)
         self.persona = persona
         self.settings = settings
         self.context = tuple(context)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aiohttp
+
 from ..persona import Persona
 from ..logs import CallLogger
 from .base import (Capabilities, ContextTurn, OutputTranscript, ProviderEvent, ProviderSpec,
@@ -102,8 +104,8 @@ class OpenAIRealtime(JsonWsProvider):
     fatal_codes, renewable_codes, benign_codes = FATAL_CODES, RENEWABLE_CODES, BENIGN_CODES
 
     def __init__(self, persona: Persona, settings: OpenAIProviderConfig, log: CallLogger,
-                 context: Sequence[ContextTurn] = ()):
-        super().__init__(log)
+                 context: Sequence[ContextTurn] = (), http: aiohttp.ClientSession | None = None):
+        super().__init__(log, http)
         self.persona = persona
         self.settings = settings
         self.context = tuple(context)

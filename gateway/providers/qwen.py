@@ -1,4 +1,4 @@
-"""Alibaba DashScope Qwen-Omni realtime: one websockets session per call.
+"""Alibaba DashScope Qwen-Omni realtime: one WebSocket session per call (renewals open the next).
 
 Wire facts this module relies on (docs/protocols.md; the official `dashscope` SDK 2.0.2,
 `dashscope/audio/qwen_omni/omni_realtime.py`; Model Studio's client/server event reference):
@@ -31,6 +31,8 @@ import base64
 import re
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import aiohttp
 
 from ..logs import CallLogger
 from ..persona import Persona
@@ -83,8 +85,8 @@ class QwenRealtime(JsonWsProvider):
     fatal_codes, renewable_codes, benign_codes = FATAL_CODES, RENEWABLE_CODES, BENIGN_CODES
 
     def __init__(self, persona: Persona, settings: QwenProviderConfig, log: CallLogger,
-                 context: Sequence[ContextTurn] = ()):
-        super().__init__(log)
+                 context: Sequence[ContextTurn] = (), http: aiohttp.ClientSession | None = None):
+        super().__init__(log, http)
         self.persona = persona
         self.settings = settings
         self.context = tuple(context)

@@ -5,6 +5,10 @@ per call opened with an auth header, JSON events both ways, a reader task that t
 events into our typed events on a queue, a bounded close, and "the session died" always
 reported as a fatal `ProviderError` before `events()` ends. Subclasses supply `_translate`
 (server event -> our events) and the intents.
+
+The socket itself (aiohttp's client, its options, the bounded close) is wsclient.py's. It goes
+through the app's one `ClientSession` (`http`); a provider built without one (tests, scripts)
+makes its own session and closes it in `close()`.
 """
 
 from __future__ import annotations
@@ -14,20 +18,20 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import time
 from typing import AsyncIterator, Collection
 
-import websockets
-from websockets.asyncio.client import ClientConnection, connect
+import aiohttp
+from aiohttp import WSMsgType
 
+from ..clock import monotonic
 from ..logs import CallLogger
 from ..speedups import dumps, loads
 from .base import (AudioDelta, InputTranscript, Provider, ProviderConnectError, ProviderError, ProviderEvent,
                    SpeechStarted, SpeechStopped)
+from .wsclient import CLOSE_SECONDS, close_socket, describe_connect_error, open_socket, transport_of
 
 _END = object()
 MAX_PENDING_EVENTS = 1000
-MAX_EVENT_BYTES = 16 * 1024 * 1024  # audio deltas of ~1.5 s in base64 are ~100 KB; leave room
 
 
 class JsonWsProvider(Provider):
@@ -35,19 +39,23 @@ class JsonWsProvider(Provider):
     task_prefix = "model"  # reader task names start with it (tests check no task outlives a call)
     heartbeat_timeout: float | None = None  # seconds without any event that mean a dead upstream
 
-    def __init__(self, log: CallLogger):
+    def __init__(self, log: CallLogger, http: aiohttp.ClientSession | None = None):
+        """`http`: the app's client session the socket is opened through (None: one of its own)."""
         self.log = log
+        self._http = http
+        self._own_http: aiohttp.ClientSession | None = None  # made at the first open when http is None
         self._ids = itertools.count(1)
         self._fresh_connection()
 
     def _fresh_connection(self) -> None:
         """The state of one socket: none yet, nothing read, not set up."""
-        self._ws: ClientConnection | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._transport: asyncio.Transport | None = None
         # Bounded: if the call falls behind, the reader waits (the model's socket then back-pressures
         # through TCP) instead of buffering without limit.
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=MAX_PENDING_EVENTS)
         self._reader: asyncio.Task | None = None
-        self._last_rx = time.monotonic()
+        self._last_rx = monotonic()
         self._closed = False
         self._ready = asyncio.Event()  # set by the subclass when the session is configured
         self._setup_error: str | None = None  # set with _ready when set-up was refused
@@ -116,19 +124,26 @@ class JsonWsProvider(Provider):
 
     # ------------------------------------------------------------------ session
     async def _open(self, url: str, headers: dict[str, str], timeout: float) -> None:
+        session = self._http
+        if session is None:
+            if self._own_http is None:
+                self._own_http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            session = self._own_http
         try:
-            self._ws = await asyncio.wait_for(connect(
-                # No permessage-deflate: base64 audio barely compresses, and deflating every
-                # append and inflating every delta was the largest cost on the model socket.
-                url, additional_headers=headers, max_size=MAX_EVENT_BYTES, compression=None,
-                open_timeout=timeout, close_timeout=timeout, ping_interval=20, ping_timeout=20,
-            ), timeout)
-        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as e:
-            raise ProviderConnectError(f"cannot open {self.label} session: {_describe_connect_error(e)}",
-                                       auth_refused=isinstance(e, websockets.InvalidStatus)
-                                       and e.response.status_code == 401) from None
-        self._last_rx = time.monotonic()
+            self._ws = await open_socket(session, url, headers, timeout)
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as e:
+            await self._close_own_http()
+            raise ProviderConnectError(f"cannot open {self.label} session: {describe_connect_error(e)}",
+                                       auth_refused=isinstance(e, aiohttp.WSServerHandshakeError)
+                                       and e.status == 401) from None
+        self._transport = transport_of(self._ws)
+        self._last_rx = monotonic()
         self._reader = asyncio.create_task(self._read_loop(), name=f"{self.task_prefix}-reader")
+
+    async def _close_own_http(self) -> None:
+        own, self._own_http = self._own_http, None
+        if own is not None:
+            await own.close()
 
     async def _wait_ready(self, timeout: float, what: str) -> None:
         try:
@@ -143,11 +158,12 @@ class JsonWsProvider(Provider):
             raise ProviderConnectError(f"{self.label} closed the session during set-up")
 
     async def _send(self, event: dict) -> None:
-        if self._ws is None or self._closed:
+        ws = self._ws
+        if ws is None or self._closed:
             return
         try:
-            await self._ws.send(dumps(self._stamp(event)), text=True)
-        except websockets.ConnectionClosed:
+            await ws.send_frame(dumps(self._stamp(event)), WSMsgType.TEXT)  # dumps gives UTF-8 bytes
+        except (aiohttp.ClientConnectionError, ConnectionError):
             pass  # the reader reports the close; a send racing it is not a second error
 
     # Both services take the same two client events for tool results and text: an item in the
@@ -170,21 +186,22 @@ class JsonWsProvider(Provider):
         await self._add_item(self._text_item(text), respond)
 
     async def close(self) -> None:
-        if self._closed and self._reader is None:
+        if self._closed and self._reader is None and self._own_http is None:
             return
         self._closed = True
         ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 1.0)
-            if ws.state is not websockets.protocol.State.CLOSED:
-                ws.transport.abort()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
-        self._put_last(_END)
+        transport, self._transport = self._transport, None
+        try:
+            if ws is not None:
+                await close_socket(ws, transport, CLOSE_SECONDS)
+        finally:  # also when the caller's own time limit cancels the close
+            if self._reader is not None:
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._reader
+                self._reader = None
+            await self._close_own_http()
+            self._put_last(_END)
 
     async def events(self) -> AsyncIterator[ProviderEvent]:
         while True:
@@ -230,20 +247,17 @@ class JsonWsProvider(Provider):
         watchdog = asyncio.create_task(self._watchdog(), name=f"{self.task_prefix}-watchdog") \
             if self.heartbeat_timeout else None
         try:
-            async for raw in ws:
-                self._last_rx = time.monotonic()
-                events = self._decode(raw)
-                for ev in events:
+            while True:
+                msg = await ws.receive()  # pings are answered inside; text and binary frames come out
+                if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
+                    break
+                self._last_rx = monotonic()
+                for ev in self._decode(msg.data):
                     await self._queue.put(ev)
                     if isinstance(ev, ProviderError) and ev.fatal:
                         return
             if not self._closed:
-                self._put_last(self._closed_error(ws.close_code, ws.close_reason or ""))
-        except websockets.ConnectionClosed as e:
-            if not self._closed:
-                self._put_last(self._closed_error(e.rcvd.code, e.rcvd.reason) if e.rcvd is not None else
-                               ProviderError("upstream_closed", f"{self.label} connection lost ({e})",
-                                             fatal=True, renewable=True))
+                self._put_last(self._ended(msg))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug here must end this call, not hang it
@@ -256,6 +270,19 @@ class JsonWsProvider(Provider):
             if self._reader is asyncio.current_task():
                 self._put_last(_END)
 
+    def _ended(self, msg: aiohttp.WSMessage) -> ProviderError:
+        """How the socket ended, as the session's last error: the service's close frame (its code
+        and reason), a frame we could not take (too big, not UTF-8, a protocol error; we closed with
+        its code), or the connection lost without a close frame (a fresh session continues)."""
+        if msg.type is WSMsgType.CLOSE:
+            return self._closed_error(msg.data or 1005, msg.extra or "")  # 1005: the frame had no code
+        if msg.type is WSMsgType.ERROR:
+            why = f"{type(msg.data).__name__}: {msg.data}"[:200]
+            self.log.warning("model_socket_error", error=why)
+        else:
+            why = "no close frame"
+        return ProviderError("upstream_closed", f"{self.label} connection lost ({why})", fatal=True, renewable=True)
+
     def _closed_error(self, code: int | None, reason: str) -> ProviderError:
         """The service closed the socket with a close frame: by default a renewable end (a fresh
         session continues the call); a service that reports errors as close codes overrides it."""
@@ -267,20 +294,12 @@ class JsonWsProvider(Provider):
         assert limit
         while True:
             await asyncio.sleep(min(limit / 4, 5.0))
-            silent = time.monotonic() - self._last_rx
+            silent = monotonic() - self._last_rx
             if silent > limit:
                 self._put_last(ProviderError("heartbeat_timeout",
                                                      f"no event from {self.label} for {silent:.0f} s", fatal=True,
                                                      renewable=True))
-                if self._ws is not None:
-                    self._ws.transport.abort()
+                if self._transport is not None:
+                    self._transport.abort()  # the reader sees the connection lost and ends
                 return
-
-
-def _describe_connect_error(e: BaseException) -> str:
-    if isinstance(e, websockets.InvalidStatus):
-        return f"HTTP {e.response.status_code}"
-    if isinstance(e, asyncio.TimeoutError):
-        return "timed out"
-    return f"{type(e).__name__}: {e}"
 

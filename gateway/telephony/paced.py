@@ -6,9 +6,9 @@ not yet sent — a barge-in stops the bot within one frame."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from typing import Awaitable, Callable
+from ..clock import monotonic
 
 FRAME_S = 0.02
 EPSILON_S = 1e-6
@@ -16,7 +16,7 @@ EPSILON_S = 1e-6
 
 class PacedOutput:
     def __init__(self, send: Callable[[bytes], Awaitable[bool]], on_mark: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = monotonic):
         """`send(frame)`: one frame onto the wire (False: the connection is gone); `on_mark(name)`:
         a mark's audio has played."""
         self._send, self._on_mark, self.clock = send, on_mark, clock
@@ -83,7 +83,7 @@ class InboundBudget:
     that keeps pushing more than `give_up_s` seconds of audio too fast is `flooding` (the stream then
     ends as a protocol error). One socket must not be able to feed a model hours of audio in seconds."""
 
-    def __init__(self, bytes_per_s: float, clock: Callable[[], float] = time.monotonic, burst_s: float = 1.0,
+    def __init__(self, bytes_per_s: float, clock: Callable[[], float] = monotonic, burst_s: float = 1.0,
                  give_up_s: float = 5.0):
         self.rate, self.clock = bytes_per_s, clock
         self.capacity = bytes_per_s * burst_s

@@ -12,7 +12,6 @@ Networks without marks (`codec.paced`) get their audio paced here on our clock (
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import AsyncIterator, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -21,11 +20,12 @@ from . import Audio, MarkPlayed, PhoneEvent, Started, Stopped
 from .codec import Codec
 from .paced import PacedOutput
 from .wire import FrameError, NetworkNotice
+from ..clock import monotonic
 
 
 class WsPhoneStream:
     def __init__(self, ws: web.WebSocketResponse, codec: Codec, log, max_protocol_errors: int = 50,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = monotonic):
         self.ws, self.codec, self.log = ws, codec, log
         self.network = codec.network
         self.min_chunk_bytes = codec.min_chunk_bytes

@@ -35,12 +35,12 @@ import base64
 import binascii
 import json
 import re
-import time
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.clock import monotonic
 from tests.fakes.glm_server import FakeModelServer, make_tone, rms, stream_reply
 
 OUTPUT_RATE = 24000
@@ -138,7 +138,7 @@ class _Conn:
                     name = next(iter(set(msg) - CLIENT_KEYS), "") if isinstance(msg, dict) else ""
                     return await self.refuse(1007, f'Invalid JSON payload received. Unknown name "{name}".')
                 (kind, body), = msg.items()
-                self.s.events.append({kind: body, "_t": time.monotonic()})
+                self.s.events.append({kind: body, "_t": monotonic()})
                 if kind != "setup" and not self.set_up:
                     return await self.refuse(1007, "Request contains an invalid argument: setup must come first.")
                 await getattr(self, f"_{kind}")(body)
@@ -238,8 +238,8 @@ class _Conn:
             self.speech_ms += 20
             if not self.in_speech:
                 self.in_speech = True
-                self.s.speech_started_at.append(time.monotonic())
-                cur, now = self.current, time.monotonic()
+                self.s.speech_started_at.append(monotonic())
+                cur, now = self.current, monotonic()
                 # The caller talks over the model: while it generates, or while what it generated
                 # is still playing by the service's real-time clock of the turn.
                 if cur is not None and (cur["status"] == "in_progress" or now < cur["speaking_until"]):
@@ -265,7 +265,7 @@ class _Conn:
             return  # one turn at a time
         first = self.s is self.fake.sessions[0]
         self.current = {"id": f"turn_{next(self.fake._ids)}", "kind": kind, "status": "in_progress",
-                        "deltas_sent": 0, "late_deltas": 0, "created_at": time.monotonic(), "done_at": None,
+                        "deltas_sent": 0, "late_deltas": 0, "created_at": monotonic(), "done_at": None,
                         "cancel_at": None, "cancel_event": asyncio.Event(), "speaking_until": 0.0,
                         "may_fail": not (self.fake.fail_first_session_only and not first),
                         "tool": tool if tool is not None else
@@ -284,14 +284,14 @@ class _Conn:
                   for at in range(0, total, per))
 
         async def send_piece(pcm: bytes) -> None:
-            r["speaking_until"] = max(r["speaking_until"], time.monotonic()) + len(pcm) / 2 / OUTPUT_RATE
+            r["speaking_until"] = max(r["speaking_until"], monotonic()) + len(pcm) / 2 / OUTPUT_RATE
             await self.send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
                 "mimeType": f"audio/pcm;rate={OUTPUT_RATE}", "data": base64.b64encode(pcm).decode()}}]}}})
 
         if not await stream_reply(self.fake, r, chunks, send_piece, self.ws.transport.abort):
             return
         if r["cancel_at"] is not None:
-            r["status"], r["done_at"] = "cancelled", time.monotonic()
+            r["status"], r["done_at"] = "cancelled", monotonic()
             self.s.history.append(("model", text + " [interrupted]"))
             return  # `interrupted` already said it all
         self.s.history.append(("model", text))
@@ -304,7 +304,7 @@ class _Conn:
         await self._finish(r)
 
     async def _finish(self, r: dict) -> None:
-        r["done_at"] = time.monotonic()
+        r["done_at"] = monotonic()
         await self.send({"serverContent": {"generationComplete": True}})
         await self.send({"serverContent": {"turnComplete": True}})
         await self.send({"usageMetadata": {"promptTokenCount": 80, "responseTokenCount": 40, "totalTokenCount": 120}})
@@ -321,7 +321,7 @@ class _Conn:
         except asyncio.TimeoutError:
             return
         silent, self.pending_tool = self.pending_tool["silent"], None
-        r["done_at"] = time.monotonic()
+        r["done_at"] = monotonic()
         if silent:
             await self._finish(r)
             return

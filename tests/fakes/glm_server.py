@@ -40,6 +40,8 @@ import jwt
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from gateway.clock import monotonic
+
 OUTPUT_RATE = 24000
 
 
@@ -115,7 +117,7 @@ async def stream_reply(fake, r: dict, pieces: Iterable[bytes], send_piece: Calla
     then stop. `fail_after_deltas` drops the connection mid-sentence (returns False).
     `r` is the response record; its counters are updated."""
     for piece in pieces:
-        if r["cancel_at"] is not None and time.monotonic() - r["cancel_at"] >= fake.cancel_settle:
+        if r["cancel_at"] is not None and monotonic() - r["cancel_at"] >= fake.cancel_settle:
             break
         await send_piece(piece)
         r["deltas_sent"] += 1
@@ -133,7 +135,7 @@ async def stream_reply(fake, r: dict, pieces: Iterable[bytes], send_piece: Calla
         else:
             await asyncio.sleep(fake.cancel_settle / 3)
     if r["cancel_at"] is not None:
-        wait = fake.cancel_settle - (time.monotonic() - r["cancel_at"])
+        wait = fake.cancel_settle - (monotonic() - r["cancel_at"])
         if wait > 0:
             await asyncio.sleep(wait)
     return True
@@ -295,7 +297,7 @@ class _Conn:
                 except (ValueError, AssertionError):
                     await self.error("invalid_event", "not a JSON event")
                     continue
-                msg["_t"] = time.monotonic()
+                msg["_t"] = monotonic()
                 self.s.events.append(msg)
                 await self._dispatch(msg)
         except ConnectionClosed:
@@ -322,7 +324,7 @@ class _Conn:
             if self.current is None or self.current["status"] != "in_progress":
                 await self.error("response_cancel_not_active", "no active response to cancel")
             else:
-                self.current["cancel_at"] = time.monotonic()
+                self.current["cancel_at"] = monotonic()
                 self.current["cancel_event"].set()
         elif t == "conversation.item.create":
             item = msg.get("item") or {}
@@ -396,7 +398,7 @@ class _Conn:
             self.speech_ms += 20
             if not self.in_speech:
                 self.in_speech = True
-                self.s.speech_started_at.append(time.monotonic())
+                self.s.speech_started_at.append(monotonic())
                 await self.send({"type": "input_audio_buffer.speech_started"})
         elif self.in_speech:
             self.silence_ms += 20
@@ -421,7 +423,7 @@ class _Conn:
             return  # one response at a time, like the service
         rid = f"resp_{next(self.fake._ids)}"
         self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
-                        "created_at": time.monotonic(), "done_at": None, "cancel_at": None,
+                        "created_at": monotonic(), "done_at": None, "cancel_at": None,
                         "cancel_event": asyncio.Event(), "may_fail": not (self.fake.fail_first_session_only
                                                                   and self.s is not self.fake.sessions[0]),
                         "tool": self.fake.tool_calls.pop(0) if kind == "reply" and self.fake.tool_calls else None}
@@ -464,7 +466,7 @@ class _Conn:
                 await self.send({"type": "response.function_call_arguments.done", "response_id": rid,
                                  "item_id": f"item_{next(self.fake._ids)}", "output_index": 1,
                                  "call_id": r["call_id"], "name": name, "arguments": json.dumps(args)})
-        r["done_at"] = time.monotonic()
+        r["done_at"] = monotonic()
         await self.send({"type": "response.done", "response": {
             "id": rid, "object": "realtime.response", "status": r["status"],
             "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}})

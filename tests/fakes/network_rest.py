@@ -13,10 +13,11 @@ Every request is recorded with its arrival time; `fail_next` answers statuses fi
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from gateway.clock import monotonic
 
 
 @dataclass
@@ -24,7 +25,7 @@ class NetRequest:
     action: str  # hangup, transfer
     call_id: str
     body: dict
-    at: float = field(default_factory=time.monotonic)
+    at: float = field(default_factory=monotonic)
 
 
 class _FakeRest:

@@ -32,7 +32,6 @@ import base64
 import binascii
 import json
 import re
-import time
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
@@ -40,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 import audioop  # stdlib below 3.13, the audioop-lts package from 3.13
 
+from gateway.clock import monotonic
 from tests.fakes.glm_server import FakeModelServer, make_tone, rms, stream_reply
 
 SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
@@ -67,7 +67,7 @@ class FakeSession:
     deletes: list[str] = field(default_factory=list)
     items: dict[str, dict] = field(default_factory=dict)  # the conversation, by item id
     created_items: list[dict] = field(default_factory=list)  # items the client created
-    opened_at: float = field(default_factory=time.monotonic)
+    opened_at: float = field(default_factory=monotonic)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
 
@@ -172,7 +172,7 @@ class _Conn:
                 except (ValueError, AssertionError):
                     await self.error("invalid_json", "The server could not parse the event as JSON.")
                     continue
-                msg["_t"] = time.monotonic()
+                msg["_t"] = monotonic()
                 self.s.events.append(msg)
                 await self._dispatch(msg)
         except ConnectionClosed:
@@ -348,7 +348,7 @@ class _Conn:
                 self.in_speech = True
                 self.utterance = bytearray(self.history)
                 self.speech_item = self.fake.new_id("item")
-                self.s.speech_started_at.append(time.monotonic())
+                self.s.speech_started_at.append(monotonic())
                 await self.send({"type": "input_audio_buffer.speech_started", "item_id": self.speech_item,
                                  "audio_start_ms": int(len(self.s.audio) / 2 / self.s.input_rate * 1000)})
                 cur = self.current
@@ -381,7 +381,7 @@ class _Conn:
 
     # ------------------------------------------------------------------ responses
     def _cancel(self, r: dict) -> None:
-        r["cancel_at"] = time.monotonic()
+        r["cancel_at"] = monotonic()
         r["cancel_event"].set()
 
     def _start_response(self, kind: str, text: str, hz: float, echo_audio: bytes | None = None) -> None:
@@ -391,7 +391,7 @@ class _Conn:
             return
         rid = self.fake.new_id("resp")
         self.current = {"id": rid, "kind": kind, "status": "in_progress", "deltas_sent": 0, "late_deltas": 0,
-                        "created_at": time.monotonic(), "done_at": None, "cancel_at": None, "item_id": None,
+                        "created_at": monotonic(), "done_at": None, "cancel_at": None, "item_id": None,
                         "cancel_event": asyncio.Event(), "may_fail": not (self.fake.fail_first_session_only
                                                                   and self.s is not self.fake.sessions[0]), "text": text,
                         "tool": self.fake.tool_calls.pop(0) if kind == "reply" and self.fake.tool_calls else None}
@@ -462,7 +462,7 @@ class _Conn:
         item["content"] = [{"type": "output_audio", "transcript": text}]
         await self.send({"type": "response.output_item.done", "response_id": rid, "output_index": 0,
                          "item": {k: v for k, v in item.items() if k != "audio_ms"}})
-        r["done_at"] = time.monotonic()
+        r["done_at"] = monotonic()
         details = {"type": "cancelled", "reason": "client_cancelled"} if r["status"] == "cancelled" else None
         await self.send({"type": "response.done", "response": {
             "id": rid, "object": "realtime.response", "status": r["status"], "status_details": details,

@@ -33,7 +33,6 @@ import base64
 import binascii
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,6 +40,7 @@ from websockets.asyncio.server import ServerConnection
 
 from websockets.exceptions import ConnectionClosed
 
+from gateway.clock import monotonic
 from tests.fakes.glm_server import FakeModelServer, FakeSession as _GlmSession, _Conn as _GlmConn, make_tone, rms, \
     stream_reply
 
@@ -131,7 +131,7 @@ class _Conn(_GlmConn):
                 except (ValueError, AssertionError, TypeError):
                     await self.error("invalid_json", "The server could not parse the event as JSON.")
                     continue
-                msg["_t"] = time.monotonic()
+                msg["_t"] = monotonic()
                 self.s.events.append(msg)
                 await self._dispatch(msg)
         except ConnectionClosed:
@@ -171,7 +171,7 @@ class _Conn(_GlmConn):
         # input_audio_buffer.commit (manual turns) and input_image_buffer.append: accepted
 
     def _cancel(self, r: dict) -> None:
-        r["cancel_at"] = time.monotonic()
+        r["cancel_at"] = monotonic()
         r["cancel_event"].set()
 
     async def _session_update(self, msg: dict) -> None:
@@ -302,7 +302,7 @@ class _Conn(_GlmConn):
                                  "arguments": fc["arguments"]})
                 await self.send({"type": "response.output_item.done", "response_id": rid, "output_index": 1, "item": fc})
                 output.append(fc)
-        r["done_at"] = time.monotonic()
+        r["done_at"] = monotonic()
         await self.send({"type": "response.done", "response": {
             "id": rid, "object": "realtime.response", "status": r["status"], "output": output,
             "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}})

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import time
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
+from gateway.clock import monotonic
 from gateway.telephony.twilio.signature import compute
 
 
@@ -33,7 +33,7 @@ class RestRequest:
     path: str
     call_sid: str | None
     form: dict
-    at: float = field(default_factory=time.monotonic)
+    at: float = field(default_factory=monotonic)
 
 
 class FakeTwilioRest:

@@ -6,13 +6,13 @@ counted, and one that keeps flooding is cut off as a protocol error."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import AsyncIterator, Callable
 
 from .. import Audio, MarkPlayed, PhoneEvent, Started, Stopped
 from ..paced import InboundBudget, PacedOutput
 from ..wire import FrameError, NetworkNotice
 from .codec import AudioSocketCodec
+from ...clock import monotonic
 
 BYTES_PER_S = 16000  # 8 kHz 16-bit
 
@@ -22,7 +22,7 @@ class AudioSocketStream:
     min_chunk_bytes = 0
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log, max_protocol_errors: int = 50,
-                 bots: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic):
+                 bots: dict[str, str] | None = None, clock: Callable[[], float] = monotonic):
         self.reader, self.writer, self.log = reader, writer, log
         self.codec = AudioSocketCodec(bots)
         self.max_protocol_errors = max_protocol_errors
