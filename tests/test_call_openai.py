@@ -191,18 +191,14 @@ async def _converse(phone, fake, n: int) -> None:
     await phone.say(ulaw_tone(440, 0.5))
     await wait_for(lambda: len(fake.sessions[-1].responses) >= n
                    and fake.sessions[-1].responses[n - 1]["status"] == "completed", 4, f"reply {n}")
-    await phone.silence(fake.reply_seconds + 0.3)  # it plays out
-
-
-SHORT_REPLY_S = 0.8  # the fake's greeting and replies, in the session-swap calls: nothing there needs longer
+    await phone.silence(1.8)  # it plays out
 
 
 async def test_session_renewed_at_a_quiet_moment_keeps_the_conversation(make_gateway, fake_openai, caplog):
-    fake_openai.reply_seconds = SHORT_REPLY_S
     gw = await make_gateway(openai=fake_openai, extra="providers:\n  openai:\n    session_renew_seconds: 2\n")
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await dial(gw.url, bot="openai-greeter")
-        await phone.silence(SHORT_REPLY_S + 0.4)  # the greeting plays out
+        await phone.silence(1.9)  # the 1.5 s greeting plays out
         await _converse(phone, fake_openai, 2)  # a caller turn and a reply; > 2 s by now, and quiet
         await wait_for(lambda: len(fake_openai.sessions) == 2 and fake_openai.sessions[1].session_config, 3,
                        "a second session")
@@ -231,12 +227,11 @@ async def test_session_renewed_at_a_quiet_moment_keeps_the_conversation(make_gat
 
 
 async def test_session_expired_by_the_service_continues_in_a_new_one(make_gateway, fake_openai, caplog):
-    fake_openai.reply_seconds = SHORT_REPLY_S
-    fake_openai.max_session_seconds = 3.0  # after the greeting and the first reply (by ~2.3 s)
+    fake_openai.max_session_seconds = 4.5
     gw = await make_gateway(openai=fake_openai)
     with caplog.at_level(logging.INFO, logger="gateway"):
         phone = await dial(gw.url, bot="openai-greeter")
-        await phone.silence(SHORT_REPLY_S + 0.4)
+        await phone.silence(1.9)
         await _converse(phone, fake_openai, 2)
         await wait_for(lambda: len(fake_openai.sessions) == 2, 3, "a new session after session_expired")
         await _converse(phone, fake_openai, 1)
