@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -28,12 +27,13 @@ async def api(gw_url: str, path: str, token: str | None = TOKEN, method: str = "
 async def until(get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], timeout: float = 5.0,
                 what: str = "condition") -> Any:
     """Await `get()` until `ok` holds for what it returns (every 50 ms); that value."""
-    deadline = time.monotonic() + timeout
+    loop = asyncio.get_running_loop()  # its clock, as phone_helpers.wait_for: virtual in looptime tests
+    deadline = loop.time() + timeout
     while True:
         got = await get()
         if ok(got):
             return got
-        if time.monotonic() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}: {got!r:.500}")
         await asyncio.sleep(0.05)
 
