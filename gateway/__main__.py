@@ -76,10 +76,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from .phone_cli import main as phone_main
     try:
+        from .phone_cli import main as phone_main
         return asyncio.run(phone_main(args))
-    except KeyboardInterrupt:  # before the call was up (the call itself ends with its summary)
+    except (KeyboardInterrupt, asyncio.CancelledError):  # before the call was up (a call ends with its summary)
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import wave
 from pathlib import Path
@@ -84,7 +85,25 @@ def _write_heard(phone: SimulatedPhone, path: str) -> None:
         write_ulaw_as_wav(path, bytes(phone.result.heard))
 
 
+def _hang_up_on_ctrl_c() -> None:
+    """Ctrl-C hangs the call up (the summary and heard.wav are still written); a second one stops
+    at once. Installed explicitly: asyncio.run only does it when SIGINT has Python's default
+    handler, and a process started with SIGINT ignored (a background job, some test runners)
+    would otherwise talk on, deaf to Ctrl-C, until its --hold ran out."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+    def first() -> None:
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one: KeyboardInterrupt
+        task.cancel()
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+    except (NotImplementedError, RuntimeError):  # no signal handlers on this loop (Windows)
+        pass
+
+
 async def main(args: argparse.Namespace) -> int:
+    _hang_up_on_ctrl_c()
     try:
         speech = read_wav_as_ulaw(args.wav) if args.wav else pcm16_to_ulaw(tone(440, 1.2, PHONE_RATE, 8000))
     except FileNotFoundError:

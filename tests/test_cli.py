@@ -16,6 +16,7 @@ import wave
 from types import SimpleNamespace
 
 import aiohttp
+import pytest
 
 from gateway.app import STORE
 from gateway.web_state import CALLS
@@ -247,13 +248,18 @@ async def test_a_url_without_a_scheme_is_taken_and_a_wrong_one_is_named(make_gat
         assert rc == 2 and why in err and "Traceback" not in err, err
 
 
-async def test_ctrl_c_in_a_call_hangs_up_prints_the_summary_and_writes_what_was_heard(make_gateway, tmp_path):
-    """Issue 20 item 14: an interrupted `call` used to exit 0 with no output and no heard.wav."""
+@pytest.mark.parametrize("started_with", ["default", "ignored"])
+async def test_ctrl_c_in_a_call_hangs_up_prints_the_summary_and_writes_what_was_heard(make_gateway, tmp_path,
+                                                                                      started_with):
+    """Issue 20 item 14: an interrupted `call` used to exit 0 with no output and no heard.wav.
+    `ignored`: started with SIGINT ignored (as a background job is), where asyncio.run installs no
+    handler of its own and the call used to talk on until its --wait ran out."""
     gw = await make_gateway()
     out = tmp_path / "heard.wav"
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if started_with == "ignored" else None
     p = await asyncio.create_subprocess_exec(*CLI, "call", "--url", gw.url, "--bot", "echo", "--wait", "30", "--out",
                                              str(out), cwd=tmp_path, env=_env(), stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.PIPE)
+                                             stderr=asyncio.subprocess.PIPE, preexec_fn=ignore)
     await wait_for(lambda: len(gw.app[CALLS]) == 1, 15, "the call to be up")
     await asyncio.sleep(1.0)  # the greeting plays
     p.send_signal(signal.SIGINT)
