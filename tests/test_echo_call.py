@@ -172,3 +172,31 @@ async def test_barge_in_truncates_model_memory_to_heard_time(make_gateway, monke
     kind, item, end_ms = calls[0]
     assert kind == "truncate" and item == "echo_resp_1_item"
     assert 100 <= end_ms < 600, end_ms  # heard part of the chime, never past the 600 ms generated
+
+
+@pytest.mark.looptime
+async def test_echo_answers_an_instruction_with_a_chime_so_a_goodbye_is_heard_not_waited_out():
+    """A goodbye at shutdown is text to the model, then "wait until heard": the echo bot used to
+    ignore text, and a drained echo call sat 5 s in silence before it was hung up."""
+    import logging
+
+    from gateway.config import Persona
+    from gateway.logs import CallLogger
+    from gateway.providers.base import AudioDelta, OutputTranscript, ResponseDone, ResponseStarted
+    from gateway.providers.echo import EchoProvider
+
+    echo = EchoProvider(Persona(provider="echo", name="echo", greeting=""), CallLogger(logging.getLogger("gateway")))
+    await echo.connect()
+    await echo.send_text("(Say goodbye.)", respond=False)  # told, not asked to answer: nothing
+    await echo.send_text("(Say goodbye.)")
+    events = []
+    async for ev in echo.events():
+        events.append(ev)
+        if isinstance(ev, ResponseDone):
+            break
+    await echo.close()
+    started = [e for e in events if isinstance(e, ResponseStarted)]
+    audio = b"".join(e.audio for e in events if isinstance(e, AudioDelta))
+    assert len(started) == 1 and events[-1] == ResponseDone(started[0].response_id, "completed")
+    assert len(audio) == echo.rate * 2 // 2  # 0.5 s of PCM16
+    assert any(isinstance(e, OutputTranscript) and e.final and e.text == "(chime)" for e in events)

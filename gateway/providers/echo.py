@@ -4,7 +4,8 @@ It behaves like a realtime model on the wire that matters to the call: a local e
 speech_started/stopped, each reply is a response with an id, audio arrives in deltas faster than
 real time (like GLM's), and `cancel_response` stops it. It works at 16 kHz, so a call to it
 exercises both resamplers exactly like a real model does. The greeting is a short two-tone
-chime (there is no text-to-speech offline); its transcript is the persona's greeting text.
+chime (there is no text-to-speech offline); its transcript is the persona's greeting text. Text
+sent to it (an instruction to say goodbye, keys pressed) is answered with a falling chime.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ class EchoProvider(Provider):
             self._queue.put_nowait(InputTranscript(f"[{seconds:.1f} s of audio]"))
             if utterance:
                 self._start_response(utterance, f"(echo of {seconds:.1f} s)")
+
+    async def send_text(self, text: str, respond: bool = True) -> None:
+        """An instruction to speak (a goodbye at shutdown, a reprompt, keys pressed): there is no
+        text-to-speech offline, so the answer is a short falling chime. It is a response like a
+        model's, so "say it, then wait until it was heard" ends when it was heard instead of
+        waiting out its timeout in silence."""
+        if respond and not self._closed:
+            chime = fade(tone(880, 0.2, self.rate, 6000), self.rate) + fade(tone(660, 0.3, self.rate, 6000), self.rate)
+            self._start_response(chime, "(chime)")
 
     def _start_response(self, audio: bytes, transcript: str) -> None:
         if self._speaker is not None and not self._speaker.done():
