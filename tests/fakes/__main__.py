@@ -1,7 +1,7 @@
 """Run the fake model servers standalone, for a demo or a manual check without real keys.
 
-    .venv/py3.11/bin/python -m tests.fakes [--glm-port 9101] [--openai-port 9102] [--qwen-port 9103]
-                                           [--gemini-port 9104]
+    VENV_EXTRAS='[test]' scripts/python -m tests.fakes [--glm-port 9101] [--openai-port 9102] [--qwen-port 9103]
+                                                         [--gemini-port 9104]
 
 Prints the environment to give `scripts/serve` so that GLM, OpenAI, Qwen and Gemini personas talk
 to the fakes.
@@ -14,11 +14,15 @@ import argparse
 import asyncio
 import os
 
-from tests.conftest import GEMINI_KEY, GLM_KEY, OPENAI_KEY, QWEN_KEY
-from tests.fakes.gemini_server import FakeGemini
-from tests.fakes.glm_server import FakeGLM
-from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.qwen_server import FakeQwen
+try:
+    from tests.conftest import GEMINI_KEY, GLM_KEY, OPENAI_KEY, QWEN_KEY
+    from tests.fakes.gemini_server import FakeGemini
+    from tests.fakes.glm_server import FakeGLM
+    from tests.fakes.openai_server import FakeOpenAI
+    from tests.fakes.qwen_server import FakeQwen
+except ModuleNotFoundError as e:  # a venv made by scripts/serve has the gateway's packages only
+    raise SystemExit(f"error: the fake model servers need the test packages ({e.name} is not installed): "
+                     "VENV_EXTRAS='[test]' scripts/python -m tests.fakes") from None
 
 
 async def main(args: argparse.Namespace) -> None:
