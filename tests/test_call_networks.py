@@ -16,6 +16,7 @@ on the fast-forwarded clock for WebSocket networks: test_networks_unit.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -315,3 +316,19 @@ async def test_vonage_answer_needs_the_signed_jwt_when_configured(make_gateway, 
     with pytest.raises(DialError) as e:
         await phone.dial()
     assert e.value.status == 403 and not fake_openai.sessions
+
+
+async def test_no_task_outlives_a_call_the_caller_hung_up(make_gateway, net):
+    """A caller's hang-up does not close() the stream (nothing to send): a network paced on our own
+    clock (AudioSocket, jambonz) used to leave its pacer waiting forever ("Task was destroyed but
+    it is pending!" at the next garbage collection)."""
+    from tests.test_call_matrix import CALL_TASK_PREFIXES
+    gw = await net.gateway(make_gateway)
+    phone = await net.dial(gw.url, bot="echo")
+    await phone.silence(1.5)  # the greeting chime (0.6 s) has played: a pacer is idle, waiting for more
+    await phone.hangup()
+    await ended(gw, phone)
+    await asyncio.sleep(0.05)
+    prefixes = CALL_TASK_PREFIXES + ("paced:", "phone-rx:", "audiosocket-")
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefixes)]
+    assert not left, left

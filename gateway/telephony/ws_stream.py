@@ -102,6 +102,8 @@ class WsPhoneStream:
             if self._stop_reason is None and self.protocol_errors > self.max_protocol_errors:
                 self.log.warning("phone_protocol_errors_exceeded", count=self.protocol_errors)
                 self._stop_reason = "protocol_errors"
+        if self._paced is not None:
+            self._paced.stop()  # nothing more can be played (a caller hang-up does not close() the stream)
         return Stopped(reason=self._stop_reason)
 
     def _decode(self, data: str | bytes, binary: bool) -> PhoneEvent | None:

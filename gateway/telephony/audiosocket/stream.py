@@ -78,6 +78,7 @@ class AudioSocketStream:
                 self.media_frames_in += 1
             if ev is not None:
                 self._events.put_nowait(ev)
+        self._paced.stop()  # nothing more can be played (a caller hang-up does not close() the stream)
         self._events.put_nowait(Stopped(reason=self._stop_reason or "closed"))
 
     async def _next(self) -> PhoneEvent | None:
