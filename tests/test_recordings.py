@@ -157,6 +157,7 @@ def test_a_recording_cut_by_a_crash_is_finished_and_kept(tmp_path):
     live.close()
 
 
+@pytest.mark.looptime(False)  # the S3 server is another process: its client's timeouts on the real clock
 async def test_recordings_go_to_the_bucket_and_any_instance_serves_them(make_gateway, store_url, s3, tmp_path):
     env = {"GATEWAY_OPERATOR_TOKEN": TOKEN, "GATEWAY_DATABASE_URL": store_url}
     a = await make_gateway(env=env, extra=f"recording:\n  enabled: true\n  url: s3://{BUCKET}/calls\n")
