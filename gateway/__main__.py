@@ -26,9 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    supervised = False
     if args.reuse_port:  # a worker of `serve --workers N`
         from .workers import follow_supervisor
-        follow_supervisor()
+        supervised = follow_supervisor()
     try:
         # Before anything else: a second gateway stops here. Workers share the port (SO_REUSEPORT).
         if args.workers > 1 and port:
@@ -56,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         return supervise(args.workers, args.config, host, socks)
     log.info("event loop: %s, JSON: %s", "uvloop" if speedups.loop_factory() else "asyncio", speedups.JSON_LIBRARY)
     try:
-        speedups.run(serve(config, host, port, socks))
+        speedups.run(serve(config, host, port, socks, supervised=supervised))
     except ListenError as e:  # another gateway took the port in the same instant
         print(f"error: {e}", file=sys.stderr)
         return 1

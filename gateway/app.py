@@ -454,9 +454,12 @@ def listen(host: str, port: int, reuse_port: bool = False) -> list[socket.socket
     return socks
 
 
-async def serve(config: Config, host: str, port: int, socks: list[socket.socket] | None = None) -> None:
+async def serve(config: Config, host: str, port: int, socks: list[socket.socket] | None = None,
+                supervised: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain (a second signal hurries it) and exit. The address
-    is bound first (`listen`, or `socks` already bound): only then does the app open the call log."""
+    is bound first (`listen`, or `socks` already bound): only then does the app open the call log.
+    `supervised` (a worker of `serve --workers N`): the supervisor's death (workers.SUPERVISOR_GONE,
+    however many times it comes) drains too, and never hurries."""
     import signal
 
     socks = socks if socks is not None else listen(host, port)
@@ -500,9 +503,17 @@ async def serve(config: Config, host: str, port: int, socks: list[socket.socket]
             app[DRAINING]["hurry"] = True
         stop.set()
 
+    def on_supervisor_gone() -> None:
+        if not stop.is_set():
+            log.warning("event=supervisor_gone note=\"draining the live calls, then exiting\"")
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if supervised:
+        from .workers import SUPERVISOR_GONE
+        loop.add_signal_handler(SUPERVISOR_GONE, on_supervisor_gone)
     try:
         await stop.wait()
         await drain(app, config.server.drain_seconds)

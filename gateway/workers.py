@@ -11,9 +11,12 @@ unexpectedly, and passes SIGTERM/SIGINT on (each worker drains its calls).
 
 Workers take orders from their supervisor only: each runs in its own process group, so a Ctrl-C
 in the terminal reaches the supervisor alone (which passes it on once: the workers drain; a second
-Ctrl-C hurries them), and each dies with its supervisor (Linux: the parent-death signal, SIGTERM;
-elsewhere a thread that watches the parent), so a killed supervisor leaves no unmanaged worker
-serving the port.
+Ctrl-C hurries them), and each dies with its supervisor (Linux: the parent-death signal; elsewhere
+a thread that watches the parent), so a killed supervisor leaves no unmanaged worker serving the
+port. That signal is SUPERVISOR_GONE, not SIGTERM: Linux re-parents a worker to each remaining
+thread of a dying supervisor in turn and sends the parent-death signal every time, so one death can
+arrive as two or three signals, and as SIGTERMs the second would hurry the drain (live calls cut
+within 100 ms instead of draining). However often it comes, it means "drain" once.
 
 Why processes and SO_REUSEPORT rather than one process: the call path is CPU-bound Python (JSON,
 base64, DSP); one interpreter uses one core. Why not a shared accept socket: with SO_REUSEPORT a
@@ -44,28 +47,36 @@ log = logging.getLogger("gateway")
 RESTART_BACKOFF = [1.0, 2.0, 5.0, 10.0, 30.0]  # before restarting a worker that died on its own
 SUPERVISOR_VARIABLE = "GATEWAY_SUPERVISOR_PID"  # set for workers: their supervisor's pid
 PR_SET_PDEATHSIG = 1
+SUPERVISOR_GONE = signal.SIGUSR1  # to a worker: its supervisor died; drain (see the module docstring)
 
 
-def follow_supervisor() -> None:
-    """In a worker: end (SIGTERM: drain, then exit) when the supervisor does, however it died."""
+def _gone_before_serving(_sig: int, _frame) -> None:
+    raise SystemExit(0)  # no call yet: nothing to drain (serve() replaces this handler)
+
+
+def follow_supervisor() -> bool:
+    """In a worker: drain, then exit, when the supervisor ends, however it died (SUPERVISOR_GONE,
+    which serve() handles). False when this process has no supervisor."""
     supervisor = int(os.environ.pop(SUPERVISOR_VARIABLE, "0") or 0)
     if not supervisor:
-        return
+        return False
+    signal.signal(SUPERVISOR_GONE, _gone_before_serving)
     if sys.platform.startswith("linux"):
         try:
-            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, SUPERVISOR_GONE, 0, 0, 0) == 0:
                 if os.getppid() != supervisor:  # it died before the signal was armed
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return
+                    os.kill(os.getpid(), SUPERVISOR_GONE)
+                return True
         except (OSError, AttributeError):
             pass
 
     def watch() -> None:
         while os.getppid() == supervisor:
             time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), SUPERVISOR_GONE)
 
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+    return True
 
 
 def _metrics_dir() -> tuple[str, dict]:

@@ -94,6 +94,38 @@ async def test_killed_supervisor_takes_its_workers_and_a_new_one_refuses_while_t
         supervisor.communicate()
 
 
+async def test_a_supervisors_death_told_three_times_drains_once_and_never_hurries(config_dir, tmp_path):
+    """Linux sends the parent-death signal once per thread of the dying supervisor that a worker is
+    re-parented to: one SIGKILLed supervisor came as two or three SIGTERMs, the second hurried the
+    drain, and a live call was wrapped up at once instead of draining. Told three times now, the
+    worker drains once and the call stays up."""
+    from gateway.workers import SUPERVISOR_GONE
+    from tests.conftest import write_config
+    config_path = write_config(config_dir, "server:\n  drain_seconds: 30\n")
+    port = free_port()
+    supervisor = _supervisor(port, config_path, _env(f"sqlite:///{tmp_path}/calls.db"))
+    workers: list[int] = []
+    try:
+        await wait_for(lambda: listeners(port) == 2, 10, "both workers to listen")
+        workers = _children(supervisor.pid)
+        phone = await dial(f"http://127.0.0.1:{port}", bot="echo")
+        await wait_for(lambda: phone.result.first_audio_at is not None, 5, "the call running on its worker")
+        for _ in range(3):
+            for w in workers:
+                os.kill(w, SUPERVISOR_GONE)
+        await asyncio.sleep(1.5)  # a hurried drain wraps up within 0.1 s, the goodbye chime in 0.5 s more
+        assert not phone.closed.is_set(), "the live call is drained, not wrapped up"
+        assert any(_alive(w) for w in workers)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        out, _ = supervisor.communicate()
+    assert out.count("event=supervisor_gone") == 2 and "drain_hurried" not in out, out[-3000:]
+
+
 async def test_one_ctrl_c_in_the_terminal_drains_the_workers_instead_of_hurrying_them(config_dir, tmp_path):
     from tests.conftest import write_config
     config_path = write_config(config_dir, "server:\n  drain_seconds: 30\n")
