@@ -93,8 +93,7 @@ def _hang_up_on_ctrl_c() -> None:
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
 
     def first() -> None:
-        loop.remove_signal_handler(signal.SIGINT)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one: KeyboardInterrupt
+        loop.remove_signal_handler(signal.SIGINT)  # restores Python's handler: the next one is a KeyboardInterrupt
         task.cancel()
     try:
         loop.add_signal_handler(signal.SIGINT, first)

@@ -14,15 +14,20 @@ import pytest
 from tests.conftest import REPO
 
 
+def _bench(out, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """bench/calls.py with `args`, writing to `out`: the finished run and its results.json rows."""
+    run = subprocess.run([sys.executable, "bench/calls.py", *args, "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return run, json.loads((out / "results.json").read_text())
+
+
 @pytest.mark.timeout(240)
 def test_bench_smoke_run_reports_every_figure_for_both_paths_and_targets(tmp_path):
     out = tmp_path / "bench"
     # a short window and a barge-in every second: every figure still gets samples in every run
-    run = subprocess.run([sys.executable, "bench/calls.py", "--n", "3", "--seconds", "2.5", "--warmup", "0.5",
-                          "--barge-every", "1", "--baselines", "relay", "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=220)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    rows = json.loads((out / "results.json").read_text())
+    run, rows = _bench(out, "--n", "3", "--seconds", "2.5", "--warmup", "0.5", "--barge-every", "1",
+                       "--baselines", "relay", timeout=220)
     assert sorted((r["path"], r["target"]) for r in rows) == [
         ("glm", "gateway"), ("glm", "relay"), ("passthrough", "gateway"), ("passthrough", "relay")]
     for r in rows:
@@ -50,11 +55,8 @@ def test_bench_smoke_run_reports_every_figure_for_both_paths_and_targets(tmp_pat
 @pytest.mark.timeout(120)
 def test_bench_smoke_run_measures_the_sample_and_floor_baselines_and_the_gateways_ratio_to_each(tmp_path):
     out = tmp_path / "bench"
-    run = subprocess.run([sys.executable, "bench/calls.py", "--n", "2", "--seconds", "2", "--warmup", "0.5",
-                          "--path", "passthrough", "--baselines", "floor,sample", "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=110)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    rows = json.loads((out / "results.json").read_text())
+    _, rows = _bench(out, "--n", "2", "--seconds", "2", "--warmup", "0.5", "--path", "passthrough",
+                     "--baselines", "floor,sample", timeout=110)
     assert [r["target"] for r in rows] == ["sample", "floor", "gateway"]  # baselines first, in their fixed order
     for r in rows:
         where = f"{r['target']}: {r}"

@@ -48,8 +48,7 @@ class EchoProvider(Provider):
     async def connect(self) -> None:
         self._queue.put_nowait(SessionReady("echo"))
         if self.persona.greeting and not self.context:  # a continued call is not greeted again
-            chime = fade(tone(660, 0.25, self.rate, 6000), self.rate) + fade(tone(880, 0.35, self.rate, 6000), self.rate)
-            self._start_response(chime, self.persona.greeting)
+            self._start_response(self._chime((660, 0.25), (880, 0.35)), self.persona.greeting)
 
     async def events(self) -> AsyncIterator[ProviderEvent]:
         while True:
@@ -92,8 +91,11 @@ class EchoProvider(Provider):
         model's, so "say it, then wait until it was heard" ends when it was heard instead of
         waiting out its timeout in silence."""
         if respond and not self._closed:
-            chime = fade(tone(880, 0.2, self.rate, 6000), self.rate) + fade(tone(660, 0.3, self.rate, 6000), self.rate)
-            self._start_response(chime, "(chime)")
+            self._start_response(self._chime((880, 0.2), (660, 0.3)), "(chime)")
+
+    def _chime(self, *notes: tuple[float, float]) -> bytes:
+        """(hz, seconds) notes one after the other, each faded in and out (no clicks)."""
+        return b"".join(fade(tone(hz, seconds, self.rate, 6000), self.rate) for hz, seconds in notes)
 
     def _start_response(self, audio: bytes, transcript: str) -> None:
         if self._speaker is not None and not self._speaker.done():

@@ -1,6 +1,6 @@
 """The model socket: aiohttp's WebSocket client with the options every realtime model gets.
 
-aiohttp, the phone side's library too: on one GLM call's traffic it costs 0.73x the CPU of
+aiohttp, the phone side's library too: on one GLM call's traffic it costs 0.73-0.81x the CPU of
 `websockets` (bench/ws_client_cost.py). Sockets are opened through a `ClientSession` (the app's
 one, whose connector has no connection limit: a model socket holds its connection for the whole
 call, so a limit would cap concurrent calls). What `websockets` did by itself and aiohttp does
