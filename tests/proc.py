@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -41,8 +42,10 @@ def serve_all(gateways: list[tuple], timeout: float = 20, args: tuple = ()) -> l
         cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args]
         if config_path is not None:
             cmd += ["--config", str(config_path)]
+        # Its own process group, so that a gateway that will not stop is killed with its workers: they
+        # hold the output pipe open, and reading it to the end would wait for them.
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+                                      text=True, start_new_session=True))
     deadline = time.monotonic() + timeout
     for (port, _, _), proc in zip(gateways, procs):
         while True:
@@ -67,12 +70,16 @@ def listeners(port: int) -> int:
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10) -> str:
-    """Signal the gateway and collect its output (killing it if it does not exit in time)."""
+    """Signal the gateway and collect its output (killing it and its workers if it does not exit in
+    time: the test then fails on what the output lacks, not on a hang)."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        out, _ = proc.communicate(timeout=10)
     return out or ""

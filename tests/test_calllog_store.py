@@ -216,3 +216,33 @@ async def test_a_calls_webhooks_are_claimed_in_order_even_when_the_first_is_retr
     await store.webhook_done("d1", "c3", delivered=True, now=now + 61)
     assert [d["id"] for d in await store.claim_webhooks("c4", 30, 10, now + 62)] == ["d2"]
     await store.close()
+
+
+_OPEN_TOGETHER = """
+import asyncio, sys, time
+from gateway.calllog import open_store
+async def main():
+    while time.time() < float(sys.argv[2]):
+        await asyncio.sleep(0.001)
+    store = open_store(sys.argv[1])
+    await store.start()
+    await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_workers_opening_a_new_sqlite_database_together_all_start(tmp_path):
+    """`serve --workers N` on a new database: every worker switches it to WAL and migrates it at the
+    same instant. SQLite refused the WAL switch with "database is locked" instead of waiting (a
+    pair of workers failed one start in three, and the gateway quit)."""
+    import asyncio
+    import sys
+
+    from tests.conftest import REPO
+    for round_ in range(4):
+        db = tmp_path / f"calls{round_}.db"
+        at = str(time.time() + 0.5)  # past the interpreters' start-up: they open the file together
+        procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", _OPEN_TOGETHER, f"sqlite:///{db}", at, cwd=REPO,
+                                                      stderr=asyncio.subprocess.PIPE) for _ in range(4)]
+        errors = [(await p.communicate())[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
