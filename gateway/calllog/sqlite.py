@@ -119,4 +119,3 @@ def _journal_mode_wal(db: sqlite3.Connection, wait_seconds: float = 10.0) -> Non
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)  # (a thread of the store's executor: the event loop goes on)
-
