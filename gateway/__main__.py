@@ -6,14 +6,20 @@ import signal
 import sys
 
 
+_interrupted = False  # Ctrl-C came while the modules below were loading
+
+
 def _interrupted_while_loading(signum, frame) -> None:
-    raise SystemExit(130)
+    global _interrupted
+    _interrupted = True
 
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C in the ~0.4 s the modules below take to load: exit 130 quietly, as later on, instead
-    # of a KeyboardInterrupt traceback from deep inside an import. (Only where Ctrl-C is on at all:
-    # a shell starts background jobs with SIGINT ignored, and so it stays.)
+    # Ctrl-C in the ~0.4 s the modules below take to load: noted, and main() exits 130 quietly
+    # once they are loaded, instead of a KeyboardInterrupt traceback from deep inside an import.
+    # Not raised from here: an exception while a C extension initialises can crash the interpreter
+    # (3.13 died of SIGSEGV inside orjson's import). Only where Ctrl-C is on at all: a shell starts
+    # background jobs with SIGINT ignored, and so it stays.
     signal.signal(signal.SIGINT, _interrupted_while_loading)
 
 import argparse  # noqa: E402
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: KeyboardInterrupt as usual
+        if _interrupted:
+            return 130
     try:
         status = args.func(args)
         sys.stdout.flush()  # a reader that left early (`| head`) shows here, not at interpreter exit
